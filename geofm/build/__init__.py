@@ -1,0 +1,1 @@
+"""Dataset builders (one module per source), splits, audits and deduplication."""

@@ -1,0 +1,1 @@
+"""Raster windows, chip-store schema and chip-store I/O."""

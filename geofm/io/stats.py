@@ -1,0 +1,96 @@
+"""Per-band normalisation statistics, streamed and merged in float64.
+
+Each build task returns partial sums over its chips; partials merge by addition in a fixed
+order, so the result does not depend on how the work was scheduled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BandStats:
+    """Float64 running sums over valid pixels, one entry per band."""
+
+    count: np.ndarray  # [C] int64
+    total: np.ndarray  # [C] float64, Σx
+    total_sq: np.ndarray  # [C] float64, Σx²
+    minimum: np.ndarray  # [C] float64
+    maximum: np.ndarray  # [C] float64
+
+    @classmethod
+    def empty(cls, num_bands: int) -> BandStats:
+        """Statistics of no pixels."""
+        return cls(
+            count=np.zeros(num_bands, np.int64),
+            total=np.zeros(num_bands, np.float64),
+            total_sq=np.zeros(num_bands, np.float64),
+            minimum=np.full(num_bands, np.inf),
+            maximum=np.full(num_bands, -np.inf),
+        )
+
+    @classmethod
+    def of(cls, image: np.ndarray, valid: np.ndarray | None = None) -> BandStats:
+        """Statistics of ``image`` ``[N, C, H, W]`` over finite pixels where ``valid`` is True."""
+        n, c = image.shape[:2]
+        x = image.astype(np.float64).transpose(1, 0, 2, 3).reshape(c, -1)  # [C, N·H·W]
+        ok = np.isfinite(x)
+        if valid is not None:
+            ok &= valid.transpose(1, 0, 2, 3).reshape(c, -1)
+        xz = np.where(ok, x, 0.0)
+        return cls(
+            count=ok.sum(axis=1).astype(np.int64),
+            total=xz.sum(axis=1),
+            total_sq=(xz * xz).sum(axis=1),
+            minimum=np.where(ok, x, np.inf).min(axis=1) if x.size else np.full(c, np.inf),
+            maximum=np.where(ok, x, -np.inf).max(axis=1) if x.size else np.full(c, -np.inf),
+        )
+
+    def merge(self, other: BandStats) -> BandStats:
+        """Statistics of the union of both pixel sets."""
+        return BandStats(
+            count=self.count + other.count,
+            total=self.total + other.total,
+            total_sq=self.total_sq + other.total_sq,
+            minimum=np.minimum(self.minimum, other.minimum),
+            maximum=np.maximum(self.maximum, other.maximum),
+        )
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Per-band mean (NaN for a band without valid pixels)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.total / self.count
+
+    @property
+    def std(self) -> np.ndarray:
+        """Per-band population standard deviation."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = self.total_sq / self.count - self.mean**2
+        return np.sqrt(np.maximum(var, 0.0))
+
+    def to_json(self) -> dict[str, list[float] | list[int]]:
+        """JSON-serialisable form (sums kept so stores can be merged later)."""
+        return {
+            "count": self.count.tolist(),
+            "sum": self.total.tolist(),
+            "sum_sq": self.total_sq.tolist(),
+            "min": self.minimum.tolist(),
+            "max": self.maximum.tolist(),
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, list]) -> BandStats:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            count=np.asarray(d["count"], np.int64),
+            total=np.asarray(d["sum"], np.float64),
+            total_sq=np.asarray(d["sum_sq"], np.float64),
+            minimum=np.asarray(d["min"], np.float64),
+            maximum=np.asarray(d["max"], np.float64),
+        )

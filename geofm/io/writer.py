@@ -1,0 +1,263 @@
+"""Creating and filling chip stores: the builders' side of the schema.
+
+A build is resumable and deterministic. :func:`create_store` lays out empty arrays and writes
+``_build/spec.json`` with a fingerprint of the build's inputs. Each task calls
+:func:`write_region` for one shard's worth of chips: arrays first, then the region's chip rows
+and partial statistics, then an atomic marker. A crash leaves at most a region without marker,
+which a rerun rewrites. :func:`finalize_store` merges partials in region order, writes
+``chips.parquet`` and marks the store complete; until then :func:`geofm.open_store` refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BloscCodec
+
+from geofm.bands import bands_info
+from geofm.errors import StoreError
+from geofm.io.schema import (
+    ATTRS_KEY,
+    BUILD_DIR,
+    CHIP_TABLE,
+    DIMS,
+    MASK_IGNORE,
+    SCHEMA_VERSION,
+    SHARD_CHIPS,
+)
+from geofm.io.stats import BandStats
+
+
+@dataclass
+class StoreSpec:
+    """What a builder is about to write.
+
+    Attributes:
+        num_chips: Number of chips N.
+        bands: Ordered canonical band names (C).
+        chip_size: (H, W) in pixels.
+        dtype: Image dtype name.
+        classes: Class names for ``label``/``mask`` (empty: no labels).
+        class_colors: ``#rrggbb`` per class.
+        has_label: Write a ``label`` array (N, K).
+        has_mask: Write a ``mask`` array (N, H, W).
+        has_valid: Write a ``valid`` array (N, C, H, W).
+        gsd_m: Pixel size of the chips in metres.
+        provenance: Builder name, source path, parameters.
+        fingerprint: Hash of the inputs; a resumed build must match it.
+        shard_chips: Chips per shard file.
+    """
+
+    num_chips: int
+    bands: list[str]
+    chip_size: tuple[int, int]
+    dtype: str
+    classes: list[str] = field(default_factory=list)
+    class_colors: list[str] = field(default_factory=list)
+    has_label: bool = False
+    has_mask: bool = False
+    has_valid: bool = False
+    gsd_m: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+    shard_chips: int = SHARD_CHIPS
+
+    @property
+    def num_regions(self) -> int:
+        """Number of shard-aligned regions (build tasks)."""
+        return -(-self.num_chips // self.shard_chips)
+
+    def region_slice(self, region: int) -> slice:
+        """Chip index range of ``region``."""
+        start = region * self.shard_chips
+        return slice(start, min(start + self.shard_chips, self.num_chips))
+
+
+def _build_dir(path: Path) -> Path:
+    return path / BUILD_DIR
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_spec(path: str | Path) -> StoreSpec | None:
+    """The spec of an unfinished build at ``path``, or None if there is none."""
+    f = _build_dir(Path(path)) / "spec.json"
+    if not f.exists():
+        return None
+    d = json.loads(f.read_text())
+    d["chip_size"] = tuple(d["chip_size"])
+    return StoreSpec(**d)
+
+
+def create_store(path: str | Path, spec: StoreSpec, *, resume: bool = True) -> bool:
+    """Create an empty store for ``spec``, or recognise an unfinished build of the same spec.
+
+    Args:
+        path: Output ``.zarr`` directory.
+        spec: The build's description.
+        resume: Accept an unfinished build with the same fingerprint.
+
+    Returns:
+        True if a new store was created, False if an unfinished one is resumed.
+
+    Raises:
+        StoreError: The path holds something else, a finished store, or is not writable.
+    """
+    path = Path(path)
+    if path.exists():
+        old = load_spec(path)
+        if resume and old is not None and old.fingerprint == spec.fingerprint:
+            return False
+        if old is not None:
+            raise StoreError("holds an unfinished build of different inputs", path,
+                             "delete it or pass --overwrite")
+        raise StoreError("output already exists", path, "choose a new path or pass --overwrite")
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the output directory ({e.strerror})", path,
+                         "choose a writable location") from None
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    n, (h, w), c = spec.num_chips, spec.chip_size, len(spec.bands)
+    s = spec.shard_chips
+    compressor = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+    def array(name: str, shape: tuple[int, ...], dtype: str, fill: Any, sharded: bool) -> None:
+        chunks = (1, *shape[1:]) if sharded else (s, *shape[1:])
+        root.create_array(
+            name, shape=shape, dtype=dtype, chunks=chunks,
+            shards=(s, *shape[1:]) if sharded else None, compressors=compressor,
+            fill_value=fill, dimension_names=DIMS[name],
+        )
+
+    array("image", (n, c, h, w), spec.dtype, 0, True)
+    if spec.has_label:
+        array("label", (n, len(spec.classes)), "uint8", 0, False)
+    if spec.has_mask:
+        array("mask", (n, h, w), "uint8", MASK_IGNORE, True)
+    if spec.has_valid:
+        array("valid", (n, c, h, w), "bool", False, True)
+    root.attrs[ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "complete": False}
+    _build_dir(path).mkdir()
+    _write_json_atomic(_build_dir(path) / "spec.json", asdict(spec))
+    return True
+
+
+def completed_regions(path: str | Path) -> set[int]:
+    """Regions of an unfinished build whose marker exists."""
+    d = _build_dir(Path(path))
+    return {int(f.stem.split("-")[1]) for f in d.glob("region-*.json")}
+
+
+def write_region(
+    path: str | Path,
+    region: int,
+    image: np.ndarray,
+    rows: pd.DataFrame,
+    *,
+    label: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+) -> None:
+    """Write one shard-aligned region of chips, then mark it done.
+
+    Args:
+        path: The store.
+        region: Region number; chips ``region*shard_chips`` onward.
+        image: ``[n, C, H, W]`` pixels of the region's chips.
+        rows: One chip-table row per chip, in the same order (GeoDataFrame, EPSG:4326).
+        label: ``[n, K]`` multi-hot labels.
+        mask: ``[n, H, W]`` class indices.
+        valid: ``[n, C, H, W]`` validity.
+    """
+    path = Path(path)
+    spec = load_spec(path)
+    if spec is None:
+        raise StoreError("is not an unfinished build", path)
+    sl = spec.region_slice(region)
+    if image.shape[0] != sl.stop - sl.start or len(rows) != image.shape[0]:
+        raise ValueError(f"region {region} needs {sl.stop - sl.start} chips, got {image.shape[0]}")
+    root = zarr.open_group(str(path), mode="r+")
+    root["image"][sl] = image
+    for name, arr in (("label", label), ("mask", mask), ("valid", valid)):
+        if arr is not None:
+            root[name][sl] = arr
+    stats = BandStats.of(image, valid)
+    d = _build_dir(path)
+    rows_path = d / f"rows-{region:06d}.parquet"
+    tmp = rows_path.with_suffix(".tmp")
+    gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326").to_parquet(tmp, index=False)
+    os.replace(tmp, rows_path)
+    _write_json_atomic(d / f"region-{region:06d}.json", {"stats": stats.to_json()})
+
+
+def finalize_store(path: str | Path, extra_attrs: dict[str, Any] | None = None) -> None:
+    """Merge the regions' statistics and chip rows, and mark the store complete.
+
+    Raises:
+        StoreError: Some region has not been written.
+    """
+    from geofm import __version__
+
+    path = Path(path)
+    spec = load_spec(path)
+    if spec is None:
+        raise StoreError("is not an unfinished build", path)
+    done = completed_regions(path)
+    missing = sorted(set(range(spec.num_regions)) - done)
+    if missing:
+        raise StoreError(f"{len(missing)} regions are not written yet (first: {missing[0]})", path,
+                         "rerun the build to complete it")
+    d = _build_dir(path)
+    stats = BandStats.empty(len(spec.bands))
+    frames = []
+    for r in range(spec.num_regions):
+        part = json.loads((d / f"region-{r:06d}.json").read_text())
+        stats = stats.merge(BandStats.from_json(part["stats"]))
+        frames.append(gpd.read_parquet(d / f"rows-{r:06d}.parquet"))
+    chips = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry",
+                             crs="EPSG:4326")
+    chips.insert(0, "index", np.arange(len(chips), dtype=np.int64))
+    tmp = path / (CHIP_TABLE + ".tmp")
+    chips.to_parquet(tmp, index=False)
+    os.replace(tmp, path / CHIP_TABLE)
+    attrs: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "complete": True,
+        "num_chips": spec.num_chips,
+        "bands": spec.bands,
+        "band_info": bands_info(spec.bands),
+        "chip_size": list(spec.chip_size),
+        "dtype": spec.dtype,
+        "gsd_m": spec.gsd_m,
+        "classes": spec.classes,
+        "class_colors": spec.class_colors,
+        "mask_ignore_index": MASK_IGNORE,
+        "stats": stats.to_json(),
+        "split": {"method": "none", "params": {}},
+        "provenance": {
+            **spec.provenance,
+            "geofm_version": __version__,
+            "fingerprint": spec.fingerprint,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+    if extra_attrs:
+        attrs.update(extra_attrs)
+    root = zarr.open_group(str(path), mode="r+")
+    root.attrs[ATTRS_KEY] = attrs
+    shutil.rmtree(d)

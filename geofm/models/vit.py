@@ -1,0 +1,347 @@
+"""Plain multispectral Vision Transformer and the token-encoder base it shares with ChannelViT.
+
+An encoder turns ``images [B, C, H, W]`` with their band names into tokens, and tokens into
+features. Objectives use the token-level API: :meth:`TokenEncoder.patchify` (pixel targets in
+token order), :meth:`TokenEncoder.tokenize` (embedded tokens with position information) and
+:meth:`TokenEncoder.forward_tokens` (encode a subset of tokens, gathered before the blocks so
+compute scales with the kept count). Downstream heads use :meth:`TokenEncoder.forward` (pooled
+``[B, D]``) and :meth:`TokenEncoder.forward_patch_features` (``[B, N, D]``).
+
+Positions are fixed 2-D sine-cosine embeddings computed for whatever patch grid the input has, so
+one model serves 120 × 120 reBEN chips (patch 8: 15 × 15 patches) and 128 × 128 MODIS chips
+(16 × 16) without interpolation. Height and width must be multiples of the patch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from geofm.bands import BAND_SETS, get_band
+from geofm.errors import BandError, GeofmError
+from geofm.models.registry import register_model
+
+DEFAULT_PATCH_SIZE = 8
+SIZES: dict[str, dict[str, int]] = {
+    "test": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+    "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
+    "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
+    "base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    "large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+}
+
+
+def sincos_pos_embed(dim: int, grid: tuple[int, int]) -> Tensor:
+    """Fixed 2-D sine-cosine position embedding, as in MAE.
+
+    Args:
+        dim: Embedding width, a multiple of 4.
+        grid: Patch grid ``(rows, cols)``.
+
+    Returns:
+        ``[rows * cols, dim]`` in row-major patch order.
+    """
+    if dim % 4:
+        raise ValueError(f"position embedding width {dim} is not a multiple of 4")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # [D/4]
+    rows, cols = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64),
+        torch.arange(grid[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    out_x = cols.reshape(-1, 1) * omega  # [N, D/4]
+    out_y = rows.reshape(-1, 1) * omega  # [N, D/4]
+    emb = torch.cat([out_x.sin(), out_x.cos(), out_y.sin(), out_y.cos()], dim=1)  # [N, D]
+    return emb.float()
+
+
+def canonical_bands(bands: Sequence[str]) -> tuple[str, ...]:
+    """Canonical registry names of ``bands``; raises :class:`BandError` on unknown or repeats."""
+    names = tuple(get_band(b).name for b in bands)
+    if len(set(names)) != len(names):
+        raise BandError(f"a band is given twice in {list(bands)}")
+    return names
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE initialisation: Xavier-uniform linear layers, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class TokenEncoder(nn.Module):
+    """Transformer over patch tokens; subclasses decide how pixels become tokens.
+
+    Attributes:
+        band_tokens: ``True`` when each token is one (band, patch) pair (ChannelViT), ``False``
+            when a token covers all bands of a patch (ViT).
+    """
+
+    band_tokens: bool = False
+
+    def __init__(
+        self,
+        patch_size: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.blocks = nn.ModuleList(
+            Block(
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                qkv_bias=True,
+                drop_path=drop_path_rate * i / max(depth - 1, 1),
+                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            )
+            for i in range(depth)
+        )
+        for block in self.blocks:
+            # Route attention through F.scaled_dot_product_attention (flash kernels on GPU).
+            block.attn.fused_attn = True
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self._pos_cache: dict[tuple[Any, ...], Tensor] = {}
+
+    # --- geometry -----------------------------------------------------------------------------
+
+    def grid_size(self, images: Tensor) -> tuple[int, int]:
+        """Patch grid ``(rows, cols)`` of ``images [B, C, H, W]``."""
+        h, w = images.shape[-2:]
+        p = self.patch_size
+        if h % p or w % p:
+            raise GeofmError(
+                f"image size {h}×{w} is not a multiple of the patch size {p}",
+                hint="crop or pad the chips, or build the model with another patch_size",
+            )
+        return h // p, w // p
+
+    def pos_embed(self, grid: tuple[int, int], like: Tensor) -> Tensor:
+        """Position embedding ``[N, D]`` for ``grid`` on ``like``'s device and dtype."""
+        key = (grid, like.device, like.dtype)
+        if key not in self._pos_cache:
+            emb = sincos_pos_embed(self.embed_dim, grid)
+            self._pos_cache[key] = emb.to(device=like.device, dtype=like.dtype)
+        return self._pos_cache[key]
+
+    # --- per-model token layout (subclasses) --------------------------------------------------
+
+    def align_bands(self, bands: Sequence[str]) -> list[int]:
+        """Channel indices that put ``bands`` in the order the model expects."""
+        raise NotImplementedError
+
+    def pixels_per_token(self, num_bands: int) -> int:
+        """Number of pixel values one token covers."""
+        raise NotImplementedError
+
+    def patchify(self, images: Tensor) -> Tensor:
+        """Pixel values per token, ``[B, C, H, W] -> [B, T, pixels_per_token]``."""
+        raise NotImplementedError
+
+    def unpatchify(self, patches: Tensor, num_bands: int, grid: tuple[int, int]) -> Tensor:
+        """Inverse of :meth:`patchify`, ``[B, T, P] -> [B, C, H, W]``."""
+        raise NotImplementedError
+
+    def tokenize(
+        self,
+        images: Tensor,
+        bands: Sequence[str],
+        mask: Tensor | None = None,
+        mask_token: Tensor | None = None,
+    ) -> Tensor:
+        """Embedded tokens ``[B, T, D]`` with position (and band) information added.
+
+        Args:
+            images: ``[B, C, H, W]``, finite.
+            bands: Band names, length ``C``.
+            mask: Optional ``[B, T]`` bool; where ``True`` the patch embedding is replaced by
+                ``mask_token`` before positions are added (SimMIM).
+            mask_token: ``[D]`` learned token used with ``mask``.
+        """
+        raise NotImplementedError
+
+    # --- encoding ----------------------------------------------------------------------------
+
+    def forward_tokens(self, tokens: Tensor, keep_idx: Tensor | None = None) -> Tensor:
+        """Encode tokens, optionally only those at ``keep_idx``.
+
+        Args:
+            tokens: ``[B, T, D]`` from :meth:`tokenize`.
+            keep_idx: Optional ``[B, K]`` long indices into ``T``; the tokens are gathered
+                before the first block, so the cost scales with ``K``.
+
+        Returns:
+            ``[B, K, D]`` (``K = T`` without ``keep_idx``), after the final LayerNorm.
+        """
+        if keep_idx is not None:
+            tokens = torch.gather(
+                tokens, 1, keep_idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+            )  # [B, K, D]
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Per-location features ``[B, N, D]`` for dense heads."""
+        raise NotImplementedError
+
+    def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Mean-pooled features ``[B, D]`` over all tokens."""
+        tokens = self.tokenize(images, bands)  # [B, T, D]
+        return self.forward_tokens(tokens).mean(dim=1)  # [B, D]
+
+    def forward(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Pooled features ``[B, D]``; see :meth:`forward_features`."""
+        return self.forward_features(images, bands)
+
+
+class ViT(TokenEncoder):
+    """Multispectral ViT: one token per patch over a fixed, ordered band list.
+
+    The patch embedding is a linear map of the ``C × p × p`` patch (the same as a ``Conv2d``
+    with kernel and stride ``p``). Inputs must carry exactly the model's bands, in any order;
+    they are reordered by name. A missing band is an error; the only zero-filling is
+    Hierarchical Channel Sampling's (:mod:`geofm.models.hcs`), which marks those bands.
+
+    Args:
+        bands: The input bands (canonical names or aliases); default the 14-band ``s1s2`` set.
+        patch_size: Patch side in pixels.
+        embed_dim: Token width ``D``.
+        depth: Number of transformer blocks.
+        num_heads: Attention heads.
+        mlp_ratio: MLP hidden width over ``D``.
+        drop_path_rate: Stochastic depth at the last block (linear ramp).
+    """
+
+    def __init__(
+        self,
+        bands: Sequence[str] = BAND_SETS["s1s2"],
+        patch_size: int = DEFAULT_PATCH_SIZE,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
+        self.bands = canonical_bands(bands)
+        self.model_config: dict[str, Any] = {
+            "bands": list(self.bands),
+            "patch_size": patch_size,
+            "embed_dim": embed_dim,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_ratio": mlp_ratio,
+            "drop_path_rate": drop_path_rate,
+        }
+        self.patch_embed = nn.Linear(len(self.bands) * patch_size**2, embed_dim)
+        self.apply(init_weights)
+
+    def align_bands(self, bands: Sequence[str]) -> list[int]:
+        """Indices into ``bands`` giving the model's band order.
+
+        Raises:
+            BandError: ``bands`` is not exactly the model's band set.
+        """
+        given = canonical_bands(bands)
+        if set(given) != set(self.bands):
+            missing = [b for b in self.bands if b not in given]
+            extra = [b for b in given if b not in self.bands]
+            raise BandError(
+                f"this ViT was built for bands {', '.join(self.bands)}; "
+                f"missing {missing or 'none'}, unexpected {extra or 'none'}",
+                hint="pass exactly those bands, or use a channelvit_* model for other bands",
+            )
+        return [given.index(b) for b in self.bands]
+
+    def pixels_per_token(self, num_bands: int) -> int:
+        """``C · p²`` values per token."""
+        return num_bands * self.patch_size**2
+
+    def patchify(self, images: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, N, C·p·p]``, patches in row-major order."""
+        b, c, h, w = images.shape
+        p = self.patch_size
+        x = images.reshape(b, c, h // p, p, w // p, p)
+        x = x.permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, p, p]
+        return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+    def unpatchify(self, patches: Tensor, num_bands: int, grid: tuple[int, int]) -> Tensor:
+        """``[B, N, C·p·p] -> [B, C, H, W]``."""
+        b = patches.shape[0]
+        p = self.patch_size
+        x = patches.reshape(b, grid[0], grid[1], num_bands, p, p)
+        x = x.permute(0, 3, 1, 4, 2, 5)  # [B, C, gh, p, gw, p]
+        return x.reshape(b, num_bands, grid[0] * p, grid[1] * p)
+
+    def _ordered(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        if tuple(bands) == self.bands:
+            return images
+        return images[:, self.align_bands(bands)]
+
+    def tokenize(
+        self,
+        images: Tensor,
+        bands: Sequence[str],
+        mask: Tensor | None = None,
+        mask_token: Tensor | None = None,
+    ) -> Tensor:
+        """Tokens ``[B, N, D]``: patch embedding (or mask token) plus position."""
+        grid = self.grid_size(images)
+        tokens = self.patch_embed(self.patchify(self._ordered(images, bands)))  # [B, N, D]
+        if mask is not None and mask_token is not None:
+            tokens = torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+        return tokens + self.pos_embed(grid, tokens)
+
+    def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Per-patch features ``[B, N, D]``."""
+        return self.forward_tokens(self.tokenize(images, bands))
+
+
+def _vit(size: str, overrides: dict[str, Any]) -> ViT:
+    return ViT(**{**SIZES[size], **overrides})
+
+
+@register_model
+def vit_test(**overrides: Any) -> ViT:
+    """Two-block ViT (D = 32) for tests."""
+    return _vit("test", overrides)
+
+
+@register_model
+def vit_tiny(**overrides: Any) -> ViT:
+    """ViT-Ti (D = 192, 12 blocks, 3 heads), patch 8."""
+    return _vit("tiny", overrides)
+
+
+@register_model
+def vit_small(**overrides: Any) -> ViT:
+    """ViT-S (D = 384, 12 blocks, 6 heads), patch 8."""
+    return _vit("small", overrides)
+
+
+@register_model
+def vit_base(**overrides: Any) -> ViT:
+    """ViT-B (D = 768, 12 blocks, 12 heads), patch 8."""
+    return _vit("base", overrides)
+
+
+@register_model
+def vit_large(**overrides: Any) -> ViT:
+    """ViT-L (D = 1024, 24 blocks, 16 heads), patch 8."""
+    return _vit("large", overrides)
