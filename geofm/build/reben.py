@@ -121,9 +121,9 @@ def _footprint(read: BandRead, to_wgs84: Transformer) -> tuple[Polygon, float, f
     h, w = read.data.shape
     xs = np.concatenate([np.linspace(0, w, 9), np.full(9, w), np.linspace(w, 0, 9), np.zeros(9)])
     ys = np.concatenate([np.zeros(9), np.linspace(0, h, 9), np.full(9, h), np.linspace(h, 0, 9)])
-    ex, ey = t * (xs, ys)
+    ex, ey = t @ (xs, ys)
     lon, lat = to_wgs84.transform(ex, ey)
-    cx, cy = t * (w / 2, h / 2)
+    cx, cy = t @ (w / 2, h / 2)
     clon, clat = to_wgs84.transform(cx, cy)
     return Polygon(zip(lon, lat)), float(clon), float(clat), float(cx), float(cy)
 
@@ -133,7 +133,9 @@ def _same_grid(a: BandRead, b: BandRead) -> bool:
         np.allclose(tuple(a.transform)[:6], tuple(b.transform)[:6], atol=1e-6)
 
 
-def read_patch(p: PatchPaths, row: pd.Series, lookup: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def read_patch(
+    p: PatchPaths, row: pd.Series, lookup: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Read one patch pair: ``[14, 120, 120]`` float32 image, mask and chip-table row."""
     s2 = [read_band(f, out_shape=(CHIP, CHIP), resampling=Resampling.bilinear) for f in p.s2]
     ref10 = s2[S2_BANDS.index("B02")]
@@ -147,7 +149,7 @@ def read_patch(p: PatchPaths, row: pd.Series, lookup: np.ndarray) -> tuple[np.nd
             raise BuildError(f"Sentinel-1 patch does not cover Sentinel-2 patch {p.patch_id} "
                              f"(CRS or transform differ)", f,
                              "check metadata.parquet's s1_name for this patch")
-    image = np.stack([r.data.astype(np.float32) for r in s2] + [r.data.astype(np.float32) for r in s1])
+    image = np.stack([r.data.astype(np.float32) for r in (*s2, *s1)])  # [14, H, W]
     mask = None
     placeholder = False
     if p.reference_map is not None:

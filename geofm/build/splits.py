@@ -238,23 +238,23 @@ def reben_tile_split(tile: Any, native_x: Any, native_y: Any, crs: Any) -> np.nd
             f"{int((tile_codes < 0).sum())} chips have no tile id (first: chip {bad}); "
             "the reBEN rule needs each chip's Sentinel-2 tile"
         )
+    tile_crs = np.zeros(tiles.size, np.int64)  # [T] index into crs_values
     if isinstance(crs, (str, pyproj.CRS)):
-        crs_codes, crs_values = np.zeros(x.size, np.int64), np.array([str(crs)], dtype=object)
+        crs_values = np.array([str(crs)], dtype=object)
     else:
         crs_codes, crs_values = _factorize("crs", crs, x.size)
         if (crs_codes < 0).any():
             raise GeofmError(f"{int((crs_codes < 0).sum())} chips have no CRS")
-
-    # One CRS per tile: record the CRS seen for each tile, then check every chip agrees.
-    tile_crs = np.zeros(tiles.size, np.int64)
-    tile_crs[tile_codes] = crs_codes
-    mixed = tile_crs[tile_codes] != crs_codes
-    if mixed.any():
-        i = int(np.flatnonzero(mixed)[0])
-        raise GeofmError(
-            f"tile {tiles[tile_codes[i]]} has chips in more than one CRS "
-            f"({crs_values[crs_codes[i]]} and {crs_values[tile_crs[tile_codes[i]]]})"
-        )
+        # One CRS per tile: record a CRS seen for each tile, then check every chip agrees.
+        tile_crs[tile_codes] = crs_codes
+        mixed = tile_crs[tile_codes] != crs_codes
+        if mixed.any():
+            i = int(np.flatnonzero(mixed)[0])
+            raise GeofmError(
+                f"tile {tiles[tile_codes[i]]} has chips in more than one CRS "
+                f"({crs_values[crs_codes[i]]} and {crs_values[tile_crs[tile_codes[i]]]})"
+            )
+        del crs_codes, mixed
 
     zones = [_utm_zone(c) for c in crs_values]
     easting = np.empty(tiles.size)  # [T] upper-left x of each tile
@@ -268,16 +268,28 @@ def reben_tile_split(tile: Any, native_x: Any, native_y: Any, crs: Any) -> np.nd
                 f"{crs_values[tile_crs[t]]} (zone {crs_zone}{'N' if crs_north else 'S'})"
             )
 
-    side = S2_TILE_SIDE_M
-    base = row_base[tile_codes]  # [N]
-    # The 2,000 km repeat whose square puts the tile (100 km above to 9.8 km below the square's
-    # southern edge) around the centroid.
-    cycle = np.floor((y - base + (side - 100_000.0)) / _ROW_CYCLE_M)
-    offset_y = base + cycle * _ROW_CYCLE_M + 100_000.0 - y  # [N] metres below the tile's top
-    offset_x = x - easting[tile_codes]  # [N] metres right of the tile's left edge
-    edge = np.minimum(
-        np.minimum(offset_x, side - offset_x), np.minimum(offset_y, side - offset_y)
-    )  # [N] distance to the nearest tile edge, metres (negative outside)
+    half = S2_TILE_SIDE_M / 2.0
+    # Work in place on [N] arrays: 13 M chips make every temporary cost ~0.1 s.
+    base = row_base[tile_codes]  # [N] southern northing of the chip's square, mod 2,000 km
+    # Take the 2,000 km repeat that puts the tile (100 km above to 9.8 km below its square's
+    # southern edge) around the centroid; then centre the offsets on the tile's centre.
+    from_centre_y = y - base
+    from_centre_y += S2_TILE_SIDE_M - 100_000.0
+    from_centre_y /= _ROW_CYCLE_M
+    np.floor(from_centre_y, out=from_centre_y)
+    from_centre_y *= _ROW_CYCLE_M
+    from_centre_y += base
+    from_centre_y += 100_000.0 - half
+    from_centre_y -= y  # [N] metres the centroid lies below the tile's centre line
+    del base
+    from_centre_x = easting[tile_codes]
+    from_centre_x += half
+    np.subtract(x, from_centre_x, out=from_centre_x)  # [N] metres right of the centre line
+    np.abs(from_centre_x, out=from_centre_x)
+    np.abs(from_centre_y, out=from_centre_y)
+    edge = np.maximum(from_centre_x, from_centre_y, out=from_centre_x)
+    np.subtract(half, edge, out=edge)  # [N] distance to the nearest tile edge, m (< 0 outside)
+    del from_centre_y
     outside = edge < -_TILE_TOLERANCE_M
     if outside.any():
         i = int(np.flatnonzero(outside)[0])

@@ -47,7 +47,7 @@ def read_band(
             data = ds.read(1, out_shape=out_shape, resampling=resampling)
             transform = ds.transform
             if out_shape is not None and out_shape != (ds.height, ds.width):
-                transform = transform * Affine.scale(ds.width / out_shape[1],
+                transform = transform @ Affine.scale(ds.width / out_shape[1],
                                                      ds.height / out_shape[0])
             return BandRead(data, ds.crs, transform, ds.nodata, dict(ds.tags()))
     except RasterioError as e:

@@ -10,6 +10,7 @@ otherwise falls back to zarr. Every read is checked against zarr in the tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,8 @@ class ShardReader:
         self._fds.clear()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def _shard_fd(self, shard: int) -> int | None:
         if os.getpid() != self._pid:  # forked worker: never share offsets or caches

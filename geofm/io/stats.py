@@ -35,7 +35,7 @@ class BandStats:
     @classmethod
     def of(cls, image: np.ndarray, valid: np.ndarray | None = None) -> BandStats:
         """Statistics of ``image`` ``[N, C, H, W]`` over finite pixels where ``valid`` is True."""
-        n, c = image.shape[:2]
+        _n, c = image.shape[:2]
         x = image.astype(np.float64).transpose(1, 0, 2, 3).reshape(c, -1)  # [C, N·H·W]
         ok = np.isfinite(x)
         if valid is not None:

@@ -204,7 +204,8 @@ class ChipStore:
 
 def _read_attrs(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise StoreError("no such chip store", path, "check the path or build one with 'geofm build'")
+        raise StoreError("no such chip store", path,
+                         "check the path or build one with 'geofm build'")
     if not (path / "zarr.json").exists():
         raise StoreError("is not a chip store (no zarr.json)", path,
                          "build one with 'geofm build'")

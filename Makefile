@@ -1,0 +1,30 @@
+# Two targets matter: `make demo` and `make test`. Both install into .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GEOFM := $(VENV)/bin/geofm
+STAMP := $(VENV)/.geofm-installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(GEOFM) build reben datasets/reben_mini outputs/reben_mini.zarr --overwrite --workers 2
+	$(GEOFM) split outputs/reben_mini.zarr --method reben
+	$(GEOFM) info outputs/reben_mini.zarr --map outputs/reben_mini_split.png
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check geofm tests scripts
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,199 @@
+"""The ``geofm`` command: a thin shell over the Python API.
+
+Every user error is a :class:`~geofm.errors.GeofmError`, printed as one line on stderr with a
+non-zero exit and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXAMPLES = """examples:
+  geofm build reben /data/reBEN out/reben.zarr           # all cores, local Dask cluster
+  geofm build reben /data/reBEN out/reben.zarr --scheduler tcp://head:8786
+  geofm split out/reben.zarr --method blocks --block-km 50 --buffer-km 2 --seed 0
+  geofm info out/reben.zarr --distance-km 2 --map split.png
+  geofm pretrain --bands 14                               # embedded sample, small ChannelViT
+"""
+
+
+def _ratios(text: str) -> tuple[float, float, float]:
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("give three comma-separated numbers, e.g. 0.7,0.15,0.15")
+    return parts[0], parts[1], parts[2]
+
+
+def _cmd_build_reben(a: argparse.Namespace) -> int:
+    from geofm.build.reben import build_reben
+
+    _prepare_output(Path(a.out), a.overwrite)
+    out = build_reben(a.src, a.out, scheduler=a.scheduler, workers=a.workers, limit=a.limit,
+                      progress=not a.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    """Refuse or clear an existing output; an unfinished build of the same inputs resumes."""
+    import shutil
+
+    from geofm.io.writer import load_spec
+
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    elif out.exists() and load_spec(out) is None:
+        from geofm.errors import StoreError
+
+        raise StoreError("output already exists", out, "choose a new path or pass --overwrite")
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        from geofm.errors import StoreError
+
+        raise StoreError("output directory is not writable", parent, "choose a writable location")
+
+
+def _cmd_split(a: argparse.Namespace) -> int:
+    from geofm.build.split_store import split_store
+    from geofm.io.store import open_store
+
+    store = open_store(a.store)
+    counts = split_store(store, a.method, seed=a.seed, ratios=a.ratios, block_km=a.block_km,
+                         buffer_km=a.buffer_km, column=a.column, vector=a.vector)
+    print(f"{a.store}: {a.method} split — " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from geofm.build.split_store import audit_store
+    from geofm.io.store import open_store
+
+    store = open_store(a.store)
+    audit = audit_store(store, a.distance_km, a.map)
+    if a.json:
+        print(json.dumps({"attrs": store.attrs, "audit": audit}, indent=2, default=str))
+        return 0
+    at = store.attrs
+    print(f"store      {store.path}")
+    print(f"chips      {len(store)} of {store.chip_size[0]}×{store.chip_size[1]} px, "
+          f"{at.get('gsd_m')} m, dtype {at['dtype']}, arrays {', '.join(store.arrays)}")
+    print(f"builder    {at['provenance'].get('builder')} from {at['provenance'].get('source')}")
+    print(f"classes    {len(store.classes)}")
+    sp = at["split"]
+    print(f"split      {sp['method']} {json.dumps(sp.get('params', {}))}")
+    print("           " + ", ".join(f"{k} {v}" for k, v in sp.get("counts", {}).items()))
+    print(f"{'band':<10}{'mean':>12}{'std':>12}{'min':>12}{'max':>12}")
+    st = store.stats
+    for i, b in enumerate(store.bands):
+        print(f"{b:<10}{st.mean[i]:>12.2f}{st.std[i]:>12.2f}{st.minimum[i]:>12.2f}"
+              f"{st.maximum[i]:>12.2f}")
+    print(f"leakage audit (chips within {a.distance_km} km of another split):")
+    for pair, row in audit.get("pairs", {}).items():
+        print(f"  {pair:<22} " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    if a.map:
+        print(f"split map  {a.map}")
+    return 0
+
+
+def _cmd_validate(a: argparse.Namespace) -> int:
+    from geofm.io.store import validate_store
+
+    problems = validate_store(a.store, deep=a.deep)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{a.store}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``geofm`` argument parser with every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="geofm", description="Remote-sensing foundation models: build chip stores, "
+        "pretrain band-aware encoders, finetune and map.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build a chip store from a source dataset")
+    bsub = b.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    r = bsub.add_parser("reben", help="reBEN / BigEarthNet v2 (Sentinel-1 + Sentinel-2, 14 bands)",
+                        description="Build a 14-band s1s2 chip store from a reBEN release.")
+    r.add_argument("src", help="reBEN root (holding metadata.parquet)")
+    r.add_argument("out", help="output store, e.g. reben.zarr")
+    _build_options(r)
+    r.add_argument("--limit", type=int, help="build only the first N patches (by patch id)")
+    r.set_defaults(func=_cmd_build_reben)
+
+    s = sub.add_parser("split", help="assign chips to train/validation/test by geography",
+                       description="Geography-aware splits, recorded in the store.")
+    s.add_argument("store")
+    s.add_argument("--method", choices=("reben", "blocks", "region", "polygons"), required=True,
+                   help="reben: S2 tile-border rule; blocks: spatial blocks with a buffer; "
+                   "region: whole values of --column; polygons: split column of --vector")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--ratios", type=_ratios, default=(0.7, 0.15, 0.15),
+                   help="train,validation,test fractions (default 0.7,0.15,0.15)")
+    s.add_argument("--block-km", type=float, default=50.0, help="block side (default 50)")
+    s.add_argument("--buffer-km", type=float, default=0.0,
+                   help="drop chips this close to another split's block (default 0)")
+    s.add_argument("--column", default="country", help="region column (default country)")
+    s.add_argument("--vector", help="vector file with polygons and a 'split' column")
+    s.set_defaults(func=_cmd_split)
+
+    i = sub.add_parser("info", help="describe a store and audit its split for leakage")
+    i.add_argument("store")
+    i.add_argument("--distance-km", type=float, default=2.0,
+                   help="count chips within this distance of another split (default 2)")
+    i.add_argument("--map", help="write a PNG map of the split here")
+    i.add_argument("--json", action="store_true", help="print everything as JSON")
+    i.set_defaults(func=_cmd_info)
+
+    v = sub.add_parser("validate", help="check a store's integrity")
+    v.add_argument("store")
+    v.add_argument("--deep", action="store_true", help="also decode every chip")
+    v.set_defaults(func=_cmd_validate)
+
+    return p
+
+
+def _build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", help="Dask scheduler address, or 'synchronous' "
+                   "(default: a local cluster with one worker per core)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: CPU count)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``geofm`` console script."""
+    from geofm.errors import GeofmError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from geofm import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except GeofmError as e:
+        print(f"geofm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geofm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

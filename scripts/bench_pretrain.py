@@ -1,0 +1,170 @@
+"""Training throughput of SelectiveMAE against MAE, on ViT and ChannelViT.
+
+Measures images/s of full training steps (forward, backward, AdamW step) for
+{vit, channelvit} × {mae, selective_mae} with the same encoder size, decoder, batch, image size
+and band count, in one process. Repeats are interleaved across the configurations so that
+machine noise hits all of them alike; warm-up steps are excluded; the median repeat is reported.
+
+``--bare`` adds ``selective_mae_bare`` rows: the same encoder and decoder token counts with the
+HOG scoring and PSTS selection replaced by a random pick, i.e. the compute ceiling that token
+selection can at best reach.
+
+Usage::
+
+    python scripts/bench_pretrain.py                 # defaults: < 10 minutes on 2 CPU cores
+    python scripts/bench_pretrain.py --bare --img-size 120 --device cuda --size base
+
+The last lines are ``RESULT speedup_vit=…``, ``RESULT speedup_channelvit=…`` (SelectiveMAE
+images/s over MAE images/s) and ``RESULT channelvit_smae_over_vit_mae=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from geofm.bands import BAND_SETS
+from geofm.models import create_model
+from geofm.objectives import create_objective
+from geofm.objectives.common import random_subset
+from geofm.objectives.selective_mae import SelectiveMAE, TokenSelection
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="tiny", help="encoder size: test|tiny|small|base|large")
+    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--bands", type=int, default=14, help="first N bands of the s1s2 set")
+    parser.add_argument("--decoder-dim", type=int, default=512)
+    parser.add_argument("--decoder-depth", type=int, default=8)
+    parser.add_argument("--decoder-heads", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per config")
+    parser.add_argument("--bare", action="store_true", help="also time selection-free compute")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    return parser.parse_args()
+
+
+def structured_batch(batch: int, bands: int, size: int, device: str) -> torch.Tensor:
+    """Smooth random fields with edges: a stand-in for normalised imagery, ``[B, C, H, W]``."""
+    gen = torch.Generator().manual_seed(0)
+    coarse = torch.randn(batch, bands, size // 8, size // 8, generator=gen)
+    smooth = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    blocks = F.interpolate(coarse.sign(), size=(size, size), mode="nearest")
+    return (smooth + 0.5 * blocks + 0.1 * torch.randn(smooth.shape, generator=gen)).to(device)
+
+
+def bare_selection(objective: SelectiveMAE) -> None:
+    """Replace HOG scoring and PSTS with a uniform pick of the same token counts."""
+
+    def scores(inputs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = inputs.shape
+        tokens = (h // objective.encoder.patch_size) * (w // objective.encoder.patch_size)
+        tokens *= c if objective.encoder.band_tokens else 1
+        return torch.zeros(b, tokens, device=inputs.device)
+
+    def select(scores: torch.Tensor, features: torch.Tensor, progress: float,
+               generator: torch.Generator | None = None) -> TokenSelection:
+        b, t = scores.shape
+        _, num_visible, num_targets = objective.token_counts(t)
+        idx = random_subset(b, t, num_visible + num_targets, scores.device)
+        visible, target = idx[:, :num_visible], idx[:, num_visible:]
+        return TokenSelection(visible, visible[:, :0], visible, target)
+
+    objective.token_scores = scores  # type: ignore[method-assign]
+    objective.select_tokens = select  # type: ignore[method-assign]
+
+
+def make_step(args: argparse.Namespace, model: str, objective_name: str) -> Callable[[], None]:
+    """Build one configuration and return a function running one training step."""
+    bands = list(BAND_SETS["s1s2"][: args.bands])
+    encoder = create_model(f"{model}_{args.size}", bands=bands, patch_size=args.patch_size)
+    bare = objective_name.endswith("_bare")
+    objective = create_objective(
+        objective_name.removesuffix("_bare"),
+        encoder,
+        decoder_dim=args.decoder_dim,
+        decoder_depth=args.decoder_depth,
+        decoder_heads=args.decoder_heads,
+    ).to(args.device)
+    if bare:
+        assert isinstance(objective, SelectiveMAE)
+        bare_selection(objective)
+    optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4)
+    images = structured_batch(args.batch_size, args.bands, args.img_size, args.device)
+
+    def step() -> None:
+        with torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=args.bf16):
+            loss = objective(images, bands, progress=0.5).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work so timings are real."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    """Run the benchmark and print the table and RESULT lines."""
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    objectives = ["mae", "selective_mae"] + (["selective_mae_bare"] if args.bare else [])
+    configs = [(m, o) for m in ("vit", "channelvit") for o in objectives]
+    steps = {cfg: make_step(args, *cfg) for cfg in configs}
+    for cfg, step in steps.items():
+        for _ in range(args.warmup):
+            step()
+        sync(args.device)
+        print(f"warmed up {cfg[0]} + {cfg[1]}", flush=True)
+
+    rates: dict[tuple[str, str], list[float]] = {cfg: [] for cfg in configs}
+    for repeat in range(args.repeats):
+        for cfg, step in steps.items():
+            sync(args.device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync(args.device)
+            rates[cfg].append(args.steps * args.batch_size / (time.perf_counter() - start))
+        print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+
+    median = {cfg: statistics.median(r) for cfg, r in rates.items()}
+    print(f"\nencoder {args.size}, decoder {args.decoder_dim}×{args.decoder_depth}, "
+          f"{args.bands} bands, {args.img_size} px, patch {args.patch_size}, "
+          f"batch {args.batch_size}, device {args.device}, threads {torch.get_num_threads()}")
+    print(f"{'encoder':<12}{'objective':<20}{'images/s':>10}{'min':>10}{'max':>10}")
+    for (model, objective), value in median.items():
+        r = rates[(model, objective)]
+        print(f"{model:<12}{objective:<20}{value:>10.2f}{min(r):>10.2f}{max(r):>10.2f}")
+    if args.bare:
+        for model in ("vit", "channelvit"):
+            ceiling = median[(model, "selective_mae_bare")] / median[(model, "mae")]
+            print(f"RESULT ceiling_{model}={ceiling:.2f}")
+    for model in ("vit", "channelvit"):
+        speedup = median[(model, "selective_mae")] / median[(model, "mae")]
+        print(f"RESULT speedup_{model}={speedup:.2f}")
+    ratio = median[("channelvit", "selective_mae")] / median[("vit", "mae")]
+    print(f"RESULT channelvit_smae_over_vit_mae={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
