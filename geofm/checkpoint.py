@@ -1,0 +1,88 @@
+"""geofm checkpoints: weights in safetensors, everything else in a JSON header.
+
+One file, ``*.safetensors``. Its metadata holds a key ``geofm`` with a JSON document::
+
+    {
+      "format": "geofm-checkpoint", "format_version": 1, "geofm_version": "0.1.0",
+      "kind": "pretrain" | "finetune" | ...,
+      "model": {"name": "channelvit_tiny", "config": {...}},
+      "bands": [...], "band_info": [...],            # the band contract
+      "normalization": {"mean": [...], "std": [...]},
+      "objective": {...}, "classes": [...], "class_colors": [...],
+      "data": {"store": ..., "split": ..., "split_method": ..., "num_chips": ...},
+      "train": {...}
+    }
+
+Loading reads tensors and JSON only: no pickled code is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from geofm.errors import GeofmError
+
+FORMAT = "geofm-checkpoint"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
+                    header: dict[str, Any]) -> Path:
+    """Write weights and header atomically (temporary name, then rename).
+
+    Args:
+        path: Output ``.safetensors`` path.
+        state_dict: Tensors to store (made contiguous; shared storage is copied).
+        header: The JSON header (``format`` fields are added).
+    """
+    from geofm import __version__
+
+    path = Path(path)
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "geofm_version": __version__,
+            **header}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"geofm": json.dumps(full, default=str)})
+    os.replace(tmp, path)
+    return path
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a geofm checkpoint, without loading weights.
+
+    Raises:
+        GeofmError: Missing file, not safetensors, or not a geofm checkpoint.
+    """
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.exists():
+        raise GeofmError("checkpoint not found", p)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GeofmError(f"not a safetensors file ({str(e).splitlines()[0]})", p,
+                         "pass a geofm checkpoint (*.safetensors)") from None
+    if "geofm" not in meta:
+        raise GeofmError("is a safetensors file but not a geofm checkpoint", p)
+    header = json.loads(meta["geofm"])
+    if header.get("format") != FORMAT:
+        raise GeofmError("is not a geofm checkpoint", p)
+    if header.get("format_version", 0) > FORMAT_VERSION:
+        raise GeofmError(f"checkpoint format {header['format_version']} is newer than this "
+                         f"geofm reads ({FORMAT_VERSION})", p, "upgrade geofm")
+    return header
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and header of a geofm checkpoint (CPU tensors)."""
+    header = read_header(path)
+    return load_file(str(path), device="cpu"), header

@@ -1,0 +1,236 @@
+"""Self-supervised pretraining: encoder + objective as a LightningModule, and the run API.
+
+``run_pretrain(cfg)`` is what ``geofm pretrain`` calls. It writes into ``cfg["output"]``:
+
+- ``pretrain.safetensors``: the geofm checkpoint (weights + band contract + normalisation +
+  model/objective configs + data provenance);
+- ``checkpoints/last.ckpt``: Lightning's training state for ``--resume`` (your own runs only);
+- ``config.yaml`` (resolved), ``metrics.csv`` (loss, lr, images/s, tokens/s per logged step);
+- ``previews/step_*.png``: input / visible tokens / reconstruction composites.
+
+Every step's randomness (masking, channel sampling, drop-path) comes from a seed derived from
+``(seed, global_step)``, so a resumed run takes exactly the step an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from geofm.checkpoint import save_checkpoint
+from geofm.errors import GeofmError
+from geofm.models import create_model
+from geofm.objectives import create_objective
+from geofm.tasks.datamodule import ChipDataModule
+from geofm.viz import reconstruction_preview
+
+
+class NonFiniteLossError(GeofmError):
+    """The training loss became NaN or infinite."""
+
+
+class PretrainTask(L.LightningModule):
+    """Encoder + self-supervised objective, AdamW with linear warm-up and cosine decay.
+
+    Args:
+        model: Registered encoder name.
+        model_kwargs: Encoder overrides (``bands`` is set from ``bands``).
+        objective: Registered objective name.
+        objective_kwargs: Objective settings.
+        bands: Band names the encoder is built for.
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
+        betas: AdamW betas.
+        warmup_steps: Linear warm-up steps.
+        max_steps: Total steps (cosine decay to 0 at the end).
+        seed: Base seed of the per-step randomness.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        model_kwargs: dict[str, Any],
+        objective: str,
+        objective_kwargs: dict[str, Any],
+        bands: list[str],
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 10,
+        max_steps: int = 100,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = create_model(model, **{**model_kwargs, "bands": list(bands)})
+        self.objective = create_objective(objective, self.encoder, **objective_kwargs)
+        self._t0: float | None = None
+        self.last_output: Any = None
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
+        images = batch["image"]  # [B, C, H, W]
+        progress = min(1.0, self.global_step / max(1, self.hparams.max_steps))
+        out = self.objective(images, batch["bands"], valid=batch.get("valid"), progress=progress)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({out.loss.item()}) at step {self.global_step}",
+                hint="lower the learning rate (--set optim.lr=...) or check the store's pixels")
+        self.last_output = out
+        b = images.shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=b, sync_dist=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
+        self.log("train/visible_tokens", float(out.num_visible), batch_size=b)
+        now = time.perf_counter()
+        if self._t0 is not None:
+            dt = max(now - self._t0, 1e-9)
+            world = self.trainer.world_size
+            self.log("train/images_per_s", b * world / dt, batch_size=b)
+            self.log("train/tokens_per_s", b * world * out.num_visible / dt, batch_size=b)
+        self._t0 = now
+        return out.loss
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "embed" in name or "token" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+        warm, total = self.hparams.warmup_steps, max(1, self.hparams.max_steps)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _Previews(Callback):
+    """Saves reconstruction previews at the end of training (rank 0)."""
+
+    def __init__(self, out_dir: Path, count: int):
+        self.out_dir, self.count = out_dir, count
+
+    def on_train_end(self, trainer: L.Trainer, task: PretrainTask) -> None:
+        out = task.last_output
+        if out is None or self.count <= 0 or not trainer.is_global_zero:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        n = min(self.count, out.images.shape[0])
+
+        def cpu(t: torch.Tensor) -> np.ndarray:
+            return t[:n].detach().float().cpu().numpy()
+
+        reconstruction_preview(
+            cpu(out.images), cpu(out.visible_mask), cpu(out.pred_pixels), cpu(out.target_mask),
+            out.bands, self.out_dir / f"step_{trainer.global_step:06d}.png",
+            title=f"{task.hparams.model} + {task.hparams.objective}, step {trainer.global_step}")
+
+
+def sample_store(output_root: str | Path = "outputs") -> Path:
+    """The embedded real reBEN sample as a store, built on first use."""
+    from geofm.build.reben import build_reben
+
+    repo = Path(__file__).resolve().parents[2]
+    src = repo / "datasets" / "reben_mini"
+    out = Path(output_root) / "reben_mini.zarr"
+    if not (out / "chips.parquet").exists():
+        if not src.exists():
+            raise GeofmError("no --data given and the embedded sample is not available",
+                             src, "pass --data STORE")
+        if out.exists():
+            shutil.rmtree(out)
+        build_reben(src, out, scheduler="synchronous", progress=False)
+    return out
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GeofmError(f"cannot create the output directory ({e.strerror})", out,
+                         "choose a writable --output") from None
+    if not os.access(out, os.W_OK):
+        raise GeofmError("output directory is not writable", out, "choose a writable --output")
+
+
+def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Pretrain an encoder as configured (see :data:`geofm.tasks.config.PRETRAIN_DEFAULTS`).
+
+    Returns:
+        ``{"output": dir, "checkpoint": path, "final_loss": float, "steps": int}``.
+    """
+    data, tr, opt = cfg["data"], cfg["trainer"], cfg["optim"]
+    out = Path(cfg["output"])
+    _check_writable(out)
+    store = data["store"] or sample_store()
+    L.seed_everything(tr["seed"], workers=True, verbose=False)
+    dm = ChipDataModule(store, bands=data["bands"], batch_size=data["batch_size"],
+                        num_workers=data["num_workers"], train_split=data["split"])
+    task = PretrainTask(
+        cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {}),
+        cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
+        dm.band_names, lr=opt["lr"], weight_decay=opt["weight_decay"],
+        betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
+        max_steps=tr["max_steps"], seed=tr["seed"])
+    on_gpu = torch.cuda.is_available() and tr["accelerator"] in ("auto", "gpu", "cuda")
+    precision = tr["precision"] or ("bf16-mixed" if on_gpu else "32-true")
+    resolved = {**cfg, "data": {**data, "store": str(store)},
+                "trainer": {**tr, "precision": precision}}
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    ckpt_cb = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                              every_n_train_steps=tr["checkpoint_every_n_steps"])
+    callbacks: list[Callback] = [ckpt_cb, _Previews(out / "previews", cfg.get("previews", 3))]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    trainer = L.Trainer(
+        max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
+        num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=precision,
+        gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
+        logger=CSVLogger(out, name="", version=""), callbacks=callbacks,
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, deterministic=False)
+    resume = cfg.get("resume")
+    if resume and not Path(resume).exists():
+        raise GeofmError("resume checkpoint not found", resume)
+    trainer.fit(task, datamodule=dm, ckpt_path=resume)
+    result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step}
+    loss = trainer.callback_metrics.get("train/loss")
+    result["final_loss"] = float(loss) if loss is not None else float("nan")
+    if trainer.is_global_zero:
+        header = {
+            "kind": "pretrain",
+            "model": {"name": task.encoder.model_name, "config": task.encoder.model_config},
+            "objective": {"name": cfg["objective"]["name"],
+                          "config": cfg["objective"].get("kwargs") or {}},
+            "bands": dm.band_names,
+            "band_info": [b for b in dm.store.attrs["band_info"] if b["name"] in dm.band_names],
+            "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
+            "data": {"store": str(store), "split": data["split"],
+                     "split_method": dm.store.attrs["split"]["method"],
+                     "num_chips": len(dm.dataset(data["split"])),
+                     "fingerprint": dm.store.attrs["provenance"].get("fingerprint")},
+            "train": {"steps": trainer.global_step, "final_loss": result["final_loss"],
+                      "precision": precision, "world_size": trainer.world_size},
+        }
+        result["checkpoint"] = str(save_checkpoint(out / "pretrain.safetensors",
+                                                   task.objective.state_dict(), header))
+    return result
