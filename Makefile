@@ -19,6 +19,7 @@ demo: install
 	$(GEOFM) build reben datasets/reben_mini outputs/reben_mini.zarr --overwrite --workers 2
 	$(GEOFM) split outputs/reben_mini.zarr --method reben
 	$(GEOFM) info outputs/reben_mini.zarr --map outputs/reben_mini_split.png
+	$(GEOFM) pretrain --bands 14
 
 test: install
 	$(PY) -m pytest -q tests

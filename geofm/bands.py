@@ -191,6 +191,14 @@ _add_landsat("L9", tables.LANDSAT9_OLI2_TIRS2)
 _add_landsat("L7", tables.LANDSAT7_ETM)
 
 
+# A generic RGB camera (aerial and very-high-resolution imagery with no published spectral
+# response, as in OpticalRS-13M's sources): broad visible bands at typical Bayer-filter peaks,
+# 8-bit digital numbers. GSD varies by source and is recorded per store, so it is 0 here.
+for _b, _wl, _cn in (("R", 600.0, "red"), ("G", 530.0, "green"), ("B", 460.0, "blue")):
+    _add("RGB", _b, _wl / 1000, 0.1, 0.0, _cn, kind="optical", unit="dn", scale=1 / 255,
+         offset=0.0)
+
+
 def _named(sensor: str, bands: Iterable[str]) -> tuple[str, ...]:
     return tuple(f"{sensor}.{b}" for b in bands)
 
@@ -202,6 +210,7 @@ BAND_SETS: dict[str, tuple[str, ...]] = {
                            "B11", "B12")),
     "s2rgb": ("S2.B04", "S2.B03", "S2.B02"),
     "s1": ("S1.VV", "S1.VH"),
+    "rgb": ("RGB.R", "RGB.G", "RGB.B"),
     "modis": _named("MODIS", (f"B{n:02d}" for n in range(1, 37))),
     # SatVision-TOA (arXiv 2411.17000): 14 MODIS bands chosen to resemble GOES-ABI, in its order.
     "modis14": _named("MODIS", (f"B{n:02d}" for n in (1, 2, 3, 6, 7, 21, 26, 27, 28, 29, 30, 31,

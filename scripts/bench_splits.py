@@ -28,10 +28,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import math  # noqa: E402
+import platform  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyproj  # noqa: E402
+import scipy  # noqa: E402
 
 from geofm.build.audit import leakage_audit  # noqa: E402
 from geofm.build.splits import block_split, reben_tile_split  # noqa: E402
@@ -127,6 +129,18 @@ def shares(labels: np.ndarray) -> str:
     )
 
 
+def cpu_model() -> str:
+    """The processor's name, as the OS reports it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=13_000_000, help="number of chips")
@@ -135,6 +149,10 @@ def main() -> None:
     parser.add_argument("--audit-km", type=float, default=2.0)
     args = parser.parse_args()
 
+    print(
+        f"{cpu_model()}; Python {platform.python_version()}, numpy {np.__version__}, "
+        f"scipy {scipy.__version__}, pyproj {pyproj.__version__}; one thread"
+    )
     t0 = time.perf_counter()
     chips = generate(args.n)
     print(

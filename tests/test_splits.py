@@ -171,10 +171,10 @@ def test_block_split_hits_the_ratios() -> None:
     lon, lat = _europe(200_000)
     labels = block_split(lon, lat, block_km=50, buffer_km=0, ratios=(0.6, 0.25, 0.15))
     assert set(labels) == {"train", "validation", "test"}
-    np.testing.assert_allclose(_shares(labels), [0.6, 0.25, 0.15], atol=0.01)
+    np.testing.assert_allclose(_shares(labels), [0.6, 0.25, 0.15], atol=0.002)
     buffered = block_split(lon, lat, block_km=50, buffer_km=3, ratios=(0.6, 0.25, 0.15))
     assert 0.05 < np.mean(buffered == "") < 0.5
-    np.testing.assert_allclose(_shares(buffered), [0.6, 0.25, 0.15], atol=0.015)
+    np.testing.assert_allclose(_shares(buffered), [0.6, 0.25, 0.15], atol=0.006)
 
 
 def test_block_split_is_deterministic_and_order_free() -> None:
@@ -204,13 +204,13 @@ def test_block_buffer_is_exact_on_a_dense_grid() -> None:
     assert set(block_label) >= {"train", "validation", "test"}
 
     # Brute force from a sample of chips to all chips.
-    sample = np.random.default_rng(0).choice(lon.size, 1500, replace=False)
-    d = _haversine_km(lon[sample], lat[sample], lon, lat)  # [1500, N]
+    sample = np.random.default_rng(0).choice(lon.size, 1000, replace=False)
+    d = _haversine_km(lon[sample], lat[sample], lon, lat)  # [1000, N]
     other = chip_block_label[None, :] != chip_block_label[sample][:, None]
     other &= chip_block_label[None, :] != ""
     nearest_other = np.where(other, d, np.inf).min(axis=1)  # km to another split's block chips
     kept = labels[sample] != ""
-    assert 50 < (~kept).sum() < 1000
+    assert 30 < (~kept).sum() < 700
     # Kept chips are at least the buffer from every chip of another split's blocks ...
     assert nearest_other[kept].min() >= buffer_km * 0.995
     # ... dropped chips are within the buffer (plus the grid spacing) of one, away from the
@@ -263,7 +263,7 @@ def test_region_split_keeps_regions_whole_and_approximates_ratios() -> None:
     assert np.all(labels[::97] == "")
     frame = pd.DataFrame({"region": values, "split": labels}).dropna()
     assert (frame.groupby("region")["split"].nunique() == 1).all()
-    np.testing.assert_allclose(_shares(labels), [0.7, 0.15, 0.15], atol=0.01)
+    np.testing.assert_allclose(_shares(labels), [0.7, 0.15, 0.15], atol=0.002)
     assert np.array_equal(labels, region_split(values, (0.7, 0.15, 0.15), seed=1))
     assert not np.array_equal(labels, region_split(values, (0.7, 0.15, 0.15), seed=2))
     perm = rng.permutation(values.size)

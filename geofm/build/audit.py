@@ -56,14 +56,25 @@ def _great_circle_km(chord: float) -> float:
     return 2.0 * EARTH_RADIUS_KM * math.asin(min(chord / 2.0, 1.0))
 
 
-def _unit_vectors(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """[N, 3] float64 points on the unit sphere for centroids in degrees."""
-    lam, phi = np.radians(lon), np.radians(lat)
-    cos_phi = np.cos(phi)
-    xyz = np.empty((lon.size, 3))
-    np.multiply(cos_phi, np.cos(lam), out=xyz[:, 0])
-    np.multiply(cos_phi, np.sin(lam), out=xyz[:, 1])
-    np.sin(phi, out=xyz[:, 2])
+def _unit_vectors(lon: np.ndarray, lat: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """[M, 3] float64 points on the unit sphere for the centroids ``index`` (degrees in).
+
+    Works through the chips in cache-sized chunks with reused buffers: at 10⁷ chips, fresh
+    full-length temporaries cost more in page faults than the trigonometry itself.
+    """
+    xyz = np.empty((index.size, 3))
+    chunk = min(1 << 16, index.size)
+    phi, lam, tmp = np.empty(chunk), np.empty(chunk), np.empty(chunk)
+    for start in range(0, index.size, chunk):
+        stop = min(start + chunk, index.size)
+        m, rows = stop - start, index[start:stop]
+        p, q, t = phi[:m], lam[:m], tmp[:m]
+        np.radians(np.take(lat, rows, out=p), out=p)
+        np.radians(np.take(lon, rows, out=q), out=q)
+        np.sin(p, out=xyz[start:stop, 2])
+        np.cos(p, out=p)
+        np.multiply(p, np.cos(q, out=t), out=xyz[start:stop, 0])
+        np.multiply(p, np.sin(q, out=t), out=xyz[start:stop, 1])
     return xyz
 
 
@@ -110,12 +121,15 @@ def _closest_beyond(a: cKDTree, b: cKDTree, r: float) -> float:
     pairs do, and those pairs are listed: the result is exact.
     """
     lo, hi = r, max(2.0 * r, _chord(0.1))
-    while hi < 2.0 and _count_pairs(a, b, hi) == 0:
+    n_hi = _count_pairs(a, b, hi)
+    while n_hi == 0 and hi < 2.0:  # a chord of 2 spans the sphere: every pair is inside
         lo, hi = hi, min(2.0 * hi, 2.0)
-    while _count_pairs(a, b, hi) > _REFINE_LIMIT and hi - lo > 1e-15:
+        n_hi = _count_pairs(a, b, hi)
+    while n_hi > _REFINE_LIMIT and hi - lo > 1e-15:
         mid = 0.5 * (lo + hi)
-        if _count_pairs(a, b, mid) > 0:
-            hi = mid
+        n_mid = _count_pairs(a, b, mid)
+        if n_mid > 0:
+            hi, n_hi = mid, n_mid
         else:
             lo = mid
     pairs = a.sparse_distance_matrix(b, hi, output_type="ndarray")
@@ -182,13 +196,10 @@ def leakage_audit(lon: Any, lat: Any, split: Any, distance_km: float) -> dict[st
         return report
 
     r = _chord(float(distance_km))
-    order = np.argsort(codes, kind="stable")  # chips grouped by split
-    start = np.searchsorted(codes[order], np.arange(len(names)))
     trees = []
     for k in range(len(names)):
-        idx = order[start[k] : start[k] + counts[k]]
-        xyz = _unit_vectors(lon_a[idx], lat_a[idx])  # [Nk, 3]
-        trees.append(cKDTree(xyz, leafsize=16, balanced_tree=False, compact_nodes=False))
+        xyz = _unit_vectors(lon_a, lat_a, np.flatnonzero(codes == k))  # [Nk, 3]
+        trees.append(cKDTree(xyz, leafsize=32, balanced_tree=False, compact_nodes=False))
     for i, j in combinations(range(len(names)), 2):
         near_i, near_j, chord = _pair_stats(trees[i], trees[j], r)
         report["pairs"][f"{names[i]}/{names[j]}"] = {

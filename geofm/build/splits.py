@@ -61,7 +61,6 @@ _TILE_TOLERANCE_M = 100.0
 _COLUMN_SETS = ("STUVWXYZ", "ABCDEFGH", "JKLMNPQR")  # indexed by zone % 3
 _ROW_LETTERS = "ABCDEFGHJKLMNPQRSTUV"  # cycles every 2,000,000 m of northing
 _ROW_CYCLE_M = 2_000_000.0
-_BAND_LETTERS = "CDEFGHJKLMNPQRSTUVWX"  # latitude bands; N and after are northern
 _TILE_RE = re.compile(r"^T?(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z])([A-HJ-NP-V])$")
 _UTM_EPSG_RE = re.compile(r"^EPSG:(32[67])(\d{2})$", re.IGNORECASE)
 
@@ -107,8 +106,8 @@ def _lonlat(lon: Any, lat: Any) -> tuple[np.ndarray, np.ndarray]:
     lat_a = _float_array("lat", lat, lon_a.size)
     if np.abs(lat_a).max() > 90.0:
         raise GeofmError(f"lat must lie in [-90, 90] degrees, got {np.abs(lat_a).max():g}")
-    if np.abs(lon_a).max() > 360.0:
-        raise GeofmError(f"lon must be in degrees, got {np.abs(lon_a).max():g}")
+    if np.abs(lon_a).max() > 180.0:
+        raise GeofmError(f"lon must lie in [-180, 180] degrees, got {np.abs(lon_a).max():g}")
     return lon_a, lat_a
 
 
@@ -120,8 +119,8 @@ def _check_ratios(ratios: Sequence[float]) -> np.ndarray:
         r = np.array([np.nan])
     if r.size != 3 or not np.isfinite(r).all() or (r < 0).any() or abs(r.sum() - 1.0) > 1e-6:
         raise GeofmError(
-            f"split ratios must be three non-negative numbers (train, validation, test) "
-            f"summing to 1, got {tuple(ratios)!r}"
+            "split ratios must be three non-negative numbers (train, validation, test) "
+            f"summing to 1, got {ratios!r}"
         )
     return r / r.sum()
 
@@ -152,7 +151,7 @@ def _parse_tile(tile: str) -> tuple[int, bool, float, float]:
             f"unknown Sentinel-2 tile id {tile!r}: expected an MGRS tile such as '29UPU' "
             "(UTM zone 1-60, latitude band, 100 km column and row letters)"
         )
-    band, col, row = m.group(2), m.group(3), m.group(4)
+    band, col, row = m.group(2), m.group(3), m.group(4)  # bands N-X are northern
     columns = _COLUMN_SETS[zone % 3]
     if col not in columns:
         raise GeofmError(
@@ -307,11 +306,13 @@ def reben_tile_split(tile: Any, native_x: Any, native_y: Any, crs: Any) -> np.nd
 # --- spatial blocks -------------------------------------------------------------------------
 
 
-def _assign_by_cumulative_count(counts: np.ndarray, ratios: np.ndarray, order: np.ndarray):
+def _assign_by_cumulative_count(
+    counts: np.ndarray, ratios: np.ndarray, order: np.ndarray
+) -> np.ndarray:
     """Split codes [B] for groups taken in ``order``, filling train, then validation, then test.
 
     A group goes to the split whose share of the cumulative chip count holds the group's
-    midpoint, so each split's total is within half a group of its target.
+    midpoint, so each boundary between splits lands within half a group of its target.
     """
     c = counts[order].astype(np.float64)  # [B] chips per group, shuffled
     mid = np.cumsum(c) - 0.5 * c
@@ -326,9 +327,9 @@ def _ease2_parallel_scale(lat_deg: np.ndarray) -> np.ndarray:
 
     The projection is equal-area, so the scale along the meridian is its reciprocal.
     """
-    phi = np.radians(lat_deg)
-    cos_phi = np.maximum(np.cos(phi), 1e-12)
-    return _EASE_K0 * np.sqrt(1.0 - _WGS84_E2 * np.sin(phi) ** 2) / cos_phi
+    cos2 = np.cos(np.radians(lat_deg)) ** 2
+    # sin² = 1 - cos²; the floor keeps the poles finite.
+    return _EASE_K0 * np.sqrt(1.0 - _WGS84_E2 * (1.0 - cos2)) / np.sqrt(np.maximum(cos2, 1e-24))
 
 
 def _buffer_conflicts(
@@ -389,18 +390,19 @@ def block_split(
     blocks of ``block_km`` projected kilometres anchored at (0, 0) (lon 0°, equator); every block
     covers the same ground area, block_km². The non-empty blocks, in grid order, are shuffled with
     ``np.random.default_rng(seed)`` and filled greedily into train, then validation, then test, so
-    each split's chip count is within half a block of its target.
+    each boundary between splits lands within half a block of its target chip count.
 
     Buffer: a chip whose ground distance to a block of a *different* split is below
     ``buffer_km`` is **dropped** (label ``""``), not moved to another split — moving would
-    re-create the contact the buffer is there to prevent. The distance is computed exactly from
-    the chip's distances to its block's 4 edges and 4 corners and the splits of the 8 neighbouring
-    blocks, with projected distances converted to ground distances by the projection's local
-    scale. Because both sides of a border lose their buffer, kept chips of different splits are at
+    re-create the contact the buffer is there to prevent. The distance comes from the chip's
+    distances to its block's 4 edges and 4 corners and the splits of the 8 neighbouring blocks,
+    with projected distances turned into ground distances by the projection's scale at the chip
+    (exact but for that scale's change across the buffer: under 0.1 % for 2 km at 70°).
+    Because both sides of a border lose their buffer, kept chips of different splits are at
     least ``2 × buffer_km`` apart. As the buffer takes more from the small, mostly surrounded
-    validation and test blocks than from train, the blocks are assigned a second time with ratios
-    corrected by the first pass's kept fractions, so the ratios hold for the chips that remain.
-    Blocks do not wrap across the antimeridian.
+    validation and test blocks than from train, the blocks are assigned a second time with
+    ratios corrected by the first pass's kept fractions, so the ratios hold closely for the
+    chips that remain. Blocks do not wrap across the antimeridian.
 
     Args:
         lon: [N] centroid longitudes, degrees (EPSG:4326).
@@ -425,15 +427,19 @@ def block_split(
         raise GeofmError(f"buffer_km must be zero or a positive number of km, got {buffer_km!r}")
     block_m, buffer_m = float(block_km) * 1000.0, float(buffer_km) * 1000.0
 
+    # In-place arithmetic throughout: at 10⁷ chips every fresh [N] temporary costs ~0.1 s.
     x, y = _TO_EASE2.transform(lon_a, lat_a)  # [N] projected metres
-    fx, fy = np.floor(x / block_m), np.floor(y / block_m)
-    ix, iy = fx.astype(np.int64), fy.astype(np.int64)  # [N] block column and row
-    ix -= ix.min() - 1  # a one-block margin keeps neighbour keys inside the grid
+    corner_x = np.floor(np.divide(x, block_m), out=np.empty_like(x))  # [N] block column
+    corner_y = np.floor(np.divide(y, block_m), out=np.empty_like(y))  # [N] block row
+    key = corner_x.astype(np.int64)
+    iy = corner_y.astype(np.int64)
+    key -= key.min() - 1  # a one-block margin keeps neighbour keys inside the grid
     iy -= iy.min() - 1
     rows = int(iy.max()) + 2
-    cells = (int(ix.max()) + 2) * rows
-    key = ix * rows + iy  # [N] block key, ordered by (column, row)
-    del ix, iy
+    cells = (int(key.max()) + 2) * rows
+    key *= rows
+    key += iy  # [N] block key, ordered by (column, row)
+    del iy
 
     if cells <= min(_DENSE_GRID_CELLS, 8 * key.size + 1_000_000):
         counts = np.bincount(key, minlength=cells)  # [cells]
@@ -464,19 +470,28 @@ def block_split(
     if buffer_m == 0:
         return _LABELS[block_codes[block]]
 
-    scale = _ease2_parallel_scale(lat_a)  # [N]
-    reach = buffer_m * np.maximum(scale.max(), 1.0 / scale.min())
+    # The scale grows with |lat|, so its extremes over the chips sit at the extreme latitudes.
+    abs_lat = np.abs(lat_a)
+    extremes = _ease2_parallel_scale(np.array([abs_lat.min(), abs_lat.max()]))
+    reach = buffer_m * max(extremes[1], 1.0 / extremes[0])  # projected metres
+    del abs_lat
     if reach >= block_m:
         raise GeofmError(
             f"buffer_km={buffer_km:g} reaches {reach / 1000:.1f} projected km at these latitudes, "
             f"past the neighbouring {block_km:g} km blocks; use larger blocks or a smaller buffer"
         )
     # Only chips within the buffer's projected reach of their block's edge can be dropped.
-    dx, dy = x - fx * block_m, y - fy * block_m  # [N] projected metres from the SW corner
-    near = np.flatnonzero(
-        (np.minimum(dx, block_m - dx) < reach) | (np.minimum(dy, block_m - dy) < reach)
-    )  # [M]
-    dx, dy, scale = dx[near], dy[near], scale[near]
+    corner_x *= block_m
+    dx = np.subtract(x, corner_x, out=corner_x)  # [N] projected metres from the block's west
+    corner_y *= block_m
+    dy = np.subtract(y, corner_y, out=corner_y)  # [N] projected metres from the block's south
+    del x, y
+    near = (dx < reach) | (dx > block_m - reach)
+    near |= dy < reach
+    near |= dy > block_m - reach
+    near = np.flatnonzero(near)  # [M]
+    dx, dy = dx[near], dy[near]
+    scale = _ease2_parallel_scale(lat_a[near])  # [M]
 
     def drop_mask(block_codes: np.ndarray) -> np.ndarray:
         own = block_codes[block[near]]
@@ -543,20 +558,21 @@ def region_split(
             f"region split needs at least {needed} regions for ratios {tuple(ratios)!r}, "
             f"got {regions.size}"
         )
-    sizes = counts[regions]
-    target = r * sizes.sum()
+    sizes = counts[regions].tolist()  # [G] chips per region
+    total = float(sum(sizes))
+    target = (r * total).tolist()
+    active = [k for k in range(3) if r[k] > 0]
     rng = np.random.default_rng(seed)
-    tries = int(max(1, min(256, 2_000_000 // regions.size)))
+    tries = max(1, min(256, 500_000 // regions.size))  # about a second of Python at most
     best_codes, best_err = np.zeros(regions.size, np.int8), np.inf
     for _ in range(tries):
-        order = rng.permutation(regions.size)
-        filled = np.zeros(3)
+        filled = [0.0, 0.0, 0.0]
         trial = np.empty(regions.size, np.int8)
-        for g in order:
-            s = int(np.argmax(np.where(r > 0, target - filled, -np.inf)))
+        for g in rng.permutation(regions.size).tolist():
+            s = max(active, key=lambda k: target[k] - filled[k])
             trial[g] = s
             filled[s] += sizes[g]
-        err = float(np.abs(filled / sizes.sum() - r).max())
+        err = max(abs(filled[k] / total - r[k]) for k in range(3))
         if err < best_err:
             best_codes, best_err = trial, err
     region_codes = np.full(names.size, -1, np.int8)

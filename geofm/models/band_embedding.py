@@ -74,6 +74,8 @@ class BandEmbedding(nn.Module):
         key = tuple(bands)
         if key not in self._cache:
             resolved = [get_band(b) for b in key]
+            if len({b.name for b in resolved}) != len(resolved):
+                raise BandError(f"a band is given twice in {list(key)}")
             feats = torch.tensor([band_features(b) for b in resolved], dtype=torch.float32)
             unknown = len(self.known_bands)
             index = torch.tensor([self._known_index.get(b.name, unknown) for b in resolved])

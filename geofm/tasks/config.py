@@ -46,10 +46,11 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins."""
+    """Recursive dict merge; ``update`` wins. A ``kwargs`` mapping is replaced whole: the
+    constructor arguments of one model or objective never mix with another's."""
     out = copy.deepcopy(base)
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs":
             out[k] = merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
@@ -97,5 +98,16 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise GeofmError(f"override {item!r} is not key=value", hint="e.g. --set optim.lr=3e-4")
         key, raw = item.split("=", 1)
-        set_key(out, key.strip(), yaml.safe_load(raw))
+        set_key(out, key.strip(), parse_value(raw))
     return out
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value as YAML, with ``1e-4``-style floats read as numbers."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value

@@ -6,16 +6,46 @@ own share of random chips, straight from the store's shards (no rank loads the d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from geofm.data.dataset import ChipDataset, collate_samples
 from geofm.data.transforms import Normalize
-from geofm.io.store import ChipStore, open_store, validate_store
 from geofm.errors import StoreError
+from geofm.io.store import ChipStore, open_store, validate_store
+
+
+class EpochSeededSampler(RandomSampler):
+    """A random order that depends only on ``(seed, epoch)``, so resumed runs see the same
+    batches. Lightning calls :meth:`set_epoch`; under DDP it swaps in a seeded
+    ``DistributedSampler`` instead."""
+
+    def __init__(self, data: Dataset, seed: int = 0):
+        super().__init__(data, generator=torch.Generator())
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Order of ``epoch``."""
+        self.epoch = epoch
+
+    def resume_after(self, epoch: int, samples_done: int) -> None:
+        """Continue ``epoch`` after its first ``samples_done`` samples (mid-epoch resume)."""
+        self.epoch, self.skip = epoch, samples_done
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        order = torch.randperm(len(self.data_source), generator=g).tolist()
+        skip, self.skip = self.skip, 0
+        yield from order[skip:]
+
+    def __len__(self) -> int:
+        return len(self.data_source) - self.skip
 
 
 class ChipDataModule(L.LightningDataModule):
@@ -28,6 +58,7 @@ class ChipDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         train_split: Split to train on (None: all chips).
         val_split: Split to validate on (None: no validation loop).
+        seed: Seed of the training order.
     """
 
     def __init__(
@@ -38,6 +69,7 @@ class ChipDataModule(L.LightningDataModule):
         num_workers: int = 0,
         train_split: str | None = "train",
         val_split: str | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         problems = validate_store(store)
@@ -52,6 +84,7 @@ class ChipDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.train_split = train_split
         self.val_split = val_split
+        self.seed = seed
 
     def dataset(self, split: str | None) -> ChipDataset:
         """The normalised dataset of ``split``."""
@@ -59,7 +92,9 @@ class ChipDataModule(L.LightningDataModule):
                            transforms=self.normalize)
 
     def _loader(self, split: str | None, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
+        ds = self.dataset(split)
+        return DataLoader(ds, batch_size=self.batch_size,
+                          sampler=EpochSeededSampler(ds, self.seed) if shuffle else None,
                           num_workers=self.num_workers, collate_fn=collate_samples,
                           drop_last=False, persistent_workers=self.num_workers > 0)
 

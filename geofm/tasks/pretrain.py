@@ -14,6 +14,7 @@ Every step's randomness (masking, channel sampling, drop-path) comes from a seed
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -32,7 +33,7 @@ from geofm.checkpoint import save_checkpoint
 from geofm.errors import GeofmError
 from geofm.models import create_model
 from geofm.objectives import create_objective
-from geofm.tasks.datamodule import ChipDataModule
+from geofm.tasks.datamodule import ChipDataModule, EpochSeededSampler
 from geofm.viz import reconstruction_preview
 
 
@@ -77,10 +78,21 @@ class PretrainTask(L.LightningModule):
         self.objective = create_objective(objective, self.encoder, **objective_kwargs)
         self._t0: float | None = None
         self.last_output: Any = None
+        self.seen: set[int] = set()
+
+    def on_train_start(self) -> None:
+        # A mid-epoch resume restarts the epoch's iterator; skip what was already trained on.
+        loader = self.trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if isinstance(sampler, EpochSeededSampler) and done and loader.batch_size:
+            sampler.resume_after(self.current_epoch, done * loader.batch_size)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
         images = batch["image"]  # [B, C, H, W]
+        if "meta" in batch:
+            self.seen.update(int(i) for i in batch["meta"]["index"])
         progress = min(1.0, self.global_step / max(1, self.hparams.max_steps))
         out = self.objective(images, batch["bands"], valid=batch.get("valid"), progress=progress)
         if not torch.isfinite(out.loss):
@@ -145,6 +157,20 @@ class _Previews(Callback):
             title=f"{task.hparams.model} + {task.hparams.objective}, step {trainer.global_step}")
 
 
+class _DataRecord(Callback):
+    """Writes which chips each rank trained on (``data_rank{R}.json``), for auditing runs."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer: L.Trainer, task: PretrainTask) -> None:
+        seen = sorted(task.seen)
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
+                  "num_chips_seen": len(seen), "chip_indices": seen[:100_000]}
+        path = self.out_dir / f"data_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(record))
+
+
 def sample_store(output_root: str | Path = "outputs") -> Path:
     """The embedded real reBEN sample as a store, built on first use."""
     from geofm.build.reben import build_reben
@@ -184,11 +210,12 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     store = data["store"] or sample_store()
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     dm = ChipDataModule(store, bands=data["bands"], batch_size=data["batch_size"],
-                        num_workers=data["num_workers"], train_split=data["split"])
+                        num_workers=data["num_workers"], train_split=data["split"],
+                        seed=tr["seed"])
     task = PretrainTask(
         cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {}),
         cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
-        dm.band_names, lr=opt["lr"], weight_decay=opt["weight_decay"],
+        dm.band_names, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
         max_steps=tr["max_steps"], seed=tr["seed"])
     on_gpu = torch.cuda.is_available() and tr["accelerator"] in ("auto", "gpu", "cuda")
@@ -196,9 +223,10 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     resolved = {**cfg, "data": {**data, "store": str(store)},
                 "trainer": {**tr, "precision": precision}}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    ckpt_cb = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+    ckpt_cb = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=-1,
                               every_n_train_steps=tr["checkpoint_every_n_steps"])
-    callbacks: list[Callback] = [ckpt_cb, _Previews(out / "previews", cfg.get("previews", 3))]
+    callbacks: list[Callback] = [ckpt_cb, _Previews(out / "previews", cfg.get("previews", 3)),
+                                 _DataRecord(out)]
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     trainer = L.Trainer(

@@ -1,0 +1,144 @@
+"""Pretraining task: learning, resuming, DDP over two CPU ranks, config twins, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geofm.checkpoint import load_checkpoint, read_header
+from geofm.cli import main
+from geofm.models import create_model
+from geofm.objectives import create_objective
+from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
+from geofm.tasks.pretrain import run_pretrain
+
+from .synthetic import make_store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(store: Path, out: Path, *sets: str) -> dict:
+    base = apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
+        f"data.store={store}", f"output={out}", "model.name=channelvit_test",
+        "model.kwargs={}", "objective.kwargs={hcs: false, decoder_dim: 32, decoder_depth: 1, "
+        "decoder_heads: 2}", "data.split=null", "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1", "previews=1", *sets])
+    return base
+
+
+def _losses(out: Path) -> list[float]:
+    m = pd.read_csv(out / "metrics.csv")
+    return m["train/loss"].dropna().tolist()
+
+
+def test_loss_decreases_on_the_real_sample(reben_store: Path, tmp_path: Path) -> None:
+    cfg = _cfg(reben_store, tmp_path / "run", "trainer.max_steps=40", "optim.lr=3e-3",
+               "optim.warmup_steps=3", "data.batch_size=6", "objective.name=mae")
+    result = run_pretrain(cfg, progress=False)
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 40 and result["steps"] == 40
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    header = read_header(result["checkpoint"])
+    assert header["bands"] == [f"S2.{b}" for b in ("B01", "B02", "B03", "B04", "B05", "B06",
+                                                   "B07", "B08", "B8A", "B09", "B11", "B12")] \
+        + ["S1.VV", "S1.VH"]
+    assert len(header["normalization"]["mean"]) == 14
+    assert (tmp_path / "run" / "previews").glob("*.png")
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_checkpoint_rebuilds_the_model(reben_store: Path, tmp_path: Path) -> None:
+    result = run_pretrain(_cfg(reben_store, tmp_path / "r", "trainer.max_steps=2"),
+                          progress=False)
+    weights, header = load_checkpoint(result["checkpoint"])
+    enc = create_model(header["model"]["name"], **header["model"]["config"])
+    obj = create_objective(header["objective"]["name"], enc, **header["objective"]["config"])
+    obj.load_state_dict(weights, strict=True)
+    x = torch.randn(1, 14, 120, 120)
+    assert torch.isfinite(enc(x, header["bands"])).all()
+
+
+def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path) -> None:
+    common = ("trainer.max_steps=4", "trainer.checkpoint_every_n_steps=2", "data.batch_size=2",
+              "objective.kwargs.hcs=true")
+    full = run_pretrain(_cfg(reben_store, tmp_path / "full", *common), progress=False)
+    ckpt = next((tmp_path / "full" / "checkpoints").glob("*step=2.ckpt"))
+    resumed = run_pretrain(_cfg(reben_store, tmp_path / "resumed", *common, f"resume={ckpt}"),
+                           progress=False)
+    a, b = load_file(full["checkpoint"]), load_file(resumed["checkpoint"])
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert _losses(tmp_path / "full")[2:] == _losses(tmp_path / "resumed")
+
+
+def test_ddp_two_cpu_ranks_split_the_data(reben_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "geofm.cli", "pretrain", "--data", str(reben_store),
+           "--devices", "2", "--strategy", "ddp", "--model", "channelvit_test",
+           "--max-steps", "2", "--batch-size", "1", "--output", str(out), "--quiet",
+           "--set", "trainer.accelerator=cpu", "--set", "data.split=null",
+           "--set", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r0 = json.loads((out / "data_rank0.json").read_text())
+    r1 = json.loads((out / "data_rank1.json").read_text())
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["chip_indices"] and r1["chip_indices"]
+    assert not set(r0["chip_indices"]) & set(r1["chip_indices"])  # disjoint shares
+    weights, header = load_checkpoint(out / "pretrain.safetensors")
+    assert header["train"]["world_size"] == 2
+    enc = create_model(header["model"]["name"], **header["model"]["config"])
+    create_objective(header["objective"]["name"], enc,
+                     **header["objective"]["config"]).load_state_dict(weights)
+
+
+@pytest.mark.parametrize("name,bands", [("reben_s1s2", None), ("modis_toa14", "modis14"),
+                                        ("opticalrs_rgb", "rgb")])
+def test_config_twins_run(name: str, bands: str | None, reben_store: Path, tmp_path: Path) -> None:
+    from geofm.bands import BAND_SETS
+
+    full = load_yaml(REPO / "configs" / "pretrain" / f"{name}.yaml")
+    tiny = load_yaml(REPO / "configs" / "pretrain" / f"{name}.tiny.yaml")
+    assert set(tiny) <= set(full) | {"previews"}  # the twin only shrinks the real config
+    store = reben_store if bands is None else make_store(tmp_path / "s.zarr",
+                                                         list(BAND_SETS[bands]), size=32)
+    cfg = apply_overrides(merge(merge(PRETRAIN_DEFAULTS, full), tiny),
+                          [f"data.store={store}", f"output={tmp_path / 'out'}"])
+    result = run_pretrain(cfg, progress=False)
+    assert result["steps"] == 3
+    assert read_header(result["checkpoint"])["model"]["name"] == tiny["model"]["name"]
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], needle: str) -> None:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err and err[-1].startswith("geofm: error: "), err
+    assert needle in err[-1], err[-1]
+
+
+def test_bad_input(reben_store: Path, store_copy: Path, tmp_path: Path, capsys) -> None:
+    base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
+            "--output", str(tmp_path / "o")]
+    _fails([*base, "--model", "resnet9000"], capsys, "resnet9000")
+    _fails([*base, "--objective", "dino"], capsys, "unknown objective 'dino'")
+    _fails([*base, "--bands", "20"], capsys, "20 bands requested but only 14")
+    _fails([*base, "--bands", "modis14"], capsys, "not available")
+    _fails([*base, "--set", "optim.nope=1"], capsys, "unknown config key 'optim.nope'")
+    (store_copy / "image" / "c" / "0" / "0" / "0" / "0").unlink()
+    _fails(["pretrain", "--data", str(store_copy), "--quiet", "--output", str(tmp_path / "o")],
+           capsys, "store fails validation")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _fails(["pretrain", "--data", str(reben_store), "--quiet", "--output", str(blocker / "x")],
+           capsys, "cannot create the output directory")
+    _fails([*base, "--model", "channelvit_test", "--set", "optim.lr=1e30",
+            "--set", "optim.warmup_steps=1", "--max-steps", "6", "--set", "objective.name=mae"],
+           capsys, "non-finite loss")
