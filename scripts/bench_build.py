@@ -96,6 +96,7 @@ def same_stores(a: Path, b: Path) -> str:
 
 
 def main() -> None:
+    """Parse the arguments, run the benchmark in a work directory, clean up."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[1:]))

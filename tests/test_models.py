@@ -39,7 +39,7 @@ def test_registry_lists_every_size() -> None:
 
 
 def test_unknown_model_is_one_clear_error() -> None:
-    with pytest.raises(GeofmError, match="unknown model 'vit_huge'.*channelvit_tiny.*vit_tiny"):
+    with pytest.raises(GeofmError, match=r"unknown model 'vit_huge'.*channelvit_tiny.*vit_tiny"):
         create_model("vit_huge")
 
 
@@ -126,9 +126,9 @@ def test_vit_reorders_bands_by_name() -> None:
 def test_vit_rejects_missing_or_foreign_bands() -> None:
     model = create_model("vit_test")
     assert isinstance(model, ViT)
-    with pytest.raises(BandError, match="missing \\['S1.VH'\\]"):
+    with pytest.raises(BandError, match=r"missing \['S1\.VH'\]"):
         model(images(c=13), S1S2[:13])
-    with pytest.raises(BandError, match="unexpected \\['L8.B4'\\]"):
+    with pytest.raises(BandError, match=r"unexpected \['L8\.B4'\]"):
         model(images(), [*S1S2[:13], "L8.B4"])
 
 
@@ -198,7 +198,7 @@ def test_hcs_draws_every_band_count_uniformly() -> None:
         keep = sample_band_subset(num_bands, gen)
         assert keep.unique().numel() == keep.numel()  # distinct
         assert torch.equal(keep, keep.sort().values)
-        assert 0 <= int(keep.min()) and int(keep.max()) < num_bands
+        assert int(keep.min()) >= 0 and int(keep.max()) < num_bands
         counts[keep.numel()] += 1
         band_hits[keep] += 1
     assert counts[0] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -192,15 +194,26 @@ def test_hog_richness_ranks_texture_over_edges_over_flat() -> None:
 # --- every objective: learning, nodata safety, outputs ----------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("objective", "model"),
-    [("mae", "channelvit_test"), ("selective_mae", "channelvit_test"),
-     ("simmim", "channelvit_test"), ("selective_mae", "vit_test")],
-)
+def stripes(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Stripes with the patch's period, per-image phase and amplitude, alternating direction
+    by band: a masked patch is predictable from the visible patches of its band."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.arange(size, dtype=torch.float32)
+    cols = u.view(1, 1, 1, -1).expand(b, c, size, size)
+    rows = u.view(1, 1, -1, 1).expand(b, c, size, size)
+    axis = torch.where((torch.arange(c) % 2 == 0).view(1, -1, 1, 1), cols, rows)
+    phase = 2 * math.pi * torch.rand(b, c, 1, 1, generator=gen)
+    amplitude = 0.5 + torch.rand(b, c, 1, 1, generator=gen)
+    noise = 0.1 * torch.randn(b, c, size, size, generator=gen)
+    return amplitude * torch.sin(2 * math.pi * axis / 8 + phase) + noise
+
+
+@pytest.mark.parametrize("objective", ["mae", "selective_mae", "simmim"])
+@pytest.mark.parametrize("model", ["vit_test", "channelvit_test"])
 def test_loss_decreases_over_a_fixed_seed_run(objective: str, model: str) -> None:
     obj = build(objective, model, bands=RGBN)
-    x = structured(4, 4, 32, seed=1)
-    optimizer = torch.optim.AdamW(obj.parameters(), lr=2e-3)
+    x = stripes(4, 4, 32, seed=1)
+    optimizer = torch.optim.AdamW(obj.parameters(), lr=5e-3, fused=True)
     gen = torch.Generator().manual_seed(0)
     losses = []
     for step in range(30):
@@ -210,7 +223,10 @@ def test_loss_decreases_over_a_fixed_seed_run(objective: str, model: str) -> Non
         optimizer.step()
         losses.append(out.loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < 0.8 * first, losses
+    assert last < 0.65 * first, losses
+    if objective != "simmim":
+        # Predicting each patch's mean scores about 1 on normalised pixels; this learned more.
+        assert last < 0.75, losses
 
 
 @pytest.mark.parametrize("objective", ["mae", "selective_mae", "simmim"])

@@ -166,3 +166,17 @@ def test_write_split_validates(store_copy: Path) -> None:
     assert again.attrs["split"]["counts"] == {"train": 2, "validation": 1, "test": 2, "excluded": 1}
     assert list(again.split_indices("val")) == [2]
     shutil.rmtree(store_copy)
+
+
+def test_collate_reuses_the_batch_tensor(reben_store: Path) -> None:
+    store = geofm.open_store(reben_store)
+    ds = ChipDataset(store)
+    samples = ds.__getitems__([4, 1, 2])
+    batch = collate_samples(samples)
+    assert batch["image"].data_ptr() == samples[0]["image"].data_ptr()  # no copy
+    np.testing.assert_array_equal(batch["image"].numpy(), store.read([4, 1, 2])["image"])
+    mean, std = store.band_stats()
+    normed = ChipDataset(store, transforms=Normalize(store.bands, mean, std)).__getitems__([4, 1])
+    stacked = collate_samples(normed)
+    assert stacked["image"].shape == (2, 14, 120, 120)
+    torch.testing.assert_close(stacked["image"][1], normed[1]["image"])

@@ -60,7 +60,7 @@ def split_store(
             raise GeofmError(f"chip table has no column {column!r} "
                              f"(have {', '.join(c for c in chips.columns if c != 'geometry')})",
                              store.path, "pass --column with one of those")
-        split = region_split(chips[column].astype(str).to_numpy(), ratios=ratios, seed=seed)
+        split = region_split(chips[column].to_numpy(), ratios=ratios, seed=seed)
         params = {"column": column, "ratios": list(ratios), "seed": seed}
     elif method == "polygons":
         if vector is None:
@@ -80,7 +80,7 @@ def audit_store(
     chips = store.chips
     lon = chips["centroid_lon"].to_numpy()
     lat = chips["centroid_lat"].to_numpy()
-    split = chips["split"].astype(str).to_numpy()
+    split = chips["split"].to_numpy()
     report = leakage_audit(lon, lat, split, distance_km)
     if map_png is not None:
         method = store.attrs["split"]["method"]

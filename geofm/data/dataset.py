@@ -78,19 +78,25 @@ class ChipDataset(NonGeoDataset):
             batch["image"] = batch["image"][:, self._band_idx]
             if "valid" in batch:
                 batch["valid"] = batch["valid"][:, self._band_idx]
+        # One tensor per array for the whole batch; samples are views into it, so collating an
+        # untransformed batch hands the same memory back without a copy.
+        image = torch.from_numpy(batch["image"].astype(np.float32, copy=False))
+        label = torch.from_numpy(batch["label"].astype(np.int64)) if "label" in batch else None
+        mask = torch.from_numpy(batch["mask"].astype(np.int64)) if "mask" in batch else None
+        valid = torch.from_numpy(batch["valid"]) if "valid" in batch else None
         samples = []
         for k, i in enumerate(store_idx):
             s: Sample = {
-                "image": torch.from_numpy(batch["image"][k].astype(np.float32, copy=False)),
+                "image": image[k],
                 "bands": self.bands,
                 "meta": {"index": int(i), "chip_id": str(self._chip_ids[i])},
             }
-            if "label" in batch:
-                s["label"] = torch.from_numpy(batch["label"][k].astype(np.int64))
-            if "mask" in batch:
-                s["mask"] = torch.from_numpy(batch["mask"][k].astype(np.int64))
-            if "valid" in batch:
-                s["valid"] = torch.from_numpy(batch["valid"][k])
+            if label is not None:
+                s["label"] = label[k]
+            if mask is not None:
+                s["mask"] = mask[k]
+            if valid is not None:
+                s["valid"] = valid[k]
             samples.append(self.transforms(s) if self.transforms else s)
         return samples
 
@@ -108,7 +114,7 @@ def collate_samples(samples: list[Sample]) -> Sample:
     out: Sample = {"bands": list(bands)}
     for key in ("image", "label", "mask", "valid"):
         if key in samples[0]:
-            out[key] = torch.stack([s[key] for s in samples])
+            out[key] = _stack([s[key] for s in samples])
     if "meta" in samples[0]:
         out["meta"] = {
             "index": torch.tensor([s["meta"]["index"] for s in samples]),
@@ -117,3 +123,14 @@ def collate_samples(samples: list[Sample]) -> Sample:
     return out
 
 
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack``, or the batch tensor itself when ``tensors`` are its rows in order."""
+    base = tensors[0]._base
+    if (base is not None and base.is_contiguous() and base.shape[0] == len(tensors)
+            and base.shape[1:] == tensors[0].shape
+            and all(t._base is base and t.data_ptr() == base[k].data_ptr()
+                    for k, t in enumerate(tensors))):
+        return base
+    return torch.stack(tensors)

@@ -34,20 +34,26 @@ class BandStats:
 
     @classmethod
     def of(cls, image: np.ndarray, valid: np.ndarray | None = None) -> BandStats:
-        """Statistics of ``image`` ``[N, C, H, W]`` over finite pixels where ``valid`` is True."""
-        _n, c = image.shape[:2]
-        x = image.astype(np.float64).transpose(1, 0, 2, 3).reshape(c, -1)  # [C, N·H·W]
-        ok = np.isfinite(x)
-        if valid is not None:
-            ok &= valid.transpose(1, 0, 2, 3).reshape(c, -1)
-        xz = np.where(ok, x, 0.0)
-        return cls(
-            count=ok.sum(axis=1).astype(np.int64),
-            total=xz.sum(axis=1),
-            total_sq=(xz * xz).sum(axis=1),
-            minimum=np.where(ok, x, np.inf).min(axis=1) if x.size else np.full(c, np.inf),
-            maximum=np.where(ok, x, -np.inf).max(axis=1) if x.size else np.full(c, -np.inf),
-        )
+        """Statistics of ``image`` ``[N, C, H, W]`` over finite pixels where ``valid`` is True.
+
+        One band at a time, so memory stays at one band's float64 copy.
+        """
+        c = image.shape[1]
+        out = cls.empty(c)
+        for b in range(c):
+            x = image[:, b]  # [N, H, W]
+            ok = np.isfinite(x)
+            if valid is not None:
+                ok &= valid[:, b]
+            vals = x[ok]
+            out.count[b] = vals.size
+            if vals.size:
+                v64 = vals.astype(np.float64)
+                out.total[b] = v64.sum()
+                out.total_sq[b] = (v64 * v64).sum()  # numpy pairwise sum: reproducible (BLAS dot is not)
+                out.minimum[b] = float(vals.min())
+                out.maximum[b] = float(vals.max())
+        return out
 
     def merge(self, other: BandStats) -> BandStats:
         """Statistics of the union of both pixel sets."""
