@@ -113,21 +113,57 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
-    from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
+    from geofm.tasks.config import PRETRAIN_DEFAULTS
     from geofm.tasks.pretrain import run_pretrain
 
-    cfg = merge(PRETRAIN_DEFAULTS, load_yaml(a.config)) if a.config else merge(PRETRAIN_DEFAULTS, {})
-    flags = {"data.store": a.data, "data.bands": a.bands, "model.name": a.model,
-             "objective.name": a.objective, "trainer.max_steps": a.max_steps,
-             "data.batch_size": a.batch_size, "trainer.devices": a.devices,
-             "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
-             "trainer.precision": a.precision, "resume": a.resume, "output": a.output}
-    sets = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    cfg = apply_overrides(cfg, sets + list(a.set or []))
+    cfg = _config(PRETRAIN_DEFAULTS, a.config, {
+        "data.store": a.data, "data.bands": a.bands, "model.name": a.model,
+        "objective.name": a.objective, "trainer.max_steps": a.max_steps,
+        "data.batch_size": a.batch_size, "trainer.devices": a.devices,
+        "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
+        "trainer.precision": a.precision, "resume": a.resume, "output": a.output}, a.set)
     result = run_pretrain(cfg, progress=not a.quiet)
     print(f"pretrained {result['steps']} steps, final loss {result['final_loss']:.4f}")
     print(f"outputs in {result['output']}: pretrain.safetensors (checkpoint), config.yaml, "
           "metrics.csv, previews/, checkpoints/last.ckpt")
+    return 0
+
+
+def _config(defaults: dict, path: str | None, flags: dict, sets: list[str] | None) -> dict:
+    from geofm.tasks.config import apply_overrides, load_yaml, merge
+
+    cfg = merge(defaults, load_yaml(path)) if path else merge(defaults, {})
+    given = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return apply_overrides(cfg, given + list(sets or []))
+
+
+def _cmd_finetune(a: argparse.Namespace) -> int:
+    from geofm.tasks.config import FINETUNE_DEFAULTS
+    from geofm.tasks.finetune import run_finetune
+
+    cfg = _config(FINETUNE_DEFAULTS, a.config, {
+        "init": a.init, "data.store": a.data, "task": a.task, "head.kind": a.probe,
+        "head.freeze": a.freeze, "head.unfreeze_last": a.unfreeze_last,
+        "optim.layer_decay": a.layer_decay, "optim.lr": a.lr, "trainer.max_steps": a.max_steps,
+        "data.batch_size": a.batch_size, "output": a.output}, a.set)
+    if cfg["data"]["store"] is None:
+        from geofm.errors import GeofmError
+
+        raise GeofmError("no chip store given", hint="pass --data STORE")
+    r = run_finetune(cfg, progress=not a.quiet)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in r["val_metrics"].items() if isinstance(v, float))
+    print(f"finetuned {r['steps']} steps; selected on {r['selected_on']}; validation: {shown}")
+    print(f"model: {r['checkpoint']}")
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from geofm.evaluate import evaluate
+
+    r = evaluate(a.model, a.data, split=a.split, output=a.output)
+    p = r["primary_metric"]
+    print(f"{r['task']} on {r['split']} ({r['num_chips']} chips): {p} {r['metrics'][p]:.4f}")
+    print(f"reports: {r['output']}/report.json, report.md")
     return 0
 
 
@@ -201,6 +237,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_pretrain)
+
+    f = sub.add_parser("finetune", help="finetune a pretrained encoder with a head",
+                       description="Probe or finetune a pretrained geofm encoder on a store's "
+                       "labels; the model is selected on the validation split only.")
+    f.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors)")
+    f.add_argument("--data", help="chip store with labels, masks or targets")
+    f.add_argument("--task", choices=("multilabel", "classification", "segmentation",
+                                      "regression"))
+    f.add_argument("--probe", choices=("linear", "attentive", "mlp", "segmentation"),
+                   help="head (default: linear for scene tasks, segmentation for pixel tasks)")
+    f.add_argument("--freeze", choices=("frozen", "partial", "full"))
+    f.add_argument("--unfreeze-last", type=int, help="blocks trained with --freeze partial")
+    f.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.75)")
+    f.add_argument("--lr", type=float)
+    f.add_argument("--max-steps", type=int)
+    f.add_argument("--batch-size", type=int)
+    f.add_argument("--config", help="YAML config (configs/finetune/*.yaml)")
+    f.add_argument("--output", help="output directory (default runs/finetune)")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(func=_cmd_finetune)
+
+    e = sub.add_parser("eval", help="evaluate a finetuned model on a store split")
+    e.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
+    e.add_argument("--data", required=True, help="chip store")
+    e.add_argument("--split", default="test")
+    e.add_argument("--output", help="report directory (default: beside the model)")
+    e.set_defaults(func=_cmd_eval)
     return p
 
 

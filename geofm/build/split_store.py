@@ -68,7 +68,8 @@ def split_store(
         split = polygon_split(lon, lat, str(vector), column="split")
         params = {"vector": str(Path(vector).resolve())}
     else:
-        raise GeofmError(f"unknown split method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+        raise GeofmError(f"unknown split method {method!r}",
+                         hint=f"use one of {', '.join(METHODS)}")
     store.write_split(np.asarray(split, dtype=object), method, params)
     return dict(store.attrs["split"]["counts"])
 

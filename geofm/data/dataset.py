@@ -8,6 +8,7 @@ The sample dict, documented once::
         "label": Tensor[K] int64,           # multi-hot scene labels (stores with labels)
         "mask": Tensor[H, W] int64,         # class per pixel, 255 = ignore (stores with masks)
         "valid": Tensor[C, H, W] bool,      # False where the source flagged nodata (if stored)
+        "target": Tensor[T, H, W] float32,  # pixel regression targets, NaN unknown (if stored)
         "meta": {"index": int, "chip_id": str},
     }
 
@@ -84,6 +85,7 @@ class ChipDataset(NonGeoDataset):
         label = torch.from_numpy(batch["label"].astype(np.int64)) if "label" in batch else None
         mask = torch.from_numpy(batch["mask"].astype(np.int64)) if "mask" in batch else None
         valid = torch.from_numpy(batch["valid"]) if "valid" in batch else None
+        target = torch.from_numpy(batch["target"]) if "target" in batch else None
         samples = []
         for k, i in enumerate(store_idx):
             s: Sample = {
@@ -97,6 +99,8 @@ class ChipDataset(NonGeoDataset):
                 s["mask"] = mask[k]
             if valid is not None:
                 s["valid"] = valid[k]
+            if target is not None:
+                s["target"] = target[k]
             samples.append(self.transforms(s) if self.transforms else s)
         return samples
 
@@ -112,7 +116,7 @@ def collate_samples(samples: list[Sample]) -> Sample:
     if any(s["bands"] != bands for s in samples):
         raise ValueError("samples in one batch must share their band list")
     out: Sample = {"bands": list(bands)}
-    for key in ("image", "label", "mask", "valid"):
+    for key in ("image", "label", "mask", "valid", "target"):
         if key in samples[0]:
             out[key] = _stack([s[key] for s in samples])
     if "meta" in samples[0]:

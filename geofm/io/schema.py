@@ -9,6 +9,7 @@ A store is a Zarr v3 group ``<name>.zarr`` holding
 - ``mask`` ``(N, H, W)`` ``uint8`` class index per pixel, :data:`MASK_IGNORE` where unlabelled
   (optional);
 - ``valid`` ``(N, C, H, W)`` ``bool``, False where a source flagged nodata (optional);
+- ``target`` ``(N, T, H, W)`` ``float32`` pixel regression targets, NaN where unknown (optional);
 
 and ``chips.parquet`` (GeoParquet, one row per chip). Group attribute ``geofm`` holds bands,
 statistics, classes, split and provenance (see :class:`geofm.io.store.ChipStore`).
@@ -31,7 +32,9 @@ DIMS: dict[str, tuple[str, ...]] = {
     "label": ("chip", "class"),
     "mask": ("chip", "y", "x"),
     "valid": ("chip", "band", "y", "x"),
+    "target": ("chip", "target", "y", "x"),
 }
+ARRAYS = ("image", "label", "mask", "valid", "target")
 REQUIRED_COLUMNS = (
     "chip_id", "geometry", "centroid_lon", "centroid_lat", "crs", "transform",
     "native_x", "native_y", "time", "source", "tile", "split",

@@ -50,7 +50,8 @@ class BandStats:
             if vals.size:
                 v64 = vals.astype(np.float64)
                 out.total[b] = v64.sum()
-                out.total_sq[b] = (v64 * v64).sum()  # numpy pairwise sum: reproducible (BLAS dot is not)
+                # numpy's pairwise sum is reproducible; a BLAS dot product is not.
+                out.total_sq[b] = (v64 * v64).sum()
                 out.minimum[b] = float(vals.min())
                 out.maximum[b] = float(vals.max())
         return out

@@ -26,6 +26,7 @@ import zarr
 from geofm.bands import resolve_bands
 from geofm.errors import StoreError
 from geofm.io.schema import (
+    ARRAYS,
     ATTRS_KEY,
     BUILD_DIR,
     CHIP_TABLE,
@@ -98,7 +99,7 @@ class ChipStore:
     @property
     def arrays(self) -> list[str]:
         """Names of the arrays present (``image`` and any of ``label``, ``mask``, ``valid``)."""
-        return [n for n in ("image", "label", "mask", "valid") if (self.path / n).is_dir()]
+        return [n for n in ARRAYS if (self.path / n).is_dir()]
 
     @cached_property
     def chips(self) -> gpd.GeoDataFrame:
@@ -140,7 +141,8 @@ class ChipStore:
 
         Returns:
             ``{"image": [B, C, H, W], "label"?: [B, K], "mask"?: [B, H, W],
-            "valid"?: [B, C, H, W]}`` as numpy arrays in the stored dtypes.
+            "valid"?: [B, C, H, W], "target"?: [B, T, H, W]}`` as numpy arrays in the stored
+            dtypes.
         """
         idx = np.asarray(indices, dtype=np.int64)
         out: dict[str, np.ndarray] = {}
@@ -255,7 +257,8 @@ def validate_store(path: str | Path, *, deep: bool = False) -> list[str]:
     n, c = len(store), len(store.bands)
     h, w = store.chip_size
     expected = {"image": (n, c, h, w), "label": (n, len(store.classes)), "mask": (n, h, w),
-                "valid": (n, c, h, w)}
+                "valid": (n, c, h, w),
+                "target": (n, len(store.attrs.get("target_names", [])), h, w)}
     for name in store.arrays:
         try:
             a = zarr.open_array(str(p / name), mode="r")

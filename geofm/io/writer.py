@@ -52,6 +52,8 @@ class StoreSpec:
         has_label: Write a ``label`` array (N, K).
         has_mask: Write a ``mask`` array (N, H, W).
         has_valid: Write a ``valid`` array (N, C, H, W).
+        target_names: Names of pixel regression targets; non-empty writes ``target``
+            (N, T, H, W) float32.
         gsd_m: Pixel size of the chips in metres.
         provenance: Builder name, source path, parameters.
         fingerprint: Hash of the inputs; a resumed build must match it.
@@ -67,6 +69,7 @@ class StoreSpec:
     has_label: bool = False
     has_mask: bool = False
     has_valid: bool = False
+    target_names: list[str] = field(default_factory=list)
     gsd_m: float | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
@@ -151,6 +154,8 @@ def create_store(path: str | Path, spec: StoreSpec, *, resume: bool = True) -> b
         array("mask", (n, h, w), "uint8", MASK_IGNORE, True)
     if spec.has_valid:
         array("valid", (n, c, h, w), "bool", False, True)
+    if spec.target_names:
+        array("target", (n, len(spec.target_names), h, w), "float32", float("nan"), True)
     root.attrs[ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "complete": False}
     _build_dir(path).mkdir()
     _write_json_atomic(_build_dir(path) / "spec.json", asdict(spec))
@@ -172,6 +177,7 @@ def write_region(
     label: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     valid: np.ndarray | None = None,
+    target: np.ndarray | None = None,
 ) -> None:
     """Write one shard-aligned region of chips, then mark it done.
 
@@ -183,6 +189,7 @@ def write_region(
         label: ``[n, K]`` multi-hot labels.
         mask: ``[n, H, W]`` class indices.
         valid: ``[n, C, H, W]`` validity.
+        target: ``[n, T, H, W]`` regression targets.
     """
     path = Path(path)
     spec = load_spec(path)
@@ -193,7 +200,7 @@ def write_region(
         raise ValueError(f"region {region} needs {sl.stop - sl.start} chips, got {image.shape[0]}")
     root = zarr.open_group(str(path), mode="r+")
     root["image"][sl] = image
-    for name, arr in (("label", label), ("mask", mask), ("valid", valid)):
+    for name, arr in (("label", label), ("mask", mask), ("valid", valid), ("target", target)):
         if arr is not None:
             root[name][sl] = arr
     stats = BandStats.of(image, valid)
@@ -246,6 +253,7 @@ def finalize_store(path: str | Path, extra_attrs: dict[str, Any] | None = None) 
         "gsd_m": spec.gsd_m,
         "classes": spec.classes,
         "class_colors": spec.class_colors,
+        "target_names": spec.target_names,
         "mask_ignore_index": MASK_IGNORE,
         "stats": stats.to_json(),
         "split": {"method": "none", "params": {}},

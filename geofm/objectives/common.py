@@ -88,6 +88,19 @@ def random_subset(
     return noise.topk(k, dim=1).indices
 
 
+def random_split(
+    batch_size: int,
+    num_tokens: int,
+    k: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A uniform random split of each image's tokens into ``k`` and ``T - k`` indices."""
+    noise = torch.rand(batch_size, num_tokens, device=device, generator=generator)
+    order = noise.argsort(dim=1)  # [B, T], a random permutation per image
+    return order[:, :k], order[:, k:]
+
+
 def gumbel_topk(logits: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
     """Sample ``k`` indices per row without replacement, with probability ``softmax(logits)``.
 
@@ -193,12 +206,22 @@ class MaskedImageObjective(nn.Module):
     Args:
         encoder: A :class:`~geofm.models.vit.TokenEncoder` (``vit_*`` or ``channelvit_*``).
         hcs: Apply Hierarchical Channel Sampling to each training batch.
+        norm_pix_loss: Normalise each token's target pixels (mean 0, std 1).
+        loss_kind: ``"mse"`` or ``"l1"``.
     """
 
-    def __init__(self, encoder: TokenEncoder, hcs: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: TokenEncoder,
+        hcs: bool = False,
+        norm_pix_loss: bool = True,
+        loss_kind: str = "mse",
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.hcs = hcs
+        self.norm_pix_loss = norm_pix_loss
+        self.loss_kind = loss_kind
         self.pixels_per_token = encoder.pixels_per_token(len(encoder.bands))
 
     def prepare(
@@ -237,6 +260,26 @@ class MaskedImageObjective(nn.Module):
         grid = self.encoder.grid_size(inputs)
         return PreparedBatch(inputs, clean, usable, bands, grid)
 
+    def forward_loss(
+        self, pred: Tensor, target: Tensor, weights: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Pixel loss over the valid pixels of the reconstructed tokens.
+
+        Args:
+            pred: ``[B, K, P]`` predictions.
+            target: ``[B, K, P]`` target pixels.
+            weights: ``[B, K, P]`` 1 for valid pixels, 0 otherwise.
+
+        Returns:
+            The scalar loss and, with ``norm_pix_loss``, the targets' ``(mean, std)``
+            ``[B, K, 1]`` (to bring predictions back to input units).
+        """
+        stats = None
+        if self.norm_pix_loss:
+            target, mean, std = normalize_patches(target, weights)
+            stats = (mean, std)
+        return patch_loss(pred, target, weights, self.loss_kind), stats
+
     @torch.no_grad()
     def assemble_output(
         self,
@@ -245,6 +288,7 @@ class MaskedImageObjective(nn.Module):
         pred: Tensor,
         target_idx: Tensor,
         visible: Tensor,
+        num_visible: int,
         stats: tuple[Tensor, Tensor] | None,
     ) -> ObjectiveOutput:
         """Turn token-level results into the pixel-level :class:`ObjectiveOutput`.
@@ -255,6 +299,7 @@ class MaskedImageObjective(nn.Module):
             pred: ``[B, K, P]`` predictions for the tokens at ``target_idx``.
             target_idx: ``[B, K]`` reconstructed token indices.
             visible: ``[B, T]`` bool, tokens the encoder saw unmasked.
+            num_visible: Number of ``True`` per row of ``visible``.
             stats: ``(mean, std)`` ``[B, K, 1]`` of the normalised targets, or ``None``.
         """
         b, num_tokens = visible.shape
@@ -278,7 +323,7 @@ class MaskedImageObjective(nn.Module):
             visible_mask=to_pixels(visible),
             target_mask=to_pixels(targets),
             num_tokens=num_tokens,
-            num_visible=int(visible[0].sum()),
+            num_visible=num_visible,
             num_targets=target_idx.shape[1],
         )
 

@@ -22,9 +22,7 @@ from geofm.objectives.common import (
     ObjectiveOutput,
     gather_tokens,
     index_mask,
-    normalize_patches,
-    patch_loss,
-    random_subset,
+    random_split,
     token_count,
 )
 
@@ -52,9 +50,8 @@ class MAE(MaskedImageObjective):
         norm_pix_loss: bool = True,
         hcs: bool = False,
     ) -> None:
-        super().__init__(encoder, hcs)
+        super().__init__(encoder, hcs, norm_pix_loss)
         self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(decoder_dim))
         self.decoder_pos = DecoderEmbedding(decoder_dim, encoder)
@@ -75,10 +72,13 @@ class MAE(MaskedImageObjective):
     def random_masking(
         self, batch_size: int, num_tokens: int, device: torch.device,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Indices ``[B, K]`` of the tokens kept visible, ``K = token_count(1 - mask_ratio, T)``."""
-        num_keep = token_count(1.0 - self.mask_ratio, num_tokens)
-        return random_subset(batch_size, num_tokens, num_keep, device, generator)
+    ) -> tuple[Tensor, Tensor]:
+        """Indices of the visible ``[B, K]`` and masked ``[B, T - K]`` tokens.
+
+        ``K = token_count(1 - mask_ratio, T)``, at least one token stays masked.
+        """
+        num_keep = min(token_count(1.0 - self.mask_ratio, num_tokens), num_tokens - 1)
+        return random_split(batch_size, num_tokens, num_keep, device, generator)
 
     def forward_encoder(self, tokens: Tensor, keep_idx: Tensor) -> Tensor:
         """Encode the visible tokens: ``[B, T, D] -> [B, K, D]``."""
@@ -97,16 +97,6 @@ class MAE(MaskedImageObjective):
         for block in self.decoder_blocks:
             full = block(full)
         return self.decoder_pred(self.decoder_norm(full))  # [B, T, P]
-
-    def forward_loss(
-        self, pred: Tensor, target: Tensor, weights: Tensor
-    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Pixel MSE over valid pixels of the given tokens; all ``[B, K, P]``."""
-        stats = None
-        if self.norm_pix_loss:
-            target, mean, std = normalize_patches(target, weights)
-            stats = (mean, std)
-        return patch_loss(pred, target, weights, "mse"), stats
 
     def forward(
         self,
@@ -128,13 +118,14 @@ class MAE(MaskedImageObjective):
         batch = self.prepare(images, bands, valid, generator)
         tokens = self.encoder.tokenize(batch.inputs, batch.bands)  # [B, T, D]
         b, num_tokens, _ = tokens.shape
-        keep_idx = self.random_masking(b, num_tokens, tokens.device, generator)  # [B, K]
+        keep_idx, masked_idx = self.random_masking(b, num_tokens, tokens.device, generator)
         latent = self.forward_encoder(tokens, keep_idx)  # [B, K, D]
         pred = self.forward_decoder(latent, keep_idx, num_tokens, batch.bands, batch.grid)
-        visible = index_mask(keep_idx, num_tokens)  # [B, T]
-        masked_idx = (~visible).nonzero()[:, 1].view(b, -1)  # [B, T - K]
         target = gather_tokens(self.encoder.patchify(batch.targets), masked_idx)
         weights = gather_tokens(self.encoder.patchify(batch.valid.to(target.dtype)), masked_idx)
         pred = gather_tokens(pred, masked_idx)  # [B, T - K, P]
         loss, stats = self.forward_loss(pred, target, weights)
-        return self.assemble_output(loss, batch, pred, masked_idx, visible, stats)
+        visible = index_mask(keep_idx, num_tokens)  # [B, T]
+        return self.assemble_output(
+            loss, batch, pred, masked_idx, visible, keep_idx.shape[1], stats
+        )

@@ -42,8 +42,6 @@ from geofm.objectives.common import (
     gather_tokens,
     gumbel_topk,
     index_mask,
-    normalize_patches,
-    patch_loss,
     token_count,
 )
 from geofm.objectives.hog import hog_histograms, hog_richness
@@ -214,10 +212,9 @@ class SelectiveMAE(MaskedImageObjective):
         num_bins: int = 9,
         hcs: bool = False,
     ) -> None:
-        super().__init__(encoder, hcs)
+        super().__init__(encoder, hcs, norm_pix_loss)
         self.visible_ratio = visible_ratio
         self.kept_ratio = kept_ratio
-        self.norm_pix_loss = norm_pix_loss
         self.temperature = temperature
         self.psts_steps = psts_steps
         self.num_bins = num_bins
@@ -289,16 +286,6 @@ class SelectiveMAE(MaskedImageObjective):
             queries = block(queries, memory)
         return self.decoder_pred(self.decoder_norm(queries))  # [B, R, P]
 
-    def forward_loss(
-        self, pred: Tensor, target: Tensor, weights: Tensor
-    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Pixel MSE over valid pixels of the target tokens; all ``[B, R, P]``."""
-        stats = None
-        if self.norm_pix_loss:
-            target, mean, std = normalize_patches(target, weights)
-            stats = (mean, std)
-        return patch_loss(pred, target, weights, "mse"), stats
-
     def forward(
         self,
         images: Tensor,
@@ -328,4 +315,6 @@ class SelectiveMAE(MaskedImageObjective):
         )  # [B, R, P]
         loss, stats = self.forward_loss(pred, target, weights)
         visible = index_mask(sel.visible_idx, tokens.shape[1])
-        return self.assemble_output(loss, batch, pred, sel.target_idx, visible, stats)
+        return self.assemble_output(
+            loss, batch, pred, sel.target_idx, visible, sel.visible_idx.shape[1], stats
+        )

@@ -2,7 +2,9 @@
 
 A random 60 % of the tokens have their patch embedding replaced by one learned mask token; the
 encoder runs over all tokens; a linear head predicts each masked token's pixels; the loss is the
-L1 error on the masked (valid) pixels, in the input's normalised units.
+L1 error on the masked (valid) pixels, in the input's normalised units. The mask unit is the
+model's patch (SatVision-TOA masks 8-pixel patches); with ChannelViT every (band, patch) token is
+masked independently, so a masked band can be inferred from the other bands at that place.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from geofm.objectives.common import (
     ObjectiveOutput,
     gather_tokens,
     index_mask,
-    normalize_patches,
-    patch_loss,
     random_subset,
     token_count,
 )
@@ -42,9 +42,8 @@ class SimMIM(MaskedImageObjective):
         norm_pix_loss: bool = False,
         hcs: bool = False,
     ) -> None:
-        super().__init__(encoder, hcs)
+        super().__init__(encoder, hcs, norm_pix_loss, loss_kind="l1")
         self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
         self.mask_token = nn.Parameter(torch.zeros(encoder.embed_dim))
         self.head = nn.Linear(encoder.embed_dim, self.pixels_per_token)
         self.head.apply(init_weights)
@@ -54,24 +53,17 @@ class SimMIM(MaskedImageObjective):
         self, batch_size: int, num_tokens: int, device: torch.device,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Indices ``[B, M]`` of masked tokens, ``M = token_count(mask_ratio, T)``."""
+        """Indices ``[B, M]`` of masked tokens, ``M = token_count(mask_ratio, T)``.
+
+        At least one token stays visible; images need at least two tokens.
+        """
         num_masked = min(token_count(self.mask_ratio, num_tokens), num_tokens - 1)
-        return random_subset(batch_size, num_tokens, max(num_masked, 1), device, generator)
+        return random_subset(batch_size, num_tokens, num_masked, device, generator)
 
     def forward_encoder(self, inputs: Tensor, bands: Sequence[str], masked: Tensor) -> Tensor:
         """Encode all tokens with the masked ones replaced: ``-> [B, T, D]``."""
         tokens = self.encoder.tokenize(inputs, bands, mask=masked, mask_token=self.mask_token)
         return self.encoder.forward_tokens(tokens)
-
-    def forward_loss(
-        self, pred: Tensor, target: Tensor, weights: Tensor
-    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """L1 over valid pixels of the masked tokens; all ``[B, M, P]``."""
-        stats = None
-        if self.norm_pix_loss:
-            target, mean, std = normalize_patches(target, weights)
-            stats = (mean, std)
-        return patch_loss(pred, target, weights, "l1"), stats
 
     def forward(
         self,
@@ -92,4 +84,6 @@ class SimMIM(MaskedImageObjective):
         target = gather_tokens(target_all, masked_idx)
         weights = gather_tokens(self.encoder.patchify(batch.valid.to(target.dtype)), masked_idx)
         loss, stats = self.forward_loss(pred, target, weights)
-        return self.assemble_output(loss, batch, pred, masked_idx, ~masked, stats)
+        return self.assemble_output(
+            loss, batch, pred, masked_idx, ~masked, num_tokens - masked_idx.shape[1], stats
+        )

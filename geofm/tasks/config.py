@@ -78,9 +78,7 @@ def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     node = cfg
     for i, k in enumerate(keys[:-1]):
         if not isinstance(node.get(k), dict):
-            if node.get(k) is None and i > 0 and keys[i - 1] == "kwargs":
-                node[k] = {}
-            elif k == "kwargs":
+            if (node.get(k) is None and i > 0 and keys[i - 1] == "kwargs") or k == "kwargs":
                 node[k] = {}
             else:
                 raise GeofmError(f"unknown config key {dotted!r}")
@@ -111,3 +109,22 @@ def parse_value(raw: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "init": None,  # pretrained geofm checkpoint (required)
+    "task": "multilabel",
+    "data": {
+        "store": None,
+        "bands": None,  # None: the pretrained model's bands
+        "train_split": "train",
+        "val_split": "validation",
+        "batch_size": 8,
+        "num_workers": 0,
+    },
+    "head": {"kind": None, "freeze": "frozen", "unfreeze_last": 0},  # kind None: by task
+    "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "layer_decay": 0.75, "warmup_steps": 5},
+    "trainer": {"max_steps": 100, "accelerator": "auto", "devices": 1, "precision": None,
+                "log_every_n_steps": 5, "val_every_n_epochs": 1, "seed": 0},
+    "output": "runs/finetune",
+}

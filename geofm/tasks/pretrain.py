@@ -188,7 +188,7 @@ def sample_store(output_root: str | Path = "outputs") -> Path:
     return out
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -206,7 +206,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """
     data, tr, opt = cfg["data"], cfg["trainer"], cfg["optim"]
     out = Path(cfg["output"])
-    _check_writable(out)
+    check_writable(out)
     store = data["store"] or sample_store()
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     dm = ChipDataModule(store, bands=data["bands"], batch_size=data["batch_size"],

@@ -1,0 +1,97 @@
+"""Loading geofm checkpoints as ready models, and matching their bands to data.
+
+Shared by evaluation, prediction and the analyst API: one place decides which bands of a store
+or raster a model uses, so a band mismatch is the same clear error everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from geofm.bands import match_by_wavelength
+from geofm.checkpoint import load_checkpoint
+from geofm.errors import BandError, GeofmError
+from geofm.models import create_model
+
+
+def encoder_from_header(header: dict[str, Any]) -> nn.Module:
+    """An untrained encoder with the checkpoint's architecture and band contract."""
+    model = header["model"]
+    return create_model(model["name"], **model["config"])
+
+
+def encoder_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``encoder.*`` tensors of a checkpoint, prefix removed."""
+    return {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+
+
+def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The pretrained (or finetuned) encoder of a geofm checkpoint, in eval mode."""
+    weights, header = load_checkpoint(path)
+    enc = encoder_from_header(header)
+    state = encoder_state(weights)
+    if not state:
+        raise GeofmError("checkpoint holds no encoder weights", path)
+    enc.load_state_dict(state, strict=True)
+    return enc.eval(), header
+
+
+def is_channel_flexible(header: dict[str, Any]) -> bool:
+    """True for encoders that accept any subset of bands (one token per band: ChannelViT)."""
+    return header["model"]["name"].startswith("channelvit")
+
+
+def match_bands(model_bands: Sequence[str], available: Sequence[str], flexible: bool,
+                source: str | Path | None = None) -> list[str]:
+    """The model bands to feed, in the model's order, from what ``available`` offers.
+
+    A channel-flexible model takes every model band present (by name, else by wavelength) and
+    needs at least one; any other model needs all of them.
+
+    Returns:
+        The available band names to read, aligned to the model bands they stand for.
+
+    Raises:
+        BandError: Bands are missing (listed in the message).
+    """
+    avail = list(available)
+    direct = [b for b in model_bands if b in avail]
+    if len(direct) == len(model_bands):
+        return list(model_bands)
+    if not flexible:
+        missing = [b for b in model_bands if b not in avail]
+        raise BandError(f"the model needs bands {', '.join(missing)} that the data lacks "
+                        f"(data has {', '.join(avail)})", source,
+                        "use data with those bands or a channel-flexible (channelvit) model")
+    if direct:
+        return direct
+    by_wl = match_by_wavelength(list(model_bands), avail)
+    matched = [v for v in by_wl.values() if v is not None]
+    if not matched:
+        raise BandError(f"none of the data's bands ({', '.join(avail)}) match the model's "
+                        f"({', '.join(model_bands)}) by name or wavelength", source)
+    return list(dict.fromkeys(matched))
+
+
+def load_finetuned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A finetuned model (encoder + head) of a geofm checkpoint, in eval mode.
+
+    Raises:
+        GeofmError: Not a finetuned geofm checkpoint.
+    """
+    from geofm.models.finetuner import Finetuner
+
+    weights, header = load_checkpoint(path)
+    if header.get("kind") != "finetune":
+        raise GeofmError(f"is a {header.get('kind', 'unknown')} checkpoint, not a finetuned "
+                         "model", path, "finetune it first with 'geofm finetune'")
+    head = header["head"]
+    model = Finetuner(encoder_from_header(header), task=header["task"], head=head["kind"],
+                      num_outputs=head["num_outputs"], freeze="full")
+    model.load_state_dict(weights, strict=True)
+    return model.eval(), header

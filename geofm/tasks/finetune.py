@@ -1,0 +1,241 @@
+"""Finetuning a pretrained encoder with a head, and the run API ``geofm finetune`` calls.
+
+Writes into ``cfg["output"]``: ``finetune.safetensors`` (the model selected on the validation
+split, with everything prediction needs in its header), ``config.yaml``, ``metrics.csv`` and
+``checkpoints/`` (Lightning state for resuming).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
+
+from geofm.checkpoint import load_checkpoint, save_checkpoint
+from geofm.errors import GeofmError
+from geofm.inference import encoder_state
+from geofm.io.schema import MASK_IGNORE
+from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
+from geofm.models import create_model
+from geofm.models.finetuner import Finetuner
+from geofm.tasks.datamodule import ChipDataModule
+from geofm.tasks.pretrain import check_writable
+
+TASKS = ("multilabel", "classification", "segmentation", "regression")
+
+
+def batch_targets(task: str, batch: dict[str, Any]) -> Tensor:
+    """The supervision of ``task`` in a batch."""
+    if task == "multilabel":
+        return batch["label"].float()  # [B, K]
+    if task == "classification":
+        return batch["label"].argmax(1)  # [B]
+    if task == "segmentation":
+        return batch["mask"]  # [B, H, W]
+    return batch["target"]  # [B, T, H, W]
+
+
+def task_loss(task: str, out: Tensor, target: Tensor) -> Tensor:
+    """BCE (multi-label), cross-entropy (classes, pixels; 255 ignored) or MSE (finite targets)."""
+    if task == "multilabel":
+        return F.binary_cross_entropy_with_logits(out, target)
+    if task == "classification":
+        return F.cross_entropy(out, target)
+    if task == "segmentation":
+        if (target == MASK_IGNORE).all():
+            return out.sum() * 0.0
+        return F.cross_entropy(out, target, ignore_index=MASK_IGNORE)
+    ok = torch.isfinite(target)
+    diff = torch.where(ok, out - target.nan_to_num(), torch.zeros((), dtype=out.dtype))
+    return diff.square().sum() / ok.sum().clamp(min=1)
+
+
+class FinetuneTask(L.LightningModule):
+    """Encoder + head trained for one task; validation metrics from torchmetrics.
+
+    Args:
+        encoder_name: Registered encoder name.
+        encoder_config: Its constructor arguments (from the pretraining checkpoint).
+        bands: Bands fed to the model.
+        task: One of :data:`TASKS`.
+        head: Head kind (``linear``, ``attentive``, ``mlp``, ``segmentation``).
+        num_outputs: Classes or regression targets.
+        freeze: ``frozen``, ``partial`` or ``full``.
+        unfreeze_last: Blocks trained in ``partial`` mode.
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        layer_decay: Layer-wise learning-rate decay (1 = none).
+        warmup_steps: Linear warm-up steps.
+        max_steps: Total steps (cosine decay).
+        seed: Base seed of per-step randomness.
+    """
+
+    def __init__(self, encoder_name: str, encoder_config: dict[str, Any], bands: list[str],
+                 task: str, head: str, num_outputs: int, freeze: str = "frozen",
+                 unfreeze_last: int = 0, lr: float = 1e-3, weight_decay: float = 0.05,
+                 layer_decay: float = 0.75, warmup_steps: int = 5, max_steps: int = 100,
+                 seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        encoder = create_model(encoder_name, **encoder_config)
+        self.model = Finetuner(encoder, task=task, head=head, num_outputs=num_outputs,
+                               freeze=freeze, unfreeze_last=unfreeze_last)
+        self._val: list[tuple[Tensor, Tensor]] = []
+        self.val_metrics: dict[str, Any] = {}
+
+    def forward(self, images: Tensor, bands: list[str]) -> Tensor:
+        return self.model(images, bands)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
+        out = self.model(batch["image"], batch["bands"])
+        loss = task_loss(self.hparams.task, out, batch_targets(self.hparams.task, batch))
+        if not torch.isfinite(loss):
+            raise GeofmError(f"non-finite loss at step {self.global_step}",
+                             hint="lower the learning rate")
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self.model(batch["image"], batch["bands"])
+        self._val.append((out.detach().cpu(), batch_targets(self.hparams.task, batch).cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        outs = torch.cat([o for o, _ in self._val])
+        tgts = torch.cat([t for _, t in self._val])
+        self._val.clear()
+        self.val_metrics = task_metrics(self.hparams.task, outs, tgts)
+        for k, v in self.val_metrics.items():
+            if isinstance(v, float) and not math.isnan(v):
+                self.log(f"val/{k}", v, prog_bar=k == PRIMARY[self.hparams.task])
+
+    def configure_optimizers(self) -> Any:
+        groups = self.model.param_groups(lr=self.hparams.lr,
+                                         weight_decay=self.hparams.weight_decay,
+                                         layer_decay=self.hparams.layer_decay)
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        warm, total = self.hparams.warmup_steps, max(1, self.hparams.max_steps)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _check_task(task: str, dm: ChipDataModule) -> int:
+    """Number of outputs for ``task`` on this store, or a clear error if the store cannot
+    supervise it."""
+    store = dm.store
+    if task not in TASKS:
+        raise GeofmError(f"unknown task {task!r}", hint=f"use one of {', '.join(TASKS)}")
+    arrays = store.arrays
+    if task in ("multilabel", "classification") and "label" not in arrays:
+        raise GeofmError(f"task {task} needs scene labels but the store has none", store.path)
+    if task == "segmentation" and "mask" not in arrays:
+        raise GeofmError("task segmentation needs masks but the store has none", store.path,
+                         "build the store with reference maps or choose another task")
+    if task == "regression" and "target" not in arrays:
+        raise GeofmError("task regression needs a target array but the store has none",
+                         store.path)
+    if task == "classification":
+        labels = store.read(np.arange(len(store)))["label"]
+        if (labels.sum(1) != 1).any():
+            raise GeofmError("the store's labels are multi-label (rows with ≠ 1 class)",
+                             store.path, "use --task multilabel")
+    if task == "regression":
+        return len(store.attrs.get("target_names", []))
+    return len(store.classes)
+
+
+def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+    """Finetune as configured (see :data:`geofm.tasks.config.FINETUNE_DEFAULTS`).
+
+    Returns:
+        ``{"output", "checkpoint", "steps", "val_metrics", "selected_on"}``.
+    """
+    data, tr, opt, head = cfg["data"], cfg["trainer"], cfg["optim"], cfg["head"]
+    out = Path(cfg["output"])
+    check_writable(out)
+    if not cfg.get("init"):
+        raise GeofmError("no pretrained checkpoint given", hint="pass --init PRETRAINED")
+    weights, header = load_checkpoint(cfg["init"])
+    state = encoder_state(weights)
+    if not state:
+        raise GeofmError("checkpoint holds no encoder weights", cfg["init"])
+    L.seed_everything(tr["seed"], workers=True, verbose=False)
+    bands = data["bands"] or header["bands"]
+    dm = ChipDataModule(data["store"], bands=bands, batch_size=data["batch_size"],
+                        num_workers=data["num_workers"], train_split=data["train_split"],
+                        val_split=data["val_split"], seed=tr["seed"])
+    task_name = cfg["task"]
+    num_outputs = _check_task(task_name, dm)
+    if len(dm.dataset(data["train_split"])) == 0:
+        raise GeofmError(f"split {data['train_split']!r} is empty", dm.store.path)
+    kind = head["kind"] or ("segmentation" if task_name in ("segmentation", "regression")
+                            else "linear")
+    task = FinetuneTask(
+        header["model"]["name"], header["model"]["config"], dm.band_names, task_name, kind,
+        num_outputs, freeze=head["freeze"], unfreeze_last=head["unfreeze_last"],
+        lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
+        layer_decay=float(opt["layer_decay"]), warmup_steps=opt["warmup_steps"],
+        max_steps=tr["max_steps"], seed=tr["seed"])
+    task.model.encoder.load_state_dict(state, strict=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    primary = PRIMARY[task_name]
+    select = ModelCheckpoint(dirpath=out / "checkpoints", monitor=f"val/{primary}",
+                             mode="max" if HIGHER_IS_BETTER[task_name] else "min",
+                             save_top_k=1, save_last=True)
+    trainer = L.Trainer(
+        max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
+        precision=tr["precision"] or "32-true", log_every_n_steps=tr["log_every_n_steps"],
+        val_check_interval=None, check_val_every_n_epoch=tr["val_every_n_epochs"],
+        logger=CSVLogger(out, name="", version=""), num_sanity_val_steps=0,
+        callbacks=[select, *([TQDMProgressBar()] if progress else [])],
+        enable_progress_bar=progress, enable_model_summary=False)
+    trainer.fit(task, datamodule=dm)
+    best = select.best_model_path
+    if best:
+        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    trainer.validate(task, datamodule=dm, verbose=False)
+    store = dm.store
+    new_header = {
+        "kind": "finetune",
+        "task": task_name,
+        "head": {"kind": kind, "freeze": head["freeze"], "unfreeze_last": head["unfreeze_last"],
+                 "num_outputs": num_outputs},
+        "model": header["model"],
+        "bands": dm.band_names,
+        "band_info": [b for b in store.attrs["band_info"] if b["name"] in dm.band_names],
+        "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
+        "classes": store.classes if task_name != "regression" else store.attrs["target_names"],
+        "class_colors": store.class_colors if task_name != "regression" else [],
+        "tile_size": list(store.chip_size),
+        "patch_size": int(task.model.encoder.patch_size),
+        "gsd_m": store.attrs.get("gsd_m"),
+        "encoder_source": {"checkpoint": str(cfg["init"]), "kind": header.get("kind"),
+                           "data": header.get("data")},
+        "data": {"store": str(store.path), "train_split": data["train_split"],
+                 "val_split": data["val_split"], "split_method": store.attrs["split"]["method"],
+                 "fingerprint": store.attrs["provenance"].get("fingerprint")},
+        "selection": {"split": data["val_split"], "metric": primary,
+                      "best_checkpoint": Path(best).name if best else None},
+        "val_metrics": {k: v for k, v in task.val_metrics.items() if isinstance(v, float)},
+    }
+    ckpt = save_checkpoint(out / "finetune.safetensors", task.model.state_dict(), new_header)
+    return {"output": str(out), "checkpoint": str(ckpt), "steps": trainer.global_step,
+            "val_metrics": task.val_metrics, "selected_on": f"{data['val_split']}:{primary}"}
