@@ -39,6 +39,19 @@ def _cmd_build_reben(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_modis(a: argparse.Namespace) -> int:
+    from geofm.build.modis import build_modis
+
+    _prepare_output(Path(a.out), a.overwrite)
+    cutoffs = tuple(a.time_cutoffs.split(",")) if a.time_cutoffs else None
+    out = build_modis(a.src, a.out, geolocation=a.geolocation, chip=a.chip, split=a.split,
+                      block_km=a.block_km, buffer_km=a.buffer_km, ratios=a.ratios, seed=a.seed,
+                      time_cutoffs=cutoffs, scheduler=a.scheduler, workers=a.workers,
+                      progress=not a.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
 def _prepare_output(out: Path, overwrite: bool) -> None:
     """Refuse or clear an existing output; an unfinished build of the same inputs resumes."""
     import shutil
@@ -158,7 +171,15 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from geofm.evaluate import evaluate
+    from geofm.evaluate import evaluate, knn_evaluate
+
+    if a.knn:
+        r = knn_evaluate(a.model, a.data, split=a.split, train_split=a.train_split, k=a.k,
+                         task=a.knn_task)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items() if isinstance(v, float))
+        print(f"kNN (k={r['k']}, {r['num_train']} {r['train_split']} chips vote for "
+              f"{r['num_query']} {r['split']} chips): {shown}")
+        return 0
 
     r = evaluate(a.model, a.data, split=a.split, output=a.output)
     p = r["primary_metric"]
@@ -185,6 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     _build_options(r)
     r.add_argument("--limit", type=int, help="build only the first N patches (by patch id)")
     r.set_defaults(func=_cmd_build_reben)
+    m = bsub.add_parser("modis", help="MODIS L1B 1 km granules → SatVision-TOA's 14 bands",
+                        description="Build a 14-band MODIS TOA store (reflectance and brightness "
+                        "temperature) from MOD021KM/MYD021KM HDF4 granules.")
+    m.add_argument("src", help="folder of MOD021KM/MYD021KM .hdf granules")
+    m.add_argument("out", help="output store, e.g. modis.zarr")
+    m.add_argument("--geolocation", help="folder of matching MOD03/MYD03 files")
+    m.add_argument("--chip", type=int, default=128, help="chip size in pixels (default 128)")
+    m.add_argument("--split", choices=("blocks", "time"), default="blocks")
+    m.add_argument("--block-km", type=float, default=512.0)
+    m.add_argument("--buffer-km", type=float, default=0.0)
+    m.add_argument("--ratios", type=_ratios, default=(0.7, 0.15, 0.15))
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--time-cutoffs", help="two UTC dates START_VAL,START_TEST (time split)")
+    _build_options(m)
+    m.set_defaults(func=_cmd_build_modis)
 
     s = sub.add_parser("split", help="assign chips to train/validation/test by geography",
                        description="Geography-aware splits, recorded in the store.")
@@ -264,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="chip store")
     e.add_argument("--split", default="test")
     e.add_argument("--output", help="report directory (default: beside the model)")
+    e.add_argument("--knn", action="store_true",
+                   help="kNN evaluation of the frozen embeddings of any geofm checkpoint")
+    e.add_argument("--train-split", default="train", help="kNN reference split")
+    e.add_argument("-k", type=int, default=20, help="kNN neighbours")
+    e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"))
     e.set_defaults(func=_cmd_eval)
     return p
 

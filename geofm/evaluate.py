@@ -140,3 +140,40 @@ def _markdown(r: dict[str, Any]) -> str:
                   f"| bands | {p} | random subsets |", "|---:|---:|---:|"]
         lines += [f"| {x['bands']} | {x[p]:.4f} | {x['draws']} |" for x in r["band_robustness"]]
     return "\n".join(lines) + "\n"
+
+
+def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "test",
+                 train_split: str = "train", k: int = 20, temperature: float = 0.07,
+                 task: str = "multilabel", batch_size: int = 16) -> dict[str, Any]:
+    """kNN evaluation of frozen embeddings (DINO-style weighted vote) of any geofm checkpoint.
+
+    Embeddings of ``train_split`` chips vote, weighted by ``exp(cos / temperature)``, for the
+    labels of each ``split`` chip; no parameter is trained.
+
+    Returns:
+        ``{"metrics", "k", "temperature", "train_split", "split", "num_train", "num_query"}``.
+    """
+    from geofm.inference import load_encoder
+    from geofm.models.knn import extract_features, knn_predict
+
+    encoder, header = load_encoder(model_path)
+    store = open_store(store_path)
+    if "label" not in store.arrays:
+        raise GeofmError("kNN evaluation needs scene labels but the store has none", store.path)
+    bands = match_bands(header["bands"], store.bands, is_channel_flexible(header), store.path)
+    feats = {}
+    for name, sp in (("train", train_split), ("query", split)):
+        ds = _dataset(store, sp, bands, header)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size,
+                                             collate_fn=collate_samples)
+        feats[name] = extract_features(encoder, loader, target_key="label")
+    (tf, tl), (qf, ql) = feats["train"], feats["query"]
+    assert tl is not None and ql is not None
+    targets = tl if task == "multilabel" else tl.argmax(1)
+    scores = knn_predict(tf, targets, qf, k=k, temperature=temperature, task=task,
+                         num_classes=len(store.classes))
+    truth = ql if task == "multilabel" else ql.argmax(1)
+    logits = scores.clamp(1e-6, 1 - 1e-6).logit() if task == "multilabel" else scores
+    return {"metrics": task_metrics(task, logits, truth), "k": k, "temperature": temperature,
+            "train_split": train_split, "split": split, "num_train": len(tf),
+            "num_query": len(qf)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,6 +24,15 @@ from geofm.models.knn import extract_features, knn_predict
 
 S1S2 = list(BAND_SETS["s1s2"])
 ENCODERS = ("vit_test", "channelvit_test")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """These models are tiny: one thread is faster than contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def images(b: int = 2, c: int = 14, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
@@ -59,7 +69,9 @@ def test_channelvit_pixel_task_takes_any_band_subset() -> None:
     assert out.shape == (2, 3, 32, 32)
 
 
-@pytest.mark.parametrize(("patch", "size"), [(8, (24, 40)), (16, (32, 16)), (14, (28, 42)), (1, (5, 3))])
+@pytest.mark.parametrize(
+    ("patch", "size"), [(8, (24, 40)), (16, (32, 16)), (14, (28, 42)), (1, (5, 3))]
+)
 def test_segmentation_head_output_covers_every_pixel(patch: int, size: tuple[int, int]) -> None:
     rows, cols = size[0] // patch, size[1] // patch
     head = SegmentationHead(32, 6, patch, hidden=16)
@@ -75,15 +87,15 @@ def test_segmentation_head_is_local_and_keeps_the_patch_layout() -> None:
     rows, cols = 4, 6
     base = torch.randn(1, rows * cols, 32)
     poked = base.clone()
-    poked[0, 1 * cols + 4] += 5.0  # patch at row 1, column 4
+    poked[0, 1 * cols + 4] = torch.randn(32)  # patch at row 1, column 4
     with torch.no_grad():
         diff = (head(poked, (rows, cols)) - head(base, (rows, cols))).abs().sum(1)[0]  # [H, W]
     assert diff[8:16, 32:40].min() > 0  # the patch's own pixels change
-    # Only a small neighbourhood of that patch can change (one patch of 3×3 context plus a
-    # few pixels of the full-resolution convolutions).
+    # Only a small neighbourhood of that patch can change: the neighbouring patches (3×3
+    # convolution on the grid) plus a pixel of the 3×3 convolution at full resolution.
     outside = torch.ones_like(diff, dtype=torch.bool)
-    outside[0 : 3 * 8, 3 * 8 - 4 : 6 * 8] = False
-    assert diff[outside].max() == 0
+    outside[0 : 3 * 8 + 1, 3 * 8 - 1 : 6 * 8] = False
+    assert diff[outside].max() < 1e-5 * diff[8:16, 32:40].mean()  # float rounding at most
 
 
 def test_attentive_probe_matches_an_explicit_per_query_computation() -> None:
@@ -228,12 +240,10 @@ def test_partial_finetuning_trains_exactly_the_last_blocks(encoder: str) -> None
     _train_steps(model, torch.optim.AdamW(model.param_groups(lr=1e-2)))
     after = model.state_dict()
     for name in before:
-        moved = not torch.equal(before[name], after[name])
-        frozen = name.startswith("encoder.") and name not in expected
-        if frozen:
-            assert not moved, name
-    assert not torch.equal(before["encoder.blocks.3.mlp.fc1.weight"], after["encoder.blocks.3.mlp.fc1.weight"])
-    assert not torch.equal(before["encoder.blocks.2.attn.qkv.weight"], after["encoder.blocks.2.attn.qkv.weight"])
+        if name.startswith("encoder.") and name not in expected:
+            assert torch.equal(before[name], after[name]), name
+    for name in ("encoder.blocks.3.mlp.fc1.weight", "encoder.blocks.2.attn.qkv.weight"):
+        assert not torch.equal(before[name], after[name]), name
 
 
 # --- layer-wise learning-rate decay ----------------------------------------------------------
@@ -284,7 +294,9 @@ def test_param_groups_hold_only_trainable_parameters() -> None:
 # --- training end to end ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("encoder", "head"), [("vit_test", "linear"), ("channelvit_test", "attentive")])
+@pytest.mark.parametrize(
+    ("encoder", "head"), [("vit_test", "linear"), ("channelvit_test", "attentive")]
+)
 def test_tiny_finetuner_overfits_a_handful_of_multilabel_samples(encoder: str, head: str) -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)

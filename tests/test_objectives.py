@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from geofm.bands import BAND_SETS
 from geofm.errors import GeofmError
 from geofm.models import create_model
-from geofm.objectives import SelectiveMAE, create_objective, list_objectives, psts_schedule
+from geofm.objectives import (
+    MaskedImageObjective,
+    SelectiveMAE,
+    create_objective,
+    list_objectives,
+    psts_schedule,
+)
 from geofm.objectives.hog import hog_histograms, hog_richness
 from geofm.objectives.selective_mae import progressive_selection
 
@@ -29,7 +35,9 @@ def structured(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
     return smooth + 0.5 * blocks + 0.05 * torch.randn(b, c, size, size, generator=gen)
 
 
-def build(objective: str, model: str = "channelvit_test", bands: list[str] = S1S2, **cfg: object):
+def build(
+    objective: str, model: str = "channelvit_test", bands: list[str] = S1S2, **cfg: object
+) -> MaskedImageObjective:
     torch.manual_seed(0)
     encoder = create_model(model, bands=bands)
     extra = {} if objective == "simmim" else SMALL_DECODER
@@ -98,7 +106,9 @@ def test_psts_schedule_breakpoints() -> None:
     assert at(1200) == psts_schedule(1.5) == (0.0, 0.0, 1.0)
 
 
-def _similarity_ranks(features: torch.Tensor, seeds: torch.Tensor, picks: torch.Tensor):
+def _similarity_ranks(
+    features: torch.Tensor, seeds: torch.Tensor, picks: torch.Tensor
+) -> torch.Tensor:
     """Rank (0 = most similar) of each pick among the non-seed tokens, as a fraction."""
     feats = F.normalize(features, dim=-1)
     seed_feats = torch.gather(feats, 1, seeds[..., None].expand(-1, -1, feats.shape[-1]))
@@ -139,6 +149,7 @@ def test_psts_follows_the_schedule() -> None:
 
 def test_psts_uses_most_similar_tokens_at_the_start_of_training() -> None:
     objective = build("selective_mae", psts_steps=1)
+    assert isinstance(objective, SelectiveMAE)
     x = structured(2, 14, 32)
     batch = objective.prepare(x, S1S2, None)
     tokens = objective.encoder.tokenize(batch.inputs, batch.bands).detach()
@@ -167,6 +178,7 @@ def test_hog_bins_follow_edge_orientation() -> None:
 
 def test_selective_mae_seeds_prefer_textured_band_tokens() -> None:
     objective = build("selective_mae", bands=RGBN)
+    assert isinstance(objective, SelectiveMAE)
     gen = torch.Generator().manual_seed(0)
     x = torch.zeros(64, 4, 32, 32)
     x[:, 2] = torch.randn(64, 32, 32, generator=gen)  # only S2.B02 has texture

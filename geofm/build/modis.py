@@ -6,9 +6,10 @@ with ``pyhdf.SD``.
 
 Output: ``float32`` chips of the 14 bands of ``BAND_SETS["modis14"]`` and a ``valid`` mask.
 
-- Reflective bands 1, 2, 3, 6, 7, 26: TOA reflectance factor
+- Reflective bands 1, 2, 3, 6, 7, 26: TOA reflectance as the L1B defines it,
   ``reflectance_scales[i] × (SI − reflectance_offsets[i])``, ``i`` the band's position in its
-  SDS's ``band_names``.
+  SDS's ``band_names``. That is the reflectance factor times the cosine of the solar zenith
+  angle (ρ cos θ₀); it is not divided by cos θ₀ here.
 - Emissive bands 21, 27-33: radiance ``radiance_scales[i] × (SI − radiance_offsets[i])``
   (W m⁻² sr⁻¹ µm⁻¹), then brightness temperature by the inverse Planck function at the band's
   effective central wavelength, with the band's temperature correction for the platform (see
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,7 +60,7 @@ from geofm.build import modis_constants as mc
 from geofm.build.runner import run_regions
 from geofm.build.splits import SPLIT_NAMES, block_split
 from geofm.errors import BuildError, GeofmError
-from geofm.io.schema import SHARD_CHIPS
+from geofm.io.schema import BUILD_DIR, SHARD_CHIPS
 from geofm.io.writer import StoreSpec, completed_regions, create_store, finalize_store, write_region
 
 CHIP = 128
@@ -348,6 +350,9 @@ def match_geolocation(geolocation: str | Path | Sequence[str | Path] | None,
     """
     if geolocation is None:
         return {}
+    if isinstance(geolocation, str | Path) and not Path(geolocation).exists():
+        raise BuildError("geolocation path not found", geolocation,
+                         "pass the folder of MOD03/MYD03 files")
     if isinstance(geolocation, str | Path) and Path(geolocation).is_dir():
         files = sorted(Path(geolocation).iterdir())
     elif isinstance(geolocation, str | Path):
@@ -414,6 +419,9 @@ class GeoGrid:
                 if "SolarZenith" in sd.datasets() else None
         want = (granule.lines, granule.frames) if full else \
             (granule.lines // mc.GEO_STEP, (granule.frames - 3) // mc.GEO_STEP + 1)
+        if min(want) < 2:
+            raise BuildError(f"a {granule.lines}×{granule.frames} swath is too small to "
+                             "geolocate (fewer than 2 × 2 geolocation points)", granule.path)
         for name, a in (("Latitude", lat), ("Longitude", lon), ("SolarZenith", sza)):
             if a is not None and a.shape != want:
                 raise BuildError(f"{name} is {a.shape[0]}×{a.shape[1]}, expected "
@@ -478,7 +486,7 @@ def _sample_positions(r0: np.ndarray, c0: np.ndarray, chip: int) -> tuple[np.nda
     return r0[:, None] + dy[None, :], c0[:, None] + dx[None, :]
 
 
-def _footprint(lon: np.ndarray, lat: np.ndarray) -> BaseGeometry:
+def footprint_polygon(lon: np.ndarray, lat: np.ndarray) -> BaseGeometry:
     """EPSG:4326 polygon of a ring of points; split at the antimeridian, capped at a pole."""
     step = (np.diff(lon, append=lon[:1]) + 180.0) % 360.0 - 180.0
     if abs(step.sum()) > 180.0:  # the ring winds around a pole
@@ -662,74 +670,108 @@ def _read_strip(sd: SD, granule: Granule, line: int, chip: int
 # --- the build ------------------------------------------------------------------------------
 
 
-@dataclass
+PLAN_FILE = "modis_plan.npy"
+FILES_FILE = "modis_files.npy"
+_PLAN_DTYPE = np.dtype([("granule", "<i4"), ("chip_row", "<i4"), ("chip_col", "<i4"),
+                        ("line", "<i4"), ("frame", "<i4"), ("split", "i1")])
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def save_plan(out: Path, plan: ChipPlan, labels: np.ndarray, granules: Sequence[Granule]) -> None:
+    """Write the plan beside the unfinished store, where every task reads its slice.
+
+    Tasks then carry only the store path, however many chips there are: ``modis_plan.npy``
+    (one 21-byte record per chip) and ``modis_files.npy`` (granule and geolocation paths), both
+    memory-mapped, in the store's build directory (removed when the store is finalized).
+    """
+    rec = np.empty(len(plan), _PLAN_DTYPE)
+    for name in ("granule", "chip_row", "chip_col", "line", "frame"):
+        rec[name] = getattr(plan, name)
+    codes = {s: k for k, s in enumerate(SPLIT_NAMES)}
+    rec["split"] = [codes.get(label, -1) for label in labels]
+    files = np.array([[str(g.path.resolve()), str(g.geolocation.resolve())
+                       if g.geolocation is not None else ""] for g in granules])
+    _save_npy(out / BUILD_DIR / PLAN_FILE, rec)
+    _save_npy(out / BUILD_DIR / FILES_FILE, files)
+
+
+@dataclass(frozen=True)
 class _RegionTask:
-    """Picklable Dask task writing one region of the store."""
+    """Picklable Dask task writing one region of the store from the saved plan."""
 
     out: Path
-    granules: list[Granule]
-    plan: ChipPlan
-    split: np.ndarray
     chip: int
     shard_chips: int
 
     def __call__(self, region: int) -> None:
-        start = region * self.shard_chips
-        stop = min(start + self.shard_chips, len(self.plan))
-        n, c = stop - start, len(BAND_SETS["modis14"])
+        build = self.out / BUILD_DIR
+        plan = np.load(build / PLAN_FILE, mmap_mode="r")
+        recs = np.array(plan[region * self.shard_chips:(region + 1) * self.shard_chips])
+        files = np.load(build / FILES_FILE, mmap_mode="r")
+        n, c = len(recs), len(BAND_SETS["modis14"])
         image = np.empty((n, c, self.chip, self.chip), np.float32)
         valid = np.empty(image.shape, bool)
         rows: list[dict[str, Any]] = []
-        for g in dict.fromkeys(self.plan.granule[start:stop].tolist()):
-            idx = start + np.flatnonzero(self.plan.granule[start:stop] == g)
-            self._granule_chips(self.granules[g], idx, image[idx - start], valid[idx - start],
-                                rows)
-        order = np.argsort([r["_index"] for r in rows], kind="stable")
-        table = [{k: v for k, v in rows[i].items() if k != "_index"} for i in order]
-        write_region(self.out, region, image, gpd.GeoDataFrame(table, geometry="geometry",
-                                                                crs="EPSG:4326"), valid=valid)
+        for g in dict.fromkeys(recs["granule"].tolist()):
+            # The plan is granule-major, so a granule's chips are contiguous in the region.
+            pos = np.flatnonzero(recs["granule"] == g)
+            part = slice(int(pos[0]), int(pos[-1]) + 1)
+            path, geo = (str(f) for f in files[g])
+            granule = read_granule(Path(path), Path(geo) if geo else None)
+            rows += self._granule_chips(granule, recs[part], image[part], valid[part])
+        table = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
+        table["tile"] = table["tile"].astype("string")  # all null, typed as reBEN's tile ids
+        write_region(self.out, region, image, table, valid=valid)
 
-    def _granule_chips(self, granule: Granule, idx: np.ndarray, image: np.ndarray,
-                       valid: np.ndarray, rows: list[dict[str, Any]]) -> None:
-        """Fill ``image``/``valid`` ([n, C, H, W] views) and rows for chips ``idx`` of one
-        granule."""
-        p, chip = self.plan, self.chip
-        lon, lat, sza = _geolocate(GeoGrid.load(granule), p.line[idx], p.frame[idx], chip)
+    def _granule_chips(self, granule: Granule, recs: np.ndarray, image: np.ndarray,
+                       valid: np.ndarray) -> list[dict[str, Any]]:
+        """Fill ``image``/``valid`` (``[n, C, H, W]`` views) with the chips ``recs`` of one
+        granule; return their chip-table rows."""
+        chip = self.chip
+        lon, lat, sza = _geolocate(GeoGrid.load(granule), recs["line"], recs["frame"], chip)
+        rows = []
         with _open_hdf(granule.path) as sd:
-            strips: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            for k, i in enumerate(idx):
-                line, frame = int(p.line[i]), int(p.frame[i])
-                if line not in strips:
-                    strips = {line: _read_strip(sd, granule, line, chip)}
-                image[k] = strips[line][0][:, :, frame:frame + chip]
-                valid[k] = strips[line][1][:, :, frame:frame + chip]
-                rows.append(self._row(granule, int(i), lon[k], lat[k],
+            strip_line, strip = -1, (np.empty(0), np.empty(0))
+            for k, rec in enumerate(recs):
+                line, frame = int(rec["line"]), int(rec["frame"])
+                if line != strip_line:
+                    strip_line, strip = line, _read_strip(sd, granule, line, chip)
+                image[k] = strip[0][:, :, frame:frame + chip]
+                valid[k] = strip[1][:, :, frame:frame + chip]
+                rows.append(_chip_row(granule, rec, lon[k], lat[k],
                                       None if sza is None else sza[k], float(valid[k].mean())))
+        return rows
 
-    def _row(self, granule: Granule, i: int, lon: np.ndarray, lat: np.ndarray,
-             sza: np.ndarray | None, valid_fraction: float) -> dict[str, Any]:
-        p = self.plan
-        return {
-            "_index": i,
-            "chip_id": f"{granule.granule_id}_r{p.chip_row[i]:04d}_c{p.chip_col[i]:04d}",
-            "geometry": _footprint(lon[:-1], lat[:-1]),
-            "centroid_lon": float(lon[-1]),
-            "centroid_lat": float(lat[-1]),
-            "crs": "EPSG:4326",
-            "transform": [float("nan")] * 6,
-            "native_x": float(lon[-1]),
-            "native_y": float(lat[-1]),
-            "time": pd.Timestamp(granule.start),
-            "source": granule.short_name,
-            "tile": None,
-            "split": str(self.split[i]),
-            "day_night": _day_night(sza, granule.day_night_flag),
-            "valid_fraction": valid_fraction,
-            "granule": granule.granule_id,
-            "platform": granule.platform,
-            "line": int(p.line[i]),
-            "frame": int(p.frame[i]),
-        }
+
+def _chip_row(granule: Granule, rec: np.void, lon: np.ndarray, lat: np.ndarray,
+              sza: np.ndarray | None, valid_fraction: float) -> dict[str, Any]:
+    """The chip-table row of one chip; ``lon``/``lat``/``sza`` at its sample positions."""
+    return {
+        "chip_id": f"{granule.granule_id}_r{int(rec['chip_row']):04d}_c{int(rec['chip_col']):04d}",
+        "geometry": footprint_polygon(lon[:-1], lat[:-1]),
+        "centroid_lon": float(lon[-1]),
+        "centroid_lat": float(lat[-1]),
+        "crs": "EPSG:4326",
+        "transform": np.full(6, np.nan),
+        "native_x": float(lon[-1]),
+        "native_y": float(lat[-1]),
+        "time": pd.Timestamp(granule.start),
+        "source": granule.short_name,
+        "tile": None,
+        "split": SPLIT_NAMES[rec["split"]] if rec["split"] >= 0 else "",
+        "day_night": _day_night(sza, granule.day_night_flag),
+        "valid_fraction": valid_fraction,
+        "granule": granule.granule_id,
+        "platform": granule.platform,
+        "line": int(rec["line"]),
+        "frame": int(rec["frame"]),
+    }
 
 
 def fingerprint(granules: Sequence[Granule], params: dict[str, Any]) -> str:
@@ -836,8 +878,9 @@ def build_modis(
         shard_chips=shard_chips,
     )
     create_store(out, spec)
+    save_plan(out, plan, labels, granules)
     todo = sorted(set(range(spec.num_regions)) - completed_regions(out))
-    task = _RegionTask(out, granules, plan, labels, chip, shard_chips)
+    task = _RegionTask(out, chip, shard_chips)
     run_regions(task, todo, scheduler=scheduler, workers=workers, desc="modis", progress=progress)
     finalize_store(out, {"split": split_attrs})
     return out

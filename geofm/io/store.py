@@ -107,8 +107,8 @@ class ChipStore:
         return gpd.read_parquet(self.path / CHIP_TABLE)
 
     def split_indices(self, split: str | None) -> np.ndarray:
-        """Chip indices of ``split`` (``None``: every chip)."""
-        if split is None:
+        """Chip indices of ``split`` (``None`` or ``"all"``: every chip)."""
+        if split is None or split == "all":
             return np.arange(len(self))
         name = {"val": "validation"}.get(split, split)
         col = pd.read_parquet(self.path / CHIP_TABLE, columns=["split"])["split"].to_numpy()

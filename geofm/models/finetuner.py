@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geofm.errors import GeofmError
-from geofm.models.heads import LayerNorm2d, create_head, head_input_kind
+from geofm.models.heads import Head, InputKind, LayerNorm2d, create_head, head_input_kind
 from geofm.models.vit import TokenEncoder
 
 SCENE_TASKS = ("multilabel", "classification")
@@ -121,7 +121,8 @@ class Finetuner(nn.Module):
         self.freeze = freeze
         self.unfreeze_last = unfreeze_last
         self.head_kind = head
-        self.head = create_head(
+        self.input_kind: InputKind = kind
+        self.head: Head = create_head(
             head,
             encoder.embed_dim,
             num_outputs,
@@ -175,7 +176,7 @@ class Finetuner(nn.Module):
         Returns:
             ``[B, D]`` (pooled), ``[B, T, D]`` (all tokens) or ``[B, N, D]`` (patches).
         """
-        kind = self.head.input_kind
+        kind = self.input_kind
         enc = self.encoder
         with torch.no_grad() if self.freeze == "frozen" else nullcontext():
             if kind == "pooled":
@@ -192,7 +193,7 @@ class Finetuner(nn.Module):
             bands: Band names, length ``C``.
         """
         features = self.head_inputs(images, bands)
-        if self.head.input_kind == "patches":
+        if self.input_kind == "patches":
             return self.head(features, self.encoder.grid_size(images))  # [B, K, H, W]
         return self.head(features)  # [B, K]
 

@@ -19,7 +19,7 @@ full input resolution (class logits, or ``K`` regression targets).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,12 @@ from geofm.errors import GeofmError
 InputKind = Literal["pooled", "tokens", "patches"]
 
 
+class Head(nn.Module):
+    """Base of the task heads; ``input_kind`` names the encoder output the head reads."""
+
+    input_kind: ClassVar[InputKind] = "pooled"
+
+
 def _init_linear(module: nn.Module) -> None:
     """Truncated-normal (σ = 0.02) linear weights and zero biases."""
     if isinstance(module, nn.Linear):
@@ -38,7 +44,7 @@ def _init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class LinearProbe(nn.Module):
+class LinearProbe(Head):
     """LayerNorm then a linear classifier on pooled features.
 
     LayerNorm rather than the usual non-affine BatchNorm keeps the probe independent of the
@@ -49,7 +55,7 @@ class LinearProbe(nn.Module):
         num_outputs: Number of outputs ``K``.
     """
 
-    input_kind: InputKind = "pooled"
+    input_kind: ClassVar[InputKind] = "pooled"
 
     def __init__(self, dim: int, num_outputs: int) -> None:
         super().__init__()
@@ -62,7 +68,7 @@ class LinearProbe(nn.Module):
         return self.fc(self.norm(features))
 
 
-class MLPHead(nn.Module):
+class MLPHead(Head):
     """LayerNorm, ``Linear → GELU → Dropout → Linear`` on pooled features.
 
     Args:
@@ -72,7 +78,7 @@ class MLPHead(nn.Module):
         dropout: Dropout before the output layer.
     """
 
-    input_kind: InputKind = "pooled"
+    input_kind: ClassVar[InputKind] = "pooled"
 
     def __init__(
         self, dim: int, num_outputs: int, hidden: int | None = None, dropout: float = 0.0
@@ -91,7 +97,7 @@ class MLPHead(nn.Module):
         return self.fc2(self.drop(self.act(self.fc1(self.norm(features)))))
 
 
-class AttentiveProbe(nn.Module):
+class AttentiveProbe(Head):
     """Efficient attentive probe (EP) over all output tokens.
 
     From "Attention, Please! Revisiting Attentive Probing for Masked Image Modeling" (Psomas et
@@ -128,7 +134,7 @@ class AttentiveProbe(nn.Module):
         dropout: Dropout on the pooled features before the classifier.
     """
 
-    input_kind: InputKind = "tokens"
+    input_kind: ClassVar[InputKind] = "tokens"
 
     def __init__(
         self,
@@ -216,7 +222,7 @@ class LayerNorm2d(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-class SegmentationHead(nn.Module):
+class SegmentationHead(Head):
     """Light convolutional decoder from patch features to full-resolution maps.
 
     Patch features ``[B, N, D]`` are LayerNorm-ed and laid out on their grid
@@ -239,7 +245,7 @@ class SegmentationHead(nn.Module):
         hidden: Channels after the first convolution.
     """
 
-    input_kind: InputKind = "patches"
+    input_kind: ClassVar[InputKind] = "patches"
 
     def __init__(self, dim: int, num_classes: int, patch_size: int, hidden: int = 128) -> None:
         super().__init__()
@@ -285,7 +291,7 @@ class SegmentationHead(nn.Module):
         return self.pixel_shuffle(self.classifier(x))  # [B, K, rows·p, cols·p]
 
 
-HEADS: dict[str, type[nn.Module]] = {
+HEADS: dict[str, type[Head]] = {
     "linear": LinearProbe,
     "attentive": AttentiveProbe,
     "mlp": MLPHead,
@@ -295,10 +301,10 @@ HEADS: dict[str, type[nn.Module]] = {
 
 def head_input_kind(kind: str) -> InputKind:
     """What the head ``kind`` reads: ``"pooled"``, ``"tokens"`` or ``"patches"``."""
-    return _head_class(kind).input_kind  # type: ignore[attr-defined,no-any-return]
+    return _head_class(kind).input_kind
 
 
-def _head_class(kind: str) -> type[nn.Module]:
+def _head_class(kind: str) -> type[Head]:
     if kind not in HEADS:
         raise GeofmError(f"unknown head {kind!r}; known heads: {', '.join(HEADS)}")
     return HEADS[kind]
@@ -306,7 +312,7 @@ def _head_class(kind: str) -> type[nn.Module]:
 
 def create_head(
     kind: str, dim: int, num_outputs: int, *, patch_size: int | None = None, **kwargs: Any
-) -> nn.Module:
+) -> Head:
     """Build a head by name.
 
     Args:
@@ -325,12 +331,13 @@ def create_head(
             without ``patch_size``.
     """
     cls = _head_class(kind)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "dim", "num_outputs"}
+    fixed = {"self", "dim", "num_outputs", "num_classes", "patch_size"}
+    accepted = set(inspect.signature(cls.__init__).parameters) - fixed
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise GeofmError(
             f"head {kind!r} does not take {', '.join(unknown)}; "
-            f"it takes {', '.join(sorted(accepted - {'num_classes', 'patch_size'}))}"
+            f"it takes {', '.join(sorted(accepted)) or 'no further arguments'}"
         )
     if cls is SegmentationHead:
         if patch_size is None:

@@ -125,6 +125,6 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "head": {"kind": None, "freeze": "frozen", "unfreeze_last": 0},  # kind None: by task
     "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "layer_decay": 0.75, "warmup_steps": 5},
     "trainer": {"max_steps": 100, "accelerator": "auto", "devices": 1, "precision": None,
-                "log_every_n_steps": 5, "val_every_n_epochs": 1, "seed": 0},
+                "log_every_n_steps": 5, "val_every_n_steps": 50, "seed": 0},
     "output": "runs/finetune",
 }

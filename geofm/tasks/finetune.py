@@ -14,7 +14,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -23,14 +22,11 @@ from torch import Tensor
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
 from geofm.inference import encoder_state
-from geofm.io.schema import MASK_IGNORE
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
 from geofm.models import create_model
-from geofm.models.finetuner import Finetuner
+from geofm.models.finetuner import TASKS, Finetuner, task_loss
 from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.pretrain import check_writable
-
-TASKS = ("multilabel", "classification", "segmentation", "regression")
 
 
 def batch_targets(task: str, batch: dict[str, Any]) -> Tensor:
@@ -42,21 +38,6 @@ def batch_targets(task: str, batch: dict[str, Any]) -> Tensor:
     if task == "segmentation":
         return batch["mask"]  # [B, H, W]
     return batch["target"]  # [B, T, H, W]
-
-
-def task_loss(task: str, out: Tensor, target: Tensor) -> Tensor:
-    """BCE (multi-label), cross-entropy (classes, pixels; 255 ignored) or MSE (finite targets)."""
-    if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(out, target)
-    if task == "classification":
-        return F.cross_entropy(out, target)
-    if task == "segmentation":
-        if (target == MASK_IGNORE).all():
-            return out.sum() * 0.0
-        return F.cross_entropy(out, target, ignore_index=MASK_IGNORE)
-    ok = torch.isfinite(target)
-    diff = torch.where(ok, out - target.nan_to_num(), torch.zeros((), dtype=out.dtype))
-    return diff.square().sum() / ok.sum().clamp(min=1)
 
 
 class FinetuneTask(L.LightningModule):
@@ -203,7 +184,8 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     trainer = L.Trainer(
         max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
         precision=tr["precision"] or "32-true", log_every_n_steps=tr["log_every_n_steps"],
-        val_check_interval=None, check_val_every_n_epoch=tr["val_every_n_epochs"],
+        val_check_interval=min(tr["val_every_n_steps"], tr["max_steps"]),
+        check_val_every_n_epoch=None,
         logger=CSVLogger(out, name="", version=""), num_sanity_val_steps=0,
         callbacks=[select, *([TQDMProgressBar()] if progress else [])],
         enable_progress_bar=progress, enable_model_summary=False)

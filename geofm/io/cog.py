@@ -1,0 +1,331 @@
+"""Cloud-Optimized GeoTIFF output that GDAL, QGIS and analysts read as intended.
+
+A prediction is written in three steps:
+
+1. :class:`StripWriter` fills a striped, ZSTD-compressed GeoTIFF row band by row band (any
+   window of whole rows can be written; GDAL's block cache, capped by the caller, holds the one
+   partly written strip).
+2. :func:`write_cog` copies it through GDAL's COG driver: 256 × 256 tiles, DEFLATE, internal
+   overviews (``mode`` for class rasters, ``average`` for scores and values) and the ghost
+   header that marks ``LAYOUT=COG``. The colour table, band descriptions, scale/offset, tags and
+   the per-dataset mask survive the copy.
+3. Everything lives under hidden temporary names (``.out.tif.<token>.part.tif``) in the output
+   directory until :meth:`OutputTransaction.commit` renames the sidecars and then the raster
+   into place, so the output path holds either nothing or a complete file.
+
+Class names go where GDAL and QGIS look for them: GDAL category names and a thematic raster
+attribute table in the PAM sidecar ``out.tif.aux.xml`` (the GeoTIFF format has no slot for
+them, so GDAL itself keeps them there), and a QGIS style ``out.qml`` (paletted renderer with
+names and colours) that QGIS loads with the raster. The colour table is inside the TIFF.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from geofm.errors import GeofmError
+
+BLOCK_SIZE = 256
+"""Tile size of the COG, in pixels."""
+MIN_OVERVIEW_SIZE = 64
+"""Overviews halve the raster until its longer side would drop below this many pixels."""
+CLASS_NODATA = {"uint8": 255, "uint16": 65535}
+"""Nodata value of class rasters by dtype (the largest value; classes count from 0)."""
+
+
+def class_dtype(num_classes: int) -> tuple[str, int]:
+    """The dtype and nodata value of a class raster with ``num_classes`` classes.
+
+    >>> class_dtype(19)
+    ('uint8', 255)
+    >>> class_dtype(300)
+    ('uint16', 65535)
+    """
+    if num_classes <= 255:
+        return "uint8", CLASS_NODATA["uint8"]
+    if num_classes <= 65535:
+        return "uint16", CLASS_NODATA["uint16"]
+    raise GeofmError(f"{num_classes} classes do not fit a 16-bit class raster")
+
+
+def class_rgb(colors: Sequence[str], num_classes: int) -> list[tuple[int, int, int]]:
+    """``(r, g, b)`` per class from ``#rrggbb`` strings; classes without one get evenly spaced
+    hues (deterministic, so reruns give the same map)."""
+    out: list[tuple[int, int, int]] = []
+    for i in range(num_classes):
+        text = colors[i].lstrip("#") if i < len(colors) and colors[i] else ""
+        if len(text) == 6:
+            out.append((int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)))
+        else:
+            r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.65, 0.9)
+            out.append((round(r * 255), round(g * 255), round(b * 255)))
+    return out
+
+
+def overview_count(height: int, width: int, min_size: int = MIN_OVERVIEW_SIZE) -> int:
+    """Number of 2× overview levels for a raster, down to ``min_size`` on the longer side.
+
+    >>> overview_count(256, 256), overview_count(8192, 4096), overview_count(3, 3)
+    (2, 7, 0)
+    """
+    side = max(height, width)
+    return max(0, math.floor(math.log2(side / min_size)) if side >= 2 * min_size else 0)
+
+
+class StripWriter:
+    """A temporary striped GeoTIFF written by windows of whole rows.
+
+    Args:
+        path: File to create (a temporary name; see :class:`OutputTransaction`).
+        height: Rows.
+        width: Columns.
+        count: Bands.
+        dtype: ``uint8``, ``uint16`` or ``float32``.
+        crs: Coordinate reference system (``None`` for an ungeoreferenced grid).
+        transform: Pixel-to-map transform.
+        nodata: Nodata value, or ``None``.
+        mask: Write a per-dataset validity mask (for bands whose every value is meaningful,
+            such as uint8 scores with scale 1/255).
+        descriptions: Band descriptions.
+        scales: Band scale factors (``None``: 1).
+        tags: Dataset metadata.
+        colormap: ``{value: (r, g, b, a)}`` for band 1 of a class raster.
+    """
+
+    def __init__(self, path: Path, *, height: int, width: int, count: int, dtype: str,
+                 crs: CRS | None, transform: Affine, nodata: float | None = None,
+                 mask: bool = False, descriptions: Sequence[str] = (),
+                 scales: Sequence[float] | None = None, tags: dict[str, str] | None = None,
+                 colormap: dict[int, tuple[int, int, int, int]] | None = None) -> None:
+        self.path = path
+        self.mask = mask
+        profile: dict[str, Any] = {
+            "driver": "GTiff", "height": height, "width": width, "count": count,
+            "dtype": dtype, "crs": crs, "transform": transform, "nodata": nodata,
+            "tiled": False, "blockysize": 8, "compress": "zstd", "zstd_level": 1,
+            "interleave": "pixel" if count > 1 else "band", "photometric": "minisblack",
+            "bigtiff": "if_safer",
+        }
+        try:
+            self.ds = rasterio.open(path, "w", **profile)
+        except (rasterio.errors.RasterioError, OSError) as e:
+            raise GeofmError(f"cannot create the output ({_first_line(e)})", path,
+                             "check the directory is writable and has space") from None
+        for i, text in enumerate(descriptions, start=1):
+            self.ds.set_band_description(i, text)
+        if scales is not None:
+            self.ds.scales = tuple(scales)
+            self.ds.offsets = (0.0,) * count
+        if tags:
+            self.ds.update_tags(**tags)
+        if colormap:
+            self.ds.write_colormap(1, colormap)
+
+    def write(self, row: int, data: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Write ``data [count, n, width]`` at rows ``row .. row + n`` (and the mask rows)."""
+        window = Window(0, row, data.shape[2], data.shape[1])
+        self.ds.write(data, window=window)
+        if self.mask and valid is not None:
+            self.ds.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+
+    def close(self) -> None:
+        """Flush and close (idempotent)."""
+        if not self.ds.closed:
+            self.ds.close()
+
+
+def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False) -> None:
+    """Copy a finished GeoTIFF to a Cloud-Optimized GeoTIFF with internal overviews.
+
+    Args:
+        src: The temporary GeoTIFF (any layout).
+        dst: The COG to create (a temporary name that is renamed later).
+        resampling: Overview resampling, ``"mode"`` (classes), ``"average"`` (scores, values)
+            or ``"nearest"``.
+        predictor: Use the floating-point/horizontal predictor (continuous values).
+
+    Raises:
+        GeofmError: GDAL could not write the file (disk full, permissions).
+    """
+    with rasterio.open(src) as ds:
+        levels = overview_count(ds.height, ds.width)
+    options: dict[str, Any] = {
+        "compress": "DEFLATE", "blocksize": BLOCK_SIZE, "bigtiff": "IF_SAFER",
+        "num_threads": "ALL_CPUS", "predictor": "YES" if predictor else "NO",
+        "overview_resampling": resampling.upper(),
+    }
+    if levels:
+        options["overview_count"] = levels
+    else:
+        options["overviews"] = "NONE"
+    try:
+        rasterio.shutil.copy(src, dst, driver="COG", **options)
+    except (rasterio.errors.RasterioError, OSError) as e:
+        raise GeofmError(f"cannot write the Cloud-Optimized GeoTIFF ({_first_line(e)})", dst,
+                         "check the directory is writable and has space") from None
+
+
+def write_category_sidecar(path: Path, classes: Sequence[str],
+                           colors: Sequence[tuple[int, int, int]]) -> Path:
+    """Write GDAL category names and a thematic raster attribute table for band 1.
+
+    Written as a PAM document (GDAL's ``.aux.xml`` format) to ``path``; rename it to
+    ``<raster>.aux.xml`` so GDAL (``gdalinfo``: ``categories``, ``rat``), QGIS (≥ 3.30 reads
+    attribute tables) and ArcGIS find it.
+
+    Returns:
+        ``path``.
+    """
+    pam = ET.Element("PAMDataset")
+    band = ET.SubElement(pam, "PAMRasterBand", band="1")
+    names = ET.SubElement(band, "CategoryNames")
+    for name in classes:
+        ET.SubElement(names, "Category").text = name
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    # Types: 0 integer, 2 string. Usages: 5 min-max (the pixel value), 2 name, 6–8 red–blue.
+    fields = (("value", 0, 5), ("class_name", 2, 2), ("red", 0, 6), ("green", 0, 7),
+              ("blue", 0, 8))
+    for index, (name, kind, usage) in enumerate(fields):
+        defn = ET.SubElement(rat, "FieldDefn", index=str(index))
+        ET.SubElement(defn, "Name").text = name
+        ET.SubElement(defn, "Type").text = str(kind)
+        ET.SubElement(defn, "Usage").text = str(usage)
+    for i, (name, rgb) in enumerate(zip(classes, colors, strict=True)):
+        row = ET.SubElement(rat, "Row", index=str(i))
+        for value in (i, name, *rgb):
+            ET.SubElement(row, "F").text = str(value)
+    ET.indent(pam)
+    ET.ElementTree(pam).write(path, encoding="utf-8", xml_declaration=False)
+    return path
+
+
+def write_qml(path: Path, classes: Sequence[str], colors: Sequence[tuple[int, int, int]]
+              ) -> Path:
+    """Write a QGIS layer style: paletted renderer on band 1 with class names and colours.
+
+    QGIS applies ``<raster base name>.qml`` automatically when the raster is loaded, and its
+    legend then lists every class by name.
+
+    Returns:
+        ``path``.
+    """
+    qgis = ET.Element("qgis", version="3.28.0", styleCategories="AllStyleCategories")
+    pipe = ET.SubElement(qgis, "pipe")
+    renderer = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1",
+                             alphaBand="-1", nodataColor="")
+    ET.SubElement(renderer, "rasterTransparency")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for i, (name, (r, g, b)) in enumerate(zip(classes, colors, strict=True)):
+        ET.SubElement(palette, "paletteEntry", value=str(i), color=f"#{r:02x}{g:02x}{b:02x}",
+                      alpha="255", label=name)
+    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
+    ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0",
+                  colorizeRed="255", colorizeGreen="128", colorizeBlue="128",
+                  colorizeStrength="100", invertColors="0")
+    ET.SubElement(pipe, "rasterresampler", maxOversampling="2")
+    ET.SubElement(pipe, "resamplingStage").text = "resamplingFilter"
+    ET.SubElement(qgis, "blendMode").text = "0"
+    ET.indent(qgis)
+    body = ET.tostring(qgis, encoding="unicode")
+    path.write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + body + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an output path that exists (unless ``overwrite``) or cannot be written.
+
+    Raises:
+        GeofmError: The path exists, is a directory, is one of the inputs, or its directory is
+            missing or not writable.
+    """
+    if path.is_dir():
+        raise GeofmError("output is a directory", path, "give a file name such as out.tif")
+    if any(path.resolve() == p.resolve() for p in inputs):
+        raise GeofmError("output would overwrite the input", path, "choose another output path")
+    if path.exists() and not overwrite:
+        raise GeofmError("output already exists", path, "choose a new path or pass --overwrite")
+    parent = path.parent
+    if not parent.is_dir():
+        raise GeofmError("output directory does not exist", parent, "create it first")
+    if not os.access(parent, os.W_OK):
+        raise GeofmError("output directory is not writable", parent,
+                         "choose a writable location")
+
+
+class OutputTransaction:
+    """Files written under hidden temporary names and renamed into place together.
+
+    Temporary files sit in the directory of their final path, named with a leading ``.`` so
+    they stay out of sight, and are removed if anything fails (including ``KeyboardInterrupt``).
+    Files staged for the output are renamed in the order staged by :meth:`commit`; stage the
+    main raster last so it appears only when its sidecars are in place.
+
+    >>> with OutputTransaction() as tx:  # doctest: +SKIP
+    ...     tmp = tx.stage(Path("out.tif"), ".tif")
+    ...     write(tmp)
+    ...     tx.commit()
+    """
+
+    def __init__(self) -> None:
+        self._token = uuid.uuid4().hex[:8]
+        self._staged: list[tuple[Path, Path]] = []
+        self._scratch: list[Path] = []
+        self.committed = False
+
+    def _name(self, final: Path, suffix: str) -> Path:
+        return final.parent / f".{final.name}.{self._token}.part{suffix}"
+
+    def stage(self, final: Path, suffix: str = "") -> Path:
+        """A temporary path that :meth:`commit` renames to ``final``."""
+        tmp = self._name(final, suffix)
+        self._staged.append((tmp, final))
+        self._scratch.append(Path(f"{tmp}.aux.xml"))
+        return tmp
+
+    def scratch(self, near: Path, suffix: str) -> Path:
+        """A temporary path next to ``near``, always removed at the end."""
+        tmp = self._name(near, suffix)
+        self._scratch += [tmp, Path(f"{tmp}.aux.xml")]
+        return tmp
+
+    def commit(self, remove: Sequence[Path] = ()) -> None:
+        """Delete stale files of an earlier output (``remove``), then rename staged files."""
+        for stale in remove:
+            stale.unlink(missing_ok=True)
+        for tmp, final in self._staged:
+            os.replace(tmp, final)
+        self.committed = True
+
+    def cleanup(self) -> None:
+        """Remove scratch files and, unless committed, every staged file."""
+        paths = self._scratch + ([] if self.committed else [t for t, _ in self._staged])
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+    def __enter__(self) -> OutputTransaction:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.cleanup()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

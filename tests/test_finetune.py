@@ -1,0 +1,164 @@
+"""Finetuning and evaluation: every task overfits real sample chips, freezing, band checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import geofm
+from geofm.cli import main
+from geofm.evaluate import evaluate, knn_evaluate
+from geofm.inference import encoder_state, load_finetuned
+from geofm.io.writer import StoreSpec, create_store, finalize_store, write_region
+from geofm.tasks.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, apply_overrides, merge
+from geofm.tasks.finetune import run_finetune
+from geofm.tasks.pretrain import run_pretrain
+
+from .synthetic import make_store
+
+
+def _pretrain(store: Path, out: Path, model: str) -> Path:
+    cfg = apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
+        f"data.store={store}", f"output={out}", f"model.name={model}", "model.kwargs={}",
+        "objective.name=mae", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, "
+        "decoder_heads: 2}", "data.split=null", "trainer.max_steps=2", "trainer.accelerator=cpu",
+        "previews=0"])
+    return Path(run_pretrain(cfg, progress=False)["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def pretrained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pre")
+    return {m: _pretrain(reben_store, root / m, m) for m in ("channelvit_test", "vit_test")}
+
+
+def _finetune(init: Path, store: Path, out: Path, task: str, *sets: str) -> dict:
+    cfg = apply_overrides(merge(FINETUNE_DEFAULTS, {}), [
+        f"init={init}", f"data.store={store}", f"task={task}", f"output={out}",
+        "data.train_split=all", "data.val_split=all", "data.batch_size=6",
+        "trainer.accelerator=cpu", "trainer.log_every_n_steps=1", "optim.warmup_steps=2",
+        *sets])
+    return run_finetune(cfg, progress=False)
+
+
+def _derived_store(src: Path, out: Path, *, single_label: bool = False,
+                   ndvi: bool = False, drop_mask: bool = False) -> Path:
+    """A store of the same real chips with single labels or an NDVI regression target."""
+    s = geofm.open_store(src)
+    batch = s.read(np.arange(len(s)))
+    labels = batch["label"]
+    if single_label:
+        first = labels.argmax(1)
+        labels = np.eye(labels.shape[1], dtype=np.uint8)[first]
+    target = None
+    if ndvi:
+        nir, red = batch["image"][:, 7], batch["image"][:, 3]
+        target = ((nir - red) / np.maximum(nir + red, 1))[:, None].astype(np.float32)
+    spec = StoreSpec(num_chips=len(s), bands=s.bands, chip_size=s.chip_size, dtype="float32",
+                     classes=s.classes, class_colors=s.class_colors, has_label=True,
+                     has_mask=not drop_mask, target_names=["ndvi"] if ndvi else [],
+                     gsd_m=10.0, fingerprint="derived", provenance={"builder": "test"})
+    create_store(out, spec)
+    write_region(out, 0, batch["image"], s.chips.drop(columns=["index"]), label=labels,
+                 mask=None if drop_mask else batch["mask"], target=target)
+    finalize_store(out)
+    return out
+
+
+def test_multilabel_overfits_and_frozen_encoder_is_untouched(
+        pretrained: dict[str, Path], reben_store: Path, tmp_path: Path) -> None:
+    init = pretrained["channelvit_test"]
+    r = _finetune(init, reben_store, tmp_path / "ml", "multilabel", "trainer.max_steps=100",
+                  "optim.lr=5e-2", "head.kind=attentive", "head.freeze=frozen",
+                  "optim.weight_decay=0", "data.bands=[S2.B04, S2.B03, S2.B02, S1.VV]")
+    assert r["val_metrics"]["map_macro"] > 0.95
+    before = encoder_state(load_file(init))
+    after = encoder_state(load_file(r["checkpoint"]))
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k  # bit-identical
+    model, header = load_finetuned(r["checkpoint"])
+    assert header["classes"][0] == "Urban fabric" and header["class_colors"][0] == "#e6004d"
+    assert header["tile_size"] == [120, 120] and header["selection"]["metric"] == "map_macro"
+
+
+def test_classification_overfits(pretrained: dict[str, Path], reben_store: Path,
+                                 tmp_path: Path) -> None:
+    store = _derived_store(reben_store, tmp_path / "single.zarr", single_label=True)
+    r = _finetune(pretrained["vit_test"], store, tmp_path / "cls", "classification",
+                  "trainer.max_steps=60", "optim.lr=3e-2", "head.kind=mlp")
+    assert r["val_metrics"]["accuracy"] == 1.0
+
+
+def test_segmentation_overfits(pretrained: dict[str, Path], reben_store: Path,
+                               tmp_path: Path) -> None:
+    r = _finetune(pretrained["vit_test"], reben_store, tmp_path / "seg", "segmentation",
+                  "trainer.max_steps=120", "optim.lr=5e-3", "head.freeze=full",
+                  "optim.layer_decay=1.0", "optim.weight_decay=0")
+    assert r["val_metrics"]["miou"] > 0.9
+
+
+def test_regression_overfits(pretrained: dict[str, Path], reben_store: Path,
+                             tmp_path: Path) -> None:
+    store = _derived_store(reben_store, tmp_path / "ndvi.zarr", ndvi=True)
+    r = _finetune(pretrained["vit_test"], store, tmp_path / "reg", "regression",
+                  "trainer.max_steps=80", "optim.lr=1e-2", "head.freeze=full",
+                  "optim.layer_decay=1.0")
+    assert r["val_metrics"]["rmse"] < 0.1  # NDVI spans about -0.2..0.9 on these chips
+
+
+def test_eval_report_and_band_checks(pretrained: dict[str, Path], reben_store: Path,
+                                     tmp_path: Path) -> None:
+    flex = _finetune(pretrained["channelvit_test"], reben_store, tmp_path / "f", "multilabel",
+                     "trainer.max_steps=3")
+    rep = evaluate(flex["checkpoint"], reben_store, split="test", output=tmp_path / "rep")
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved["split"] == "test" and saved["num_chips"] == 2
+    assert "validation" not in saved["model_selection"] or "only" in saved["model_selection"]
+    assert saved["split_method"]["method"] == "reben-official"
+    assert "train/test" in saved["leakage_audit"]["pairs"]
+    counts = [row["bands"] for row in rep["band_robustness"]]
+    assert counts[0] == 1 and counts[-1] == 14
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "against the number of bands" in md and "Leakage audit" in md
+    # A store with fewer bands: the channel-flexible model uses what is there ...
+    s2 = make_store(tmp_path / "s2.zarr", list(geofm.BAND_SETS["s2l2a"]), n=2, size=16)
+    fixed = _finetune(pretrained["vit_test"], reben_store, tmp_path / "v", "multilabel",
+                      "trainer.max_steps=2")
+    with pytest.raises(geofm.GeofmError, match="S1.VV, S1.VH"):  # ... a plain ViT cannot
+        evaluate(fixed["checkpoint"], s2, split="train")
+
+
+def test_knn_on_frozen_embeddings(pretrained: dict[str, Path], reben_store: Path) -> None:
+    r = knn_evaluate(pretrained["channelvit_test"], reben_store, split="test",
+                     train_split="train", k=3)
+    assert r["num_train"] == 3 and r["num_query"] == 2
+    assert 0.0 <= r["metrics"]["map_micro"] <= 1.0
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], needle: str) -> None:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err and err[-1].startswith("geofm: error: "), err
+    assert needle in err[-1], err[-1]
+
+
+def test_bad_input(pretrained: dict[str, Path], reben_store: Path, tmp_path: Path,
+                   capsys) -> None:
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    base = ["finetune", "--data", str(reben_store), "--quiet", "--output", str(tmp_path / "o")]
+    _fails([*base, "--init", str(junk)], capsys, "not a safetensors file")
+    nomask = _derived_store(reben_store, tmp_path / "nomask.zarr", drop_mask=True)
+    _fails(["finetune", "--init", str(pretrained["vit_test"]), "--data", str(nomask),
+            "--task", "segmentation", "--quiet", "--output", str(tmp_path / "o")], capsys,
+           "needs masks")
+    _fails([*base, "--init", str(pretrained["vit_test"]), "--set", "data.train_split=nowhere"],
+           capsys, "split 'nowhere' is empty")
+    _fails(["eval", str(pretrained["vit_test"]), "--data", str(reben_store)], capsys,
+           "not a finetuned model")
