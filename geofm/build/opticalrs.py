@@ -83,6 +83,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,7 @@ ROLES = ("pretrain", "eval")
 REASONS = ("unreadable", "no_rgb", "too_small", "mostly_nodata", "near_constant",
            "eval_duplicate", "exact_duplicate", "near_duplicate")
 CHIP_REASONS = ("mostly_nodata", "near_constant")
+WHOLE_PIXELS = 2048 * 2048
 PREVIEW_PX = 512
 STRIP_ROWS = 256
 PERCENTILES = (2.0, 98.0)
@@ -129,6 +131,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SOURCE_KEYS = {"name", "path", "role", "licence", "license", "gsd_m", "bands", "sensor",
                 "stretch"}
 _RGB = ("red", "green", "blue")
+_SQUARES = (np.arange(256, dtype=np.uint16) ** 2).astype(np.uint16)
 
 
 @dataclass(frozen=True)
@@ -469,8 +472,9 @@ def _read(ds: Any, indexes: list[int], window: Window | None,
         return ds.read(indexes, out_shape=(len(indexes), *out_shape),
                        resampling=Resampling.average)
     win = window or Window(0, 0, ds.width, ds.height)
-    if win.col_off == 0 and win.row_off == 0 and (win.width, win.height) == (ds.width, ds.height) \
-            and ds.height > 1:
+    whole = win.col_off == 0 and win.row_off == 0 and (win.width, win.height) == (ds.width,
+                                                                                  ds.height)
+    if whole and ds.driver == "PNG" and ds.height > 1:
         # GDAL's PNG driver returns a truncated file's whole-image read without an error
         # (GDAL 3.10), while reads of part of the image report it; so read two halves.
         half = ds.height // 2
@@ -504,36 +508,77 @@ def _stretch_of(layout: _Layout, source: Source, rgb: np.ndarray,
         return None
     if source.stretch is not None:
         return source.stretch
-    values = rgb[:, valid]
+    values = rgb.ravel() if valid.all() else rgb[:, valid]
     if values.size == 0:
         return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(values.astype(np.float64), PERCENTILES))
+    lo, hi = _percentiles(values, PERCENTILES)
     return lo, hi if hi > lo else lo + 1.0
+
+
+def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
+    """``np.percentile(values, qs)`` (linear), from a histogram for 8- and 16-bit integers."""
+    if values.dtype not in (np.uint8, np.uint16):
+        return tuple(float(v) for v in np.percentile(values.astype(np.float64), qs))
+    cum = np.cumsum(np.bincount(values.ravel()))
+    out = []
+    for q in qs:
+        pos = q / 100 * (values.size - 1)
+        k = int(pos)
+        t = pos - k
+        a = float(np.searchsorted(cum, k + 1, side="left"))  # the k-th smallest value
+        b = float(np.searchsorted(cum, k + 2, side="left")) if t > 0 else a
+        out.append(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)  # numpy's _lerp
+    return tuple(out)
 
 
 def _to_u8(rgb: np.ndarray, valid: np.ndarray, stretch: tuple[float, float] | None) -> np.ndarray:
     """``[h, w, 3]`` uint8 pixels, 0 where invalid."""
     if stretch is None:
         out = rgb.astype(np.uint8, copy=False)
+    elif rgb.dtype == np.uint16:  # one table lookup instead of five passes over the pixels
+        out = _stretched(np.arange(65536, dtype=np.uint16), stretch)[rgb]
     else:
-        lo, hi = stretch
-        x = (rgb.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-        x = np.where(valid, x, np.float32(0))
-        out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        out = _stretched(np.where(valid, rgb, 0), stretch)
     out = np.ascontiguousarray(out.transpose(1, 2, 0))
-    out[~valid] = 0
+    if not valid.all():
+        out[~valid] = 0
     return out
+
+
+def _stretched(values: np.ndarray, stretch: tuple[float, float]) -> np.ndarray:
+    lo, hi = stretch
+    x = (values.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _band_std(u8: np.ndarray, valid: np.ndarray) -> float:
+    """Largest standard deviation of the three bands over valid pixels, exact, via histograms."""
+    if valid.all():
+        px = np.ascontiguousarray(u8.transpose(2, 0, 1)).reshape(3, -1)  # [3, n]
+    else:
+        px = np.ascontiguousarray(u8[valid].T)
+    hist = np.stack([np.bincount(band, minlength=256) for band in px])
+    levels = np.arange(256, dtype=np.int64)
+    n = px.shape[1]
+    total, squares = hist @ levels, hist @ (levels * levels)  # exact int64 sums
+    var = (squares * n - total * total) / float(n * n)
+    return float(np.sqrt(max(var.max(), 0.0)))
+
+
+def _verdict(nodata: float, std: float, params: Params) -> str:
+    if nodata > params.max_nodata:
+        return "mostly_nodata"
+    if std < params.min_std:
+        return "near_constant"
+    return "ok"
 
 
 def _quality(u8: np.ndarray, valid: np.ndarray, params: Params) -> tuple[str, float, float]:
     """``(reason or "ok", nodata fraction, largest per-band standard deviation)``."""
-    nodata = 1.0 - float(valid.mean()) if valid.size else 1.0
-    std = float(u8[valid].std(axis=0).max()) if valid.any() else 0.0
-    if nodata > params.max_nodata:
-        return "mostly_nodata", nodata, std
-    if std < params.min_std:
-        return "near_constant", nodata, std
-    return "ok", nodata, std
+    count = int(np.count_nonzero(valid))
+    nodata = 1.0 - count / valid.size if valid.size else 1.0
+    std = _band_std(u8, valid) if count else 0.0
+    return _verdict(nodata, std, params), nodata, std
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,8 +645,24 @@ def _empty_record() -> dict[str, Any]:
 
 
 def _strip_chips(u8: np.ndarray, valid: np.ndarray, xs: list[int], params: Params) -> list[str]:
+    """Outcome of the chips at ``xs`` of a strip one chip high, by the image rules.
+
+    Column sums of the strip (nodata pixels are 0 and add nothing) give every chip's exact
+    counts, sums and sums of squares, so the strip is read twice instead of once per chip.
+    """
     c = params.chip
-    return [_quality(u8[:, x:x + c], valid[:, x:x + c], params)[0] for x in xs]
+    counts = valid.sum(axis=0, dtype=np.int64)  # [W]
+    flat = u8.reshape(u8.shape[0], -1)
+    total = flat.sum(axis=0, dtype=np.int64).reshape(-1, 3)  # [W, 3]
+    squares = _SQUARES[flat].sum(axis=0, dtype=np.int64).reshape(-1, 3)
+    out = []
+    for x in xs:
+        n = int(counts[x:x + c].sum())
+        nodata = 1.0 - n / (u8.shape[0] * c)
+        s1, s2 = total[x:x + c].sum(axis=0), squares[x:x + c].sum(axis=0)
+        std = float(np.sqrt(max(((s2 * n - s1 * s1) / float(n * n)).max(), 0.0))) if n else 0.0
+        out.append(_verdict(nodata, std, params))
+    return out
 
 
 def _scan_pixels(ds: Any, layout: _Layout, stretch: tuple[float, float] | None,
@@ -649,13 +710,14 @@ def _scan_dataset(ds: Any, source: Source, params: Params, rec: dict[str, Any]) 
     pretrain = source.role == "pretrain"
     if pretrain and min(h, w) < params.min_size:
         raise _Excluded("too_small", f"{w}×{h} px")
-    whole = max(h, w) <= PREVIEW_PX
+    whole = h * w <= WHOLE_PIXELS
     scale = PREVIEW_PX / max(h, w)
     shape = None if whole else (max(1, round(h * scale)), max(1, round(w * scale)))
-    rgb, valid = _read_raw(ds, layout, out_shape=shape)
+    rgb, valid = _read_raw(ds, layout, out_shape=shape)  # the whole image or a preview
     stretch = _stretch_of(layout, source, rgb, valid)
     preview = _to_u8(rgb, valid, stretch)
-    reason, nodata, std = _quality(preview, valid, params)
+    step = -(-max(preview.shape[:2]) // PREVIEW_PX)  # image tests on at most 512 × 512 px
+    reason, nodata, std = _quality(preview[::step, ::step], valid[::step, ::step], params)
     rec.update(lo=stretch[0] if stretch else np.nan, hi=stretch[1] if stretch else np.nan,
                nodata=nodata, std=std)
     if reason != "ok":
@@ -680,7 +742,8 @@ def scan_image(path: str | Path, source: Source, params: Params) -> dict[str, An
     except _Excluded as e:
         rec.update(status=e.reason, detail=e.detail)
     except (RasterioError, OSError) as e:
-        rec.update(status="unreadable", detail=(str(e).splitlines() or [type(e).__name__])[0])
+        cause = e.__cause__ or e  # rasterio's "Read failed" wraps GDAL's message
+        rec.update(status="unreadable", detail=(str(cause).splitlines() or [type(e).__name__])[0])
     if rec["status"] not in ("ok", "eval"):
         rec.update(sha1="", phash=0, chip_y=[], chip_x=[], chip_status=[])
     return rec
@@ -724,49 +787,66 @@ class _ScanTask:
 # Dedup and outcomes (driver)
 
 
-def _decide(images: pd.DataFrame, radius: int) -> tuple[pd.Series, pd.Series, pd.Series,
-                                                        list[dict[str, Any]]]:
-    """Outcome, cluster id and distance to the cluster's anchor of every image, and the clusters.
+def _cluster_members(images: pd.DataFrame, radius: int) -> pd.DataFrame:
+    """Hashed images in clusters of two or more: ``cluster`` and anchor first within each.
 
-    The anchor is the kept image, or for clusters with eval images, the first eval image.
+    Sorted by cluster, then eval images first, most pixels, ``source/path``: the first row of a
+    cluster is its anchor, the image kept or, for clusters with eval images, the largest of those.
     """
-    status = images["status"].copy()
-    cluster = pd.Series(-1, index=images.index, dtype=np.int64)
-    distance = pd.Series(-1, index=images.index, dtype=np.int64)
-    hashed = images[status.isin(["ok", "eval"])]
+    hashed = images[images["status"].isin(["ok", "eval"])]
     if hashed.empty:
-        return status.replace("ok", "kept"), cluster, distance, []
+        return hashed
     phash = hashed["phash"].to_numpy(np.uint64)
     labels = cluster_labels(len(hashed), duplicate_edges(phash, radius, hashed["sha1"].to_numpy()))
-    df = hashed.assign(label=labels, key=hashed["source"] + "/" + hashed["relpath"],
+    df = hashed.assign(cluster=labels, key=hashed["source"] + "/" + hashed["relpath"],
                        pixels=hashed["width"] * hashed["height"],
                        is_eval=hashed["status"].eq("eval"))
-    size = df.groupby("label")["label"].transform("size")
-    multi = df[size > 1].sort_values(["label", "is_eval", "pixels", "key"],
-                                     ascending=[True, False, False, True], kind="stable")
+    df = df[df.groupby("cluster")["cluster"].transform("size") > 1]
+    df = df.assign(cluster=df["cluster"].rank(method="dense").astype(np.int64) - 1)
+    return df.sort_values(["cluster", "is_eval", "pixels", "key"],
+                          ascending=[True, False, False, True], kind="stable")
+
+
+def _decide(images: pd.DataFrame, radius: int) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """Every image's ``outcome``, ``cluster`` (-1: none) and ``distance`` to its cluster's anchor
+    (bits), and the clusters for the report."""
+    out = images[["image"]].assign(outcome=images["status"].replace("ok", "kept"), cluster=-1,
+                                   distance=-1)
+    members = _cluster_members(images, radius)
+    if members.empty:
+        return out.drop(columns="image"), []
+    first = members.groupby("cluster")
+    anchor_hash = first["phash"].transform("first").to_numpy(np.uint64)
+    anchor_eval = first["is_eval"].transform("first").to_numpy(bool)
+    is_anchor = ~members["cluster"].duplicated().to_numpy()
+    same = (members["sha1"] == first["sha1"].transform("first")).to_numpy()
+    outcome = np.select(
+        [anchor_eval & members["is_eval"].to_numpy(), anchor_eval, is_anchor, same],
+        ["eval", "eval_duplicate", "kept", "exact_duplicate"], "near_duplicate")
+    distance = hamming(members["phash"].to_numpy(np.uint64), anchor_hash).astype(np.int64)
+    out.loc[members.index, ["outcome", "cluster", "distance"]] = \
+        pd.DataFrame({"outcome": outcome, "cluster": members["cluster"].to_numpy(),
+                      "distance": distance}, index=members.index)
+    table = members.assign(outcome=outcome, distance=distance).sort_values(
+        ["cluster", "image"], kind="stable")
+    return out.drop(columns="image"), _cluster_list(table)
+
+
+def _cluster_list(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Clusters for the report from members sorted by cluster, then image."""
+    keys, outcomes = table["key"].tolist(), table["outcome"].tolist()
+    distances, evals = table["distance"].tolist(), table["is_eval"].tolist()
+    bounds = [0, *(np.flatnonzero(np.diff(table["cluster"].to_numpy())) + 1).tolist(), len(table)]
     clusters = []
-    for number, (_, members) in enumerate(multi.groupby("label", sort=True)):
-        anchor = members.iloc[0]
-        hashes = members["phash"].to_numpy(np.uint64)
-        dist = hamming(hashes, hashes[:1])
-        if anchor["is_eval"]:
-            outcome = np.where(members["is_eval"], "eval", "eval_duplicate")
-        else:
-            same = (members["sha1"] == anchor["sha1"]).to_numpy()
-            outcome = np.where(same, "exact_duplicate", "near_duplicate")
-            outcome[0] = "kept"
-        status.loc[members.index] = outcome
-        cluster.loc[members.index] = number
-        distance.loc[members.index] = dist
-        order = np.argsort(members["image"].to_numpy(), kind="stable")
+    for number, (start, stop) in enumerate(pairwise(bounds)):
+        kept = [keys[i] for i in range(start, stop) if outcomes[i] == "kept"]
         clusters.append({
-            "cluster": number,
-            "kept": None if anchor["is_eval"] else anchor["key"],
-            "eval": bool(anchor["is_eval"]),
-            "members": [{"image": members["key"].iloc[k], "outcome": str(outcome[k]),
-                         "distance": int(dist[k])} for k in order],
+            "cluster": number, "kept": kept[0] if kept else None,
+            "eval": any(evals[start:stop]),
+            "members": [{"image": keys[i], "outcome": outcomes[i], "distance": distances[i]}
+                        for i in range(start, stop)],
         })
-    return status.replace("ok", "kept"), cluster, distance, clusters
+    return clusters
 
 
 # ---------------------------------------------------------------------------------------------
@@ -779,9 +859,9 @@ def _footprint(t: Affine, chip: int, to_wgs84: Transformer) -> tuple[Polygon, fl
     side = np.linspace(0, chip, 9)
     xs = np.concatenate([side, np.full(9, chip), side[::-1], np.zeros(9)])
     ys = np.concatenate([np.zeros(9), side, np.full(9, chip), side[::-1]])
-    ex, ey = t * (xs, ys)
+    ex, ey = t @ (xs, ys)
     lon, lat = to_wgs84.transform(ex, ey)
-    cx, cy = t * (chip / 2, chip / 2)
+    cx, cy = t @ (chip / 2, chip / 2)
     clon, clat = to_wgs84.transform(cx, cy)
     return Polygon(zip(lon, lat)), float(clon), float(clat), float(cx), float(cy)
 
@@ -797,10 +877,10 @@ def _chip_rows(ds: Any, group: pd.DataFrame, source: Source, params: Params) -> 
     geo = _geo(ds)
     first = group.iloc[0]
     sx, sy = ds.width / first.grid_w, ds.height / first.grid_h
-    scale = first.grid_w / ds.width
+    scale = min(first.grid_h, first.grid_w) / min(ds.height, ds.width)
     rows = []
     for r in group.itertuples():
-        t = ds.transform * Affine.scale(sx, sy) * Affine.translation(r.x, r.y)
+        t = ds.transform @ Affine.scale(sx, sy) @ Affine.translation(r.x, r.y)
         row = {"chip_id": f"{source.name}/{r.relpath}/{r.y}/{r.x}", "geometry": None,
                "centroid_lon": np.nan, "centroid_lat": np.nan, "crs": None, "transform": None,
                "native_x": np.nan, "native_y": np.nan}
@@ -951,8 +1031,8 @@ def _write_report(out: Path, report: dict[str, Any], images: pd.DataFrame) -> No
         tmp = out / (name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, out / name)
-    columns = ["image", "source", "relpath", "outcome", "detail", "width", "height", "sha1",
-               "phash", "cluster", "distance", "chips"]
+    columns = ["image", "source", "relpath", "outcome", "detail", "width", "height", "bands",
+               "lo", "hi", "sha1", "phash", "cluster", "distance", "chips"]
     _write_parquet_atomic(pa.Table.from_pandas(images[columns], preserve_index=False),
                           out / "images.parquet")
 
@@ -1013,6 +1093,9 @@ def _prepare_scan(scan_dir: Path, files: pd.DataFrame, fp: str, params: Params) 
     table = pa.Table.from_pandas(files[["image", "source", "path"]], preserve_index=False)
     _write_parquet_atomic(table, scan_dir / "files.parquet", row_group_size=params.batch_images)
     batches = -(-len(files) // params.batch_images)
+    if pq.ParquetFile(scan_dir / "files.parquet").num_row_groups != batches:
+        raise RuntimeError(f"{scan_dir / 'files.parquet'}: row groups are not batches of "
+                           f"{params.batch_images} images")
     return [b for b in range(batches) if not (scan_dir / f"batch-{b:06d}.parquet").exists()]
 
 
@@ -1101,8 +1184,8 @@ def build_opticalrs(
         todo = _prepare_scan(scan_dir, files, fp, params)
         engine.run(_ScanTask(scan_dir, by_name, params), todo, "opticalrs scan", progress)
         images, chips = _load_scan(scan_dir, files, params)
-        outcome, cluster, distance, clusters = _decide(images, params.hash_radius)
-        images = images.assign(outcome=outcome, cluster=cluster, distance=distance)
+        decided, clusters = _decide(images, params.hash_radius)
+        images = images.join(decided)
         plan = _plan(images, chips)
         images["chips"] = images["image"].map(plan["image"].value_counts()).fillna(0).astype(int)
         if plan.empty:

@@ -2,9 +2,9 @@
 
 A prediction is written in three steps:
 
-1. :class:`StripWriter` fills a striped, ZSTD-compressed GeoTIFF row band by row band (any
-   window of whole rows can be written; GDAL's block cache, capped by the caller, holds the one
-   partly written strip).
+1. :class:`TempRaster` fills a tiled, ZSTD-compressed GeoTIFF window by window as prediction
+   finishes them (GDAL's block cache, capped by the caller, holds the partly written blocks of
+   the current band of rows).
 2. :func:`write_cog` copies it through GDAL's COG driver: 256 × 256 tiles, DEFLATE, internal
    overviews (``mode`` for class rasters, ``average`` for scores and values) and the ghost
    header that marks ``LAYOUT=COG``. The colour table, band descriptions, scale/offset, tags and
@@ -87,8 +87,8 @@ def overview_count(height: int, width: int, min_size: int = MIN_OVERVIEW_SIZE) -
     return max(0, math.floor(math.log2(side / min_size)) if side >= 2 * min_size else 0)
 
 
-class StripWriter:
-    """A temporary striped GeoTIFF written by windows of whole rows.
+class TempRaster:
+    """A temporary tiled GeoTIFF written window by window.
 
     Args:
         path: File to create (a temporary name; see :class:`OutputTransaction`).
@@ -117,7 +117,8 @@ class StripWriter:
         profile: dict[str, Any] = {
             "driver": "GTiff", "height": height, "width": width, "count": count,
             "dtype": dtype, "crs": crs, "transform": transform, "nodata": nodata,
-            "tiled": False, "blockysize": 8, "compress": "zstd", "zstd_level": 1,
+            "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE,
+            "compress": "zstd", "zstd_level": 1,
             "interleave": "pixel" if count > 1 else "band", "photometric": "minisblack",
             "bigtiff": "if_safer",
         }
@@ -136,9 +137,11 @@ class StripWriter:
         if colormap:
             self.ds.write_colormap(1, colormap)
 
-    def write(self, row: int, data: np.ndarray, valid: np.ndarray | None = None) -> None:
-        """Write ``data [count, n, width]`` at rows ``row .. row + n`` (and the mask rows)."""
-        window = Window(0, row, data.shape[2], data.shape[1])
+    def write(self, row: int, col: int, data: np.ndarray, valid: np.ndarray | None = None
+              ) -> None:
+        """Write ``data [count, n, m]`` (and its mask) with its top-left pixel at
+        ``(row, col)``."""
+        window = Window(col, row, data.shape[2], data.shape[1])
         self.ds.write(data, window=window)
         if self.mask and valid is not None:
             self.ds.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
@@ -272,7 +275,9 @@ class OutputTransaction:
     """Files written under hidden temporary names and renamed into place together.
 
     Temporary files sit in the directory of their final path, named with a leading ``.`` so
-    they stay out of sight, and are removed if anything fails (including ``KeyboardInterrupt``).
+    they stay out of sight (``.out.tif.<token>.part.tif`` becomes ``out.tif``;
+    ``.out.tif.<token>.tmp.tif`` is an intermediate), and are removed if anything fails
+    (including ``KeyboardInterrupt``).
     Files staged for the output are renamed in the order staged by :meth:`commit`; stage the
     main raster last so it appears only when its sidecars are in place.
 
@@ -288,19 +293,19 @@ class OutputTransaction:
         self._scratch: list[Path] = []
         self.committed = False
 
-    def _name(self, final: Path, suffix: str) -> Path:
-        return final.parent / f".{final.name}.{self._token}.part{suffix}"
+    def _name(self, final: Path, kind: str, suffix: str) -> Path:
+        return final.parent / f".{final.name}.{self._token}.{kind}{suffix}"
 
     def stage(self, final: Path, suffix: str = "") -> Path:
         """A temporary path that :meth:`commit` renames to ``final``."""
-        tmp = self._name(final, suffix)
+        tmp = self._name(final, "part", suffix)
         self._staged.append((tmp, final))
         self._scratch.append(Path(f"{tmp}.aux.xml"))
         return tmp
 
     def scratch(self, near: Path, suffix: str) -> Path:
         """A temporary path next to ``near``, always removed at the end."""
-        tmp = self._name(near, suffix)
+        tmp = self._name(near, "tmp", suffix)
         self._scratch += [tmp, Path(f"{tmp}.aux.xml")]
         return tmp
 

@@ -1,0 +1,341 @@
+"""The analyst's Python API: load a geofm model, then predict or embed rasters and xarray data.
+
+>>> import geofm
+>>> model = geofm.load("runs/finetune/finetune.safetensors")  # doctest: +SKIP
+>>> model.task, model.bands[:2], model.classes[:2]  # doctest: +SKIP
+('segmentation', ['S2.B01', 'S2.B02'], ['Urban fabric', 'Industrial or commercial units'])
+>>> scene = "datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif"
+>>> landcover = model.predict(scene)  # doctest: +SKIP
+>>> landcover.rio.crs, landcover.shape  # doctest: +SKIP
+(CRS.from_epsg(32618), (256, 256))
+>>> landcover.rio.to_raster("landcover.tif")  # doctest: +SKIP
+
+Inputs are a raster path or an :class:`xarray.DataArray` as ``rioxarray.open_rasterio`` returns
+it (``(band, y, x)``, numpy- or dask-backed; a dask array is read tile by tile, never all at
+once). Bands are matched by name: the band descriptions rioxarray keeps in ``long_name``, string
+``band`` coordinates, or ``bands=``. Results are DataArrays on the output grid with CRS,
+transform and nodata set, ready for ``.rio.to_raster``; they are held in memory, so for rasters
+larger than memory write a Cloud-Optimized GeoTIFF with :meth:`Model.predict_raster` instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from torch import nn
+
+from geofm.errors import GeofmError
+from geofm.io.cog import class_dtype
+from geofm.predict import (
+    ArraySink,
+    BandPlan,
+    Predictor,
+    Source,
+    band_labels,
+    build_grid,
+    open_source,
+    plan_bands,
+    predict_raster,
+    resolve_mode,
+    run_pipeline,
+    sensor_hint,
+)
+
+
+def load(path: str | Path, device: str = "cpu") -> Model:
+    """Load a geofm checkpoint for prediction (finetuned) or embeddings (any).
+
+    Args:
+        path: A ``*.safetensors`` checkpoint written by ``geofm finetune`` or
+            ``geofm pretrain``.
+        device: Torch device (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        GeofmError: Missing file or not a geofm checkpoint.
+
+    Example:
+        >>> import geofm
+        >>> model = geofm.load("runs/finetune/finetune.safetensors")  # doctest: +SKIP
+        >>> model  # doctest: +SKIP
+        Model(channelvit_test, segmentation, 14 bands, 19 classes)
+    """
+    return Model(Predictor.from_checkpoint(path)).to(device)
+
+
+class DataArraySource:
+    """Bands of an xarray DataArray ``(band, y, x)`` read window by window.
+
+    Args:
+        da: A georeferenced DataArray (``rioxarray.open_rasterio``); 2-D arrays are one band.
+        bands: Names of the bands in order, if ``long_name`` / the band coordinate lack them.
+
+    Raises:
+        GeofmError: The array has no x/y dimensions or more than three dimensions.
+    """
+
+    def __init__(self, da: xr.DataArray, bands: str | Sequence[str] | None = None) -> None:
+        try:
+            y_dim, x_dim = da.rio.y_dim, da.rio.x_dim
+        except Exception:
+            raise GeofmError("the DataArray has no x/y dimensions",
+                             hint="open rasters with rioxarray.open_rasterio") from None
+        if da.ndim == 2:
+            da = da.expand_dims("band")
+        if da.ndim != 3:
+            raise GeofmError(f"expected a (band, y, x) DataArray, got dims {da.dims}")
+        band_dim = next(d for d in da.dims if d not in (y_dim, x_dim))
+        self.da = da.transpose(band_dim, y_dim, x_dim)
+        self.dims = (band_dim, y_dim, x_dim)
+        self.count, self.height, self.width = self.da.shape
+        self.crs: CRS | None = da.rio.crs
+        self.transform: Affine = da.rio.transform()
+        self.name = str(da.name or "DataArray")
+        self.sensor = sensor_hint({k: v for k, v in da.attrs.items() if isinstance(v, str)})
+        nodata = da.rio.nodata
+        self.nodata = None if nodata is None or np.isnan(nodata) else float(nodata)
+        self.labels = (list(band_labels(bands, self.count)) if bands is not None
+                       else _array_labels(self.da, band_dim))
+
+    def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
+        rows = slice(int(window.row_off), int(window.row_off + window.height))
+        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        sub = self.da.isel({self.dims[0]: list(indexes), self.dims[1]: rows, self.dims[2]: cols})
+        return np.asarray(sub.values, dtype=np.float32)
+
+    def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
+        bad = np.isnan(data).any(axis=0)
+        if self.nodata is not None:
+            bad |= (data == np.float32(self.nodata)).any(axis=0)
+        return bad
+
+
+def _array_labels(da: xr.DataArray, band_dim: str) -> list[str | None]:
+    long_name = da.attrs.get("long_name")
+    if isinstance(long_name, str) and da.shape[0] == 1:
+        return [long_name]
+    if isinstance(long_name, list | tuple) and len(long_name) == da.shape[0]:
+        return [str(v) if v else None for v in long_name]
+    if band_dim in da.coords:
+        values = da.coords[band_dim].values
+        if values.dtype.kind in "UO":
+            return [str(v) for v in values]
+    return [None] * da.shape[0]
+
+
+class Model:
+    """A geofm model for analysts: ``predict`` and ``embed`` rasters or DataArrays.
+
+    Args:
+        predictor: The loaded model (see :func:`load`); or build one from a module and its
+            checkpoint header with :meth:`from_module`.
+
+    Attributes:
+        task: ``"segmentation"``, ``"regression"``, ``"multilabel"``, ``"classification"``, or
+            ``None`` for a pretrained encoder (embeddings only).
+        bands: The model's bands (canonical names, e.g. ``"S2.B04"``).
+        classes: Class names (regression: target names).
+        class_colors: ``#rrggbb`` per class.
+        tile_size: Input tile size ``(rows, cols)`` it was trained on.
+        gsd_m: Ground sampling distance it was trained at, in metres.
+        header: The full checkpoint header.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    @classmethod
+    def from_module(cls, module: nn.Module, header: dict[str, Any], name: str = "") -> Model:
+        """Wrap a model built in Python and the header describing it (bands, normalisation,
+        task, classes)."""
+        return cls(Predictor(module, header, name))
+
+    @property
+    def task(self) -> str | None:
+        return self.predictor.task
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.predictor.bands)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.predictor.classes)
+
+    @property
+    def class_colors(self) -> list[str]:
+        return list(self.predictor.class_colors)
+
+    @property
+    def tile_size(self) -> tuple[int, int]:
+        return self.predictor.tile_size
+
+    @property
+    def gsd_m(self) -> float | None:
+        return self.predictor.gsd_m
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return self.predictor.header
+
+    def to(self, device: str) -> Model:
+        """Move to ``device`` (``"cpu"``, ``"cuda"``) and return ``self``."""
+        self.predictor.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        kind = self.task or "encoder"
+        return (f"Model({self.predictor.model_name}, {kind}, {len(self.bands)} bands"
+                + (f", {len(self.classes)} classes)" if self.classes else ")"))
+
+    def predict(self, x: str | Path | xr.DataArray, *, bands: str | Sequence[str] | None = None,
+                probabilities: bool = False, tile: int | Sequence[int] | None = None,
+                overlap: int | None = None, batch_size: int = 8,
+                progress: bool = False) -> xr.DataArray:
+        """Predict over a raster or DataArray, tile by tile with blended overlaps.
+
+        Args:
+            x: A raster path or a ``(band, y, x)`` DataArray with CRS and transform.
+            bands: Names of the input bands in order, when ``x`` does not carry them.
+            probabilities: Return per-class probabilities instead of the class map
+                (segmentation, classification).
+            tile: Tile size (default: the training chip size).
+            overlap: Pixels shared by neighbouring tiles (default: a quarter tile).
+            batch_size: Tiles per model call.
+            progress: Show a progress bar.
+
+        Returns:
+            Segmentation/classification: class indices ``(y, x)`` (uint8, nodata 255) named
+            ``"class"``, with ``attrs["classes"]`` and ``attrs["class_colors"]``; with
+            ``probabilities=True``, float32 ``(band, y, x)`` with one band per class. Multi-label:
+            float32 scores ``(band, y, x)``. Regression: float32 ``(band, y, x)``. Invalid
+            input pixels are nodata (255 or NaN). Scene tasks return one value per tile, on a
+            grid whose pixels are tiles.
+
+        Raises:
+            GeofmError: Missing bands, no task head (use :meth:`embed`), unreadable input.
+
+        Example:
+            >>> import geofm, rioxarray
+            >>> model = geofm.load("runs/finetune/finetune.safetensors")  # doctest: +SKIP
+            >>> da = rioxarray.open_rasterio(
+            ...     "datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif", chunks={"x": 128})
+            >>> classes = model.predict(da)  # doctest: +SKIP
+            >>> names = [model.classes[i] for i in np.unique(classes.values) if i != 255]
+        """
+        return self._run(x, bands=bands, embed=False, probabilities=probabilities, tile=tile,
+                         overlap=overlap, batch_size=batch_size, progress=progress)
+
+    def embed(self, x: str | Path | xr.DataArray, *, bands: str | Sequence[str] | None = None,
+              tile: int | Sequence[int] | None = None, overlap: int | None = None,
+              batch_size: int = 8, progress: bool = False) -> xr.DataArray:
+        """Patch embeddings of the encoder: one ``D``-vector per ``patch × patch`` pixels.
+
+        Args:
+            x: A raster path or a ``(band, y, x)`` DataArray with CRS and transform.
+            bands: Names of the input bands in order, when ``x`` does not carry them.
+            tile: Tile size (a multiple of the patch size).
+            overlap: Pixels shared by neighbouring tiles (a multiple of the patch size).
+            batch_size: Tiles per model call.
+            progress: Show a progress bar.
+
+        Returns:
+            float32 ``(band, y, x)`` with ``D`` bands on the patch grid (its transform is the
+            input's scaled by the patch size); NaN where the input was all nodata.
+
+        Example:
+            >>> import geofm
+            >>> encoder = geofm.load("runs/pretrain/pretrain.safetensors")  # doctest: +SKIP
+            >>> emb = encoder.embed("datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif")
+            ...     # doctest: +SKIP
+            >>> features = emb.stack(pixel=("y", "x")).T.values  # [pixels, D]  # doctest: +SKIP
+        """
+        return self._run(x, bands=bands, embed=True, probabilities=False, tile=tile,
+                         overlap=overlap, batch_size=batch_size, progress=progress)
+
+    def predict_raster(self, inputs: str | Path | Sequence[str | Path], output: str | Path,
+                       **kwargs: Any) -> dict[str, Any]:
+        """Write a Cloud-Optimized GeoTIFF with this model; see
+        :func:`geofm.predict.predict_raster` for the options and files.
+
+        Example:
+            >>> model.predict_raster("scene.tif", "landcover.tif", vector="landcover.gpkg")
+            ...     # doctest: +SKIP
+        """
+        kwargs.setdefault("device", str(self.predictor.device))
+        return predict_raster(self.predictor, inputs, output, **kwargs)
+
+    @contextmanager
+    def _source(self, x: str | Path | xr.DataArray, bands: str | Sequence[str] | None
+                ) -> Iterator[Source]:
+        if isinstance(x, xr.Dataset):
+            x = x.to_array("band")
+        if isinstance(x, xr.DataArray):
+            yield DataArraySource(x, bands)
+            return
+        if not isinstance(x, str | Path):
+            raise GeofmError(f"cannot predict on a {type(x).__name__}",
+                             hint="pass a raster path or an xarray.DataArray")
+        path = Path(x)
+        if not path.exists():
+            raise GeofmError("input not found", path)
+        with open_source([path], bands=bands, gsd_m=self.gsd_m) as source:
+            yield source
+
+    def _run(self, x: str | Path | xr.DataArray, *, bands: str | Sequence[str] | None,
+             embed: bool, probabilities: bool, tile: int | Sequence[int] | None,
+             overlap: int | None, batch_size: int, progress: bool) -> xr.DataArray:
+        pred = self.predictor
+        mode = resolve_mode(pred, embed)
+        with self._source(x, bands) as source:
+            plan = plan_bands(pred, source.labels, source=source.name, sensor=source.sensor)
+            grid = build_grid(pred, mode, source.height, source.width, tile, overlap)
+            channels = pred.embed_dim if mode == "embed" else (
+                len(pred.classes) or int(pred.header.get("head", {}).get("num_outputs", 1)))
+            as_classes = (pred.task in ("segmentation", "classification") and not embed
+                          and not probabilities)
+            nodata = class_dtype(channels)[1]
+            sink = ArraySink(channels, grid.out_shape, as_classes, nodata)
+            stats = run_pipeline(pred, source, plan, grid, mode, sink, channels=channels,
+                                 batch_size=batch_size, progress=progress)
+            if stats.predicted == 0:
+                raise GeofmError("every input pixel is nodata", source.name)
+            transform = grid.out_transform(source.transform)
+            names = ([f"embedding_{i}" for i in range(channels)] if embed
+                     else pred.classes if len(pred.classes) == channels
+                     else [f"output_{i}" for i in range(channels)])
+            return self._to_dataarray(sink.array, transform, source.crs, names, plan,
+                                      as_classes, nodata, embed)
+
+    def _to_dataarray(self, array: np.ndarray, transform: Affine, crs: CRS | None,
+                      names: list[str], plan: BandPlan, as_classes: bool, nodata: int,
+                      embed: bool) -> xr.DataArray:
+        height, width = array.shape[-2:]
+        xs = transform.c + transform.a * (np.arange(width) + 0.5)
+        ys = transform.f + transform.e * (np.arange(height) + 0.5)
+        attrs = {"geofm_model": self.predictor.model_name,
+                 "geofm_task": "embedding" if embed else self.task,
+                 "geofm_bands": json.dumps(plan.mapping())}
+        if as_classes:
+            da = xr.DataArray(array, dims=("y", "x"), coords={"y": ys, "x": xs}, name="class",
+                              attrs={**attrs, "long_name": "class", "classes": self.classes,
+                                     "class_colors": self.class_colors})
+        else:
+            da = xr.DataArray(array, dims=("band", "y", "x"),
+                              coords={"band": names, "y": ys, "x": xs},
+                              name="embedding" if embed else self.task, attrs=attrs)
+        da = da.rio.write_transform(transform)
+        if crs is not None:
+            da = da.rio.write_crs(crs)
+        return da.rio.write_nodata(nodata if as_classes else np.nan, encoded=False)

@@ -1,0 +1,254 @@
+"""Benchmark: streaming GeoTIFF prediction — pipeline efficiency, peak memory, throughput.
+
+Rasters are tiled from real Sentinel-2 pixels: bands B02, B03, B04 and B08 of the full scene in
+``../shared/data/sentinel2_l1c/`` (1,947 × 1,933 px at 10 m) when present, else of the 256 px
+cut-out in ``datasets/sentinel2_l1c/``, repeated to N × N px and written as tiled, uncompressed
+GeoTIFFs with band descriptions (UTM 18N, 10 m).
+
+1. **Efficiency** (``--size``, default 1,024² px): a geofm model (``channelvit_test`` encoder
+   with the segmentation head, 19 classes, 128 px tiles, 32 px overlap, batches of 8) predicts
+   the raster end to end with :func:`geofm.predict.predict_raster` — read, normalise, infer,
+   blend, write, Cloud-Optimized GeoTIFF with overviews — and, on the same tiles read into
+   memory beforehand, the model alone (the same ``Predictor.outputs`` calls). Rounds alternate;
+   the best of each is kept. ``predict_efficiency`` = model-only time ÷ end-to-end time (1.0:
+   the pipeline costs nothing beyond the model; goal ≥ 0.9).
+2. **Peak memory** (``--rss-sizes``, default 2,048², 4,096², 8,192² px): each size is predicted
+   in a fresh subprocess with a tiny per-pixel model (two 1 × 1 convolutions, 4 → 16 → 19
+   classes, so the 64-Mpx run stays within minutes on 2 cores) and the same pipeline (256 px
+   tiles, 32 px overlap), reporting ``ru_maxrss`` and the RSS before predicting.
+   ``rss_8k_over_2k`` = peak RSS at the largest size ÷ at the smallest (1.0: flat).
+
+Usage::
+
+    .venv/bin/python scripts/bench_predict.py                 # ~4 min on 2 cores
+    .venv/bin/python scripts/bench_predict.py --size 512 --rounds 1 --rss-sizes 1024 2048
+
+Output ends with ``RESULT predict_efficiency=<model-only ÷ end-to-end time>``,
+``RESULT rss_8k_over_2k=<peak RSS ratio>``, ``RESULT predict_px_per_s=...`` (end to end, geofm
+model) and ``RESULT predict_tiny_px_per_s=...`` (largest size, tiny model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "sentinel2_l1c"
+SCENE = REPO / "datasets" / "sentinel2_l1c" / "s2_l1c_13band_10m_256px.tif"
+BANDS = ("B02", "B03", "B04", "B08")
+CLASSES = 19
+
+
+def source_pixels() -> tuple[np.ndarray, str]:
+    """``[4, H, W]`` uint16 real pixels and where they came from."""
+    if all((SHARED / f"{b}.tif").exists() for b in BANDS):
+        arrays = []
+        for b in BANDS:
+            with rasterio.open(SHARED / f"{b}.tif") as ds:
+                arrays.append(ds.read(1))
+        h = min(a.shape[0] for a in arrays)
+        w = min(a.shape[1] for a in arrays)
+        return np.stack([a[:h, :w] for a in arrays]), f"{SHARED} ({h}×{w} px)"
+    with rasterio.open(SCENE) as ds:
+        index = [ds.descriptions.index(b) + 1 for b in BANDS]
+        return ds.read(index), f"{SCENE.relative_to(REPO)} (256×256 px)"
+
+
+def make_raster(path: Path, size: int, pixels: np.ndarray) -> Path:
+    """An N × N GeoTIFF repeating ``pixels``, written in bands of 512 rows."""
+    _, h, w = pixels.shape
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint16",
+               "crs": "EPSG:32618", "transform": Affine(10, 0, 400000, 0, -10, 4200000),
+               "tiled": True, "blockxsize": 512, "blockysize": 512}
+    reps = (1, -(-512 // h) + 1, -(-size // w))
+    strip = np.tile(pixels, reps)  # [4, ≥ 512 + h, ≥ size]
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.descriptions = BANDS
+        for row in range(0, size, 512):
+            n = min(512, size - row)
+            start = row % h
+            ds.write(strip[:, start:start + n, :size], window=((row, row + n), (0, size)))
+    return path
+
+
+def geofm_checkpoint(path: Path) -> Path:
+    """A ``channelvit_test`` + segmentation-head checkpoint on the four bands (random
+    weights: speed does not depend on them)."""
+    from geofm.bands import bands_info
+    from geofm.checkpoint import save_checkpoint
+    from geofm.models import create_model
+    from geofm.models.finetuner import Finetuner
+
+    bands = [f"S2.{b}" for b in BANDS]
+    torch.manual_seed(0)
+    encoder = create_model("channelvit_test", bands=bands)
+    model = Finetuner(encoder, "segmentation", CLASSES, head="segmentation")
+    header = {"kind": "finetune", "task": "segmentation",
+              "head": {"kind": "segmentation", "num_outputs": CLASSES, "freeze": "full",
+                       "unfreeze_last": 0},
+              "model": {"name": "channelvit_test", "config": encoder.model_config},
+              "bands": bands, "band_info": bands_info(bands),
+              "normalization": {"mean": [1000.0] * 4, "std": [600.0] * 4},
+              "classes": [f"class {i}" for i in range(CLASSES)], "class_colors": [],
+              "tile_size": [128, 128], "patch_size": 8, "gsd_m": 10.0}
+    return save_checkpoint(path, model.state_dict(), header)
+
+
+class PixelModel(nn.Module):
+    """Two 1 × 1 convolutions: the cheapest per-pixel segmentation model."""
+
+    patch_size = 8
+    embed_dim = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(4, 16, 1), nn.GELU(), nn.Conv2d(16, CLASSES, 1))
+
+    def forward(self, images: Tensor, bands: list[str]) -> Tensor:
+        return self.net(images)  # [B, K, H, W]
+
+
+def tiny_predictor() -> Any:
+    from geofm.predict import Predictor
+
+    torch.manual_seed(0)
+    header = {"kind": "finetune", "task": "segmentation", "bands": [f"S2.{b}" for b in BANDS],
+              "normalization": {"mean": [1000.0] * 4, "std": [600.0] * 4},
+              "classes": [f"class {i}" for i in range(CLASSES)], "tile_size": [256, 256],
+              "patch_size": 8, "gsd_m": 10.0, "model": {"name": "pixel_mlp"}}
+    return Predictor(PixelModel(), header, "pixel_mlp")
+
+
+def rss_mib() -> float:
+    """Current resident set size in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def rss_child(raster: Path, out: Path) -> None:
+    """Predict one raster with the tiny model and print a JSON line of measurements."""
+    from geofm.predict import predict_raster
+
+    predictor = tiny_predictor()
+    before = rss_mib()
+    t0 = time.perf_counter()
+    result = predict_raster(predictor, raster, out, overlap=32, batch_size=8, progress=False)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"before_mib": before, "peak_mib": peak, "seconds": seconds,
+                      "tiles": result["tiles"], "accumulator_mib":
+                      result["accumulator_bytes"] / 2**20}))
+
+
+def efficiency(raster: Path, workdir: Path, rounds: int) -> dict[str, float]:
+    """Best end-to-end and model-only times on the same tiles."""
+    from geofm.predict import (
+        Predictor,
+        build_grid,
+        open_source,
+        plan_bands,
+        predict_raster,
+        read_batches,
+    )
+
+    predictor = Predictor.from_checkpoint(geofm_checkpoint(workdir / "seg.safetensors"))
+    with open_source([raster]) as source:
+        plan = plan_bands(predictor, source.labels, source=source.name)
+        grid = build_grid(predictor, "pixel", source.height, source.width, None, None)
+        batches = [b.images for b in read_batches(source, plan, grid, 8)]
+    with torch.inference_mode():
+        predictor.outputs(torch.from_numpy(batches[0]), plan.bands, "pixel")  # warm-up
+    e2e, model_only = [], []
+    for r in range(rounds):
+        for step in (("model", "e2e") if r % 2 == 0 else ("e2e", "model")):
+            if step == "model":
+                t0 = time.perf_counter()
+                for images in batches:
+                    predictor.outputs(torch.from_numpy(images), plan.bands, "pixel").numpy()
+                model_only.append(time.perf_counter() - t0)
+            else:
+                out = workdir / f"e2e{r}.tif"
+                t0 = time.perf_counter()
+                result = predict_raster(predictor, raster, out, progress=False)
+                e2e.append(time.perf_counter() - t0)
+                print(f"  round {r + 1}: end-to-end {e2e[-1]:.2f} s (model inside the "
+                      f"pipeline {result['model_seconds']:.2f} s), model only "
+                      f"{model_only[-1] if model_only else float('nan'):.2f} s", flush=True)
+    return {"e2e": min(e2e), "model": min(model_only), "tiles": grid.num_tiles,
+            "pixels": grid.height * grid.width}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024, help="efficiency raster side (px)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rss-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--rss-child", nargs=2, metavar=("RASTER", "OUT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(Path(args.rss_child[0]), Path(args.rss_child[1]))
+        return
+
+    print(f"torch {torch.__version__}, rasterio {rasterio.__version__} "
+          f"(GDAL {rasterio.__gdal_version__}), {torch.get_num_threads()} torch threads")
+    pixels, origin = source_pixels()
+    print(f"pixels from {origin}")
+    workdir = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    try:
+        raster = make_raster(workdir / f"s2_{args.size}.tif", args.size, pixels)
+        print(f"\n1. efficiency: {args.size}² px, channelvit_test + segmentation head, "
+              "128 px tiles, overlap 32, batch 8", flush=True)
+        eff = efficiency(raster, workdir, args.rounds)
+        ratio = eff["model"] / eff["e2e"]
+        e2e_rate = eff["pixels"] / eff["e2e"]
+        print(f"  {eff['tiles']} tiles; best end-to-end {eff['e2e']:.2f} s "
+              f"({e2e_rate:,.0f} px/s), best model-only {eff['model']:.2f} s "
+              f"({eff['pixels'] / eff['model']:,.0f} px/s) -> efficiency {ratio:.3f}")
+
+        print("\n2. peak RSS: tiny per-pixel model, 256 px tiles, overlap 32, batch 8, "
+              "one subprocess per size", flush=True)
+        print(f"  {'size':>6} {'tiles':>6} {'seconds':>8} {'px/s':>12} {'RSS before':>11} "
+              f"{'peak RSS':>9} {'accumulator':>11}")
+        rows = []
+        for size in args.rss_sizes:
+            path = make_raster(workdir / f"rss_{size}.tif", size, pixels)
+            out = subprocess.run(
+                [sys.executable, __file__, "--rss-child", str(path),
+                 str(workdir / f"rss_{size}_pred.tif")],
+                check=True, capture_output=True, text=True)
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            rate = size * size / m["seconds"]
+            rows.append((size, m, rate))
+            print(f"  {size:>6} {m['tiles']:>6} {m['seconds']:>8.1f} {rate:>12,.0f} "
+                  f"{m['before_mib']:>9.0f} M {m['peak_mib']:>7.0f} M "
+                  f"{m['accumulator_mib']:>9.1f} M", flush=True)
+            path.unlink()
+        rss_ratio = rows[-1][1]["peak_mib"] / rows[0][1]["peak_mib"]
+        print(f"  peak RSS {rows[-1][0]}² / {rows[0][0]}²: {rss_ratio:.3f} "
+              f"for {rows[-1][0] ** 2 / rows[0][0] ** 2:.0f}× the pixels")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nRESULT predict_efficiency={ratio:.3f}")
+    print(f"RESULT rss_8k_over_2k={rss_ratio:.3f}")
+    print(f"RESULT predict_px_per_s={e2e_rate:.0f}")
+    print(f"RESULT predict_tiny_px_per_s={rows[-1][2]:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The analyst's API: geofm.load, Model.predict / embed on paths and (dask) DataArrays."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray
+import xarray as xr
+from affine import Affine
+
+import geofm
+from geofm.api import Model, load
+from geofm.bands import bands_info
+from geofm.checkpoint import save_checkpoint
+from geofm.errors import BandError, GeofmError
+from geofm.models import create_model
+
+from .test_predict import REPO, RGBN, crop, echo_predictor, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def rgbn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("api") / "rgbn.safetensors", bands=RGBN)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return crop(tmp_path_factory.mktemp("api") / "small.tif", 128)
+
+
+def test_model_describes_itself(rgbn: Path) -> None:
+    model = load(rgbn)
+    assert model.task == "segmentation"
+    assert model.bands == RGBN
+    assert model.classes == [f"class {i}" for i in range(5)]
+    assert model.tile_size == (64, 64) and model.gsd_m == 10.0
+    assert repr(model) == "Model(channelvit_test, segmentation, 4 bands, 5 classes)"
+
+
+def test_predict_on_path_numpy_and_dask_dataarrays_agree(small: Path, tmp_path: Path) -> None:
+    model = Model(echo_predictor("segmentation", 4))
+    from_path = model.predict(small)
+    eager = rioxarray.open_rasterio(small)
+    lazy = rioxarray.open_rasterio(small, chunks={"x": 48, "y": 80})
+    assert lazy.chunks is not None
+    for result in (from_path, model.predict(eager), model.predict(lazy)):
+        assert result.dims == ("y", "x") and result.dtype == np.uint8
+        assert result.rio.crs == eager.rio.crs
+        assert result.rio.transform() == eager.rio.transform()
+        assert np.array_equal(result.x.values, eager.x.values)
+        assert result.rio.nodata == 255
+        assert result.attrs["classes"] == model.classes
+        np.testing.assert_array_equal(result.values, from_path.values)
+    out = tmp_path / "classes.tif"
+    from_path.rio.to_raster(out)
+    with rasterio.open(out) as ds, rasterio.open(small) as src:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+        np.testing.assert_array_equal(ds.read(1), from_path.values)
+    # The same numbers as the GeoTIFF writer.
+    model.predict_raster(small, tmp_path / "cog.tif", progress=False)
+    with rasterio.open(tmp_path / "cog.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), from_path.values)
+
+
+def test_probabilities_and_nodata(small: Path) -> None:
+    da = rioxarray.open_rasterio(small, masked=True)  # float with NaN for nodata
+    da[:, :20, :30] = np.nan
+    model = Model(echo_predictor("segmentation", 4))
+    probs = model.predict(da, probabilities=True)
+    assert probs.dims == ("band", "y", "x") and list(probs.band.values) == model.classes
+    assert probs.dtype == np.float32 and probs.rio.crs == da.rio.crs
+    assert np.isnan(probs.values[:, :20, :30]).all()
+    assert np.allclose(probs.values[:, 20:, 30:].sum(axis=0), 1.0, atol=1e-5)
+    classes = model.predict(da)
+    assert (classes.values[:20, :30] == 255).all() and (classes.values[20:, 30:] < 4).all()
+
+
+def test_embed_gives_patch_grid(rgbn: Path, small: Path) -> None:
+    da = rioxarray.open_rasterio(small, chunks={"x": 64, "y": 64})
+    emb = load(rgbn).embed(da, tile=64, overlap=16)
+    assert emb.dims == ("band", "y", "x") and emb.shape == (32, 16, 16)
+    assert emb.rio.transform() == da.rio.transform() @ Affine.scale(8)
+    assert emb.rio.crs == da.rio.crs and np.isfinite(emb.values).all()
+
+
+def test_bands_by_name_from_attrs_coords_or_argument(small: Path) -> None:
+    model = Model(echo_predictor())
+    da = rioxarray.open_rasterio(small)
+    reference = model.predict(da).values
+    nameless = da.copy()
+    nameless.attrs.pop("long_name")
+    with pytest.raises(BandError, match="no names"):
+        model.predict(nameless)
+    named = model.predict(nameless, bands="s2")
+    np.testing.assert_array_equal(named.values, reference)
+    # A Dataset with one variable per band (band_as_variable) works by variable name.
+    four = da.isel(band=[7, 3, 2, 1]).assign_coords(band=["B08", "B04", "B03", "B02"])
+    ds = four.to_dataset("band")
+    np.testing.assert_array_equal(model.predict(ds).values, reference)
+
+
+def test_pretrained_encoder_embeds_but_does_not_predict(small: Path, tmp_path: Path) -> None:
+    encoder = create_model("channelvit_test", bands=RGBN)
+    header = {"kind": "pretrain", "model": {"name": "channelvit_test",
+                                            "config": encoder.model_config},
+              "bands": RGBN, "band_info": bands_info(RGBN),
+              "normalization": {"mean": [1000.0] * 4, "std": [500.0] * 4}}
+    path = save_checkpoint(tmp_path / "pre.safetensors",
+                           {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, header)
+    model = load(path)
+    assert model.task is None and repr(model) == "Model(channelvit_test, encoder, 4 bands)"
+    with pytest.raises(GeofmError, match="embed"):
+        model.predict(small)
+    emb = model.embed(small, tile=128, overlap=0)
+    assert emb.shape == (32, 16, 16)
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    model = Model(echo_predictor())
+    with pytest.raises(GeofmError, match="not found"):
+        model.predict(tmp_path / "missing.tif")
+    with pytest.raises(GeofmError, match="cannot predict on a ndarray"):
+        model.predict(np.zeros((4, 8, 8)))  # type: ignore[arg-type]
+    with pytest.raises(GeofmError, match="checkpoint not found"):
+        load(tmp_path / "missing.safetensors")
+    empty = xr.DataArray(np.full((4, 64, 64), np.nan, np.float32), dims=("band", "y", "x"),
+                         coords={"band": ["B02", "B03", "B04", "B08"]})
+    with pytest.raises(GeofmError, match="every input pixel is nodata"):
+        model.predict(empty)
+
+
+def test_walkthrough_runs(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/analyst_walkthrough.md, every Python cell in order (on a crop of the scene)."""
+    ckpt = make_checkpoint(tmp_path / "finetune.safetensors", bands=RGBN, classes=3)
+    text = (REPO / "docs" / "analyst_walkthrough.md").read_text()
+    cells = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(cells) >= 5
+    code = "\n".join(cells)
+    for path, replacement in (("runs/finetune/finetune.safetensors", ckpt),
+                              ("datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif", small)):
+        assert f'"{path}"' in code
+        code = code.replace(f'"{path}"', repr(str(replacement)))
+    monkeypatch.setattr(geofm, "load", load, raising=False)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "analyst_walkthrough.md", "exec"), {"__name__": "walkthrough"})
+    assert {"landcover.tif", "landcover.qml", "landcover.gpkg",
+            "confidence.tif"} <= set(os.listdir(tmp_path))
