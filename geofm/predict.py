@@ -71,13 +71,14 @@ from geofm.io.cog import (
 log = logging.getLogger(__name__)
 
 GDAL_CACHE_BYTES = 64 * 2**20
-"""GDAL block cache while predicting (reads of overlapping windows and partly written strips)."""
+"""GDAL block cache while predicting (reads of overlapping windows, partly written blocks)."""
 QUEUE_BATCHES = 2
 """Batches each queue may hold: the reader and the writer run at most this far ahead/behind."""
 PANEL_PIXELS = 4096
 """Rasters wider than this many input pixels are blended in vertical panels of this width."""
+FINISH_COLUMNS = 1024
+"""Finished rows are normalised and handed to the sink this many output columns at a time."""
 SCENE_TASKS = ("multilabel", "classification")
-PIXEL_TASKS = ("segmentation", "regression")
 _SENSOR_HINTS = (("sentinel-2", "S2"), ("sentinel2", "S2"), ("sentinel-1", "S1"),
                  ("sentinel1", "S1"), ("landsat 9", "L9"), ("landsat-9", "L9"),
                  ("landsat_9", "L9"), ("landsat 8", "L8"), ("landsat-8", "L8"),
@@ -756,13 +757,14 @@ class Blender:
         return self.acc.nbytes + self.wsum.nbytes + self.valid.nbytes
 
     def add(self, tile_row: int, row: int, col: int, out: np.ndarray, valid: np.ndarray
-            ) -> list[Rows]:
+            ) -> Iterator[Rows]:
         """Add one tile's output ``[K, oh, ow]`` at input offset ``(row, col)``.
 
-        Returns:
-            The rows this tile's arrival finished.
+        Yields:
+            The output this tile's arrival finished (iterate to the end: the tile is added
+            after the last item).
         """
-        done = self._advance(tile_row)
+        yield from self._advance(tile_row)
         fy, fx = self.grid.factor
         out_h = self.grid.out_shape[0]
         r0, c0 = row // fy - self.top, col // fx - self.panel.span[0]
@@ -772,14 +774,12 @@ class Blender:
         self.acc[:, r0:r0 + n, c0:c0 + m] += out[:, :n, :m] * w
         self.wsum[r0:r0 + n, c0:c0 + m] += w
         self.valid[r0:r0 + n, c0:c0 + m] |= valid[:n, :m]
-        return done
 
-    def finish(self) -> list[Rows]:
+    def finish(self) -> Iterator[Rows]:
         """Release every remaining row."""
-        return self._advance(len(self.grid.rows))
+        yield from self._advance(len(self.grid.rows))
 
-    def _advance(self, tile_row: int) -> list[Rows]:
-        done = []
+    def _advance(self, tile_row: int) -> Iterator[Rows]:
         a, b = (c - self.panel.span[0] for c in self.panel.core)
         while self.current < tile_row:
             self.current += 1
@@ -788,10 +788,12 @@ class Blender:
             n = end - self.top
             if n <= 0:
                 continue
-            wsum = self.wsum[:n, a:b]
-            values = self.acc[:, :n, a:b] / np.maximum(wsum, np.float32(1e-12))  # [K, n, m]
-            valid = self.valid[:n, a:b] & (wsum > 0)
-            done.append((self.top, self.panel.core[0], values, valid))
+            # In column chunks, so the finished values never take more than a chunk's memory.
+            for c in range(a, b, FINISH_COLUMNS):
+                d = min(b, c + FINISH_COLUMNS)
+                wsum = self.wsum[:n, c:d]
+                values = self.acc[:, :n, c:d] / np.maximum(wsum, np.float32(1e-12))  # [K, n, m]
+                yield self.top, self.panel.span[0] + c, values, self.valid[:n, c:d] & (wsum > 0)
             self.acc[:, :-n] = self.acc[:, n:]
             self.acc[:, -n:] = 0
             self.wsum[:-n] = self.wsum[n:]
@@ -799,7 +801,6 @@ class Blender:
             self.valid[:-n] = self.valid[n:]
             self.valid[-n:] = False
             self.top = end
-        return done
 
 
 # --- products and sinks ---------------------------------------------------------------------
@@ -1027,15 +1028,15 @@ def run_pipeline(predictor: Predictor, source: Source, plan: BandPlan, grid: Til
             if item is _END:
                 break
             for (p, r, y, x), out, valid in zip(item.where, item.outputs, item.valid):
-                done: list[Rows] = []
                 if blender is None or blender.panel is not grid.panels[p]:
-                    done = blender.finish() if blender is not None else []
+                    for row, col, values, ok in blender.finish() if blender else ():
+                        sink.write(row, col, values, ok)
                     blender = Blender(grid, grid.panels[p], channels, weight)
                     stats.accumulator_bytes = max(stats.accumulator_bytes, blender.nbytes)
-                for row, col, values, ok in done + blender.add(r, y, x, out, valid):
+                for row, col, values, ok in blender.add(r, y, x, out, valid):
                     sink.write(row, col, values, ok)
             bar.update(len(item.where))
-        for row, col, values, ok in blender.finish() if blender is not None else []:
+        for row, col, values, ok in blender.finish() if blender else ():
             sink.write(row, col, values, ok)
 
     threads = [threading.Thread(target=guarded(reader), name="geofm-read", daemon=True),
@@ -1264,25 +1265,13 @@ def predict_raster(
             "GEOFM_TILE": f"{grid.tile[0]}x{grid.tile[1]}", "GEOFM_OVERLAP": str(grid.overlap),
         }
         rgb = class_rgb(predictor.class_colors, channels)
-        dtype, nodata = class_dtype(channels)
-        grid_spec = {"height": grid.out_shape[0], "width": grid.out_shape[1],
-                     "crs": source.crs, "transform": grid.out_transform(source.transform),
-                     "tags": tags}
+        nodata = class_dtype(channels)[1]
+        spec = {"height": grid.out_shape[0], "width": grid.out_shape[1], "crs": source.crs,
+                "transform": grid.out_transform(source.transform), "tags": tags}
         main_tmp = tx.scratch(output, ".tif")
         probs_tmp = tx.scratch(probabilities_path(output), ".tif")
-        if product == "classes":
-            main = TempRaster(main_tmp, count=1, dtype=dtype, nodata=nodata,
-                               descriptions=["class"],
-                               colormap={i: (*c, 255) for i, c in enumerate(rgb)}, **grid_spec)
-        elif product == "scores":
-            main = TempRaster(main_tmp, count=channels, dtype="uint8", mask=True,
-                               descriptions=names, scales=[1 / 255] * channels, **grid_spec)
-        else:
-            main = TempRaster(main_tmp, count=channels, dtype="float32", nodata=float("nan"),
-                               descriptions=names, **grid_spec)
-        probs = (TempRaster(probs_tmp, count=channels, dtype="uint8", mask=True,
-                             descriptions=names, scales=[1 / 255] * channels, **grid_spec)
-                 if probabilities else None)
+        main = _temp_raster(main_tmp, product, names, rgb, spec)
+        probs = _temp_raster(probs_tmp, "scores", names, rgb, spec) if probabilities else None
         try:
             stats = run_pipeline(predictor, source, plan, grid, mode,
                                  FileSink(product, main, probs, nodata), channels=channels,
@@ -1297,34 +1286,16 @@ def predict_raster(
         shape = grid.out_shape
         if mode == "pixel" and source.native_grid is not None:
             shape = source.native_grid[2:]
+            finer = abs(source.transform.a) < abs(source.native_grid[1].a)
+            smooth = Resampling.average if finer else Resampling.bilinear
             main_tmp = _warp_back(main_tmp, tx.scratch(output, ".grid.tif"), source.native_grid,
-                                  Resampling.nearest if product == "classes"
-                                  else Resampling.bilinear)
+                                  Resampling.mode if product == "classes" else smooth)
             if probs is not None:
                 probs_tmp = _warp_back(probs_tmp, tx.scratch(probabilities_path(output),
                                                              ".grid.tif"),
-                                       source.native_grid, Resampling.bilinear)
-        result: dict[str, Any] = {"output": str(output), "probabilities": None, "qml": None,
-                                  "aux": None, "vector": None}
-        if vector is not None:
-            write_vector(main_tmp, tx.stage(vector, ".gpkg"), names, rgb, min_area,
-                         layer=vector.stem)
-            result["vector"] = str(vector)
-        if probs is not None:
-            write_cog(probs_tmp, tx.stage(probabilities_path(output), ".tif"),
-                      resampling="average")
-            result["probabilities"] = str(probabilities_path(output))
-        if product == "classes":
-            write_category_sidecar(tx.stage(Path(f"{output}.aux.xml"), ".xml"), names, rgb)
-            write_qml(tx.stage(qml_path(output), ".qml"), names, rgb)
-            result.update(aux=f"{output}.aux.xml", qml=str(qml_path(output)))
-        write_cog(main_tmp, tx.stage(output, ".tif"),
-                  resampling="mode" if product == "classes" else "average",
-                  predictor=product == "values")
-        sidecars = [Path(f"{output}.aux.xml"), qml_path(output), probabilities_path(output),
-                    Path(f"{probabilities_path(output)}.aux.xml")]
-        tx.commit(remove=[p for p in sidecars if overwrite and p.exists()
-                          and str(p) not in result.values()])
+                                       source.native_grid, smooth)
+        result = _publish(tx, output, main_tmp, probs_tmp if probs else None, product, names,
+                          rgb, vector, min_area, overwrite)
     seconds = time.perf_counter() - t_start
     result.update(
         task=task, bands=plan.mapping(), bands_missing=plan.missing,
@@ -1333,6 +1304,49 @@ def predict_raster(
         predicted=stats.predicted, seconds=seconds, model_seconds=stats.model_seconds,
         pixels_per_second=grid.height * grid.width / max(seconds, 1e-9),
         accumulator_bytes=stats.accumulator_bytes)
+    return result
+
+
+def _temp_raster(path: Path, product: str, names: list[str],
+                 rgb: list[tuple[int, int, int]], spec: dict[str, Any]) -> TempRaster:
+    """The temporary GeoTIFF of one product (see :func:`predict_raster` for the layouts)."""
+    k = len(names)
+    if product == "classes":
+        dtype, nodata = class_dtype(k)
+        return TempRaster(path, count=1, dtype=dtype, nodata=nodata, descriptions=["class"],
+                          colormap={i: (*c, 255) for i, c in enumerate(rgb)}, **spec)
+    if product == "scores":
+        return TempRaster(path, count=k, dtype="uint8", mask=True, descriptions=names,
+                          scales=[1 / 255] * k, **spec)
+    return TempRaster(path, count=k, dtype="float32", nodata=float("nan"), descriptions=names,
+                      **spec)
+
+
+def _publish(tx: OutputTransaction, output: Path, main: Path, probabilities: Path | None,
+             product: str, names: list[str], rgb: list[tuple[int, int, int]],
+             vector: Path | None, min_area: float, overwrite: bool) -> dict[str, Any]:
+    """Write the COGs and sidecars under temporary names and rename them into place, the main
+    raster last; with ``overwrite``, remove sidecars of an earlier output not rewritten."""
+    result: dict[str, Any] = {"output": str(output), "probabilities": None, "qml": None,
+                              "aux": None, "vector": None}
+    if vector is not None:
+        write_vector(main, tx.stage(vector, ".gpkg"), names, rgb, min_area, layer=vector.stem)
+        result["vector"] = str(vector)
+    if probabilities is not None:
+        write_cog(probabilities, tx.stage(probabilities_path(output), ".tif"),
+                  resampling="average")
+        result["probabilities"] = str(probabilities_path(output))
+    if product == "classes":
+        write_category_sidecar(tx.stage(Path(f"{output}.aux.xml"), ".xml"), names, rgb)
+        write_qml(tx.stage(qml_path(output), ".qml"), names, rgb)
+        result.update(aux=f"{output}.aux.xml", qml=str(qml_path(output)))
+    write_cog(main, tx.stage(output, ".tif"),
+              resampling="mode" if product == "classes" else "average",
+              predictor=product == "values")
+    sidecars = [Path(f"{output}.aux.xml"), qml_path(output), probabilities_path(output),
+                Path(f"{probabilities_path(output)}.aux.xml")]
+    tx.commit(remove=[p for p in sidecars if overwrite and p.exists()
+                      and str(p) not in result.values()])
     return result
 
 

@@ -254,8 +254,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     outcomes = Counter(r["status"] for r in records)
     print(f"(a) scan (decode+hash+...): {n / t_scan:8.1f} images/s ({t_scan:.1f} s); "
           f"{len(hashed)} hashed, outcomes {dict(sorted(outcomes.items()))}")
-    print(f"(b) dedup of {len(hashed)} hashes: {t_dedup * 1e3:.1f} ms, "
-          f"{len(hashed) - n_clusters} images in duplicate clusters")
+    print(f"(b) dedup of {len(hashed)} hashes: {t_dedup * 1e3:.1f} ms; {n_clusters} clusters "
+          f"(singletons included), {len(hashed) - n_clusters} duplicates to drop (the planted "
+          f"copies and overlapping crops of the same small scenes)")
     rate = n / (t_scan + t_dedup)
     print(f"    decode + hash + dedup:  {rate:8.1f} images/s/core; scan ÷ decode-only "
           f"{t_scan / t_decode:.2f}×")

@@ -42,6 +42,7 @@ def _finetune(init: Path, store: Path, out: Path, task: str, *sets: str) -> dict
         f"init={init}", f"data.store={store}", f"task={task}", f"output={out}",
         "data.train_split=all", "data.val_split=all", "data.batch_size=6",
         "trainer.accelerator=cpu", "trainer.log_every_n_steps=1", "optim.warmup_steps=2",
+        "trainer.val_every_n_steps=1000",
         *sets])
     return run_finetune(cfg, progress=False)
 

@@ -15,6 +15,7 @@ import json
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,9 @@ import pytest
 import rasterio
 import yaml
 import zarr
+from affine import Affine
 from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from shapely.geometry import Point
 
@@ -72,12 +75,18 @@ def _jpeg(path: Path, pixels: np.ndarray, quality: int, size: int | None = None)
     im.save(path, quality=quality)
 
 
-def _tif8(path: Path, pixels: np.ndarray) -> None:
+def _tif(path: Path, bands: np.ndarray) -> None:
+    """A GeoTIFF without georeferencing of ``[C, H, W]`` pixels."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    h, w, _ = pixels.shape
-    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=3,
-                       dtype="uint8") as ds:
-        ds.write(pixels.transpose(2, 0, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=bands.shape[2],
+                           height=bands.shape[1], count=len(bands), dtype=bands.dtype) as ds:
+            ds.write(bands)
+
+
+def _tif8(path: Path, pixels: np.ndarray) -> None:
+    _tif(path, pixels.transpose(2, 0, 1))
 
 
 def _s2_quadrant(path: Path, row: int, col: int, nodata_block: bool = False) -> None:
@@ -86,7 +95,8 @@ def _s2_quadrant(path: Path, row: int, col: int, nodata_block: bool = False) -> 
         win = Window(col * 128, row * 128, 128, 128)
         data = src.read(window=win)
         profile = src.profile | {"width": 128, "height": 128,
-                                 "transform": src.window_transform(win)}
+                                 "transform": src.transform @ Affine.translation(col * 128,
+                                                                                 row * 128)}
         descriptions = src.descriptions
     if nodata_block:
         data[:, :CHIP, :CHIP] = 0
@@ -428,9 +438,7 @@ def test_large_images_are_read_in_strips(tmp_path: Path, monkeypatch: pytest.Mon
     patches = np.concatenate([np.concatenate(raw[:3], axis=2), np.concatenate(raw[3:], axis=2)],
                              axis=1)
     sixteen = np.kron(patches, np.ones((1, 2, 2), np.uint16))  # [3, 480, 720]
-    with rasterio.open(tmp_path / "s16.tif", "w", driver="GTiff", width=720, height=480, count=3,
-                       dtype="uint16") as ds:
-        ds.write(sixteen)
+    _tif(tmp_path / "s16.tif", sixteen)
     path = _manifest(tmp_path, {"sources": [
         _src(name="big", path="big"),
         _src(name="sixteen", path=["s16.tif"], bands=[3, 2, 1], stretch=[0, 3000])]})

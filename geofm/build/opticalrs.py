@@ -52,9 +52,11 @@ Choices:
   leaves about 3 chance pairs). Clusters are connected components. A cluster holding an eval image
   sends all its pretrain images to ``eval_duplicate``; otherwise it keeps the largest image (most
   pixels), then the first by ``source/path``. Crops of one image inside another are not detected.
-* **Hashing reads a preview**: images over 512 px on the longer side are read decimated (GDAL
-  ``average``) to at most 512 px for the percentile stretch, the image-level nodata and contrast
-  tests and the perceptual hash; the SHA-1 and per-chip tests read every pixel, in strips.
+* **Reading.** Images of up to 2048 × 2048 px (4.2 MP) are decoded once, whole. Larger ones are
+  read twice, so memory stays bounded: a preview decimated by GDAL (``average``) to 512 px on the
+  longer side, then every pixel in strips one chip high for the SHA-1 and the per-chip tests. The
+  percentile stretch and the image-level nodata and contrast tests use at most 512 × 512 px of the
+  image (every k-th pixel, or the preview); the perceptual hash uses the image or the preview.
 * **Chip table.** ``chip_id`` is ``source/relative path/row/col`` (pixel offsets in the possibly
   upsampled image). Georeferenced images give EPSG:4326 footprints, native CRS, transform and
   centre; others have a null geometry, NaN centroid and centre, and null ``crs``/``transform``.
@@ -131,7 +133,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SOURCE_KEYS = {"name", "path", "role", "licence", "license", "gsd_m", "bands", "sensor",
                 "stretch"}
 _RGB = ("red", "green", "blue")
-_SQUARES = (np.arange(256, dtype=np.uint16) ** 2).astype(np.uint16)
 
 
 @dataclass(frozen=True)
@@ -645,24 +646,8 @@ def _empty_record() -> dict[str, Any]:
 
 
 def _strip_chips(u8: np.ndarray, valid: np.ndarray, xs: list[int], params: Params) -> list[str]:
-    """Outcome of the chips at ``xs`` of a strip one chip high, by the image rules.
-
-    Column sums of the strip (nodata pixels are 0 and add nothing) give every chip's exact
-    counts, sums and sums of squares, so the strip is read twice instead of once per chip.
-    """
     c = params.chip
-    counts = valid.sum(axis=0, dtype=np.int64)  # [W]
-    flat = u8.reshape(u8.shape[0], -1)
-    total = flat.sum(axis=0, dtype=np.int64).reshape(-1, 3)  # [W, 3]
-    squares = _SQUARES[flat].sum(axis=0, dtype=np.int64).reshape(-1, 3)
-    out = []
-    for x in xs:
-        n = int(counts[x:x + c].sum())
-        nodata = 1.0 - n / (u8.shape[0] * c)
-        s1, s2 = total[x:x + c].sum(axis=0), squares[x:x + c].sum(axis=0)
-        std = float(np.sqrt(max(((s2 * n - s1 * s1) / float(n * n)).max(), 0.0))) if n else 0.0
-        out.append(_verdict(nodata, std, params))
-    return out
+    return [_quality(u8[:, x:x + c], valid[:, x:x + c], params)[0] for x in xs]
 
 
 def _scan_pixels(ds: Any, layout: _Layout, stretch: tuple[float, float] | None,
@@ -714,9 +699,9 @@ def _scan_dataset(ds: Any, source: Source, params: Params, rec: dict[str, Any]) 
     scale = PREVIEW_PX / max(h, w)
     shape = None if whole else (max(1, round(h * scale)), max(1, round(w * scale)))
     rgb, valid = _read_raw(ds, layout, out_shape=shape)  # the whole image or a preview
-    stretch = _stretch_of(layout, source, rgb, valid)
+    step = -(-max(rgb.shape[1:]) // PREVIEW_PX)  # stretch and tests from at most 512 × 512 px
+    stretch = _stretch_of(layout, source, rgb[:, ::step, ::step], valid[::step, ::step])
     preview = _to_u8(rgb, valid, stretch)
-    step = -(-max(preview.shape[:2]) // PREVIEW_PX)  # image tests on at most 512 × 512 px
     reason, nodata, std = _quality(preview[::step, ::step], valid[::step, ::step], params)
     rec.update(lo=stretch[0] if stretch else np.nan, hi=stretch[1] if stretch else np.nan,
                nodata=nodata, std=std)
@@ -1079,7 +1064,9 @@ def _check_output(out: Path, scan_dir: Path, fp: str) -> None:
             raise StoreError("holds an unfinished build of different inputs", out,
                              "delete it or pass --overwrite")
     marker = scan_dir / "fingerprint"
-    if scan_dir.exists() and (not marker.exists() or marker.read_text() != fp):
+    stale = marker.read_text() != fp if marker.exists() else \
+        scan_dir.exists() and any(scan_dir.iterdir())
+    if stale:
         raise StoreError("holds a scan of different inputs", scan_dir,
                          "delete it or pass --overwrite")
 
@@ -1089,7 +1076,9 @@ def _prepare_scan(scan_dir: Path, files: pd.DataFrame, fp: str, params: Params) 
     scan_dir.mkdir(parents=True, exist_ok=True)
     marker = scan_dir / "fingerprint"
     if not marker.exists():
-        marker.write_text(fp)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(fp)
+        os.replace(tmp, marker)
     table = pa.Table.from_pandas(files[["image", "source", "path"]], preserve_index=False)
     _write_parquet_atomic(table, scan_dir / "files.parquet", row_group_size=params.batch_images)
     batches = -(-len(files) // params.batch_images)

@@ -137,8 +137,20 @@ class Finetuner(nn.Module):
             "freeze": freeze,
             "unfreeze_last": unfreeze_last,
         }
+        if task == "regression":
+            # Outputs are standardised targets mapped back to target units, so the head starts
+            # near the targets' mean instead of 0 (set from the training split's statistics).
+            self.register_buffer("target_mean", torch.zeros(num_outputs))
+            self.register_buffer("target_std", torch.ones(num_outputs))
         self._apply_freeze()
         self.train(self.training)
+
+    def set_target_scale(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Per-target mean and standard deviation of a regression task's training targets."""
+        if self.task != "regression":
+            raise GeofmError("target scaling applies to regression only")
+        self.target_mean.copy_(torch.as_tensor(list(mean), dtype=torch.float32))
+        self.target_std.copy_(torch.as_tensor(list(std), dtype=torch.float32).clamp_min(1e-12))
 
     # --- freezing ----------------------------------------------------------------------------
 
@@ -194,8 +206,13 @@ class Finetuner(nn.Module):
         """
         features = self.head_inputs(images, bands)
         if self.input_kind == "patches":
-            return self.head(features, self.encoder.grid_size(images))  # [B, K, H, W]
-        return self.head(features)  # [B, K]
+            out = self.head(features, self.encoder.grid_size(images))  # [B, K, H, W]
+        else:
+            out = self.head(features)  # [B, K]
+        if self.task == "regression":
+            shape = (1, -1) + (1,) * (out.ndim - 2)
+            out = out * self.target_std.view(shape) + self.target_mean.view(shape)
+        return out
 
     # --- optimisation ------------------------------------------------------------------------
 

@@ -121,9 +121,10 @@ class AttentiveProbe(Head):
 
     Trainable parameters: ``M·D + 2 D + D·D_v + D_v·K + K``, against
     ``M·D + 4 D² + 4 D + D·K + K`` for a probe built on :class:`torch.nn.MultiheadAttention`
-    of the same width. With ``H = 1`` and ``D_v = D`` this is the reference EP; the
-    non-affine LayerNorm replaces the reference's non-affine BatchNorm so the probe does not
-    depend on batch statistics.
+    of the same width. With ``H = 1`` and ``D_v = D`` this is the reference EP up to two
+    normalisations: the input LayerNorm (the reference attends to the raw encoder output), and
+    the non-affine LayerNorm after pooling, which replaces the reference's non-affine BatchNorm
+    so the probe does not depend on batch statistics.
 
     Args:
         dim: Token width ``D``.

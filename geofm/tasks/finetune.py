@@ -176,6 +176,10 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         layer_decay=float(opt["layer_decay"]), warmup_steps=opt["warmup_steps"],
         max_steps=tr["max_steps"], seed=tr["seed"])
     task.model.encoder.load_state_dict(state, strict=True)
+    if task_name == "regression":
+        targets = dm.store.read(dm.store.split_indices(data["train_split"]))["target"]
+        t = targets.astype(np.float64).transpose(1, 0, 2, 3).reshape(targets.shape[1], -1)
+        task.model.set_target_scale(np.nanmean(t, axis=1), np.nanstd(t, axis=1))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     primary = PRIMARY[task_name]
     select = ModelCheckpoint(dirpath=out / "checkpoints", monitor=f"val/{primary}",
