@@ -308,8 +308,8 @@ def plan_bands(predictor: Predictor, labels: Sequence[str | None], *,
     """
     if not any(labels):
         raise BandError("the input's bands have no names (no band descriptions)", source,
-                        "name them in order with --bands, e.g. --bands B02,B03,B04,B08 or "
-                        "--bands s2")
+                        "name them in order with --bands (bands=), e.g. B02,B03,B04,B08 or "
+                        "s2")
     text = [lab or f"band {i + 1}" for i, lab in enumerate(labels)]
     available: dict[str, int] = {}
     for i, lab in enumerate(labels):
@@ -318,22 +318,45 @@ def plan_bands(predictor: Predictor, labels: Sequence[str | None], *,
             available[name] = i
     if not available:
         raise BandError(f"none of the input's bands ({', '.join(text)}) is a known band",
-                        source, "name them with --bands using names such as B02, red or "
-                        "S2.B04")
+                        source, "name them with --bands (bands=) using names such as B02, red "
+                        "or S2.B04")
     used = match_bands(predictor.bands, list(available), predictor.flexible, source)
-    stats: dict[str, int] = {b: i for i, b in enumerate(predictor.bands)}
-    if any(u not in stats for u in used):
+    stands_for = {b: b for b in predictor.bands}
+    if any(u not in stands_for for u in used):
         by_wl = match_by_wavelength(predictor.bands, list(available))
         for model_band, data_band in by_wl.items():
-            if data_band is not None and data_band not in stats:
-                stats[data_band] = predictor.bands.index(model_band)
-    standing_for = {predictor.bands[stats[u]] for u in used}
+            if data_band is not None and data_band not in stands_for:
+                stands_for[data_band] = model_band
+    mean, std = [], []
+    for u in used:
+        i = predictor.bands.index(stands_for[u])
+        a, b = unit_conversion(u, stands_for[u])
+        # Normalising a·x + b with the model band's statistics, folded into one (x − m) / s.
+        mean.append((predictor.mean[i] - b) / a)
+        std.append(predictor.std[i] / a)
+    read = {available[u] for u in used}
     return BandPlan(
         bands=list(used), sources=[available[u] for u in used],
-        mean=predictor.mean[[stats[u] for u in used]],
-        std=predictor.std[[stats[u] for u in used]], labels=text,
-        missing=[b for b in predictor.bands if b not in standing_for],
-        ignored=[text[i] for i in range(len(text)) if i not in {available[u] for u in used}])
+        mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32), labels=text,
+        missing=[b for b in predictor.bands if b not in {stands_for[u] for u in used}],
+        ignored=[text[i] for i in range(len(text)) if i not in read])
+
+
+def unit_conversion(data_band: str, model_band: str) -> tuple[float, float]:
+    """``(a, b)`` with ``model value = a · data value + b`` for a band standing in for another.
+
+    Both are brought to their common physical unit with the registry's scale and offset
+    (Landsat Collection-2 digital numbers to reflectance, then to Sentinel-2's reflectance ×
+    10,000); bands of different units, or the same band, are passed through (``(1, 0)``).
+
+    >>> a, b = unit_conversion("L8.B4", "S2.B04")
+    >>> round(a, 3), round(b, 1)
+    (0.275, -2000.0)
+    """
+    d, m = get_band(data_band), get_band(model_band)
+    if d.name == m.name or d.unit != m.unit or not d.scale or not m.scale:
+        return 1.0, 0.0
+    return d.scale / m.scale, (d.offset - m.offset) / m.scale
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -548,8 +571,8 @@ def open_source(paths: Sequence[Path], *, bands: str | Sequence[str] | None = No
                                  else Resampling.bilinear)
             else:
                 warnings.warn(f"{name}: the input's pixels are {res:g} m but the model was "
-                              f"trained at {gsd_m:g} m; pass --resample-to-model-gsd to warp "
-                              "it first", UserWarning, stacklevel=3)
+                              f"trained at {gsd_m:g} m; pass --resample-to-model-gsd "
+                              "(resample_to_model_gsd=True) to warp it first", UserWarning, stacklevel=3)
         elif resample and gsd_m is None:
             warnings.warn("the checkpoint records no ground sampling distance; predicting at "
                           "the input's resolution", UserWarning, stacklevel=3)

@@ -1,4 +1,4 @@
-"""Bad input to `geofm build reben`, `split`, `info`, `validate`: one line, exit 2, nothing complete."""
+"""Bad input to `geofm build reben`, `split`, `info`, `validate`: one line, exit 2, nothing done."""
 
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ def test_unwritable_output(tmp_path: Path, capsys) -> None:
 
 def test_store_commands_on_bad_paths(tmp_path: Path, capsys) -> None:
     _fails(["info", str(tmp_path / "none.zarr")], capsys, "no such chip store")
-    _fails(["split", str(tmp_path / "none.zarr"), "--method", "reben"], capsys, "no such chip store")
+    _fails(["split", str(tmp_path / "none.zarr"), "--method", "reben"], capsys,
+           "no such chip store")
     assert main(["validate", str(tmp_path / "none.zarr")]) == 1
 
 

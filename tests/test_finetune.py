@@ -86,7 +86,7 @@ def test_multilabel_overfits_and_frozen_encoder_is_untouched(
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), k  # bit-identical
-    model, header = load_finetuned(r["checkpoint"])
+    _, header = load_finetuned(r["checkpoint"])
     assert header["classes"][0] == "Urban fabric" and header["class_colors"][0] == "#e6004d"
     assert header["tile_size"] == [120, 120] and header["selection"]["metric"] == "map_macro"
 
@@ -139,7 +139,7 @@ def test_eval_report_and_band_checks(pretrained: dict[str, Path], reben_store: P
     s2 = make_store(tmp_path / "s2.zarr", list(geofm.BAND_SETS["s2l2a"]), n=2, size=16)
     fixed = _finetune(pretrained["vit_test"], reben_store, tmp_path / "v", "multilabel",
                       "trainer.max_steps=2")
-    with pytest.raises(geofm.GeofmError, match="S1.VV, S1.VH"):  # ... a plain ViT cannot
+    with pytest.raises(geofm.GeofmError, match=r"S1\.VV, S1\.VH"):  # ... a plain ViT cannot
         evaluate(fixed["checkpoint"], s2, split="train")
 
 
