@@ -572,7 +572,8 @@ def open_source(paths: Sequence[Path], *, bands: str | Sequence[str] | None = No
             else:
                 warnings.warn(f"{name}: the input's pixels are {res:g} m but the model was "
                               f"trained at {gsd_m:g} m; pass --resample-to-model-gsd "
-                              "(resample_to_model_gsd=True) to warp it first", UserWarning, stacklevel=3)
+                              "(resample_to_model_gsd=True) to warp it first", UserWarning,
+                              stacklevel=3)
         elif resample and gsd_m is None:
             warnings.warn("the checkpoint records no ground sampling distance; predicting at "
                           "the input's resolution", UserWarning, stacklevel=3)

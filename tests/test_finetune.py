@@ -171,3 +171,20 @@ def test_bad_input(pretrained: dict[str, Path], reben_store: Path, tmp_path: Pat
            capsys, "split 'nowhere' is empty")
     _fails(["eval", str(pretrained["vit_test"]), "--data", str(reben_store)], capsys,
            "not a finetuned model")
+
+
+@pytest.mark.parametrize("name", ["reben_multilabel", "reben_segmentation"])
+def test_finetune_config_twins_run(name: str, pretrained: dict[str, Path], reben_store: Path,
+                                   tmp_path: Path) -> None:
+    from geofm.tasks.config import load_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    full = load_yaml(repo / "configs" / "finetune" / f"{name}.yaml")
+    tiny = load_yaml(repo / "configs" / "finetune" / f"{name}.tiny.yaml")
+    assert set(tiny) <= set(full)  # the twin only shrinks the real config
+    assert tiny["task"] == full["task"] and tiny["head"]["kind"] == full["head"]["kind"]
+    cfg = apply_overrides(merge(merge(FINETUNE_DEFAULTS, full), tiny), [
+        f"init={pretrained['vit_test']}", f"data.store={reben_store}",
+        f"output={tmp_path / 'out'}", "data.train_split=all", "data.val_split=all"])
+    r = run_finetune(cfg, progress=False)
+    assert r["steps"] == 3 and Path(r["checkpoint"]).exists()
