@@ -52,6 +52,23 @@ def _cmd_build_modis(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_opticalrs(a: argparse.Namespace) -> int:
+    import shutil
+
+    from geofm.build.opticalrs import build_opticalrs
+
+    scan = Path(str(a.out) + ".scan")
+    if a.overwrite and scan.exists():
+        shutil.rmtree(scan)
+    _prepare_output(Path(a.out), a.overwrite)
+    out = build_opticalrs(a.manifest, a.out, chip=a.chip, overlap=a.overlap,
+                          hash_radius=a.hash_radius, min_size=a.min_size, min_std=a.min_std,
+                          max_nodata=a.max_nodata, scheduler=a.scheduler, workers=a.workers,
+                          progress=not a.quiet)
+    print(f"wrote {out} (report: {Path(out) / 'report.md'})")
+    return 0
+
+
 def _prepare_output(out: Path, overwrite: bool) -> None:
     """Refuse or clear an existing output; an unfinished build of the same inputs resumes."""
     import shutil
@@ -221,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--time-cutoffs", help="two UTC dates START_VAL,START_TEST (time split)")
     _build_options(m)
     m.set_defaults(func=_cmd_build_modis)
+    o = bsub.add_parser("opticalrs", help="OpticalRS-13M-style RGB collection from a manifest",
+                        description="Build an RGB pretraining store from many image sources: "
+                        "exclusion (eval sources and their near-duplicates, blank, tiny, "
+                        "mostly-nodata images), slicing, exact and perceptual-hash dedup.")
+    o.add_argument("manifest", help="YAML manifest of sources (see datasets/opticalrs_sample)")
+    o.add_argument("out", help="output store, e.g. opticalrs.zarr")
+    o.add_argument("--chip", type=int, default=224, help="chip size (default 224)")
+    o.add_argument("--overlap", type=int, default=0, help="chip overlap in px (default 0)")
+    o.add_argument("--hash-radius", type=int, default=4,
+                   help="near-duplicate Hamming radius on 64-bit pHash (default 4)")
+    o.add_argument("--min-size", type=int, help="smallest image side kept (default chip/2)")
+    o.add_argument("--min-std", type=float, default=2.0, help="near-constant threshold")
+    o.add_argument("--max-nodata", type=float, default=0.5, help="max nodata fraction")
+    _build_options(o)
+    o.set_defaults(func=_cmd_build_opticalrs)
 
     s = sub.add_parser("split", help="assign chips to train/validation/test by geography",
                        description="Geography-aware splits, recorded in the store.")

@@ -1075,7 +1075,7 @@ def run_pipeline(predictor: Predictor, source: Source, plan: BandPlan, grid: Til
             t0 = time.perf_counter()
             images = torch.from_numpy(batch.images).to(predictor.device)
             batch.outputs = predictor.outputs(images, plan.bands, mode).cpu().numpy()
-            batch.images = batch.images[:0]  # the writer needs outputs only
+            batch.images = np.empty(0, np.float32)  # the writer needs outputs only
             del images
             stats.model_seconds += time.perf_counter() - t0
             stats.predicted += len(batch.where)

@@ -484,3 +484,22 @@ def test_bands_named_in_the_manifest(collection: Path) -> None:
         for wrong in (("B04", "B03", "B99"), (4, 3, 14)):
             with pytest.raises(opticalrs._Excluded):
                 opticalrs._rgb_bands(ds, opticalrs.Source("s", "pretrain", "x", bands=wrong))
+
+
+def test_cli_builds_the_sample_manifest(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from geofm.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "sample.zarr"
+    manifest = repo / "datasets" / "opticalrs_sample" / "manifest.yaml"
+    assert main(["build", "opticalrs", str(manifest), str(out), "--chip", "64",
+                 "--scheduler", "synchronous", "--quiet"]) == 0
+    import geofm
+
+    store = geofm.open_store(out)
+    assert store.bands == ["RGB.R", "RGB.G", "RGB.B"] and len(store) == 16
+    assert main(["build", "opticalrs", str(tmp_path / "missing.yaml"), str(tmp_path / "x.zarr"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("geofm: error: ") and "missing.yaml" in err

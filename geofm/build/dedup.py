@@ -1,9 +1,9 @@
 """Perceptual hashes and a sub-quadratic index of near-duplicate 64-bit hashes.
 
-An image's perceptual hash (:func:`phash64`) is imagehash's DCT hash: the image in grey levels,
-resized to 32 × 32 (Lanczos), 2-D DCT, and one bit per coefficient of the lowest 8 × 8 frequencies
-(above or below their median). Re-encoding, rescaling and mild colour changes move few bits;
-different scenes differ in about half of the 64.
+An image's perceptual hash (:func:`phash64`) is imagehash's DCT hash: the image (box-reduced to
+at most 256 px first) in grey levels, resized to 32 × 32 (Lanczos), 2-D DCT, and one bit per
+coefficient of the lowest 8 × 8 frequencies (above or below their median). Re-encoding, rescaling
+and mild colour changes move few bits; different scenes differ in about half of the 64.
 
 Two images are near duplicates when their hashes differ in at most ``radius`` bits.
 :func:`near_duplicate_pairs` finds every such pair without comparing all of them, by the

@@ -1,0 +1,347 @@
+"""ONNX export of finetuned geofm models, ready for QGIS's Deepness plugin and onnxruntime.
+
+``geofm export MODEL --onnx OUT.onnx`` writes one self-contained graph::
+
+    image  [N, C, T, T] float32   raw pixel values, bands in the checkpoint's order
+    scores [N, K, T, T] float32   per-class probabilities (or regression values)
+
+``N`` is dynamic; ``C`` is fixed to the checkpoint's band list (metadata ``geofm_bands``), ``T``
+to the tile size. The checkpoint's normalisation ``(x − mean) / std`` is part of the graph, and
+so is the last activation: softmax over classes (segmentation, classification), sigmoid
+(multi-label), none (regression). Scene models (multi-label, classification) give one score
+vector per tile, repeated over the tile's pixels so that every model has the same output
+layout. For ChannelViT the band list is fixed at export: the band embeddings are folded into
+constants.
+
+Deepness. The plugin reads the raster's bands with their own data type (uint16 reflectance,
+float32 backscatter in dB, ...), always multiplies them by ``1/255`` and then standardises with
+the metadata ``standardization_mean`` / ``standardization_std``. With the normalisation baked
+into the graph, the metadata asks for mean ``0`` and std ``1/255`` on every band, which undoes
+the fixed scaling exactly (``(x/255 − 0) / (1/255) = x``): the graph receives raw values in
+Deepness just as from any other caller, and the normalisation exists in one place only. The
+alternative, graph input normalised and metadata mean/std ``= mean/255``, ``std/255``, would
+make the graph unusable on raw images outside Deepness.
+
+Metadata (``ModelProto.metadata_props``; every value is JSON text, as Deepness parses it):
+
+==========================  ======================================================================
+``model_type``              ``"Segmentor"`` (segmentation, classification) or ``"Regressor"``
+                            (regression, multi-label: one score raster per class)
+``class_names``             ``{"0": name, ...}``
+``resolution``              ground sampling distance in cm/px (checkpoint ``gsd_m`` × 100)
+``tile_size``, ``tiles_size``  the tile size ``T`` (Deepness's code reads the first, its
+                            documentation names the second)
+``tiles_overlap``           percent of the tile shared by neighbours: 25 for pixel tasks (the
+                            overlap ``geofm predict`` uses), 0 for scene tasks
+``standardization_mean``    ``[0.0] * C``
+``standardization_std``     ``[1/255] * C``
+``seg_thresh``              ``0.0`` (Segmentor: plain argmax, as ``geofm predict``)
+``seg_small_segment``       ``0`` (Segmentor: no morphological clean-up)
+``reg_output_scaling``      ``1.0`` (Regressor)
+``geofm_bands``             band names of the ``C`` inputs, in order
+``geofm_version``           geofm version that exported the model
+``geofm_task``              the finetuned task
+``geofm_model``             architecture name (``vit_tiny``, ``channelvit_small``, ...)
+``geofm_normalization``     ``{"mean": [...], "std": [...]}`` applied inside the graph
+``geofm_class_colors``      ``["#rrggbb", ...]`` per class (when the checkpoint has them)
+``geofm_checkpoint``        file name of the exported checkpoint
+==========================  ======================================================================
+
+In Deepness, map the raster's bands to the model inputs in ``geofm_bands`` order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from geofm.checkpoint import read_header
+from geofm.errors import GeofmError
+from geofm.models.finetuner import SCENE_TASKS, task_scores
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "scores"
+MIN_OPSET = 17
+"""Oldest supported ONNX opset (``LayerNormalization`` arrived in opset 17)."""
+EXPORT_OPSET = 18
+"""Opset torch's exporter writes natively; older targets are converted from it."""
+VERIFY_TOLERANCE = 1e-3
+"""Largest difference between onnxruntime and torch accepted by the export's own check."""
+PIXEL_OVERLAP_PERCENT = 25
+SEGMENTOR_TASKS = ("segmentation", "classification")
+
+log = logging.getLogger(__name__)
+
+
+class ExportModule(nn.Module):
+    """A finetuned model as one tensor-in, tensor-out function of raw pixel values.
+
+    Args:
+        model: A finetuned model, ``model(images, bands)`` → logits ``[B, K]`` or
+            ``[B, K, H, W]``.
+        bands: The band names of the input channels, in order (fixed for the export).
+        mean: Normalisation mean per band.
+        std: Normalisation standard deviation per band.
+        task: The finetuned task (decides the final activation).
+        tile: Tile size ``(H, W)``; scene scores are repeated over it.
+    """
+
+    def __init__(self, model: nn.Module, bands: Sequence[str], mean: Sequence[float],
+                 std: Sequence[float], task: str, tile: tuple[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.bands = list(bands)
+        self.task = task
+        self.tile = tile
+        c = len(self.bands)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        """``[N, C, H, W]`` raw values → ``[N, K, H, W]`` scores."""
+        logits = self.model((image - self.mean) / self.std, self.bands)
+        scores = task_scores(self.task, logits)
+        if scores.ndim == 2:  # scene task: [N, K] → [N, K, H, W]
+            scores = scores[:, :, None, None].expand(-1, -1, *self.tile)
+        return scores
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def export_tile_size(header: dict[str, Any], tile_size: int | None = None) -> int:
+    """The square tile size of the export.
+
+    Args:
+        header: Checkpoint header (``tile_size``, ``patch_size``).
+        tile_size: Requested size; default the checkpoint's training tile (its shorter side)
+            rounded to the nearest multiple of the patch size.
+
+    Raises:
+        GeofmError: ``tile_size`` is not a positive multiple of the patch size.
+    """
+    patch = int(header.get("patch_size") or header["model"]["config"].get("patch_size", 1))
+    if tile_size is None:
+        size = header.get("tile_size") or [16 * patch]
+        side = min(int(v) for v in size)
+        return max(patch, round(side / patch) * patch)
+    if tile_size <= 0 or tile_size % patch:
+        nearest = max(patch, round(tile_size / patch) * patch)
+        raise GeofmError(f"tile size {tile_size} is not a positive multiple of the model's "
+                         f"patch size {patch}", hint=f"use e.g. --tile-size {nearest}")
+    return int(tile_size)
+
+
+def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = ""
+                      ) -> dict[str, str]:
+    """The ONNX metadata of an export: Deepness's keys and geofm's own, values as JSON.
+
+    Args:
+        header: Checkpoint header of a finetuned model.
+        tile: Tile size of the exported input.
+        checkpoint: Name of the checkpoint file, recorded as ``geofm_checkpoint``.
+
+    Returns:
+        ``{key: json_text}`` (see the module documentation for the keys).
+    """
+    from geofm import __version__
+
+    task = header["task"]
+    bands = list(header["bands"])
+    num_outputs = int(header["head"]["num_outputs"])
+    names = list(header.get("classes") or [])
+    if len(names) != num_outputs:
+        names = [f"{'target' if task == 'regression' else 'class'}_{i}"
+                 for i in range(num_outputs)]
+    norm = header.get("normalization") or {}
+    meta: dict[str, Any] = {
+        "model_type": "Segmentor" if task in SEGMENTOR_TASKS else "Regressor",
+        "class_names": {str(i): name for i, name in enumerate(names)},
+        "tile_size": tile,
+        "tiles_size": tile,
+        "tiles_overlap": 0 if task in SCENE_TASKS else PIXEL_OVERLAP_PERCENT,
+        "standardization_mean": [0.0] * len(bands),
+        "standardization_std": [1.0 / 255.0] * len(bands),
+    }
+    if header.get("gsd_m"):
+        meta["resolution"] = float(header["gsd_m"]) * 100.0
+    if meta["model_type"] == "Segmentor":
+        meta.update(seg_thresh=0.0, seg_small_segment=0)
+    else:
+        meta["reg_output_scaling"] = 1.0
+    meta.update(
+        geofm_bands=bands, geofm_version=__version__, geofm_task=task,
+        geofm_model=str(header["model"]["name"]),
+        geofm_normalization={"mean": [float(v) for v in norm.get("mean", [0.0] * len(bands))],
+                             "std": [float(v) for v in norm.get("std", [1.0] * len(bands))]},
+        geofm_checkpoint=checkpoint)
+    if header.get("class_colors"):
+        meta["geofm_class_colors"] = list(header["class_colors"])
+    return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def _trace(module: ExportModule, example: Tensor) -> Any:
+    """The ONNX model proto of ``module`` at opset :data:`EXPORT_OPSET`, dynamic batch."""
+    batch = torch.export.Dim("batch", min=1)
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=EXPORT_OPSET, optimize=True,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
+            dynamic_shapes={"image": {0: batch}})
+    return program.model_proto
+
+
+def _downgrade(proto: Any, opset: int) -> Any:
+    """Convert an opset-18 graph to an older ``opset``.
+
+    ``ReduceMean`` and friends gained the ``noop_with_empty_axes`` attribute in opset 18; the
+    converter moves their axes back into an attribute but keeps it, so it is dropped here
+    (every reduction of the export names its axes, so the attribute has no effect).
+    """
+    import onnx
+
+    converted = onnx.version_converter.convert_version(proto, opset)
+    for node in converted.graph.node:
+        if node.op_type.startswith("Reduce"):
+            kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    return converted
+
+
+def _verify(data: bytes, module: ExportModule, mean: np.ndarray, std: np.ndarray,
+            channels: int, tile: int) -> float:
+    """Largest |onnxruntime − torch| on a random raw batch of two tiles."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    raw = (mean[None, :, None, None] + std[None, :, None, None]
+           * rng.standard_normal((2, channels, tile, tile))).astype(np.float32)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: raw})[0]
+    with torch.inference_mode():
+        want = module(torch.from_numpy(raw)).numpy()
+    if got.shape != want.shape:
+        raise GeofmError(f"the exported graph gives shape {got.shape}, torch {want.shape}")
+    return float(np.abs(got - want).max())
+
+
+def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int | None = None,
+                opset: int = 17, overwrite: bool = False, verify: bool = True) -> Path:
+    """Export a finetuned geofm model to ONNX for Deepness (QGIS) and onnxruntime.
+
+    The graph takes raw pixel values ``[N, C, T, T]`` (float32, bands in the checkpoint's
+    order, dynamic ``N``) and returns per-class probabilities ``[N, K, T, T]``: softmax for
+    segmentation and classification, sigmoid for multi-label, the values themselves for
+    regression. Normalisation is baked into the graph; the Deepness metadata
+    ``standardization_mean = 0`` and ``standardization_std = 1/255`` cancel the plugin's fixed
+    division by 255 so that it feeds raw values too (details and all metadata keys in the
+    module documentation).
+
+    The file is written under a hidden temporary name in the output directory, checked with
+    ``onnx.checker`` and (``verify``) run once with onnxruntime against torch, then renamed into
+    place: ``out_path`` holds either nothing or a complete, checked model.
+
+    Args:
+        model_path: A finetuned geofm checkpoint (``*.safetensors``).
+        out_path: The ``.onnx`` file to write.
+        tile_size: Side of the square input tile in pixels, a multiple of the patch size;
+            default the checkpoint's training tile rounded to the patch size.
+        opset: ONNX opset, 17 or newer (older runtimes read 17).
+        overwrite: Replace an existing ``out_path``.
+        verify: Compare onnxruntime's output with torch's on a random batch before writing.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        GeofmError: ``out_path`` exists (without ``overwrite``) or cannot be written, the
+            checkpoint is missing or not a finetuned geofm model, a bad tile size or opset,
+            the model cannot be traced, or the exported graph disagrees with torch.
+
+    Example:
+        >>> from geofm.export import export_onnx
+        >>> export_onnx("runs/finetune/finetune.safetensors", "landcover.onnx")  # doctest: +SKIP
+        PosixPath('landcover.onnx')
+    """
+    import onnx
+
+    from geofm.inference import load_finetuned
+    from geofm.io.cog import OutputTransaction, check_output
+
+    out = Path(out_path)
+    check_output(out, overwrite, [Path(model_path)])
+    header = read_header(model_path)
+    if header.get("kind") != "finetune" or "task" not in header or "head" not in header:
+        raise GeofmError(f"is a {header.get('kind', 'unknown')} checkpoint, not a finetuned "
+                         "model", model_path, "finetune it first with 'geofm finetune'")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise GeofmError(f"opset {opset} is not supported; use {MIN_OPSET} to {newest}")
+    tile = export_tile_size(header, tile_size)
+    model, header = load_finetuned(model_path)
+    bands = list(header["bands"])
+    norm = header.get("normalization") or {}
+    mean = np.asarray(norm.get("mean", [0.0] * len(bands)), dtype=np.float32)
+    std = np.asarray(norm.get("std", [1.0] * len(bands)), dtype=np.float32)
+    module = ExportModule(model, bands, mean.tolist(), std.tolist(), header["task"],
+                          (tile, tile)).eval()
+    example = torch.from_numpy(np.broadcast_to(mean[None, :, None, None],
+                                               (2, len(bands), tile, tile)).copy())
+    try:
+        proto = _trace(module, example)
+        if opset != EXPORT_OPSET:
+            proto = _downgrade(proto, opset)
+    except GeofmError:
+        raise
+    except Exception as e:
+        raise GeofmError(f"cannot export the model to ONNX ({_first_line(e)})",
+                         model_path) from None
+    for node in proto.graph.node:  # the exporter's per-node stack traces and source paths
+        del node.metadata_props[:]
+    del proto.metadata_props[:]
+    for key, value in deepness_metadata(header, tile, Path(model_path).name).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = (f"geofm {header['task']} model {header['model']['name']}: raw "
+                        f"{len(bands)}-band tiles {tile}×{tile} → {OUTPUT_NAME}")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        data = proto.SerializeToString()
+    except (onnx.checker.ValidationError, ValueError) as e:
+        raise GeofmError(f"the exported graph is invalid ({_first_line(e)})",
+                         model_path) from None
+    if verify:
+        diff = _verify(data, module, mean, std, len(bands), tile)
+        log.info("onnxruntime vs torch: max difference %.2e", diff)
+        if not diff <= VERIFY_TOLERANCE:
+            raise GeofmError(f"the exported graph disagrees with torch (max difference "
+                             f"{diff:.2e} > {VERIFY_TOLERANCE:g})", model_path)
+    with OutputTransaction() as tx:
+        tmp = tx.stage(out, ".onnx")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise GeofmError(f"cannot write the ONNX model ({_first_line(e)})", out,
+                             "check the directory is writable and has space") from None
+        tx.commit()
+    return out
