@@ -21,6 +21,7 @@ larger than memory write a Cloud-Optimized GeoTIFF with :meth:`Model.predict_ras
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,7 @@ from geofm.predict import (
     band_labels,
     build_grid,
     open_source,
+    output_names,
     plan_bands,
     predict_raster,
     resolve_mode,
@@ -102,6 +104,9 @@ class DataArraySource:
         self.crs: CRS | None = da.rio.crs
         self.transform: Affine = da.rio.transform()
         self.name = str(da.name or "DataArray")
+        if self.crs is None:
+            warnings.warn(f"{self.name}: the input has no CRS; the output keeps its pixel grid "
+                          "without georeferencing", UserWarning, stacklevel=4)
         self.sensor = sensor_hint({k: v for k, v in da.attrs.items() if isinstance(v, str)})
         nodata = da.rio.nodata
         self.nodata = None if nodata is None or np.isnan(nodata) else float(nodata)
@@ -301,8 +306,8 @@ class Model:
         with self._source(x, bands) as source:
             plan = plan_bands(pred, source.labels, source=source.name, sensor=source.sensor)
             grid = build_grid(pred, mode, source.height, source.width, tile, overlap)
-            channels = pred.embed_dim if mode == "embed" else (
-                len(pred.classes) or int(pred.header.get("head", {}).get("num_outputs", 1)))
+            names = output_names(pred, mode)
+            channels = len(names)
             as_classes = (pred.task in ("segmentation", "classification") and not embed
                           and not probabilities)
             nodata = class_dtype(channels)[1]
@@ -312,9 +317,6 @@ class Model:
             if stats.predicted == 0:
                 raise GeofmError("every input pixel is nodata", source.name)
             transform = grid.out_transform(source.transform)
-            names = ([f"embedding_{i}" for i in range(channels)] if embed
-                     else pred.classes if len(pred.classes) == channels
-                     else [f"output_{i}" for i in range(channels)])
             return self._to_dataarray(sink.array, transform, source.crs, names, plan,
                                       as_classes, nodata, embed)
 

@@ -1140,18 +1140,16 @@ def build_grid(predictor: Predictor, mode: str, height: int, width: int,
     return TileGrid.build(height, width, (th, tw), overlap, factor)
 
 
-def _channels(predictor: Predictor, mode: str) -> int:
+def output_names(predictor: Predictor, mode: str) -> list[str]:
+    """One name per output channel: class or target names, ``embedding_<i>`` for embeddings
+    (``output_<i>`` where the checkpoint names fewer outputs than its head has)."""
     if mode == "embed":
-        return predictor.embed_dim
-    if predictor.classes:
-        return len(predictor.classes)
-    return int((predictor.header.get("head") or {}).get("num_outputs", 1))
-
-
-def _names(predictor: Predictor, channels: int, prefix: str) -> list[str]:
-    if len(predictor.classes) == channels:
+        return [f"embedding_{i}" for i in range(predictor.embed_dim)]
+    count = int((predictor.header.get("head") or {}).get("num_outputs")
+                or len(predictor.classes) or 1)
+    if len(predictor.classes) == count:
         return list(predictor.classes)
-    return [f"{prefix}_{i}" for i in range(channels)]
+    return [f"output_{i}" for i in range(count)]
 
 
 def probabilities_path(output: str | Path) -> Path:
@@ -1279,9 +1277,8 @@ def predict_raster(
         plan = plan_bands(predictor, source.labels, source=source.name, sensor=source.sensor)
         log.info("%s", plan.summary())
         grid = build_grid(predictor, mode, source.height, source.width, tile, overlap)
-        channels = _channels(predictor, mode)
-        names = ([f"embedding_{i}" for i in range(channels)] if mode == "embed"
-                 else _names(predictor, channels, "class" if product == "classes" else "target"))
+        names = output_names(predictor, mode)
+        channels = len(names)
         tags = {
             "GEOFM_MODEL": predictor.model_name, "GEOFM_CHECKPOINT": predictor.name,
             "GEOFM_VERSION": __version__, "GEOFM_TASK": task,

@@ -395,7 +395,7 @@ def test_memory_is_bounded_by_tile_and_width(tmp_path: Path) -> None:
             ds.descriptions = ("B02", "B03", "B04", "B08")
         peak, result = _traced_peak(src, tmp_path / f"big{rows}_pred.tif")
         peaks.append(peak)
-    assert result["predicted"] == result["tiles"] == 42 * 5
+    assert result["predicted"] == result["tiles"] == 43 * 5
     # One band of 128 output rows (values, weights, validity), whatever the raster's height.
     assert result["accumulator_bytes"] == 128 * 512 * (4 + 4 + 1)
     # Beyond it: a few batches in flight (queues, the one being read, the one in the model),

@@ -27,6 +27,7 @@ from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
 from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.pretrain import check_writable
+from geofm.tasks.schedule import warmup_cosine
 
 
 def batch_targets(task: str, batch: dict[str, Any]) -> Tensor:
@@ -106,15 +107,8 @@ class FinetuneTask(L.LightningModule):
                                          weight_decay=self.hparams.weight_decay,
                                          layer_decay=self.hparams.layer_decay)
         opt = torch.optim.AdamW(groups, lr=self.hparams.lr)
-        warm, total = self.hparams.warmup_steps, max(1, self.hparams.max_steps)
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = (step - warm) / max(1, total - warm)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -15,7 +15,6 @@ Every step's randomness (masking, channel sampling, drop-path) comes from a seed
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -34,6 +33,7 @@ from geofm.errors import GeofmError
 from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.tasks.datamodule import ChipDataModule, EpochSeededSampler
+from geofm.tasks.schedule import warmup_cosine
 from geofm.viz import reconstruction_preview
 
 
@@ -123,15 +123,8 @@ class PretrainTask(L.LightningModule):
             [{"params": decay, "weight_decay": self.hparams.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr, betas=tuple(self.hparams.betas))
-        warm, total = self.hparams.warmup_steps, max(1, self.hparams.max_steps)
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = (step - warm) / max(1, total - warm)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
