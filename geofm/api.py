@@ -10,6 +10,9 @@
 (CRS.from_epsg(32618), (256, 256))
 >>> landcover.rio.to_raster("landcover.tif")  # doctest: +SKIP
 
+The examples need a checkpoint from ``geofm finetune``; docs/analyst_walkthrough.md walks
+through them end to end (the test suite runs its cells).
+
 Inputs are a raster path or an :class:`xarray.DataArray` as ``rioxarray.open_rasterio`` returns
 it (``(band, y, x)``, numpy- or dask-backed; a dask array is read tile by tile, never all at
 once). Bands are matched by name: the band descriptions rioxarray keeps in ``long_name``, string
@@ -163,7 +166,27 @@ class Model:
     @classmethod
     def from_module(cls, module: nn.Module, header: dict[str, Any], name: str = "") -> Model:
         """Wrap a model built in Python and the header describing it (bands, normalisation,
-        task, classes)."""
+        task, classes), as a checkpoint header would.
+
+        Example (runs as is from the repository root, with an untrained network):
+            >>> from geofm.models import create_model
+            >>> from geofm.models.finetuner import Finetuner
+            >>> bands = ["S2.B02", "S2.B03", "S2.B04", "S2.B08"]
+            >>> net = Finetuner(create_model("channelvit_test", bands=bands), "segmentation", 3)
+            >>> header = {"kind": "finetune", "task": "segmentation", "bands": bands,
+            ...           "classes": ["water", "marsh", "land"], "tile_size": [128, 128],
+            ...           "normalization": {"mean": [1000.0] * 4, "std": [500.0] * 4},
+            ...           "model": {"name": "channelvit_test"}}
+            >>> model = Model.from_module(net, header)
+            >>> model
+            Model(channelvit_test, segmentation, 4 bands, 3 classes)
+            >>> out = model.predict("datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif")
+            >>> out.shape, out.rio.crs.to_epsg(), out.rio.transform() == Affine(
+            ...     10.0, 0.0, 442730.0, 0.0, -10.0, 4174460.0)
+            ((256, 256), 32618, True)
+            >>> sorted(set(out.values.ravel().tolist())) <= [0, 1, 2]
+            True
+        """
         return cls(Predictor(module, header, name))
 
     @property
@@ -237,7 +260,8 @@ class Model:
             >>> da = rioxarray.open_rasterio(
             ...     "datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif", chunks={"x": 128})
             >>> classes = model.predict(da)  # doctest: +SKIP
-            >>> names = [model.classes[i] for i in np.unique(classes.values) if i != 255]
+            >>> [model.classes[i] for i in np.unique(classes) if i != 255]  # doctest: +SKIP
+            ['Arable land', 'Coastal wetlands', 'Marine waters']
         """
         return self._run(x, bands=bands, embed=False, probabilities=probabilities, tile=tile,
                          overlap=overlap, batch_size=batch_size, progress=progress)

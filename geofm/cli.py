@@ -205,6 +205,15 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from geofm.export import export_onnx
+
+    out = export_onnx(a.model, a.onnx, tile_size=a.tile_size, opset=a.opset,
+                      overwrite=a.overwrite)
+    print(f"wrote {out} (QGIS Deepness plugin metadata included)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``geofm`` argument parser with every subcommand."""
     p = argparse.ArgumentParser(
@@ -338,6 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-k", type=int, default=20, help="kNN neighbours")
     e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"))
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="export a finetuned model to ONNX for QGIS (Deepness)",
+                       description="ONNX model taking raw pixels (normalisation inside), with "
+                       "the metadata the Deepness QGIS plugin reads.")
+    x.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
+    x.add_argument("--onnx", required=True, help="output .onnx path")
+    x.add_argument("--tile-size", type=int, help="tile side in px (default: the model's)")
+    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--overwrite", action="store_true")
+    x.set_defaults(func=_cmd_export)
     return p
 
 

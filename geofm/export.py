@@ -78,6 +78,8 @@ EXPORT_OPSET = 18
 """Opset torch's exporter writes natively; older targets are converted from it."""
 VERIFY_TOLERANCE = 1e-3
 """Largest difference between onnxruntime and torch accepted by the export's own check."""
+MAX_PROTO_BYTES = 2**31
+"""Protobuf's size limit for one serialised ONNX model."""
 PIXEL_OVERLAP_PERCENT = 25
 SEGMENTOR_TASKS = ("segmentation", "classification")
 
@@ -264,7 +266,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
         out_path: The ``.onnx`` file to write.
         tile_size: Side of the square input tile in pixels, a multiple of the patch size;
             default the checkpoint's training tile rounded to the patch size.
-        opset: ONNX opset, 17 or newer (older runtimes read 17).
+        opset: ONNX opset, 17 (read by onnxruntime 1.13 and newer) or later.
         overwrite: Replace an existing ``out_path``.
         verify: Compare onnxruntime's output with torch's on a random batch before writing.
 
@@ -289,9 +291,12 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     out = Path(out_path)
     check_output(out, overwrite, [Path(model_path)])
     header = read_header(model_path)
-    if header.get("kind") != "finetune" or "task" not in header or "head" not in header:
+    if header.get("kind") != "finetune":
         raise GeofmError(f"is a {header.get('kind', 'unknown')} checkpoint, not a finetuned "
                          "model", model_path, "finetune it first with 'geofm finetune'")
+    if "task" not in header or "head" not in header:
+        raise GeofmError("finetuned checkpoint without its task or head description",
+                         model_path, "finetune it again with this geofm version")
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
         raise GeofmError(f"opset {opset} is not supported; use {MIN_OPSET} to {newest}")
@@ -321,6 +326,10 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = (f"geofm {header['task']} model {header['model']['name']}: raw "
                         f"{len(bands)}-band tiles {tile}×{tile} → {OUTPUT_NAME}")
+    if proto.ByteSize() >= MAX_PROTO_BYTES:
+        raise GeofmError(f"the model is too large for a single ONNX file "
+                         f"({proto.ByteSize() / 2**30:.1f} GiB, protobuf's limit is 2 GiB)",
+                         model_path)
     try:
         onnx.checker.check_model(proto, full_check=True)
         data = proto.SerializeToString()

@@ -795,7 +795,8 @@ class Blender:
         n = min(out.shape[1], out_h - self.top - r0)
         m = min(out.shape[2], self.acc.shape[2] - c0)
         w = self.weight[:n, :m]
-        self.acc[:, r0:r0 + n, c0:c0 + m] += out[:, :n, :m] * w
+        weighted = np.multiply(out[:, :n, :m], w, out=out[:, :n, :m])  # the tile is done with
+        self.acc[:, r0:r0 + n, c0:c0 + m] += weighted
         self.wsum[r0:r0 + n, c0:c0 + m] += w
         self.valid[r0:r0 + n, c0:c0 + m] |= valid[:n, :m]
 

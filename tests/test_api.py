@@ -130,8 +130,19 @@ def test_bad_inputs(tmp_path: Path) -> None:
         load(tmp_path / "missing.safetensors")
     empty = xr.DataArray(np.full((4, 64, 64), np.nan, np.float32), dims=("band", "y", "x"),
                          coords={"band": ["B02", "B03", "B04", "B08"]})
-    with pytest.raises(GeofmError, match="every input pixel is nodata"):
+    with pytest.raises(GeofmError, match="every input pixel is nodata"), \
+            pytest.warns(UserWarning, match="no CRS"):
         model.predict(empty)
+
+
+def test_docstring_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctest
+
+    import geofm.api
+
+    monkeypatch.chdir(REPO)
+    result = doctest.testmod(geofm.api, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6 and result.failed == 0
 
 
 def test_walkthrough_runs(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
