@@ -1056,6 +1056,7 @@ def run_pipeline(predictor: Predictor, source: Source, plan: BandPlan, grid: Til
                 if blender is None or blender.panel is not grid.panels[p]:
                     for row, col, values, ok in blender.finish() if blender else ():
                         sink.write(row, col, values, ok)
+                    blender = None  # free one panel's accumulator before making the next
                     blender = Blender(grid, grid.panels[p], channels, weight)
                     stats.accumulator_bytes = max(stats.accumulator_bytes, blender.nbytes)
                 for row, col, values, ok in blender.add(r, y, x, out, valid):
@@ -1292,8 +1293,10 @@ def predict_raster(
                 "transform": grid.out_transform(source.transform), "tags": tags}
         main_tmp = tx.scratch(output, ".tif")
         probs_tmp = tx.scratch(probabilities_path(output), ".tif")
-        main = _temp_raster(main_tmp, product, names, rgb, spec)
-        probs = _temp_raster(probs_tmp, "scores", names, rgb, spec) if probabilities else None
+        main = _temp_raster(main_tmp, product, names, rgb, {**spec, "label": output})
+        probs = (_temp_raster(probs_tmp, "scores", names, rgb,
+                              {**spec, "label": probabilities_path(output)})
+                 if probabilities else None)
         try:
             stats = run_pipeline(predictor, source, plan, grid, mode,
                                  FileSink(product, main, probs, nodata), channels=channels,
@@ -1356,7 +1359,7 @@ def _publish(tx: OutputTransaction, output: Path, main: Path, probabilities: Pat
         result["vector"] = str(vector)
     if probabilities is not None:
         write_cog(probabilities, tx.stage(probabilities_path(output), ".tif"),
-                  resampling="average")
+                  resampling="average", label=probabilities_path(output))
         result["probabilities"] = str(probabilities_path(output))
     if product == "classes":
         write_category_sidecar(tx.stage(Path(f"{output}.aux.xml"), ".xml"), names, rgb)
@@ -1364,7 +1367,7 @@ def _publish(tx: OutputTransaction, output: Path, main: Path, probabilities: Pat
         result.update(aux=f"{output}.aux.xml", qml=str(qml_path(output)))
     write_cog(main, tx.stage(output, ".tif"),
               resampling="mode" if product == "classes" else "average",
-              predictor=product == "values")
+              predictor=product == "values", label=output)
     sidecars = [Path(f"{output}.aux.xml"), qml_path(output), probabilities_path(output),
                 Path(f"{probabilities_path(output)}.aux.xml")]
     tx.commit(remove=[p for p in sidecars if overwrite and p.exists()

@@ -9,13 +9,14 @@ GeoTIFFs with band descriptions (UTM 18N, 10 m).
    overlap, batches of 8) predicts a raster end to end with
    :func:`geofm.predict.predict_raster` — read, normalise, infer, blend, write, Cloud-Optimized
    GeoTIFF with overviews — and, on the same tiles read into memory beforehand, the model alone
-   (the same ``Predictor.outputs`` calls). Rounds alternate; the best wall time of each is
-   kept, CPU times are printed beside. Two encoders: ``channelvit_tiny`` (ViT-Ti size, 512² px,
-   2 rounds; the shipped recipes use the larger ``channelvit_small``), reported as
-   ``predict_efficiency``, and the 2-block ``channelvit_test`` (1,024² px, 3 rounds), whose
-   tiles take so little time that the pipeline's own CPU work on 2 cores shows.
-   Efficiency = model-only time ÷ end-to-end time (1.0: the pipeline costs nothing beyond the
-   model; goal ≥ 0.9).
+   (the same ``Predictor.outputs`` calls), 512² px (``--size``). Each round runs both back to
+   back (the order alternates) and gives one ratio model-only time ÷ end-to-end time; the
+   median over ``--rounds`` (default 3) is the efficiency (1.0: the pipeline costs nothing
+   beyond the model; goal ≥ 0.9). Pairing adjacent runs matters on a shared machine, where
+   the load changes the speed of both by several times within minutes; CPU times are printed
+   beside. Two encoders: ``channelvit_tiny`` (ViT-Ti size; the shipped recipes use the larger
+   ``channelvit_small``), reported as ``predict_efficiency``, and the 2-block
+   ``channelvit_test``, whose tiles take so little time that the pipeline's own work shows.
 2. **Peak memory** (``--rss-sizes``, default 2,048², 4,096², 8,192² px): each size is predicted
    in a fresh subprocess with a tiny per-pixel model (two 1 × 1 convolutions, 4 → 16 → 19
    classes, so the 64-Mpx run stays within minutes on 2 cores) and the same pipeline (256 px
@@ -25,21 +26,23 @@ GeoTIFFs with band descriptions (UTM 18N, 10 m).
 Usage::
 
     .venv/bin/python scripts/bench_predict.py                 # ~4 min on 2 cores
-    .venv/bin/python scripts/bench_predict.py --size 256 --rounds 1 --test-rounds 1 \
+    .venv/bin/python scripts/bench_predict.py --size 256 --rounds 1 \
         --rss-sizes 1024 2048                                  # a quick run
 
 Output ends with ``RESULT predict_efficiency=<model-only ÷ end-to-end time>`` (and the same for
-the test encoder),
-``RESULT rss_8k_over_2k=<peak RSS ratio>``, ``RESULT predict_px_per_s=...`` (end to end, each
-encoder) and ``RESULT predict_tiny_px_per_s=...`` (largest size, tiny per-pixel model).
+the test encoder), ``RESULT rss_8k_over_2k=<peak RSS ratio>``, ``RESULT predict_px_per_s=...``
+(end to end, each encoder) and ``RESULT predict_tiny_px_per_s=...`` (largest size, tiny
+per-pixel model).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -162,7 +165,12 @@ def rss_child(raster: Path, out: Path) -> None:
 
 
 def efficiency(raster: Path, workdir: Path, rounds: int, model: str) -> dict[str, float]:
-    """Best end-to-end and model-only wall times (and their CPU times) on the same tiles."""
+    """End-to-end and model-only runs on the same tiles, paired round by round.
+
+    Returns:
+        The median paired ratio (model-only ÷ end-to-end wall time) and each round's, the best
+        wall and median CPU times of each, the tile and pixel counts.
+    """
     from geofm.predict import (
         Predictor,
         build_grid,
@@ -193,9 +201,11 @@ def efficiency(raster: Path, workdir: Path, rounds: int, model: str) -> dict[str
         print(f"  round {r + 1}: end-to-end {runs['e2e'][-1][0]:.2f} s (model calls inside "
               f"the pipeline {inside:.2f} s), model only {runs['model'][-1][0]:.2f} s",
               flush=True)
-    return {"e2e": min(w for w, _ in runs["e2e"]), "model": min(w for w, _ in runs["model"]),
-            "e2e_cpu": min(c for _, c in runs["e2e"]),
-            "model_cpu": min(c for _, c in runs["model"]),
+    pairs = [m[0] / e[0] for m, e in zip(runs["model"], runs["e2e"])]
+    return {"ratio": statistics.median(pairs), "pairs": pairs,
+            "e2e": min(w for w, _ in runs["e2e"]), "model": min(w for w, _ in runs["model"]),
+            "e2e_cpu": statistics.median(c for _, c in runs["e2e"]),
+            "model_cpu": statistics.median(c for _, c in runs["model"]),
             "tiles": grid.num_tiles, "pixels": grid.height * grid.width}
 
 
@@ -203,12 +213,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="channelvit_tiny",
                         help="encoder of the efficiency run reported as predict_efficiency")
-    parser.add_argument("--size", type=int, default=512, help="its raster side (px)")
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--test-model", default="channelvit_test",
                         help="a second, cheaper encoder (the pipeline's overhead shows more)")
-    parser.add_argument("--test-size", type=int, default=1024)
-    parser.add_argument("--test-rounds", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512, help="efficiency raster side (px)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--rss-child", nargs=2, metavar=("RASTER", "OUT"),
                         help=argparse.SUPPRESS)
@@ -227,18 +235,19 @@ def main() -> None:
               "batch 8", flush=True)
         ratios: dict[str, float] = {}
         rates: dict[str, float] = {}
-        for model, size, rounds in ((args.model, args.size, args.rounds),
-                                    (args.test_model, args.test_size, args.test_rounds)):
-            raster = make_raster(workdir / f"s2_{size}.tif", size, pixels)
-            print(f" {model}, {size}² px, {rounds} rounds", flush=True)
-            eff = efficiency(raster, workdir, rounds, model)
-            ratios[model] = eff["model"] / eff["e2e"]
+        raster = make_raster(workdir / f"s2_{args.size}.tif", args.size, pixels)
+        for model in (args.model, args.test_model):
+            print(f" {model}, {args.size}² px, {args.rounds} rounds "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+            eff = efficiency(raster, workdir, args.rounds, model)
+            ratios[model] = eff["ratio"]
             rates[model] = eff["pixels"] / eff["e2e"]
             print(f"  {eff['tiles']} tiles; best end-to-end {eff['e2e']:.2f} s "
                   f"({rates[model]:,.0f} px/s), best model-only {eff['model']:.2f} s "
-                  f"({eff['pixels'] / eff['model']:,.0f} px/s) -> efficiency "
-                  f"{ratios[model]:.3f}")
-            print(f"  CPU time: end-to-end {eff['e2e_cpu']:.2f} s, model only "
+                  f"({eff['pixels'] / eff['model']:,.0f} px/s); efficiency per round "
+                  + ", ".join(f"{r:.3f}" for r in eff["pairs"])
+                  + f" -> median {eff['ratio']:.3f}")
+            print(f"  CPU time (median): end-to-end {eff['e2e_cpu']:.2f} s, model only "
                   f"{eff['model_cpu']:.2f} s -> {eff['model_cpu'] / eff['e2e_cpu']:.3f}",
                   flush=True)
 

@@ -25,14 +25,16 @@ SATVISION_UM = {1: 0.659, 2: 0.865, 3: 0.47, 6: 1.64, 7: 2.13, 21: 3.96, 26: 1.3
 
 def test_counts_per_sensor() -> None:
     counts = Counter(b.sensor for b in BANDS.values())
-    assert counts == {"S2": 13, "S1": 2, "MODIS": 40, "L8": 11, "L9": 11, "L7": 8}
+    assert counts == {"S2": 13, "S1": 2, "MODIS": 40, "L8": 11, "L9": 11, "L7": 8, "RGB": 3}
 
 
 def test_canonical_names_are_sensor_dot_band() -> None:
     for name, band in BANDS.items():
         assert name == f"{band.sensor}.{band.band}"
         assert band.kind in {"optical", "thermal", "sar"}
-        assert band.wavelength_um > 0 and band.bandwidth_um > 0 and band.gsd_m > 0
+        assert band.wavelength_um > 0 and band.bandwidth_um > 0
+        # A generic RGB camera's GSD depends on the source; every real sensor has one.
+        assert band.gsd_m > 0 or band.sensor == "RGB"
 
 
 def test_existing_sets_unchanged() -> None:
@@ -164,7 +166,8 @@ def test_landsat_sets() -> None:
     assert BAND_SETS["l7"] == ("L7.B1", "L7.B2", "L7.B3", "L7.B4", "L7.B5", "L7.B7")
     assert len(BAND_SETS["l7full"]) == 8
     assert BAND_SETS["l7rgb"] == ("L7.B3", "L7.B2", "L7.B1")
-    assert "rgb" not in BAND_SETS
+    # "rgb" is the generic camera (OpticalRS-style imagery), not any satellite's true colour.
+    assert BAND_SETS["rgb"] == ("RGB.R", "RGB.G", "RGB.B")
 
 
 def test_get_band_by_alias() -> None:

@@ -64,8 +64,8 @@ def class_dtype(num_classes: int) -> tuple[str, int]:
 
 
 def class_rgb(colors: Sequence[str], num_classes: int) -> list[tuple[int, int, int]]:
-    """``(r, g, b)`` per class from ``#rrggbb`` strings; classes without one get evenly spaced
-    hues (deterministic, so reruns give the same map)."""
+    """``(r, g, b)`` per class from ``#rrggbb`` strings; classes without one get hues spread
+    by the golden ratio (deterministic, so reruns give the same map)."""
     out: list[tuple[int, int, int]] = []
     for i in range(num_classes):
         text = colors[i].lstrip("#") if i < len(colors) and colors[i] else ""
@@ -84,7 +84,7 @@ def overview_count(height: int, width: int, min_size: int = MIN_OVERVIEW_SIZE) -
     (2, 7, 0)
     """
     side = max(height, width)
-    return max(0, math.floor(math.log2(side / min_size)) if side >= 2 * min_size else 0)
+    return math.floor(math.log2(side / min_size)) if side >= 2 * min_size else 0
 
 
 class TempRaster:
@@ -105,13 +105,15 @@ class TempRaster:
         scales: Band scale factors (``None``: 1).
         tags: Dataset metadata.
         colormap: ``{value: (r, g, b, a)}`` for band 1 of a class raster.
+        label: The path to name in error messages (the final output, not the temporary file).
     """
 
     def __init__(self, path: Path, *, height: int, width: int, count: int, dtype: str,
                  crs: CRS | None, transform: Affine, nodata: float | None = None,
                  mask: bool = False, descriptions: Sequence[str] = (),
                  scales: Sequence[float] | None = None, tags: dict[str, str] | None = None,
-                 colormap: dict[int, tuple[int, int, int, int]] | None = None) -> None:
+                 colormap: dict[int, tuple[int, int, int, int]] | None = None,
+                 label: Path | None = None) -> None:
         self.path = path
         self.mask = mask
         profile: dict[str, Any] = {
@@ -125,7 +127,7 @@ class TempRaster:
         try:
             self.ds = rasterio.open(path, "w", **profile)
         except (rasterio.errors.RasterioError, OSError) as e:
-            raise GeofmError(f"cannot create the output ({_first_line(e)})", path,
+            raise GeofmError(f"cannot create the output ({_first_line(e)})", label or path,
                              "check the directory is writable and has space") from None
         for i, text in enumerate(descriptions, start=1):
             self.ds.set_band_description(i, text)
@@ -152,7 +154,8 @@ class TempRaster:
             self.ds.close()
 
 
-def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False) -> None:
+def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False,
+              label: Path | None = None) -> None:
     """Copy a finished GeoTIFF to a Cloud-Optimized GeoTIFF with internal overviews.
 
     Args:
@@ -161,6 +164,7 @@ def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False)
         resampling: Overview resampling, ``"mode"`` (classes), ``"average"`` (scores, values)
             or ``"nearest"``.
         predictor: Use the floating-point/horizontal predictor (continuous values).
+        label: The path to name in error messages (the final output, not the temporary file).
 
     Raises:
         GeofmError: GDAL could not write the file (disk full, permissions).
@@ -179,8 +183,8 @@ def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False)
     try:
         rasterio.shutil.copy(src, dst, driver="COG", **options)
     except (rasterio.errors.RasterioError, OSError) as e:
-        raise GeofmError(f"cannot write the Cloud-Optimized GeoTIFF ({_first_line(e)})", dst,
-                         "check the directory is writable and has space") from None
+        raise GeofmError(f"cannot write the Cloud-Optimized GeoTIFF ({_first_line(e)})",
+                         label or dst, "check the directory is writable and has space") from None
 
 
 def write_category_sidecar(path: Path, classes: Sequence[str],
