@@ -205,6 +205,22 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from geofm.predict import predict_raster
+
+    tile = None if a.tile is None else int(a.tile)
+    r = predict_raster(a.model, a.inputs, a.output, bands=a.bands, probabilities=a.probabilities,
+                       embed=a.embed, vector=a.vector, min_area=a.min_area, tile=tile,
+                       overlap=a.overlap, batch_size=a.batch_size,
+                       resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
+                       device=a.device, progress=not a.quiet)
+    print(r["message"])
+    extra = [r[k] for k in ("probabilities", "vector") if r.get(k)]
+    print(f"wrote {a.output}" + (f" (+ {', '.join(extra)})" if extra else "")
+          + f" in {r['seconds']:.1f} s, {r['pixels_per_second']:,.0f} px/s")
+    return 0
+
+
 def _cmd_export(a: argparse.Namespace) -> int:
     from geofm.export import export_onnx
 
@@ -347,6 +363,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-k", type=int, default=20, help="kNN neighbours")
     e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"))
     e.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser(
+        "predict", help="predict a map from a GeoTIFF (Cloud-Optimized GeoTIFF out)",
+        description="Streaming tiled prediction over rasters of any size. Bands are matched by "
+        "the file's band descriptions (or --bands), normalisation comes from the checkpoint, "
+        "and the output is a COG with the input's grid, a colour table, class names and a QGIS "
+        ".qml style, written under a temporary name and renamed when complete.")
+    pr.add_argument("model", help="finetuned (or, with --embed, pretrained) checkpoint")
+    pr.add_argument("inputs", nargs="+", help="GeoTIFF(s) or a VRT")
+    pr.add_argument("-o", "--output", required=True, help="output .tif")
+    pr.add_argument("--bands", help="comma-separated band names of the input's bands, in order")
+    pr.add_argument("--probabilities", action="store_true",
+                    help="also write per-class probabilities (uint8, scale 1/255)")
+    pr.add_argument("--embed", action="store_true", help="embedding raster at patch resolution")
+    pr.add_argument("--vector", help="also write class polygons to this GeoPackage")
+    pr.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller (m²)")
+    pr.add_argument("--tile", type=int, help="tile side in px (default: the model's)")
+    pr.add_argument("--overlap", type=int, help="tile overlap in px")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--resample-to-model-gsd", action="store_true",
+                    help="warp the input to the model's pixel size first")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=_cmd_predict)
 
     x = sub.add_parser("export", help="export a finetuned model to ONNX for QGIS (Deepness)",
                        description="ONNX model taking raw pixels (normalisation inside), with "

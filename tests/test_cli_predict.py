@@ -1,0 +1,52 @@
+"""`geofm predict` from the command line: a real scene in, a complete COG out, or one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import rasterio
+
+from geofm.cli import main
+
+from .conftest import S2_SCENE
+from .test_export import finetuned_checkpoints
+
+
+@pytest.fixture(scope="module")
+def checkpoints(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return finetuned_checkpoints(reben_store, tmp_path_factory.getbasetemp() / "finetuned")
+
+
+def test_predict_real_scene(checkpoints: dict[str, Path], tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "map.tif"
+    assert main(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o", str(out),
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "S2.B04←B04" in text and "S1.VV" in text  # S1 bands reported missing, B10 unused
+    with rasterio.open(S2_SCENE) as src, rasterio.open(out) as dst:
+        assert (dst.crs, dst.transform, dst.shape) == (src.crs, src.transform, src.shape)
+        assert dst.colormap(1)[0][:3] == (230, 0, 77)  # reBEN class 0, CLC colour #e6004d
+    assert out.with_suffix(".qml").exists()
+
+
+def test_predict_bad_input(checkpoints: dict[str, Path], tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    def fails(argv: list[str], needle: str) -> None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("geofm: error: ") and needle in err, err
+
+    out = tmp_path / "o.tif"
+    model = str(checkpoints["vit_seg"])
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(S2_SCENE.read_bytes()[:5000])
+    fails(["predict", model, str(corrupt), "-o", str(out), "--quiet"], "corrupt.tif")
+    assert not out.exists()
+    # A plain ViT trained on S1 + S2 cannot run on a Sentinel-2-only scene.
+    fails(["predict", model, str(S2_SCENE), "-o", str(out), "--quiet"], "S1.VV")
+    assert not out.exists()
+    out.write_text("existing")
+    fails(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o", str(out), "--quiet"],
+          "exists")
