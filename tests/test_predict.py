@@ -192,26 +192,17 @@ def assert_cog(path: Path, levels: int) -> dict[str, Any]:
 # --- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def trained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A pretrained and a finetuned segmentation checkpoint from the real sample, one
-    optimisation step each: the real pipeline's headers and weights."""
-    from geofm.tasks.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, load_yaml, merge
-    from geofm.tasks.finetune import run_finetune
-    from geofm.tasks.pretrain import run_pretrain
+    """Briefly trained checkpoints from the real sample (shared with the ONNX and CLI tests):
+    a ChannelViT pretrained on S1 + S2 and its segmentation finetune."""
+    from geofm.checkpoint import read_header
 
-    root = tmp_path_factory.mktemp("trained")
-    cfg = merge(merge(PRETRAIN_DEFAULTS, load_yaml(REPO / "configs/pretrain/reben_s1s2.tiny.yaml")),
-                {"data": {"store": str(reben_store), "split": None}, "output": str(root / "pre"),
-                 "previews": 0, "trainer": {"max_steps": 1}})
-    pretrained = Path(run_pretrain(cfg, progress=False)["checkpoint"])
-    ft = merge(merge(FINETUNE_DEFAULTS,
-                     load_yaml(REPO / "configs/finetune/reben_segmentation.tiny.yaml")),
-               {"init": str(pretrained), "output": str(root / "seg"),
-                "data": {"store": str(reben_store), "train_split": None, "val_split": None},
-                "trainer": {"max_steps": 1}})
-    return {"pretrain": pretrained,
-            "segmentation": Path(run_finetune(ft, progress=False)["checkpoint"])}
+    from .test_export import finetuned_checkpoints
+
+    ckpts = finetuned_checkpoints(reben_store, tmp_path_factory.getbasetemp() / "finetuned")
+    pretrained = Path(read_header(ckpts["cvit_seg"])["encoder_source"]["checkpoint"])
+    return {"pretrain": pretrained, "segmentation": ckpts["cvit_seg"]}
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,7 @@ class FinetuneTask(L.LightningModule):
         groups = self.model.param_groups(lr=self.hparams.lr,
                                          weight_decay=self.hparams.weight_decay,
                                          layer_decay=self.hparams.layer_decay)
-        opt = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=True)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -122,7 +122,7 @@ class PretrainTask(L.LightningModule):
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+            lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=True)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
