@@ -124,7 +124,10 @@ def _cmd_info(a: argparse.Namespace) -> int:
               f"{st.maximum[i]:>12.2f}")
     print(f"leakage audit (chips within {a.distance_km} km of another split):")
     for pair, row in audit.get("pairs", {}).items():
-        print(f"  {pair:<22} " + ", ".join(f"{k} {v}" for k, v in row.items()))
+        d = row.get("min_distance_km")
+        near = ", ".join(f"{k} {v}" for k, v in row.get("within", {}).items())
+        shown = "—" if d is None else f"{d:,.2f} km"
+        print(f"  {pair:<22} closest {shown:>14}   within {a.distance_km} km: {near}")
     if a.map:
         print(f"split map  {a.map}")
     return 0

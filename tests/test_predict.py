@@ -260,7 +260,9 @@ def test_segmentation_cog_as_gdal_and_qgis_read_it(trained: dict[str, Path],
         assert ds.scales == (1 / 255,) * 19 and ds.offsets == (0.0,) * 19
         p = ds.read().astype(np.float64) / 255
     assert np.allclose(p.sum(axis=0), 1.0, atol=19 / 255)
-    assert (p.argmax(axis=0) == classes).mean() > 0.99
+    # The class is the most probable one, up to the 1/255 rounding of the stored scores.
+    chosen = np.take_along_axis(p, classes[None].astype(np.int64), axis=0)[0]
+    assert (chosen >= p.max(axis=0) - 1.01 / 255).all()
 
     gdf = gpd.read_file(tmp_path / "landcover.gpkg")
     assert gdf.crs.to_epsg() == 32618

@@ -27,6 +27,7 @@ from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
 from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.pretrain import check_writable
+from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import warmup_cosine
 
 
@@ -144,6 +145,7 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         ``{"output", "checkpoint", "steps", "val_metrics", "selected_on"}``.
     """
     data, tr, opt, head = cfg["data"], cfg["trainer"], cfg["optim"], cfg["head"]
+    quiet_lightning()
     out = Path(cfg["output"])
     check_writable(out)
     if not cfg.get("init"):

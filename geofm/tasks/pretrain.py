@@ -33,6 +33,7 @@ from geofm.errors import GeofmError
 from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.tasks.datamodule import ChipDataModule, EpochSeededSampler
+from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import warmup_cosine
 from geofm.viz import reconstruction_preview
 
@@ -198,6 +199,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         ``{"output": dir, "checkpoint": path, "final_loss": float, "steps": int}``.
     """
     data, tr, opt = cfg["data"], cfg["trainer"], cfg["optim"]
+    quiet_lightning()
     out = Path(cfg["output"])
     check_writable(out)
     store = data["store"] or sample_store()

@@ -1,0 +1,21 @@
+"""Silencing Lightning messages that say nothing about a geofm run."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+_IRRELEVANT = (
+    r".*You passed in a `val_dataloader` but have no `validation_step`.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*Experiment logs directory .* exists and is not empty.*",
+    r".*does not have many workers which may be a bottleneck.*",
+)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's tips and warnings that do not apply to geofm's runs."""
+    for pattern in _IRRELEVANT:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
