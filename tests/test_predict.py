@@ -359,7 +359,7 @@ def test_wide_rasters_blend_in_panels_like_one_pass(tmp_path: Path,
         ds.descriptions = ("B02", "B03", "B04", "B08")
     one = predict_raster(echo_predictor(ramp=True), wide, tmp_path / "one.tif", overlap=20,
                          progress=False)
-    monkeypatch.setattr("geofm.predict.PANEL_PIXELS", 512)
+    monkeypatch.setattr("geofm.predict.tiling.PANEL_PIXELS", 512)
     panels = predict_raster(echo_predictor(ramp=True), wide, tmp_path / "panels.tif",
                             overlap=20, progress=False)
     assert panels["tiles"] > one["tiles"]  # tiles on panel edges run twice

@@ -1,0 +1,124 @@
+"""Streaming tiled prediction over rasters: the engine behind ``geofm predict`` and the API.
+
+The raster is cut into overlapping tiles of the model's input size on a fixed grid. A reader
+thread reads tile windows with rasterio, checks nodata and normalises them with the
+checkpoint's statistics; the calling thread runs the model on batches; a writer thread blends
+the tile outputs with a 2-D Hann window and writes finished rows. Bounded queues link the three,
+so reading and writing overlap with inference and nothing waits on the whole raster.
+
+Memory. The blender keeps one band of output rows the height of a tile (``K × tile_h × W``
+float32 for ``K`` output channels over a width ``W`` of at most :data:`PANEL_PIXELS`; wider
+rasters are processed in vertical panels, see :class:`TileGrid`); rows are written as soon as
+no later tile can touch them. Queues hold at most four batches, and GDAL's block cache is capped
+at :data:`GDAL_CACHE_BYTES` while predicting. Peak memory therefore depends on tile size, batch
+size and the panel width, not on the raster's size.
+
+Output grids. Pixel tasks (segmentation, regression) predict every input pixel: the output has
+the input's CRS, transform, width and height. Scene tasks (multi-label, classification) give one
+value per tile, on a coarse grid whose pixels are tiles (no overlap). Embeddings come at patch
+resolution (one ``D``-vector per ``patch × patch`` pixels). With ``resample_to_model_gsd`` the
+input is warped to the model's ground sampling distance; pixel outputs are warped back onto the
+input grid, coarse outputs stay on the model-resolution grid.
+
+Products (see :func:`predict_raster` for the files):
+
+* ``classes``: argmax of the blended class probabilities (segmentation, classification).
+* ``scores``: per-class probabilities in ``[0, 1]`` (softmax; sigmoid for multi-label).
+* ``values``: regression targets or embedding features, float32.
+"""
+
+from __future__ import annotations
+
+from geofm.predict.band_plan import (
+    BandPlan,
+    band_labels,
+    canonical_band,
+    plan_bands,
+    sensor_hint,
+    unit_conversion,
+)
+from geofm.predict.model import (
+    Predictor,
+)
+from geofm.predict.pipeline import (
+    RunStats,
+    read_batches,
+    run_pipeline,
+)
+from geofm.predict.raster import (
+    build_grid,
+    output_names,
+    predict_raster,
+    probabilities_path,
+    qml_path,
+    resolve_mode,
+    write_vector,
+)
+from geofm.predict.settings import (
+    FINISH_COLUMNS,
+    GDAL_CACHE_BYTES,
+    PANEL_PIXELS,
+    QUEUE_BATCHES,
+    SCENE_TASKS,
+)
+from geofm.predict.sinks import (
+    ArraySink,
+    FileSink,
+    Sink,
+    classes_of,
+    quantize,
+)
+from geofm.predict.sources import (
+    RasterSource,
+    Source,
+    open_source,
+)
+from geofm.predict.tiling import (
+    Batch,
+    Blender,
+    Panel,
+    Rows,
+    TileGrid,
+    hann_window,
+    tile_offsets,
+)
+
+__all__ = [
+    "FINISH_COLUMNS",
+    "GDAL_CACHE_BYTES",
+    "PANEL_PIXELS",
+    "QUEUE_BATCHES",
+    "SCENE_TASKS",
+    "ArraySink",
+    "BandPlan",
+    "Batch",
+    "Blender",
+    "FileSink",
+    "Panel",
+    "Predictor",
+    "RasterSource",
+    "Rows",
+    "RunStats",
+    "Sink",
+    "Source",
+    "TileGrid",
+    "band_labels",
+    "build_grid",
+    "canonical_band",
+    "classes_of",
+    "hann_window",
+    "open_source",
+    "output_names",
+    "plan_bands",
+    "predict_raster",
+    "probabilities_path",
+    "qml_path",
+    "quantize",
+    "read_batches",
+    "resolve_mode",
+    "run_pipeline",
+    "sensor_hint",
+    "tile_offsets",
+    "unit_conversion",
+    "write_vector",
+]

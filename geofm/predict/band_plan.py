@@ -1,0 +1,175 @@
+"""Matching a raster's bands to a model's band contract."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from geofm.bands import BAND_SETS, get_band, match_by_wavelength, resolve_bands
+from geofm.errors import BandError
+from geofm.inference import match_bands
+from geofm.predict.model import Predictor
+from geofm.predict.settings import _SENSOR_HINTS
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """Which input band feeds which model band, and how it is normalised.
+
+    Attributes:
+        bands: Band names given to the model, in the model's order.
+        sources: 0-based input band index per model band.
+        mean: Normalisation mean per model band ``[C]``.
+        std: Normalisation std per model band ``[C]``.
+        labels: The input's band names as read (descriptions, ``bands=``, file names).
+        missing: Model bands the input lacks (channel-flexible models predict without them).
+        ignored: Input bands the model does not use.
+    """
+
+    bands: list[str]
+    sources: list[int]
+    mean: np.ndarray
+    std: np.ndarray
+    labels: list[str]
+    missing: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def mapping(self) -> dict[str, str]:
+        """``{model band: "band 2 (B02)"}``, for reports and output tags."""
+        return {b: f"band {i + 1} ({self.labels[i]})" for b, i in zip(self.bands, self.sources)}
+
+    def summary(self) -> str:
+        """One line naming the bands used, missing and ignored."""
+        text = f"using {len(self.bands)} bands: " + ", ".join(
+            f"{b}←{self.labels[i]}" for b, i in zip(self.bands, self.sources))
+        if self.missing:
+            text += f"; model bands not in the input: {', '.join(self.missing)}"
+        if self.ignored:
+            text += f"; input bands not used: {', '.join(self.ignored)}"
+        return text
+
+
+def sensor_hint(tags: dict[str, str]) -> str | None:
+    """The registry sensor key (``"S2"``) named by a raster's metadata, if any."""
+    text = " ".join(str(v) for v in tags.values()).lower()
+    for needle, sensor in _SENSOR_HINTS:
+        if needle in text:
+            return sensor
+    return None
+
+
+def canonical_band(label: str, model_bands: Sequence[str], sensor: str | None = None
+                   ) -> str | None:
+    """The registry name an input band label stands for, or ``None`` if unknown.
+
+    The model's own bands are tried first (``"B02"``, ``"blue"`` → ``S2.B02`` for a Sentinel-2
+    model), then unambiguous registry names and aliases, then the label qualified with the
+    sensor the file's metadata names.
+    """
+    text = label.strip()
+    if not text:
+        return None
+    for attempt in (lambda: resolve_bands([text], list(model_bands))[0],
+                    lambda: get_band(text).name,
+                    lambda: get_band(f"{sensor}.{text}").name if sensor else None):
+        try:
+            name = attempt()
+        except BandError:
+            continue
+        if name:
+            return name
+    return None
+
+
+def band_labels(names: str | Sequence[str], count: int) -> list[str]:
+    """Expand a user's ``bands=`` (a set name, ``"B02,B03"`` or a list) to one name per band.
+
+    Raises:
+        BandError: The number of names differs from the input's band count.
+    """
+    if isinstance(names, str):
+        labels = (list(BAND_SETS[names.lower()]) if names.lower() in BAND_SETS
+                  else [s.strip() for s in names.split(",") if s.strip()])
+    else:
+        labels = [str(n) for n in names]
+    if len(labels) != count:
+        raise BandError(f"bands= names {len(labels)} bands but the input has {count}",
+                        hint="name every input band in order, e.g. bands='B02,B03,B04,B08'")
+    return labels
+
+
+def plan_bands(predictor: Predictor, labels: Sequence[str | None], *,
+               source: str | Path | None = None, sensor: str | None = None) -> BandPlan:
+    """Match the input's named bands to the model's band contract.
+
+    Bands are matched by name (descriptions such as ``B02``, Sentinel-2 common names such as
+    ``blue``, registry names such as ``S2.B02``), never by position. A channel-flexible model
+    uses the model bands present (or, if none is present by name, the input bands nearest in
+    wavelength); any other model needs all of its bands.
+
+    Args:
+        predictor: The model.
+        labels: One name per input band (``None`` where a band has none).
+        source: The input, for error messages.
+        sensor: Sensor key for short names that are ambiguous across sensors (``"B10"``).
+
+    Raises:
+        BandError: The bands have no names, none is recognised, or a fixed-band model's bands
+            are missing (listed).
+    """
+    if not any(labels):
+        raise BandError("the input's bands have no names (no band descriptions)", source,
+                        "name them in order with --bands (bands=), e.g. B02,B03,B04,B08 or "
+                        "s2")
+    text = [lab or f"band {i + 1}" for i, lab in enumerate(labels)]
+    available: dict[str, int] = {}
+    for i, lab in enumerate(labels):
+        name = canonical_band(lab, predictor.bands, sensor) if lab else None
+        if name and name not in available:
+            available[name] = i
+    if not available:
+        raise BandError(f"none of the input's bands ({', '.join(text)}) is a known band",
+                        source, "name them with --bands (bands=) using names such as B02, red "
+                        "or S2.B04")
+    used = match_bands(predictor.bands, list(available), predictor.flexible, source)
+    stands_for = {b: b for b in predictor.bands}
+    if any(u not in stands_for for u in used):
+        by_wl = match_by_wavelength(predictor.bands, list(available))
+        for model_band, data_band in by_wl.items():
+            if data_band is not None and data_band not in stands_for:
+                stands_for[data_band] = model_band
+    mean, std = [], []
+    for u in used:
+        i = predictor.bands.index(stands_for[u])
+        a, b = unit_conversion(u, stands_for[u])
+        # Normalising a·x + b with the model band's statistics, folded into one (x − m) / s.
+        mean.append((predictor.mean[i] - b) / a)
+        std.append(predictor.std[i] / a)
+    read = {available[u] for u in used}
+    return BandPlan(
+        bands=list(used), sources=[available[u] for u in used],
+        mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32), labels=text,
+        missing=[b for b in predictor.bands if b not in {stands_for[u] for u in used}],
+        ignored=[text[i] for i in range(len(text)) if i not in read])
+
+
+def unit_conversion(data_band: str, model_band: str) -> tuple[float, float]:
+    """``(a, b)`` with ``model value = a · data value + b`` for a band standing in for another.
+
+    Both are brought to their common physical unit with the registry's scale and offset
+    (Landsat Collection-2 digital numbers to reflectance, then to Sentinel-2's reflectance ×
+    10,000); bands of different units, or the same band, are passed through (``(1, 0)``).
+
+    >>> a, b = unit_conversion("L8.B4", "S2.B04")
+    >>> round(a, 3), round(b, 1)
+    (0.275, -2000.0)
+    """
+    d, m = get_band(data_band), get_band(model_band)
+    if d.name == m.name or d.unit != m.unit or not d.scale or not m.scale:
+        return 1.0, 0.0
+    return d.scale / m.scale, (d.offset - m.offset) / m.scale
+
+

@@ -1,0 +1,122 @@
+"""The model side of prediction: a checkpoint ready to run on tiles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from geofm.errors import GeofmError
+from geofm.inference import is_channel_flexible, load_encoder, load_finetuned
+
+
+class Predictor:
+    """A geofm model ready for tiled inference, with what its checkpoint header says.
+
+    Args:
+        module: A finetuned model (``module(images, bands)`` → logits) or a bare encoder with
+            ``forward_patch_features`` (embeddings only).
+        header: The checkpoint header (``task``, ``bands``, ``normalization``, ``classes``,
+            ``class_colors``, ``tile_size``, ``patch_size``, ``gsd_m``, ``model``).
+        name: Where the model came from (the checkpoint file name), for output tags.
+
+    Attributes:
+        task: ``"segmentation"``, ``"regression"``, ``"multilabel"``, ``"classification"``, or
+            ``None`` for a pretrained-only encoder.
+        bands: The checkpoint's band contract (canonical names).
+        classes: Class (or regression target) names.
+    """
+
+    def __init__(self, module: nn.Module, header: dict[str, Any], name: str = "") -> None:
+        self.module = module.eval()
+        self.header = header
+        self.name = name
+        self.task: str | None = header.get("task") if header.get("kind") == "finetune" else None
+        self.bands: list[str] = list(header["bands"])
+        self.classes: list[str] = list(header.get("classes") or [])
+        self.class_colors: list[str] = list(header.get("class_colors") or [])
+        norm = header.get("normalization") or {}
+        self.mean = np.asarray(norm.get("mean", [0.0] * len(self.bands)), dtype=np.float32)
+        self.std = np.asarray(norm.get("std", [1.0] * len(self.bands)), dtype=np.float32)
+        self.flexible = is_channel_flexible(header)
+        encoder = self.encoder
+        self.patch_size = int(header.get("patch_size") or getattr(encoder, "patch_size", 1))
+        self.embed_dim = int(getattr(encoder, "embed_dim", 0))
+        self.gsd_m: float | None = header.get("gsd_m")
+        size = header.get("tile_size") or [16 * self.patch_size] * 2
+        self.tile_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> Predictor:
+        """Load a finetuned checkpoint (or a pretrained one, for embeddings only)."""
+        from geofm.checkpoint import read_header
+
+        header = read_header(path)
+        if header.get("kind") == "finetune":
+            module, header = load_finetuned(path)
+        else:
+            module, header = load_encoder(path)
+        return cls(module, header, Path(path).name)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The token encoder (the finetuned model's, or the module itself)."""
+        return getattr(self.module, "encoder", self.module)
+
+    @property
+    def model_name(self) -> str:
+        """Registered architecture name (``channelvit_tiny``)."""
+        return str((self.header.get("model") or {}).get("name", type(self.encoder).__name__))
+
+    def to(self, device: str | torch.device) -> Predictor:
+        """Move the model to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
+        try:
+            self.device = torch.device(device)
+            self.module.to(self.device)
+        except (RuntimeError, AssertionError) as e:
+            raise GeofmError(f"cannot use device {device!r} ({str(e).splitlines()[0]})",
+                             hint="use device='cpu' or an available GPU") from None
+        return self
+
+    def require_task(self) -> str:
+        """The finetuned task, or a clear error for a pretrained-only checkpoint."""
+        if self.task is None:
+            raise GeofmError(f"{self.name or 'the model'} is a pretrained encoder without a "
+                             "task head", hint="use embed=True (--embed) for embeddings, or "
+                             "finetune it first with 'geofm finetune'")
+        return self.task
+
+    @torch.inference_mode()
+    def outputs(self, images: Tensor, bands: Sequence[str], mode: str) -> Tensor:
+        """Per-tile outputs ready for blending.
+
+        Args:
+            images: ``[B, C, H, W]`` normalised tiles on :attr:`device`.
+            bands: Band names of the ``C`` channels.
+            mode: ``"pixel"``, ``"scene"`` or ``"embed"``.
+
+        Returns:
+            ``[B, K, H, W]`` scores or values (pixel), ``[B, K, 1, 1]`` scores (scene),
+            ``[B, D, H/p, W/p]`` patch embeddings (embed).
+        """
+        if mode == "embed":
+            feats = self.encoder.forward_patch_features(images, list(bands))  # [B, N, D]
+            gh, gw = images.shape[2] // self.patch_size, images.shape[3] // self.patch_size
+            return feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], gh, gw)
+        logits = self.module(images, list(bands))  # [B, K] or [B, K, H, W]
+        if self.task == "multilabel":
+            scores = logits.sigmoid()
+        elif self.task in ("classification", "segmentation"):
+            scores = logits.softmax(dim=1)
+        else:
+            scores = logits
+        if scores.ndim == 2:
+            scores = scores[:, :, None, None]  # [B, K, 1, 1]
+        return scores.float()
+
+

@@ -1,0 +1,204 @@
+"""The threaded read → infer → blend → write pipeline."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from geofm.predict.band_plan import BandPlan
+from geofm.predict.model import Predictor
+from geofm.predict.settings import GDAL_CACHE_BYTES, QUEUE_BATCHES
+from geofm.predict.sinks import Sink
+from geofm.predict.sources import Source
+from geofm.predict.tiling import Batch, Blender, TileGrid, hann_window
+
+
+@dataclass
+class RunStats:
+    """What a pipeline run did.
+
+    Attributes:
+        tiles: Tile evaluations in the grid.
+        predicted: Tiles run through the model (the others were all nodata).
+        model_seconds: Time inside the model (including host/device copies).
+        seconds: Wall time of the pipeline.
+        accumulator_bytes: Size of the largest blending accumulator.
+    """
+
+    tiles: int = 0
+    predicted: int = 0
+    model_seconds: float = 0.0
+    seconds: float = 0.0
+    accumulator_bytes: int = 0
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
+    while not stop.is_set():
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+    return None
+
+
+_END = object()
+
+
+def read_batches(source: Source, plan: BandPlan, grid: TileGrid, batch_size: int
+                 ) -> Iterator[Batch]:
+    """Normalised tiles in panel and raster order, batched; all-nodata tiles are skipped.
+
+    Pixels that are nodata or NaN in any used band, and padding beyond the raster edge, are
+    set to 0 (the band mean after normalisation) and marked invalid.
+    """
+    th, tw = grid.tile
+    fy, fx = grid.factor
+    oh, ow = grid.out_tile
+    mean = plan.mean[:, None, None]
+    std = plan.std[:, None, None]
+    images: list[np.ndarray] = []
+    valids: list[np.ndarray] = []
+    where: list[tuple[int, int, int, int]] = []
+    for p, panel in enumerate(grid.panels):
+        for r, y in enumerate(grid.rows):
+            for x in (grid.cols[j] for j in panel.cols):
+                h, w = min(th, grid.height - y), min(tw, grid.width - x)
+                window = Window(x, y, w, h)
+                raw = source.read(plan.sources, window)  # [C, h, w]
+                bad = source.invalid(raw, plan.sources, window)  # [h, w]
+                if bad.all():
+                    continue
+                tile = np.zeros((len(plan.sources), th, tw), np.float32)  # [C, th, tw]
+                tile[:, :h, :w] = np.where(bad, np.float32(0), (raw - mean) / std)
+                ok = np.zeros((th, tw), bool)
+                ok[:h, :w] = ~bad
+                images.append(tile)
+                valids.append(ok.reshape(oh, fy, ow, fx).any(axis=(1, 3)))
+                where.append((p, r, y, x))
+                if len(images) == batch_size:
+                    yield Batch(np.stack(images), np.stack(valids), where)
+                    images, valids, where = [], [], []
+    if images:
+        yield Batch(np.stack(images), np.stack(valids), where)
+
+
+def run_pipeline(predictor: Predictor, source: Source, plan: BandPlan, grid: TileGrid,
+                 mode: str, sink: Sink, *, channels: int, batch_size: int = 8,
+                 progress: bool = False) -> RunStats:
+    """Read, infer, blend and write with three overlapping stages.
+
+    Args:
+        predictor: The model (already on its device).
+        source: The input.
+        plan: Band matching and normalisation.
+        grid: The tile grid.
+        mode: ``"pixel"``, ``"scene"`` or ``"embed"`` (see :meth:`Predictor.outputs`).
+        sink: Receives finished output.
+        channels: Output channels ``K`` of the model in this mode.
+        batch_size: Tiles per model call.
+        progress: Show a progress bar.
+
+    Returns:
+        Counts and timings.
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    stats = RunStats(tiles=grid.num_tiles)
+    weight = (np.ones(grid.out_tile, np.float32) if mode == "scene"
+              else hann_window(*grid.out_tile))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    to_model: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
+    to_writer: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
+    bar = tqdm(total=grid.num_tiles, unit="tile", desc="predict", disable=not progress,
+               leave=False)
+
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                errors.append(e)
+                stop.set()
+        return run
+
+    def reader() -> None:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+            for batch in read_batches(source, plan, grid, batch_size):
+                if not _put(to_model, batch, stop):
+                    return
+        _put(to_model, _END, stop)
+
+    def writer() -> None:
+        blender: Blender | None = None
+        while True:
+            item = _get(to_writer, stop)
+            if item is None:
+                return
+            if item is _END:
+                break
+            for (p, r, y, x), out, valid in zip(item.where, item.outputs, item.valid):
+                if blender is None or blender.panel is not grid.panels[p]:
+                    for row, col, values, ok in blender.finish() if blender else ():
+                        sink.write(row, col, values, ok)
+                    blender = None  # free one panel's accumulator before making the next
+                    blender = Blender(grid, grid.panels[p], channels, weight)
+                    stats.accumulator_bytes = max(stats.accumulator_bytes, blender.nbytes)
+                for row, col, values, ok in blender.add(r, y, x, out, valid):
+                    sink.write(row, col, values, ok)
+            bar.update(len(item.where))
+        for row, col, values, ok in blender.finish() if blender else ():
+            sink.write(row, col, values, ok)
+
+    threads = [threading.Thread(target=guarded(reader), name="geofm-read", daemon=True),
+               threading.Thread(target=guarded(writer), name="geofm-write", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            batch = _get(to_model, stop)
+            if batch is None or batch is _END:
+                break
+            t0 = time.perf_counter()
+            images = torch.from_numpy(batch.images).to(predictor.device)
+            batch.outputs = predictor.outputs(images, plan.bands, mode).cpu().numpy()
+            batch.images = np.empty(0, np.float32)  # the writer needs outputs only
+            del images
+            stats.model_seconds += time.perf_counter() - t0
+            stats.predicted += len(batch.where)
+            if not _put(to_writer, batch, stop):
+                break
+        _put(to_writer, _END, stop)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for t in threads:
+            t.join()
+        bar.close()
+    if errors:
+        raise errors[0]
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+

@@ -1,0 +1,259 @@
+"""Prediction inputs: rasters, stacks of files and warped views."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from geofm.errors import GeofmError
+from geofm.predict.band_plan import band_labels, sensor_hint
+from geofm.predict.settings import _GDAL_TYPES
+
+
+class Source(Protocol):
+    """Input bands read window by window."""
+
+    height: int
+    width: int
+    count: int
+    crs: CRS | None
+    transform: Affine
+    labels: list[str | None]
+    sensor: str | None
+    name: str
+
+    def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
+        """``[C, h, w]`` float32 of 0-based bands ``indexes`` in ``window`` (inside bounds)."""
+        ...
+
+    def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
+        """``[h, w]`` bool: pixels where any of the read bands is nodata or NaN."""
+        ...
+
+
+class RasterSource:
+    """Bands of a rasterio dataset (GeoTIFF, VRT, band stack or warped view).
+
+    Args:
+        ds: An open dataset.
+        name: The input's name for messages.
+        labels: One name per band (descriptions, file names or ``bands=``).
+        sensor: Sensor key from the metadata.
+        native: The dataset ``ds`` was warped from, if any.
+
+    Attributes:
+        native_grid: ``(crs, transform, height, width)`` of the unwarped input when ``ds`` is
+            a warped view, else ``None``.
+    """
+
+    def __init__(self, ds: Any, name: str, labels: list[str | None], sensor: str | None,
+                 native: Any = None) -> None:
+        self.ds = ds
+        self.native_grid: tuple[CRS | None, Affine, int, int] | None = (
+            None if native is None
+            else (native.crs, native.transform, native.height, native.width))
+        self.name = name
+        self.height, self.width, self.count = ds.height, ds.width, ds.count
+        self.crs: CRS | None = ds.crs
+        self.transform: Affine = ds.transform
+        self.labels = labels
+        self.sensor = sensor
+        self.nodata = [v for v in ds.nodatavals]
+        flags = ds.mask_flag_enums[0] if ds.count else []
+        self._dataset_mask = any(f in (MaskFlags.per_dataset, MaskFlags.alpha) for f in flags)
+
+    def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
+        try:
+            return self.ds.read([i + 1 for i in indexes], window=window, out_dtype="float32")
+        except RasterioError as e:
+            raise GeofmError(f"cannot read the raster ({_first_line(e)})", self.name,
+                             "the file is corrupt or truncated") from None
+
+    def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
+        bad = np.isnan(data).any(axis=0)
+        for k, i in enumerate(indexes):
+            nd = self.nodata[i]
+            if nd is not None and not math.isnan(nd):
+                bad |= data[k] == np.float32(nd)
+        if self._dataset_mask:
+            bad |= self.ds.read_masks(indexes[0] + 1, window=window) == 0
+        return bad
+
+
+def _input_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    if not items:
+        raise GeofmError("no input raster given")
+    paths = [Path(p) for p in items]
+    for p in paths:
+        if not p.exists():
+            raise GeofmError("input not found", p)
+    return paths
+
+
+def _open(path: Path) -> Any:
+    try:
+        return rasterio.open(path)
+    except RasterioError as e:
+        raise GeofmError(f"cannot read the raster ({_first_line(e)})", path,
+                         "the file is corrupt, truncated or not a raster") from None
+
+
+def _stack_vrt(paths: Sequence[Path]) -> tuple[str, list[str | None], dict[str, str]]:
+    """A VRT stacking every band of ``paths`` on the finest grid among them.
+
+    Returns:
+        The VRT document, one label per band (description, else the file name for
+        single-band files) and the first file's tags.
+
+    Raises:
+        GeofmError: The files are in different CRSs or rotated.
+    """
+    infos = []
+    for p in paths:
+        with _open(p) as ds:
+            infos.append((p, ds.profile, ds.bounds, ds.res, ds.descriptions, ds.nodatavals,
+                          ds.dtypes, ds.tags(), ds.crs))
+    crs = infos[0][8]
+    for p, *_, c in infos[1:]:
+        if c != crs:
+            raise GeofmError(f"is in {c}, not {crs} like {paths[0].name}", p,
+                             "warp the files to one CRS (gdalwarp) or build a VRT")
+    ref = min(infos, key=lambda info: info[3][0])
+    res_x, res_y = ref[3]
+    left, top = ref[2].left, ref[2].top
+    width, height = ref[1]["width"], ref[1]["height"]
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    if crs is not None:
+        ET.SubElement(root, "SRS").text = crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(v) for v in (left, res_x, 0.0, top, 0.0, -res_y))
+    labels: list[str | None] = []
+    band = 0
+    for p, profile, bounds, res, descriptions, nodatavals, dtypes, _, _ in infos:
+        if profile["transform"].b or profile["transform"].d:
+            raise GeofmError("rotated rasters cannot be stacked", p, "warp it north-up first")
+        for i in range(profile["count"]):
+            band += 1
+            node = ET.SubElement(root, "VRTRasterBand", dataType=_GDAL_TYPES[dtypes[i]],
+                                 band=str(band))
+            label = descriptions[i] or (p.stem if profile["count"] == 1 else None)
+            labels.append(label)
+            if label:
+                ET.SubElement(node, "Description").text = label
+            if nodatavals[i] is not None:
+                ET.SubElement(node, "NoDataValue").text = repr(nodatavals[i])
+            src = ET.SubElement(node, "ComplexSource", resampling="bilinear")
+            ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = str(p.resolve())
+            ET.SubElement(src, "SourceBand").text = str(i + 1)
+            ET.SubElement(src, "SrcRect", xOff="0", yOff="0", xSize=str(profile["width"]),
+                          ySize=str(profile["height"]))
+            ET.SubElement(src, "DstRect", xOff=repr((bounds.left - left) / res_x),
+                          yOff=repr((top - bounds.top) / res_y),
+                          xSize=repr(profile["width"] * res[0] / res_x),
+                          ySize=repr(profile["height"] * res[1] / res_y))
+            if nodatavals[i] is not None:
+                ET.SubElement(src, "NODATA").text = repr(nodatavals[i])
+    return ET.tostring(root, encoding="unicode"), labels, infos[0][7]
+
+
+def _model_grid(ds: Any, gsd: float, name: str) -> tuple[Affine, int, int]:
+    """Transform and size of ``ds`` resampled to ``gsd`` metres."""
+    t = ds.transform
+    if ds.crs is None or not ds.crs.is_projected:
+        raise GeofmError("resampling to the model's resolution needs a projected CRS in "
+                         "metres", name, "warp the input to a UTM zone first (gdalwarp)")
+    if t.b or t.d:
+        raise GeofmError("rotated rasters cannot be resampled", name, "warp it north-up first")
+    unit = ds.crs.linear_units_factor[1]
+    step = gsd / unit
+    width = max(1, round(ds.width * abs(t.a) / step))
+    height = max(1, round(ds.height * abs(t.e) / step))
+    return Affine(math.copysign(step, t.a), 0.0, t.c, 0.0, math.copysign(step, t.e), t.f), \
+        width, height
+
+
+def _input_res_m(ds: Any) -> float | None:
+    if ds.crs is None or not ds.crs.is_projected:
+        return None
+    return float(abs(ds.transform.a)) * float(ds.crs.linear_units_factor[1])
+
+
+@contextmanager
+def open_source(paths: Sequence[Path], *, bands: str | Sequence[str] | None = None,
+                gsd_m: float | None = None, resample: bool = False) -> Iterator[RasterSource]:
+    """Open one raster (GeoTIFF, VRT) or stack several, optionally warped to ``gsd_m``.
+
+    Args:
+        paths: Input files; several are stacked band after band on the finest grid.
+        bands: Names of the input bands in order (overrides the band descriptions).
+        gsd_m: The model's ground sampling distance in metres (``None``: unknown).
+        resample: Warp the input to ``gsd_m`` (bilinear up, average down) when it differs.
+
+    Raises:
+        GeofmError: Unreadable input, different CRSs, or resampling without a projected CRS.
+    """
+    name = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        if len(paths) == 1:
+            ds = _open(paths[0])
+            labels: list[str | None] = list(ds.descriptions)
+            tags = ds.tags()
+        else:
+            doc, labels, tags = _stack_vrt(paths)
+            ds = _open_vrt(doc, name)
+    view = ds
+    try:
+        if bands is not None:
+            labels = list(band_labels(bands, ds.count))
+        if ds.crs is None:
+            warnings.warn(f"{name}: the input has no CRS; the output keeps its pixel grid "
+                          "without georeferencing", UserWarning, stacklevel=3)
+        res = _input_res_m(ds)
+        if gsd_m and res and abs(res / gsd_m - 1) > 0.05:
+            if resample:
+                transform, width, height = _model_grid(ds, gsd_m, name)
+                view = WarpedVRT(ds, crs=ds.crs, transform=transform, width=width,
+                                 height=height, resampling=Resampling.average if res < gsd_m
+                                 else Resampling.bilinear)
+            else:
+                warnings.warn(f"{name}: the input's pixels are {res:g} m but the model was "
+                              f"trained at {gsd_m:g} m; pass --resample-to-model-gsd "
+                              "(resample_to_model_gsd=True) to warp it first", UserWarning,
+                              stacklevel=3)
+        elif resample and gsd_m is None:
+            warnings.warn("the checkpoint records no ground sampling distance; predicting at "
+                          "the input's resolution", UserWarning, stacklevel=3)
+        yield RasterSource(view, name, labels, sensor_hint(tags),
+                           native=ds if view is not ds else None)
+    finally:
+        if view is not ds:
+            view.close()
+        ds.close()
+
+
+def _open_vrt(doc: str, name: str) -> Any:
+    try:
+        return rasterio.open(doc)
+    except RasterioError as e:
+        raise GeofmError(f"cannot stack the input files ({_first_line(e)})", name) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
