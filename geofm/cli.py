@@ -376,12 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="finetuned (or, with --embed, pretrained) checkpoint")
     pr.add_argument("inputs", nargs="+", help="GeoTIFF(s) or a VRT")
     pr.add_argument("-o", "--output", required=True, help="output .tif")
-    pr.add_argument("--bands", help="comma-separated band names of the input's bands, in order")
+    pr.add_argument("--bands", help="the input's bands in order: names (B02,B03,...) or a set "
+                    "(s2, s2l2a, l8, ...)")
     pr.add_argument("--probabilities", action="store_true",
                     help="also write per-class probabilities (uint8, scale 1/255)")
     pr.add_argument("--embed", action="store_true", help="embedding raster at patch resolution")
     pr.add_argument("--vector", help="also write class polygons to this GeoPackage")
-    pr.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller (m²)")
+    pr.add_argument("--min-area", type=float, default=0.0,
+                    help="drop polygons smaller than this, in squared CRS units (m² in UTM)")
     pr.add_argument("--tile", type=int, help="tile side in px (default: the model's)")
     pr.add_argument("--overlap", type=int, help="tile overlap in px")
     pr.add_argument("--batch-size", type=int, default=8)
@@ -426,6 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import signal
+
+    # A terminated run unwinds like Ctrl-C, so temporary outputs are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return int(args.func(args))
     except GeofmError as e:
