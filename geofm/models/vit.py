@@ -14,6 +14,7 @@ one model serves 120 × 120 reBEN chips (patch 8: 15 × 15 patches) and 128 × 1
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -79,7 +80,7 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class TokenEncoder(nn.Module):
+class TokenEncoder(nn.Module, abc.ABC):
     """Transformer over patch tokens; subclasses decide how pixels become tokens.
 
     Attributes:
@@ -141,22 +142,27 @@ class TokenEncoder(nn.Module):
 
     # --- per-model token layout (subclasses) --------------------------------------------------
 
+    @abc.abstractmethod
     def align_bands(self, bands: Sequence[str]) -> list[int]:
         """Channel indices that put ``bands`` in the order the model expects."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def pixels_per_token(self, num_bands: int) -> int:
         """Number of pixel values one token covers."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def patchify(self, images: Tensor) -> Tensor:
         """Pixel values per token, ``[B, C, H, W] -> [B, T, pixels_per_token]``."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def unpatchify(self, patches: Tensor, num_bands: int, grid: tuple[int, int]) -> Tensor:
         """Inverse of :meth:`patchify`, ``[B, T, P] -> [B, C, H, W]``."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def tokenize(
         self,
         images: Tensor,
@@ -173,7 +179,7 @@ class TokenEncoder(nn.Module):
                 ``mask_token`` before positions are added (SimMIM).
             mask_token: ``[D]`` learned token used with ``mask``.
         """
-        raise NotImplementedError
+        ...
 
     # --- encoding ----------------------------------------------------------------------------
 
@@ -196,9 +202,10 @@ class TokenEncoder(nn.Module):
             tokens = block(tokens)
         return self.norm(tokens)
 
+    @abc.abstractmethod
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Per-location features ``[B, N, D]`` for dense heads."""
-        raise NotImplementedError
+        ...
 
     def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Mean-pooled features ``[B, D]`` over all tokens."""
