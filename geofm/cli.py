@@ -212,11 +212,22 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from geofm.predict import predict_raster
 
     tile = None if a.tile is None else int(a.tile)
+    device = a.device
+    if a.devices:
+        import torch
+
+        from geofm.errors import GeofmError
+
+        have = torch.cuda.device_count()
+        if a.devices > have:
+            raise GeofmError(f"{a.devices} GPUs requested but {have} available",
+                             hint="lower --devices, or name devices with --device")
+        device = ",".join(f"cuda:{i}" for i in range(a.devices))
     r = predict_raster(a.model, a.inputs, a.output, bands=a.bands, probabilities=a.probabilities,
                        embed=a.embed, vector=a.vector, min_area=a.min_area, tile=tile,
                        overlap=a.overlap, batch_size=a.batch_size,
                        resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
-                       device=a.device, progress=not a.quiet)
+                       device=device, progress=not a.quiet)
     print(r["message"])
     extra = [r[k] for k in ("probabilities", "vector") if r.get(k)]
     print(f"wrote {a.output}" + (f" (+ {', '.join(extra)})" if extra else "")
@@ -389,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--resample-to-model-gsd", action="store_true",
                     help="warp the input to the model's pixel size first")
-    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    pr.add_argument("--device", default="cpu",
+                    help="cpu, cuda, cuda:1, or several: cuda:0,cuda:1 (one model per device)")
+    pr.add_argument("--devices", type=int, help="use the first N GPUs (one model per GPU)")
     pr.add_argument("--overwrite", action="store_true")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_cmd_predict)

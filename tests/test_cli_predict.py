@@ -50,3 +50,30 @@ def test_predict_bad_input(checkpoints: dict[str, Path], tmp_path: Path,
     out.write_text("existing")
     fails(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o", str(out), "--quiet"],
           "exists")
+
+
+def test_several_devices_give_the_same_map(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    import numpy as np
+
+    from geofm.predict import predict_raster
+
+    one, two = tmp_path / "one.tif", tmp_path / "two.tif"
+    predict_raster(checkpoints["cvit_seg"], S2_SCENE, one, tile=64, batch_size=2,
+                   probabilities=True, progress=False)
+    r = predict_raster(checkpoints["cvit_seg"], S2_SCENE, two, tile=64, batch_size=2,
+                       probabilities=True, device="cpu,cpu", progress=False)
+    assert r["tiles"] > 4  # several batches were shared between the two replicas
+    for a, b in ((one, two), (tmp_path / "one_probabilities.tif",
+                              tmp_path / "two_probabilities.tif")):
+        with rasterio.open(a) as da, rasterio.open(b) as db:
+            np.testing.assert_array_equal(da.read(), db.read())
+
+
+def test_more_gpus_than_available_is_one_line(checkpoints: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    n = torch.cuda.device_count() + 1
+    assert main(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o",
+                 str(tmp_path / "x.tif"), "--devices", str(n), "--quiet"]) == 2
+    assert f"{n} GPUs requested" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,10 @@ class Predictor:
             raise GeofmError(f"cannot use device {device!r} ({str(e).splitlines()[0]})",
                              hint="use device='cpu' or an available GPU") from None
         return self
+
+    def replica(self, device: str | torch.device) -> Predictor:
+        """An independent copy of this predictor on ``device`` (one per GPU)."""
+        return Predictor(copy.deepcopy(self.module), self.header, self.name).to(device)
 
     def require_task(self) -> str:
         """The finetuned task, or a clear error for a pretrained-only checkpoint."""

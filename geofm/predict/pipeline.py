@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,13 +101,17 @@ def read_batches(source: Source, plan: BandPlan, grid: TileGrid, batch_size: int
         yield Batch(np.stack(images), np.stack(valids), where)
 
 
-def run_pipeline(predictor: Predictor, source: Source, plan: BandPlan, grid: TileGrid,
-                 mode: str, sink: Sink, *, channels: int, batch_size: int = 8,
+def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, plan: BandPlan,
+                 grid: TileGrid, mode: str, sink: Sink, *, channels: int, batch_size: int = 8,
                  progress: bool = False) -> RunStats:
     """Read, infer, blend and write with three overlapping stages.
 
+    With several predictors (one replica per device), each runs in its own thread on the next
+    batch it can take, and results are handed to the writer in tile order, so the output is
+    the same as with one device.
+
     Args:
-        predictor: The model (already on its device).
+        predictor: The model (already on its device), or one replica per device.
         source: The input.
         plan: Band matching and normalisation.
         grid: The tile grid.
@@ -142,12 +146,43 @@ def run_pipeline(predictor: Predictor, source: Source, plan: BandPlan, grid: Til
                 stop.set()
         return run
 
+    predictors = [predictor] if isinstance(predictor, Predictor) else list(predictor)
+    lock = threading.Lock()
+    finished = threading.Condition(lock)
+    done: dict[int, Any] = {}
+
     def reader() -> None:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-            for batch in read_batches(source, plan, grid, batch_size):
-                if not _put(to_model, batch, stop):
+            for seq, batch in enumerate(read_batches(source, plan, grid, batch_size)):
+                if not _put(to_model, (seq, batch), stop):
                     return
         _put(to_model, _END, stop)
+
+    def infer(pred: Predictor, batch: Any) -> Any:
+        t0 = time.perf_counter()
+        images = torch.from_numpy(batch.images).to(pred.device)
+        batch.outputs = pred.outputs(images, plan.bands, mode).cpu().numpy()
+        batch.images = np.empty(0, np.float32)  # the writer needs outputs only
+        with lock:
+            stats.model_seconds += time.perf_counter() - t0
+            stats.predicted += len(batch.where)
+        return batch
+
+    def device_worker(pred: Predictor) -> Callable[[], None]:
+        def run() -> None:
+            while True:
+                item = _get(to_model, stop)
+                if item is None:
+                    return
+                if item is _END:
+                    _put(to_model, _END, stop)  # the other devices stop too
+                    return
+                seq, batch = item
+                out = infer(pred, batch)
+                with finished:
+                    done[seq] = out
+                    finished.notify_all()
+        return run
 
     def writer() -> None:
         blender: Blender | None = None
@@ -172,28 +207,37 @@ def run_pipeline(predictor: Predictor, source: Source, plan: BandPlan, grid: Til
 
     threads = [threading.Thread(target=guarded(reader), name="geofm-read", daemon=True),
                threading.Thread(target=guarded(writer), name="geofm-write", daemon=True)]
-    for t in threads:
+    workers = [threading.Thread(target=guarded(device_worker(p)), name=f"geofm-{p.device}",
+                                daemon=True) for p in predictors] if len(predictors) > 1 else []
+    for t in (*threads, *workers):
         t.start()
     try:
-        while True:
-            batch = _get(to_model, stop)
-            if batch is None or batch is _END:
-                break
-            t0 = time.perf_counter()
-            images = torch.from_numpy(batch.images).to(predictor.device)
-            batch.outputs = predictor.outputs(images, plan.bands, mode).cpu().numpy()
-            batch.images = np.empty(0, np.float32)  # the writer needs outputs only
-            del images
-            stats.model_seconds += time.perf_counter() - t0
-            stats.predicted += len(batch.where)
-            if not _put(to_writer, batch, stop):
-                break
+        if not workers:
+            while True:
+                item = _get(to_model, stop)
+                if item is None or item is _END:
+                    break
+                if not _put(to_writer, infer(predictors[0], item[1]), stop):
+                    break
+        else:
+            next_seq = 0
+            while not stop.is_set():
+                with finished:
+                    while (next_seq not in done and not stop.is_set()
+                           and any(w.is_alive() for w in workers)):
+                        finished.wait(0.1)
+                    batch = done.pop(next_seq, None)
+                if batch is None:
+                    break  # every device finished and nothing is left in order
+                if not _put(to_writer, batch, stop):
+                    break
+                next_seq += 1
         _put(to_writer, _END, stop)
     except BaseException:
         stop.set()
         raise
     finally:
-        for t in threads:
+        for t in (*threads, *workers):
             t.join()
         bar.close()
     if errors:

@@ -119,7 +119,7 @@ def predict_raster(
     batch_size: int = 8,
     resample_to_model_gsd: bool = False,
     overwrite: bool = False,
-    device: str = "cpu",
+    device: str | Sequence[str] = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict over a raster of any size and write a Cloud-Optimized GeoTIFF.
@@ -167,7 +167,8 @@ def predict_raster(
         resample_to_model_gsd: Warp the input to the model's resolution first (when they
             differ by more than 5 %).
         overwrite: Replace an existing output.
-        device: Torch device (``"cpu"``, ``"cuda"``).
+        device: Torch device (``"cpu"``, ``"cuda"``), or several (``["cuda:0", "cuda:1"]`` or
+            ``"cuda:0,cuda:1"``): one model replica per device, tiles shared among them.
         progress: Show a progress bar.
 
     Returns:
@@ -210,7 +211,11 @@ def predict_raster(
         check_output(vector, overwrite, paths)
     if batch_size < 1:
         raise GeofmError(f"batch_size must be at least 1, got {batch_size}")
-    predictor.to(device)
+    devices = [d.strip() for d in device.split(",")] if isinstance(device, str) else list(device)
+    if not devices or not all(devices):
+        raise GeofmError(f"no device in {device!r}", hint="e.g. cpu, cuda, cuda:0,cuda:1")
+    predictor.to(devices[0])
+    predictors = [predictor, *(predictor.replica(d) for d in devices[1:])]
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), \
             open_source(paths, bands=bands, gsd_m=predictor.gsd_m,
                         resample=resample_to_model_gsd) as source, \
@@ -237,7 +242,7 @@ def predict_raster(
                               {**spec, "label": probabilities_path(output)})
                  if probabilities else None)
         try:
-            stats = run_pipeline(predictor, source, plan, grid, mode,
+            stats = run_pipeline(predictors, source, plan, grid, mode,
                                  FileSink(product, main, probs, nodata), channels=channels,
                                  batch_size=batch_size, progress=progress)
         finally:
