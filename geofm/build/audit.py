@@ -257,9 +257,11 @@ def split_map_png(lon: Any, lat: Any, split: Any, out_png: str | Path, title: st
             lon_a,
             lat_a,
             c=np.asarray(colours)[slot],
-            s=2,
-            marker=".",
-            linewidths=0,
+            # Visible markers for a handful of chips, fine dots for hundreds of thousands.
+            s=float(np.clip(4000.0 / max(lon_a.size, 1), 2.0, 60.0)),
+            marker="o" if lon_a.size <= 1000 else ".",
+            edgecolors="black" if lon_a.size <= 1000 else "none",
+            linewidths=0.5 if lon_a.size <= 1000 else 0,
             rasterized=True,
         )
         shown = f"{lon_a.size:,} chips"
