@@ -180,3 +180,12 @@ def test_collate_reuses_the_batch_tensor(reben_store: Path) -> None:
     stacked = collate_samples(normed)
     assert stacked["image"].shape == (2, 14, 120, 120)
     torch.testing.assert_close(stacked["image"][1], normed[1]["image"])
+
+
+def test_read_selected_arrays_decodes_no_pixels(reben_store: Path) -> None:
+    store = geofm.open_store(reben_store)
+    only = store.read([3, 1], arrays=["label"])
+    assert set(only) == {"label"}
+    assert "image" not in store._readers  # the image shards were never opened
+    np.testing.assert_array_equal(only["label"],
+                                  geofm.open_store(reben_store).read([3, 1])["label"])

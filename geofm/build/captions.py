@@ -458,7 +458,7 @@ def caption_store(
     out: list[list[str]] = []
     for start in range(0, len(store), batch_size):
         idx = np.arange(start, min(len(store), start + batch_size))
-        batch = store.read(idx)
+        batch = store.read(idx, arrays=["label", "mask"])  # captions need no pixels
         for j, i in enumerate(idx):
             real = not placeholder[i]
             mask = batch["mask"][j] if real else None

@@ -131,13 +131,16 @@ class ChipStore:
         return self._readers[name]
 
     def read(
-        self, indices: Sequence[int] | np.ndarray, bands: Sequence[str] | None = None
+        self, indices: Sequence[int] | np.ndarray, bands: Sequence[str] | None = None,
+        arrays: Sequence[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Read a batch of chips.
 
         Args:
             indices: Chip indices, any order.
             bands: Canonical band names to return (default: all, store order).
+            arrays: Arrays to read (default: every array the store has); e.g. ``["label"]``
+                reads labels without decoding any pixels.
 
         Returns:
             ``{"image": [B, C, H, W], "label"?: [B, K], "mask"?: [B, H, W],
@@ -146,13 +149,13 @@ class ChipStore:
         """
         idx = np.asarray(indices, dtype=np.int64)
         out: dict[str, np.ndarray] = {}
-        for name in self.arrays:
+        for name in self.arrays if arrays is None else [a for a in self.arrays if a in arrays]:
             if name == "label":
                 # Labels are tiny and unsharded: one zarr read of the whole column is cheapest.
                 out[name] = self._labels[idx]
             else:
                 out[name] = self._reader(name).read(idx)
-        if bands is not None:
+        if bands is not None and "image" in out:
             b = self.band_indices(bands)
             if not np.array_equal(b, np.arange(len(self.bands))):
                 out["image"] = out["image"][:, b]

@@ -129,7 +129,7 @@ def _check_task(task: str, dm: ChipDataModule) -> int:
         raise GeofmError("task regression needs a target array but the store has none",
                          store.path)
     if task == "classification":
-        labels = store.read(np.arange(len(store)))["label"]
+        labels = store.read(np.arange(len(store)), arrays=["label"])["label"]
         if (labels.sum(1) != 1).any():
             raise GeofmError("the store's labels are multi-label (rows with ≠ 1 class)",
                              store.path, "use --task multilabel")
@@ -173,7 +173,8 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         max_steps=tr["max_steps"], seed=tr["seed"])
     task.model.encoder.load_state_dict(state, strict=True)
     if task_name == "regression":
-        targets = dm.store.read(dm.store.split_indices(data["train_split"]))["target"]
+        targets = dm.store.read(dm.store.split_indices(data["train_split"]),
+                                arrays=["target"])["target"]
         t = targets.astype(np.float64).transpose(1, 0, 2, 3).reshape(targets.shape[1], -1)
         task.model.set_target_scale(np.nanmean(t, axis=1), np.nanstd(t, axis=1))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
