@@ -20,20 +20,16 @@ from geofm.errors import GeofmError
 from geofm.export import deepness_metadata, export_onnx, export_tile_size
 from geofm.inference import load_finetuned
 from geofm.models.finetuner import task_scores
-from geofm.tasks.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, apply_overrides, merge
+from geofm.tasks.config import FINETUNE_DEFAULTS, apply_overrides, merge
 from geofm.tasks.finetune import run_finetune
-from geofm.tasks.pretrain import run_pretrain
+
+from .trained import pretrain_tiny
 
 TOL = 1e-4
 
 
 def _pretrain(store: Path, out: Path, model: str) -> Path:
-    cfg = apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
-        f"data.store={store}", f"output={out}", f"model.name={model}", "model.kwargs={}",
-        "objective.name=mae", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, "
-        "decoder_heads: 2}", "data.split=null", "trainer.max_steps=1", "trainer.accelerator=cpu",
-        "previews=0"])
-    return Path(run_pretrain(cfg, progress=False)["checkpoint"])
+    return pretrain_tiny(store, out, model, steps=1)
 
 
 def _finetune(init: Path, store: Path, out: Path, task: str, *sets: str) -> Path:

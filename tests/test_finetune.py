@@ -15,20 +15,15 @@ from geofm.cli import main
 from geofm.evaluate import evaluate, knn_evaluate
 from geofm.inference import encoder_state, load_finetuned
 from geofm.io.writer import StoreSpec, create_store, finalize_store, write_region
-from geofm.tasks.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, apply_overrides, merge
+from geofm.tasks.config import FINETUNE_DEFAULTS, apply_overrides, merge
 from geofm.tasks.finetune import run_finetune
-from geofm.tasks.pretrain import run_pretrain
 
 from .synthetic import make_store
+from .trained import pretrain_tiny
 
 
 def _pretrain(store: Path, out: Path, model: str) -> Path:
-    cfg = apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
-        f"data.store={store}", f"output={out}", f"model.name={model}", "model.kwargs={}",
-        "objective.name=mae", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, "
-        "decoder_heads: 2}", "data.split=null", "trainer.max_steps=2", "trainer.accelerator=cpu",
-        "previews=0"])
-    return Path(run_pretrain(cfg, progress=False)["checkpoint"])
+    return pretrain_tiny(store, out, model, steps=2)
 
 
 @pytest.fixture(scope="session")
