@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from shapely.geometry import Point
 
 import geofm
-from geofm.build import opticalrs
+from geofm.build import opticalrs, opticalrs_pixels
 from geofm.build.opticalrs import build_opticalrs, chip_offsets, grid_shape
 from geofm.errors import BuildError, StoreError
 from geofm.io.schema import REQUIRED_COLUMNS
@@ -385,7 +385,7 @@ def test_output_that_holds_something_else_is_refused(collection: Path, built: Pa
 
 
 def test_rgb_from_band_descriptions() -> None:
-    pick = opticalrs._by_description
+    pick = opticalrs_pixels._by_description
     s2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
           "B12"]
     assert pick(s2, None) == (4, 3, 2)
@@ -478,12 +478,12 @@ def test_large_images_are_read_in_strips(tmp_path: Path, monkeypatch: pytest.Mon
 def test_bands_named_in_the_manifest(collection: Path) -> None:
     q00 = collection.parent / "scene" / "Q00.tif"
     with opticalrs._open(q00) as ds:
-        assert opticalrs._rgb_bands(ds, opticalrs.Source("s", "pretrain", "x")) == (4, 3, 2)
+        assert opticalrs_pixels._rgb_bands(ds, opticalrs.Source("s", "pretrain", "x")) == (4, 3, 2)
         named = opticalrs.Source("s", "pretrain", "x", bands=("b04", "B03", 2))
-        assert opticalrs._rgb_bands(ds, named) == (4, 3, 2)
+        assert opticalrs_pixels._rgb_bands(ds, named) == (4, 3, 2)
         for wrong in (("B04", "B03", "B99"), (4, 3, 14)):
             with pytest.raises(opticalrs._Excluded):
-                opticalrs._rgb_bands(ds, opticalrs.Source("s", "pretrain", "x", bands=wrong))
+                opticalrs_pixels._rgb_bands(ds, opticalrs.Source("s", "pretrain", "x", bands=wrong))
 
 
 def test_cli_builds_the_sample_manifest(tmp_path: Path,

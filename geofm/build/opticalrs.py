@@ -75,15 +75,8 @@ same store; ``<out>.scan`` is removed once the store is complete.
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import json
 import os
-import re
 import shutil
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -95,18 +88,38 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import rasterio
-import yaml
 from affine import Affine
-from PIL import Image
 from pyproj import Transformer
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from shapely.geometry import Polygon
 
-from geofm.bands import BAND_SETS, BANDS
+from geofm.bands import BAND_SETS
 from geofm.build.dedup import cluster_labels, duplicate_edges, hamming, phash64
+from geofm.build.opticalrs_manifest import (
+    PREVIEW_PX,
+    STRIP_ROWS,
+    WHOLE_PIXELS,
+    Params,
+    Source,
+    fingerprint,
+    list_images,
+)
+from geofm.build.opticalrs_pixels import (
+    _Excluded,
+    _Layout,
+    _layout,
+    _open,
+    _PixelDigest,
+    _quality,
+    _read_raw,
+    _resize,
+    _stretch_of,
+    _to_u8,
+    chip_offsets,
+    grid_shape,
+)
+from geofm.build.opticalrs_report import _write_parquet_atomic, _write_report, build_report
 from geofm.build.runner import run_regions
 from geofm.errors import BuildError, StoreError
 from geofm.io.schema import SHARD_CHIPS
@@ -118,522 +131,6 @@ from geofm.io.writer import (
     load_spec,
     write_region,
 )
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".bmp", ".webp")
-ROLES = ("pretrain", "eval")
-REASONS = ("unreadable", "no_rgb", "too_small", "mostly_nodata", "near_constant",
-           "eval_duplicate", "exact_duplicate", "near_duplicate")
-CHIP_REASONS = ("mostly_nodata", "near_constant")
-WHOLE_PIXELS = 2048 * 2048
-PREVIEW_PX = 512
-STRIP_ROWS = 256
-PERCENTILES = (2.0, 98.0)
-SCAN_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SOURCE_KEYS = {"name", "path", "role", "licence", "license", "gsd_m", "bands", "sensor",
-                "stretch"}
-_RGB = ("red", "green", "blue")
-
-
-@dataclass(frozen=True)
-class Source:
-    """One manifest entry (its files are listed separately).
-
-    Attributes:
-        name: Unique source name, the chip table's ``source``.
-        role: ``pretrain`` or ``eval``.
-        licence: Licence of the source's images.
-        gsd_m: Metres per pixel, if known.
-        bands: Red, green, blue as band descriptions or 1-based indices, if given.
-        sensor: Band-registry sensor naming the bands, if given.
-        stretch: Fixed ``(lo, hi)`` range for images that are not 8-bit; None: percentiles.
-    """
-
-    name: str
-    role: str
-    licence: str
-    gsd_m: float | None = None
-    bands: tuple[str | int, ...] | None = None
-    sensor: str | None = None
-    stretch: tuple[float, float] | None = None
-
-
-@dataclass(frozen=True)
-class Params:
-    """The build's settings (all of them enter the fingerprint).
-
-    Attributes:
-        chip: Chip side in pixels.
-        overlap: Pixels shared by neighbouring chips.
-        hash_radius: Largest perceptual-hash distance (bits of 64) of near duplicates.
-        min_size: Shorter image side below which pretrain images are too small.
-        min_std: Largest per-band standard deviation (0–255) below which content is constant.
-        max_nodata: Nodata fraction above which an image or chip is left out.
-        batch_images: Images per scan task.
-        shard_chips: Chips per shard (and per write task).
-    """
-
-    chip: int = 224
-    overlap: int = 0
-    hash_radius: int = 4
-    min_size: int = 112
-    min_std: float = 2.0
-    max_nodata: float = 0.5
-    batch_images: int = 256
-    shard_chips: int = SHARD_CHIPS
-
-    def check(self) -> None:
-        """Raise :class:`BuildError` for settings that make no sense."""
-        problems = [
-            (self.chip < 8, f"chip must be at least 8 px, got {self.chip}"),
-            (not 0 <= self.overlap < self.chip,
-             f"overlap must be in 0..{self.chip - 1} px, got {self.overlap}"),
-            (not 0 <= self.hash_radius <= 16, f"hash radius must be in 0..16, got "
-                                              f"{self.hash_radius}"),
-            (not 1 <= self.min_size <= self.chip,
-             f"minimum size must be in 1..{self.chip} px, got {self.min_size}"),
-            (self.min_std < 0, f"minimum standard deviation must be >= 0, got {self.min_std}"),
-            (not 0 <= self.max_nodata <= 1, f"nodata fraction must be in 0..1, got "
-                                            f"{self.max_nodata}"),
-            (self.batch_images < 1 or self.shard_chips < 1, "batch and shard sizes must be >= 1"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise BuildError(message)
-
-
-# ---------------------------------------------------------------------------------------------
-# Manifest
-
-
-def _manifest_error(manifest: Path, message: str, hint: str | None = None) -> BuildError:
-    return BuildError(message, manifest, hint or "see geofm.build.opticalrs for the format")
-
-
-def _parse_bands(value: Any, where: str, manifest: Path) -> tuple[str | int, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) != 3 or \
-            not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
-        raise _manifest_error(manifest, f"{where}: 'bands' must list red, green and blue as "
-                                        "band descriptions or 1-based indices")
-    return tuple(value)
-
-
-def _parse_stretch(value: Any, where: str, manifest: Path) -> tuple[float, float] | None:
-    if value is None or value == "percentile":
-        return None
-    ok = isinstance(value, list) and len(value) == 2 and \
-        all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-    if not ok or value[1] <= value[0]:
-        raise _manifest_error(manifest, f"{where}: 'stretch' must be 'percentile' or [lo, hi] "
-                                        "with lo < hi")
-    return float(value[0]), float(value[1])
-
-
-def _parse_source(entry: Any, i: int, manifest: Path) -> tuple[Source, Any]:
-    """A manifest entry as a :class:`Source` plus its raw ``path`` value."""
-    where = f"source {i + 1}"
-    if not isinstance(entry, dict):
-        raise _manifest_error(manifest, f"{where} is not a mapping")
-    unknown = sorted(set(entry) - _SOURCE_KEYS)
-    if unknown:
-        raise _manifest_error(manifest, f"{where}: unknown keys {unknown} (allowed: "
-                                        f"{sorted(_SOURCE_KEYS - {'license'})})")
-    name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise _manifest_error(manifest, f"{where}: 'name' must be letters, digits, '_', '.', '-'")
-    where = f"source {name!r}"
-    for key in ("path", "role"):
-        if not entry.get(key):
-            raise _manifest_error(manifest, f"{where} has no '{key}'")
-    if entry["role"] not in ROLES:
-        raise _manifest_error(manifest, f"{where}: role must be one of {list(ROLES)}, "
-                                        f"got {entry['role']!r}")
-    licence = entry.get("licence", entry.get("license"))
-    if not isinstance(licence, str) or not licence.strip():
-        raise _manifest_error(manifest, f"{where} has no 'licence'",
-                              "name the licence under which the images are used")
-    gsd = entry.get("gsd_m")
-    if gsd is not None and (isinstance(gsd, bool) or not isinstance(gsd, int | float) or gsd <= 0):
-        raise _manifest_error(manifest, f"{where}: 'gsd_m' must be a positive number")
-    sensor = entry.get("sensor")
-    sensors = sorted({b.sensor for b in BANDS.values()})
-    if sensor is not None and sensor not in sensors:
-        raise _manifest_error(manifest, f"{where}: unknown sensor {sensor!r} (known: {sensors})")
-    source = Source(
-        name=name, role=entry["role"], licence=licence.strip(),
-        gsd_m=float(gsd) if gsd is not None else None,
-        bands=_parse_bands(entry.get("bands"), where, manifest), sensor=sensor,
-        stretch=_parse_stretch(entry.get("stretch"), where, manifest),
-    )
-    return source, entry["path"]
-
-
-def load_manifest(manifest: str | Path) -> list[tuple[Source, Any]]:
-    """Read and check a manifest; return each source with its raw ``path`` value.
-
-    Raises:
-        BuildError: The manifest is missing, not YAML, empty or malformed.
-    """
-    path = Path(manifest)
-    if not path.exists():
-        raise BuildError("manifest not found", path, "pass the path of a YAML manifest")
-    if path.is_dir():
-        raise BuildError("is a directory, not a manifest", path, "pass the YAML file")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise BuildError(f"not valid YAML ({str(e).splitlines()[0]})", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BuildError(f"cannot read the manifest ({e})", path) from None
-    if doc is None or (isinstance(doc, dict) and not doc.get("sources")):
-        raise BuildError("lists no sources", path, "add a 'sources:' list of image collections")
-    if not isinstance(doc, dict) or not isinstance(doc["sources"], list):
-        raise _manifest_error(path, "must be a mapping with a 'sources' list")
-    if set(doc) - {"sources"}:
-        raise _manifest_error(path, f"unknown top-level keys {sorted(set(doc) - {'sources'})}")
-    sources = [_parse_source(e, i, path) for i, e in enumerate(doc["sources"])]
-    names = [s.name for s, _ in sources]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise _manifest_error(path, f"source names used twice: {dupes}")
-    if not any(s.role == "pretrain" for s, _ in sources):
-        raise _manifest_error(path, "has no 'pretrain' source", "mark at least one role: pretrain")
-    return sources
-
-
-def _walk_images(folder: Path) -> list[Path]:
-    found = []
-    for parent, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(Path(parent) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES)
-    return found
-
-
-def _resolve_entry(entry: str, source: Source, base: Path) -> list[Path]:
-    """Files named by one ``path`` entry: a file, a folder or a glob."""
-    target = Path(os.path.abspath(base / os.path.expanduser(entry)))
-    if glob.has_magic(entry):
-        hits = [Path(p) for p in sorted(glob.glob(str(target), recursive=True))]
-        files = [p for p in hits if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        if not files:
-            raise BuildError(f"source {source.name!r}: pattern matches no image file", target,
-                             f"image files end in {' '.join(IMAGE_SUFFIXES)}")
-        return files
-    if not target.exists():
-        raise BuildError(f"source {source.name!r}: path not found", target,
-                         "fix 'path' in the manifest")
-    return _walk_images(target) if target.is_dir() else [target]
-
-
-def list_images(manifest: str | Path) -> tuple[list[Source], pd.DataFrame]:
-    """Check the manifest and list every source's images in build order.
-
-    Returns:
-        The sources and one row per image (``source``, ``relpath``, ``path``, ``size``,
-        ``mtime_ns``), sources in manifest order, paths sorted within each.
-
-    Raises:
-        BuildError: A manifest problem, a path that does not exist, a source without images.
-    """
-    path = Path(manifest)
-    base = Path(os.path.abspath(path.parent))
-    sources, frames = [], []
-    for source, raw in load_manifest(path):
-        entries = [raw] if isinstance(raw, str) else raw
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise _manifest_error(path, f"source {source.name!r}: 'path' must be a path or a list "
-                                        "of paths")
-        files = list(dict.fromkeys(f for e in entries for f in _resolve_entry(e, source, base)))
-        if not files:
-            raise BuildError(f"source {source.name!r} holds no image files", base / entries[0],
-                             f"image files end in {' '.join(IMAGE_SUFFIXES)}")
-        first = Path(os.path.abspath(base / os.path.expanduser(entries[0])))
-        single_folder = len(entries) == 1 and first.is_dir()
-        root = first if single_folder else Path(os.path.commonpath([str(f.parent) for f in files]))
-        rows = []
-        for f in files:
-            st = f.stat()
-            rows.append((source.name, f.relative_to(root).as_posix(), str(f), st.st_size,
-                         st.st_mtime_ns))
-        frame = pd.DataFrame(rows, columns=["source", "relpath", "path", "size", "mtime_ns"])
-        frames.append(frame.sort_values("relpath", kind="stable"))
-        sources.append(source)
-    table = pd.concat(frames, ignore_index=True)
-    return sources, table
-
-
-def fingerprint(sources: list[Source], files: pd.DataFrame, params: Params) -> str:
-    """Hash of the sources, every file's name, size and mtime, and the build's settings."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"builder": "opticalrs", "version": SCAN_VERSION, "params": asdict(params),
-                         "sources": [asdict(s) for s in sources]}, sort_keys=True).encode())
-    for row in zip(files["source"], files["path"], files["size"], files["mtime_ns"]):
-        h.update("\0".join(map(str, row)).encode() + b"\n")
-    return h.hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading RGB
-
-
-class _Excluded(Exception):
-    """An image left out for ``reason`` (one of :data:`REASONS`)."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where an image's red, green, blue and validity come from."""
-
-    bands: tuple[int, int, int]  # 1-based
-    alpha: int | None
-    nodata: float | None
-    eight_bit: bool
-    floating: bool
-
-
-@contextmanager
-def _open(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            yield ds
-
-
-def _by_description(descriptions: list[str], sensor: str | None) -> tuple[int, int, int] | None:
-    """Red, green, blue from band descriptions: common names, else one sensor's band names."""
-    named = {d.lower(): i for i, d in enumerate(descriptions, 1) if d}
-    if not named:
-        return None
-    if all(c in named for c in _RGB):
-        return named["red"], named["green"], named["blue"]
-    answers = set()
-    for s in sorted({b.sensor for b in BANDS.values()} if sensor is None else {sensor}):
-        by_name = {b.band.lower(): b for b in BANDS.values() if b.sensor == s}
-        if not all(d in by_name for d in named):
-            continue
-        colour = {by_name[d].common_name: i for d, i in named.items()}
-        if all(c in colour for c in _RGB):
-            answers.add((colour["red"], colour["green"], colour["blue"]))
-    if len(answers) > 1:
-        raise _Excluded("no_rgb", "band descriptions fit several sensors; set 'sensor'")
-    return answers.pop() if answers else None
-
-
-def _explicit_bands(ds: Any, wanted: tuple[str | int, ...]) -> tuple[int, int, int]:
-    lower = [(d or "").lower() for d in ds.descriptions]
-    out = []
-    for w in wanted:
-        if isinstance(w, int):
-            if not 1 <= w <= ds.count:
-                raise _Excluded("no_rgb", f"band {w} requested, image has {ds.count}")
-            out.append(w)
-        elif w.lower() in lower:
-            out.append(lower.index(w.lower()) + 1)
-        else:
-            raise _Excluded("no_rgb", f"no band described as {w!r}")
-    return out[0], out[1], out[2]
-
-
-def _rgb_bands(ds: Any, source: Source) -> tuple[int, int, int]:
-    """The 1-based red, green and blue bands of an open dataset (see the module doc)."""
-    if source.bands is not None:
-        return _explicit_bands(ds, source.bands)
-    found = _by_description([(d or "").strip() for d in ds.descriptions], source.sensor)
-    if found:
-        return found
-    interp = list(ds.colorinterp)
-    wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-    if all(c in interp for c in wanted):
-        return interp.index(wanted[0]) + 1, interp.index(wanted[1]) + 1, interp.index(wanted[2]) + 1
-    if ds.count == 3 and ds.dtypes[0] == "uint8":
-        return 1, 2, 3
-    raise _Excluded("no_rgb", f"{ds.count} band(s) of {ds.dtypes[0]}, none known as red, green, "
-                              "blue")
-
-
-def _layout(ds: Any, source: Source) -> _Layout:
-    bands = _rgb_bands(ds, source)
-    interp = list(ds.colorinterp)
-    alpha = interp.index(ColorInterp.alpha) + 1 if ColorInterp.alpha in interp else None
-    dtype = np.dtype(ds.dtypes[bands[0] - 1])
-    return _Layout(bands=bands, alpha=alpha, nodata=ds.nodata, eight_bit=dtype == np.uint8,
-                   floating=dtype.kind == "f")
-
-
-def _read(ds: Any, indexes: list[int], window: Window | None,
-          out_shape: tuple[int, int] | None) -> np.ndarray:
-    if out_shape is not None:
-        return ds.read(indexes, out_shape=(len(indexes), *out_shape),
-                       resampling=Resampling.average)
-    win = window or Window(0, 0, ds.width, ds.height)
-    whole = win.col_off == 0 and win.row_off == 0 and (win.width, win.height) == (ds.width,
-                                                                                  ds.height)
-    if whole and ds.driver == "PNG" and ds.height > 1:
-        # GDAL's PNG driver returns a truncated file's whole-image read without an error
-        # (GDAL 3.10), while reads of part of the image report it; so read two halves.
-        half = ds.height // 2
-        return np.concatenate([ds.read(indexes, window=Window(0, 0, ds.width, half)),
-                               ds.read(indexes, window=Window(0, half, ds.width,
-                                                              ds.height - half))], axis=1)
-    return ds.read(indexes, window=win)
-
-
-def _read_raw(ds: Any, layout: _Layout, window: Window | None = None,
-              out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``[3, h, w]`` red, green, blue in the file's dtype and ``[h, w]`` validity."""
-    indexes = [*layout.bands] + ([layout.alpha] if layout.alpha else [])
-    data = _read(ds, indexes, window, out_shape)
-    rgb = data[:3]
-    if layout.alpha:
-        valid = data[3] > 0
-    elif layout.nodata is not None and not np.isnan(layout.nodata):
-        valid = ~np.all(rgb == layout.nodata, axis=0)
-    else:
-        valid = np.any(rgb != 0, axis=0)
-    if layout.floating:
-        valid &= np.all(np.isfinite(rgb), axis=0)
-    return rgb, valid
-
-
-def _stretch_of(layout: _Layout, source: Source, rgb: np.ndarray,
-                valid: np.ndarray) -> tuple[float, float] | None:
-    """The 8-bit conversion range: None for 8-bit images, else fixed or percentiles."""
-    if layout.eight_bit:
-        return None
-    if source.stretch is not None:
-        return source.stretch
-    values = rgb.ravel() if valid.all() else rgb[:, valid]
-    if values.size == 0:
-        return 0.0, 1.0
-    lo, hi = _percentiles(values, PERCENTILES)
-    return lo, hi if hi > lo else lo + 1.0
-
-
-def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
-    """``np.percentile(values, qs)`` (linear), from a histogram for 8- and 16-bit integers."""
-    if values.dtype not in (np.uint8, np.uint16):
-        return tuple(float(v) for v in np.percentile(values.astype(np.float64), qs))
-    cum = np.cumsum(np.bincount(values.ravel()))
-    out = []
-    for q in qs:
-        pos = q / 100 * (values.size - 1)
-        k = int(pos)
-        t = pos - k
-        a = float(np.searchsorted(cum, k + 1, side="left"))  # the k-th smallest value
-        b = float(np.searchsorted(cum, k + 2, side="left")) if t > 0 else a
-        out.append(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)  # numpy's _lerp
-    return tuple(out)
-
-
-def _to_u8(rgb: np.ndarray, valid: np.ndarray, stretch: tuple[float, float] | None) -> np.ndarray:
-    """``[h, w, 3]`` uint8 pixels, 0 where invalid."""
-    if stretch is None:
-        out = rgb.astype(np.uint8, copy=False)
-    elif rgb.dtype == np.uint16:  # one table lookup instead of five passes over the pixels
-        out = _stretched(np.arange(65536, dtype=np.uint16), stretch)[rgb]
-    else:
-        out = _stretched(np.where(valid, rgb, 0), stretch)
-    out = np.ascontiguousarray(out.transpose(1, 2, 0))
-    if not valid.all():
-        out[~valid] = 0
-    return out
-
-
-def _stretched(values: np.ndarray, stretch: tuple[float, float]) -> np.ndarray:
-    lo, hi = stretch
-    x = (values.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def _band_std(u8: np.ndarray, valid: np.ndarray) -> float:
-    """Largest standard deviation of the three bands over valid pixels, exact, via histograms."""
-    if valid.all():
-        px = np.ascontiguousarray(u8.transpose(2, 0, 1)).reshape(3, -1)  # [3, n]
-    else:
-        px = np.ascontiguousarray(u8[valid].T)
-    hist = np.stack([np.bincount(band, minlength=256) for band in px])
-    levels = np.arange(256, dtype=np.int64)
-    n = px.shape[1]
-    total, squares = hist @ levels, hist @ (levels * levels)  # exact int64 sums
-    var = (squares * n - total * total) / float(n * n)
-    return float(np.sqrt(max(var.max(), 0.0)))
-
-
-def _verdict(nodata: float, std: float, params: Params) -> str:
-    if nodata > params.max_nodata:
-        return "mostly_nodata"
-    if std < params.min_std:
-        return "near_constant"
-    return "ok"
-
-
-def _quality(u8: np.ndarray, valid: np.ndarray, params: Params) -> tuple[str, float, float]:
-    """``(reason or "ok", nodata fraction, largest per-band standard deviation)``."""
-    count = int(np.count_nonzero(valid))
-    nodata = 1.0 - count / valid.size if valid.size else 1.0
-    std = _band_std(u8, valid) if count else 0.0
-    return _verdict(nodata, std, params), nodata, std
-
-
-# ---------------------------------------------------------------------------------------------
-# Slicing
-
-
-def chip_offsets(length: int, chip: int, overlap: int = 0) -> list[int]:
-    """Chip start offsets along one axis (see the module doc's slicing rule)."""
-    if length < chip:
-        return []
-    starts = list(range(0, length - chip + 1, chip - overlap))
-    if 2 * (length - starts[-1] - chip) > chip:
-        starts.append(length - chip)
-    return starts
-
-
-def grid_shape(height: int, width: int, chip: int) -> tuple[int, int]:
-    """Size of the image once its shorter side is brought up to ``chip`` (if below)."""
-    short = min(height, width)
-    if short >= chip:
-        return height, width
-    if height <= width:
-        return chip, max(chip, round(width * chip / height))
-    return max(chip, round(height * chip / width)), chip
-
-
-def _resize(u8: np.ndarray, valid: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
-    h, w = shape
-    out = np.asarray(Image.fromarray(u8).resize((w, h), Image.Resampling.BILINEAR))
-    ok = np.asarray(Image.fromarray(valid.astype(np.uint8)).resize(
-        (w, h), Image.Resampling.NEAREST)) > 0
-    out = out.copy()
-    out[~ok] = 0
-    return out, ok
-
-
-class _PixelDigest:
-    """SHA-1 of an image's 8-bit RGB pixels, fed strip by strip in row order."""
-
-    def __init__(self, height: int, width: int):
-        self._sha = hashlib.sha1(f"{height}x{width}x3:".encode())
-        self.rows = 0
-
-    def update(self, first_row: int, strip: np.ndarray) -> None:
-        if first_row > self.rows:
-            raise ValueError(f"strip starts at row {first_row}, {self.rows} rows digested")
-        fresh = strip[self.rows - first_row:]
-        self._sha.update(np.ascontiguousarray(fresh).tobytes())
-        self.rows = max(self.rows, first_row + len(strip))
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
 
 # ---------------------------------------------------------------------------------------------
 # Scan: decode, test, hash and lay out chips (one Dask task per batch of images)
@@ -744,10 +241,6 @@ _SCAN_SCHEMA = pa.schema([
 ])
 
 
-def _write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp, **kwargs)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -933,93 +426,6 @@ class _ChipTask:
         table = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
         table["time"] = pd.Series(pd.NaT, index=table.index, dtype="datetime64[ns, UTC]")
         write_region(self.out, region, np.concatenate(pixels), table)
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-def _counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
-    return {k: int(v) for k, v in frame[column].value_counts().sort_index().items()}
-
-
-def _source_report(source: Source, images: pd.DataFrame, chips: pd.DataFrame) -> dict[str, Any]:
-    mine = images[images["source"] == source.name]
-    my_chips = chips[(chips["source"] == source.name) & (chips["outcome"] == "kept")]
-    outcomes = _counts(mine, "outcome")
-    return {
-        "role": source.role, "licence": source.licence, "gsd_m": source.gsd_m,
-        "images": len(mine), "kept": outcomes.pop("kept", 0), "eval": outcomes.pop("eval", 0),
-        "dropped": {r: outcomes.get(r, 0) for r in REASONS if outcomes.get(r, 0)},
-        "chips": int((my_chips["chip_status"] == "ok").sum()),
-        "chips_dropped": {r: n for r, n in _counts(my_chips, "chip_status").items() if r != "ok"},
-    }
-
-
-def build_report(sources: list[Source], images: pd.DataFrame, chips: pd.DataFrame,
-                 clusters: list[dict[str, Any]], params: Params,
-                 manifest: Path) -> dict[str, Any]:
-    """The build report: counts per source and reason, clusters and unreadable files."""
-    per_source = {s.name: _source_report(s, images, chips) for s in sources}
-    totals: dict[str, Any] = {"images": len(images)}
-    for key in ("kept", "eval", "chips"):
-        totals[key] = sum(r[key] for r in per_source.values())
-    totals["dropped"] = {r: sum(s["dropped"].get(r, 0) for s in per_source.values())
-                         for r in REASONS}
-    totals["chips_dropped"] = {r: sum(s["chips_dropped"].get(r, 0) for s in per_source.values())
-                               for r in CHIP_REASONS}
-    bad = images[images["outcome"] == "unreadable"]
-    return {
-        "builder": "opticalrs", "manifest": str(manifest), "params": asdict(params),
-        "totals": totals, "sources": per_source,
-        "clusters": clusters,
-        "unreadable": [{"image": f"{s}/{p}", "detail": d}
-                       for s, p, d in zip(bad["source"], bad["relpath"], bad["detail"])],
-    }
-
-
-def report_markdown(report: dict[str, Any], max_clusters: int = 50) -> str:
-    """The report as Markdown: per-source table, totals, the first clusters, unreadable files."""
-    reasons = [r for r in REASONS if report["totals"]["dropped"][r]]
-    head = ["source", "role", "licence", "images", "kept", "eval", *reasons, "chips",
-            "chips dropped"]
-    lines = ["# OpticalRS build report", "", f"Manifest: `{report['manifest']}`", "",
-             "Parameters: " + ", ".join(f"{k}={v}" for k, v in report["params"].items()), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-
-    def row(name: str, role: str, licence: str, r: dict[str, Any]) -> str:
-        cells = [name, role, licence, r["images"], r["kept"], r["eval"],
-                 *[r["dropped"].get(k, 0) for k in reasons], r["chips"],
-                 sum(r["chips_dropped"].values())]
-        return "| " + " | ".join(str(c) for c in cells) + " |"
-
-    for name, r in report["sources"].items():
-        lines.append(row(name, r["role"], r["licence"], r))
-    lines.append(row("**total**", "", "", report["totals"]))
-    clusters = report["clusters"]
-    lines += ["", f"## Duplicate clusters ({len(clusters)})", ""]
-    if len(clusters) > max_clusters:
-        lines += [f"The first {max_clusters}; all are in report.json.", ""]
-    for c in clusters[:max_clusters]:
-        kept = f"kept `{c['kept']}`" if c["kept"] else "holds eval images: no pretrain image kept"
-        lines.append(f"- cluster {c['cluster']}, {kept}: " + ", ".join(
-            f"`{m['image']}` ({m['outcome']}, {m['distance']} bits)" for m in c["members"]))
-    if report["unreadable"]:
-        lines += ["", f"## Unreadable images ({len(report['unreadable'])})", ""]
-        lines += [f"- `{u['image']}`: {u['detail']}" for u in report["unreadable"][:max_clusters]]
-    return "\n".join(lines) + "\n"
-
-
-def _write_report(out: Path, report: dict[str, Any], images: pd.DataFrame) -> None:
-    for name, text in (("report.json", json.dumps(report, indent=1)),
-                       ("report.md", report_markdown(report))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-    columns = ["image", "source", "relpath", "outcome", "detail", "width", "height", "bands",
-               "lo", "hi", "sha1", "phash", "cluster", "distance", "chips"]
-    _write_parquet_atomic(pa.Table.from_pandas(images[columns], preserve_index=False),
-                          out / "images.parquet")
 
 
 # ---------------------------------------------------------------------------------------------
