@@ -28,7 +28,7 @@ from geofm.models.finetuner import TASKS, Finetuner, task_loss
 from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.pretrain import check_writable
 from geofm.tasks.quiet import quiet_lightning
-from geofm.tasks.schedule import warmup_cosine
+from geofm.tasks.schedule import adamw, warmup_cosine
 
 
 def batch_targets(task: str, batch: dict[str, Any]) -> Tensor:
@@ -107,7 +107,7 @@ class FinetuneTask(L.LightningModule):
         groups = self.model.param_groups(lr=self.hparams.lr,
                                          weight_decay=self.hparams.weight_decay,
                                          layer_decay=self.hparams.layer_decay)
-        opt = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=True)
+        opt = adamw(groups, self._trainer, lr=self.hparams.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

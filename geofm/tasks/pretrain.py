@@ -34,7 +34,7 @@ from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.tasks.datamodule import ChipDataModule, EpochSeededSampler
 from geofm.tasks.quiet import quiet_lightning
-from geofm.tasks.schedule import warmup_cosine
+from geofm.tasks.schedule import adamw, warmup_cosine
 from geofm.viz import reconstruction_preview
 
 
@@ -120,10 +120,10 @@ class PretrainTask(L.LightningModule):
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 or "embed" in name or "token" in name else decay).append(p)
-        opt = torch.optim.AdamW(
+        opt = adamw(
             [{"params": decay, "weight_decay": self.hparams.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, betas=tuple(self.hparams.betas), fused=True)
+            self._trainer, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
