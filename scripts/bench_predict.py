@@ -164,7 +164,8 @@ def rss_child(raster: Path, out: Path) -> None:
                       result["accumulator_bytes"] / 2**20}))
 
 
-def efficiency(raster: Path, workdir: Path, rounds: int, model: str) -> dict[str, float]:
+def efficiency(raster: Path, workdir: Path, rounds: int, model: str,
+               device: str = "cpu") -> dict[str, float]:
     """End-to-end and model-only runs on the same tiles, paired round by round.
 
     Returns:
@@ -181,22 +182,26 @@ def efficiency(raster: Path, workdir: Path, rounds: int, model: str) -> dict[str
     )
 
     predictor = Predictor.from_checkpoint(geofm_checkpoint(workdir / f"{model}.safetensors",
-                                                           model))
+                                                           model)).to(device)
     with open_source([raster]) as source:
         plan = plan_bands(predictor, source.labels, source=source.name)
         grid = build_grid(predictor, "pixel", source.height, source.width, None, None)
         batches = [b.images for b in read_batches(source, plan, grid, 8)]
-    predictor.outputs(torch.from_numpy(batches[0]), plan.bands, "pixel")  # warm-up
+    def model_only(images: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(images).to(device)
+        return predictor.outputs(inputs, plan.bands, "pixel").cpu().numpy()
+
+    model_only(batches[0])  # warm-up
     runs: dict[str, list[tuple[float, float]]] = {"model": [], "e2e": []}
     for r in range(rounds):
         for step in ("model", "e2e") if r % 2 == 0 else ("e2e", "model"):
             t0, c0 = time.perf_counter(), time.process_time()
             if step == "model":
                 for images in batches:
-                    predictor.outputs(torch.from_numpy(images), plan.bands, "pixel").numpy()
+                    model_only(images)
             else:
                 inside = predict_raster(predictor, raster, workdir / f"e2e_{model}_{r}.tif",
-                                        progress=False)["model_seconds"]
+                                        device=device, progress=False)["model_seconds"]
             runs[step].append((time.perf_counter() - t0, time.process_time() - c0))
         print(f"  round {r + 1}: end-to-end {runs['e2e'][-1][0]:.2f} s (model calls inside "
               f"the pipeline {inside:.2f} s), model only {runs['model'][-1][0]:.2f} s",
@@ -217,6 +222,7 @@ def main() -> None:
                         help="a second, cheaper encoder (the pipeline's overhead shows more)")
     parser.add_argument("--size", type=int, default=512, help="efficiency raster side (px)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="device of the efficiency runs")
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--rss-child", nargs=2, metavar=("RASTER", "OUT"),
                         help=argparse.SUPPRESS)
@@ -232,14 +238,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     try:
         print("\n1. efficiency: segmentation head, 19 classes, 128 px tiles, overlap 32, "
-              "batch 8", flush=True)
+              f"batch 8, device {args.device}", flush=True)
         ratios: dict[str, float] = {}
         rates: dict[str, float] = {}
         raster = make_raster(workdir / f"s2_{args.size}.tif", args.size, pixels)
         for model in (args.model, args.test_model):
             print(f" {model}, {args.size}² px, {args.rounds} rounds "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-            eff = efficiency(raster, workdir, args.rounds, model)
+            eff = efficiency(raster, workdir, args.rounds, model, args.device)
             ratios[model] = eff["ratio"]
             rates[model] = eff["pixels"] / eff["e2e"]
             print(f"  {eff['tiles']} tiles; best end-to-end {eff['e2e']:.2f} s "

@@ -7,6 +7,11 @@ every configuration (in a rotating order), so that load from other processes hit
 alike. Warm-up steps are excluded. The table shows the median images/s over rounds; each
 speed-up is the median over rounds of the ratio within the round.
 
+On CUDA, each configuration's floating-point operations per step (forward and backward, counted
+once with :class:`torch.utils.flop_counter.FlopCounterMode`) give its model FLOPs utilisation:
+FLOP/s achieved over ``--peak-tflops`` (default: the datasheet dense bf16 peak of the detected
+H100/H200, 989.4 TFLOP/s). ``--compile`` runs each step under :func:`torch.compile`.
+
 ``--bare`` adds ``selective_mae_bare`` rows: the same encoder and decoder token counts with the
 HOG scoring and PSTS selection replaced by a random pick, i.e. the compute ceiling that token
 selection can at best reach.
@@ -16,6 +21,8 @@ Usage::
     python scripts/bench_pretrain.py                 # defaults: < 10 minutes on 2 CPU cores
     python scripts/bench_pretrain.py --bare --img-size 120 --device cuda --size base
     python scripts/bench_pretrain.py --bare --models vit --img-size 120 --batch-size 16
+    python scripts/bench_pretrain.py --device cuda --bf16 --size base --img-size 224 \
+        --patch-size 16 --batch-size 128 --steps 5 --rounds 5      # GPU speed-up and MFU
 
 The last lines are ``RESULT speedup_vit=…``, ``RESULT speedup_channelvit=…`` (SelectiveMAE
 images/s over MAE images/s) and ``RESULT channelvit_smae_over_vit_mae=…``.
@@ -30,6 +37,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from geofm.bands import BAND_SETS
 from geofm.models import create_model
@@ -57,6 +65,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each step")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="peak for MFU (0: datasheet dense bf16 of a detected H100/H200)")
     return parser.parse_args()
 
 
@@ -109,15 +120,40 @@ def make_step(args: argparse.Namespace, model: str, objective_name: str) -> Call
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=True)
     images = structured_batch(args.batch_size, args.bands, args.img_size, args.device)
 
-    def step() -> None:
+    def forward_backward() -> None:
         with torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16,
                             enabled=args.bf16):
             loss = objective(images, bands, progress=0.5).loss
         loss.backward()
+
+    compiled = torch.compile(forward_backward) if args.compile else forward_backward
+
+    def step() -> None:
+        compiled()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    step.forward_backward = forward_backward  # type: ignore[attr-defined]
     return step
+
+
+def step_flops(step: Callable[[], None]) -> float:
+    """Floating-point operations of one forward + backward pass (matrix products, convolutions
+    and attention, as counted by PyTorch)."""
+    with FlopCounterMode(display=False) as counter:
+        step.forward_backward()  # type: ignore[attr-defined]
+    return float(counter.get_total_flops())
+
+
+def peak_flops(args: argparse.Namespace) -> float:
+    """The peak FLOP/s that MFU is measured against (0 when unknown, e.g. on a CPU)."""
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    if args.device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(args.device))
+        if "H100" in name or "H200" in name:
+            return 989.4e12  # SXM dense bf16 (without sparsity), NVIDIA datasheet
+    return 0.0
 
 
 def sync(device: str) -> None:
@@ -136,6 +172,8 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     configs = [(m, o) for m in models for o in objectives]
     steps = {cfg: make_step(args, *cfg) for cfg in configs}
+    peak = peak_flops(args)
+    flops = {cfg: step_flops(step) for cfg, step in steps.items()} if peak else {}
     for cfg, step in steps.items():
         for _ in range(args.warmup):
             step()
@@ -160,10 +198,23 @@ def main() -> None:
     print(f"\nencoder {args.size}, decoder {args.decoder_dim}×{args.decoder_depth}, "
           f"{args.bands} bands, {args.img_size} px, patch {args.patch_size}, "
           f"batch {args.batch_size}, device {args.device}, threads {torch.get_num_threads()}")
-    print(f"{'encoder':<12}{'objective':<20}{'images/s':>10}{'min':>10}{'max':>10}")
+    if args.device.startswith("cuda"):
+        print(f"GPU {torch.cuda.get_device_name(torch.device(args.device))}, bf16 {args.bf16}, "
+              f"compile {args.compile}, peak {peak / 1e12:.1f} TFLOP/s")
+    print(f"{'encoder':<12}{'objective':<20}{'images/s':>10}{'min':>10}{'max':>10}"
+          + (f"{'GFLOP/img':>11}{'TFLOP/s':>9}{'MFU':>7}" if flops else ""))
     for (model, objective), r in rates.items():
-        print(f"{model:<12}{objective:<20}{statistics.median(r):>10.2f}"
-              f"{min(r):>10.2f}{max(r):>10.2f}")
+        line = (f"{model:<12}{objective:<20}{statistics.median(r):>10.2f}"
+                f"{min(r):>10.2f}{max(r):>10.2f}")
+        if flops:
+            per_image = flops[(model, objective)] / args.batch_size
+            achieved = per_image * statistics.median(r)
+            line += f"{per_image / 1e9:>11.1f}{achieved / 1e12:>9.1f}{achieved / peak:>7.1%}"
+        print(line)
+    for (model, objective), r in rates.items():
+        if flops:
+            mfu = flops[(model, objective)] / args.batch_size * statistics.median(r) / peak
+            print(f"RESULT mfu_{model}_{objective}={mfu:.3f}")
     if args.bare:
         for model in models:
             ceiling = paired((model, "selective_mae_bare"), (model, "mae"))
