@@ -17,6 +17,9 @@ from geofm.bands import match_by_wavelength
 from geofm.checkpoint import load_checkpoint
 from geofm.errors import BandError, GeofmError
 from geofm.models import create_model
+from geofm.models.align import AlignModel
+from geofm.models.openclip import load_open_clip
+from geofm.models.text import TextTower
 
 
 def encoder_from_header(header: dict[str, Any]) -> nn.Module:
@@ -94,4 +97,39 @@ def load_finetuned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model = Finetuner(encoder_from_header(header), task=header["task"], head=head["kind"],
                       num_outputs=head["num_outputs"], freeze="full")
     model.load_state_dict(weights, strict=True)
+    return model.eval(), header
+
+
+def load_aligned(path: str | Path) -> tuple[AlignModel, dict[str, Any]]:
+    """An image–text model of a geofm align checkpoint, in eval mode.
+
+    The encoder and projections come from the checkpoint; the text tower is rebuilt from the
+    header's ``text`` entry (its weights are stored only when it was trained unlocked). A
+    published open_clip / RemoteCLIP state dict (``.pt``, ``.pth``, ``.bin``) or open_clip folder
+    is loaded with :func:`geofm.models.openclip.load_open_clip` (architecture read from the
+    weights, Sentinel-2 RGB bands).
+
+    Raises:
+        GeofmError: Not an align checkpoint, or its text model cannot be loaded.
+    """
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() in (".pt", ".pth", ".bin"):
+        return load_open_clip(p)
+    weights, header = load_checkpoint(path)
+    kind = header.get("kind", "unknown")
+    if kind != "align":
+        raise GeofmError(f"has no text tower (it is a {kind} checkpoint)", path,
+                         "align it with 'geofm align'")
+    settings = header.get("align") or {}
+    text_info = header.get("text") or settings.get("text") or {}
+    text = TextTower.from_header(text_info)
+    model = AlignModel(encoder_from_header(header), text,
+                       embed_dim=int(settings["embed_dim"]),
+                       init_temperature=float(settings.get("init_temperature", 0.07)),
+                       max_logit_scale=float(settings.get("max_logit_scale", 100.0)))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not (text.locked and k.startswith("text."))]
+    if missing or unexpected:
+        raise GeofmError(f"align checkpoint does not fit its model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})", path)
     return model.eval(), header

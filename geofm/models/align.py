@@ -1,0 +1,128 @@
+"""Image–text alignment model: a geofm encoder and a text tower in one embedding space.
+
+Both towers end in a linear projection to ``embed_dim`` and L2 normalisation, as in CLIP; a
+learnable ``logit_scale`` (log of the inverse temperature) scales their cosine similarities.
+Image embeddings come from the encoder's pooled features; per-location embeddings (for text→map
+queries) come from its patch features through the same projection, so a text scores every patch
+on the scale it scores whole images.
+
+>>> model = AlignModel(create_model("channelvit_tiny", bands=bands), TextTower.from_source())
+>>> img, txt, scale = model(images, bands, ["forest", "a lake"])  # [B, E], [2, E], []
+>>> similarity = scale * img @ txt.T                              # [B, 2]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from geofm.checkpoint import save_checkpoint
+from geofm.models.text import TextTower
+from geofm.models.vit import TokenEncoder
+
+
+class AlignModel(nn.Module):
+    """A band-aware image tower and a text tower projected into one space.
+
+    Args:
+        encoder: A geofm token encoder (``vit_*`` or ``channelvit_*``), usually pretrained.
+        text: The text tower (locked or not).
+        embed_dim: Width ``E`` of the shared embedding space.
+        init_temperature: Initial softmax temperature ``T``; ``logit_scale`` starts at
+            ``log(1 / T)``.
+        max_logit_scale: Cap on ``exp(logit_scale)`` (CLIP's 100), for stability.
+    """
+
+    def __init__(self, encoder: TokenEncoder, text: TextTower, embed_dim: int = 256,
+                 init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.text = text
+        self.embed_dim = int(embed_dim)
+        self.init_temperature = float(init_temperature)
+        self.max_logit_scale = float(max_logit_scale)
+        self.image_proj = nn.Linear(encoder.embed_dim, embed_dim)
+        self.text_proj = nn.Linear(text.dim, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+
+    def scale(self) -> Tensor:
+        """``exp(logit_scale)``, capped at ``max_logit_scale`` (a scalar tensor)."""
+        return self.logit_scale.clamp(max=math.log(self.max_logit_scale)).exp()
+
+    def encode_image(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Image embeddings.
+
+        Args:
+            images: ``[B, C, H, W]`` normalised as the encoder was trained.
+            bands: Band names of the ``C`` channels.
+
+        Returns:
+            ``[B, E]``, L2-normalised.
+        """
+        feats = self.encoder.forward_features(images, list(bands))  # [B, D]
+        return F.normalize(self.image_proj(feats), dim=-1)  # [B, E]
+
+    def encode_patches(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Per-location embeddings on the patch grid.
+
+        Args:
+            images: ``[B, C, H, W]``, ``H`` and ``W`` multiples of the patch size ``p``.
+            bands: Band names of the ``C`` channels.
+
+        Returns:
+            ``[B, E, H/p, W/p]``, L2-normalised along ``E``.
+        """
+        gh, gw = self.encoder.grid_size(images)
+        feats = self.encoder.forward_patch_features(images, list(bands))  # [B, N, D]
+        emb = F.normalize(self.image_proj(feats), dim=-1)  # [B, N, E]
+        return emb.transpose(1, 2).reshape(emb.shape[0], emb.shape[2], gh, gw)  # [B, E, gh, gw]
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Text embeddings ``[T, E]``, L2-normalised; raises GeofmError on empty text."""
+        feats = self.text(texts)  # [T, text.dim]
+        return F.normalize(self.text_proj(feats), dim=-1)  # [T, E]
+
+    def forward(self, images: Tensor, bands: Sequence[str],
+                texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Image embeddings ``[B, E]``, text embeddings ``[T, E]`` and the logit scale ``[]``."""
+        return self.encode_image(images, bands), self.encode_text(texts), self.scale()
+
+    def header(self) -> dict[str, Any]:
+        """The alignment settings for a checkpoint header."""
+        return {"embed_dim": self.embed_dim, "init_temperature": self.init_temperature,
+                "max_logit_scale": self.max_logit_scale,
+                "text": {**self.text.source, "locked": self.text.locked}}
+
+
+def aligned_state(model: AlignModel) -> dict[str, Tensor]:
+    """The weights to save: all of them, less ``text.*`` while the text tower is locked."""
+    state = model.state_dict()
+    if model.text.locked:
+        state = {k: v for k, v in state.items() if not k.startswith("text.")}
+    return state
+
+
+def save_aligned(path: str | Path, model: AlignModel, header: dict[str, Any]) -> Path:
+    """Write an align checkpoint.
+
+    Args:
+        path: Output ``.safetensors`` path.
+        model: The trained model.
+        header: The rest of the header (bands, normalization, classes, templates, captions,
+            train, ...). ``kind``, ``align`` and ``text`` are set from the model, and ``model``
+            from the encoder when absent.
+    """
+    settings = model.header()
+    text = settings.pop("text")
+    full = {**header, "kind": "align", "align": settings, "text": text}
+    encoder = model.encoder
+    if "model" not in full and hasattr(encoder, "model_config"):
+        full["model"] = {"name": getattr(encoder, "model_name", type(encoder).__name__.lower()),
+                         "config": encoder.model_config}
+    return save_checkpoint(path, aligned_state(model), full)
