@@ -128,3 +128,35 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
                 "log_every_n_steps": 5, "val_every_n_steps": 50, "seed": 0},
     "output": "runs/finetune",
 }
+
+ALIGN_DEFAULTS: dict[str, Any] = {
+    "init": None,  # pretrained geofm checkpoint (required)
+    "data": {
+        "store": None,
+        "bands": None,  # None: the pretrained model's bands
+        "split": "train",  # only this split's captions train (null: every chip)
+        "crop": None,  # random square training crop in px (None: whole chips)
+        "batch_size": 64,
+        "num_workers": 0,
+    },
+    "captions": {"seed": 0, "per_chip": 1},  # for stores without captions: made from labels
+    "text": {"model": None, "locked": True},  # None: the bundled all-MiniLM-L6-v2
+    "model": {"embed_dim": 256, "init_temperature": 0.07},
+    "templates": None,  # zero-shot templates recorded in the checkpoint (None: geofm's)
+    "optim": {"lr": 1.0e-3, "encoder_lr": 1.0e-4, "text_lr": 1.0e-5, "freeze_encoder": False,
+              "weight_decay": 0.05, "warmup_steps": 10},
+    "trainer": {
+        "max_steps": 200,
+        "accelerator": "auto",
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",
+        "precision": None,  # None: bf16-mixed on GPU, 32-true on CPU
+        "gradient_clip_val": 1.0,
+        "log_every_n_steps": 5,
+        "checkpoint_every_n_steps": 100,
+        "seed": 0,
+    },
+    "output": "runs/align",
+    "resume": None,
+}

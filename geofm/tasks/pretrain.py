@@ -25,16 +25,16 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import Callback
 
 from geofm.checkpoint import save_checkpoint
 from geofm.errors import GeofmError
 from geofm.models import create_model
 from geofm.objectives import create_objective
-from geofm.tasks.datamodule import ChipDataModule, EpochSeededSampler
+from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
+from geofm.tasks.trainer import fit_steps, resolve_precision, skip_consumed
 from geofm.viz import reconstruction_preview
 
 
@@ -82,12 +82,7 @@ class PretrainTask(L.LightningModule):
         self.seen: set[int] = set()
 
     def on_train_start(self) -> None:
-        # A mid-epoch resume restarts the epoch's iterator; skip what was already trained on.
-        loader = self.trainer.train_dataloader
-        sampler = getattr(loader, "sampler", None)
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if isinstance(sampler, EpochSeededSampler) and done and loader.batch_size:
-            sampler.resume_after(self.current_epoch, done * loader.batch_size)
+        skip_consumed(self)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
@@ -213,28 +208,12 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         dm.band_names, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
         max_steps=tr["max_steps"], seed=tr["seed"])
-    on_gpu = torch.cuda.is_available() and tr["accelerator"] in ("auto", "gpu", "cuda")
-    precision = tr["precision"] or ("bf16-mixed" if on_gpu else "32-true")
+    precision = resolve_precision(tr)
     resolved = {**cfg, "data": {**data, "store": str(store)},
                 "trainer": {**tr, "precision": precision}}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    ckpt_cb = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=-1,
-                              every_n_train_steps=tr["checkpoint_every_n_steps"])
-    callbacks: list[Callback] = [ckpt_cb, _Previews(out / "previews", cfg.get("previews", 3)),
-                                 _DataRecord(out)]
-    if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
-    trainer = L.Trainer(
-        max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
-        num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=precision,
-        gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
-        logger=CSVLogger(out, name="", version=""), callbacks=callbacks,
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, deterministic=False)
-    resume = cfg.get("resume")
-    if resume and not Path(resume).exists():
-        raise GeofmError("resume checkpoint not found", resume)
-    trainer.fit(task, datamodule=dm, ckpt_path=resume)
+    callbacks = [_Previews(out / "previews", cfg.get("previews", 3)), _DataRecord(out)]
+    trainer = fit_steps(task, dm, tr, out, callbacks, progress, cfg.get("resume"))
     result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step}
     loss = trainer.callback_metrics.get("train/loss")
     result["final_loss"] = float(loss) if loss is not None else float("nan")

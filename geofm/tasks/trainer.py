@@ -1,0 +1,72 @@
+"""The Lightning trainer of step-based runs (pretraining, alignment), built one way.
+
+Both runs train for ``max_steps`` without validation, checkpoint every
+``checkpoint_every_n_steps`` into ``<output>/checkpoints`` (``last.ckpt`` for ``--resume``), log
+to ``<output>/metrics.csv`` and default to bf16-mixed precision on a GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from geofm.errors import GeofmError
+from geofm.tasks.datamodule import EpochSeededSampler
+
+
+def resolve_precision(trainer_cfg: dict[str, Any]) -> str:
+    """The configured precision, or ``bf16-mixed`` on a GPU and ``32-true`` elsewhere."""
+    on_gpu = torch.cuda.is_available() and trainer_cfg["accelerator"] in ("auto", "gpu", "cuda")
+    return str(trainer_cfg["precision"] or ("bf16-mixed" if on_gpu else "32-true"))
+
+
+def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
+              trainer_cfg: dict[str, Any], output: Path, callbacks: list[Callback],
+              progress: bool, resume: str | None) -> L.Trainer:
+    """Train ``task`` for ``trainer_cfg["max_steps"]`` steps and return the trainer.
+
+    Args:
+        task: The LightningModule.
+        datamodule: Its data.
+        trainer_cfg: The config's ``trainer`` section (``max_steps``, ``accelerator``,
+            ``devices``, ``num_nodes``, ``strategy``, ``precision``, ``gradient_clip_val``,
+            ``log_every_n_steps``, ``checkpoint_every_n_steps``).
+        output: Run directory.
+        callbacks: Run-specific callbacks (checkpointing and the progress bar are added).
+        progress: Show a progress bar.
+        resume: Lightning checkpoint to resume from.
+
+    Raises:
+        GeofmError: The resume checkpoint does not exist.
+    """
+    if resume and not Path(resume).exists():
+        raise GeofmError("resume checkpoint not found", resume)
+    tr = trainer_cfg
+    ckpt = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=-1,
+                           every_n_train_steps=tr["checkpoint_every_n_steps"])
+    extra: list[Callback] = [TQDMProgressBar(refresh_rate=1)] if progress else []
+    trainer = L.Trainer(
+        max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
+        num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=resolve_precision(tr),
+        gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
+        logger=CSVLogger(output, name="", version=""), callbacks=[ckpt, *callbacks, *extra],
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, deterministic=False)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    return trainer
+
+
+def skip_consumed(module: L.LightningModule) -> None:
+    """After a mid-epoch resume, make the epoch-seeded sampler skip the samples the restored
+    epoch already trained on (Lightning restarts the epoch's iterator). Call from
+    ``on_train_start``."""
+    loader = module.trainer.train_dataloader
+    sampler = getattr(loader, "sampler", None)
+    done = module.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    if isinstance(sampler, EpochSeededSampler) and done and loader.batch_size:
+        sampler.resume_after(module.current_epoch, done * loader.batch_size)

@@ -1,0 +1,152 @@
+"""Image–text alignment training: real sample pairs are learnt, only training captions train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import geofm
+from geofm.alignment import retrieval, zeroshot
+from geofm.build.captions import write_captions
+from geofm.cli import main
+from geofm.errors import GeofmError
+from geofm.inference import load_aligned
+from geofm.tasks.align import pick_caption, random_crop, run_align, training_captions
+from geofm.tasks.config import ALIGN_DEFAULTS, apply_overrides, merge
+
+from .synthetic import make_store
+from .trained import pretrain_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pretrained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pretrain_tiny(reben_store, tmp_path_factory.mktemp("pre"), "vit_test", steps=2)
+
+
+def _align(init: Path, store: Path, out: Path, *sets: str) -> dict:
+    cfg = apply_overrides(merge(ALIGN_DEFAULTS, {}), [
+        f"init={init}", f"data.store={store}", f"output={out}", "data.batch_size=6",
+        "data.crop=64", "model.embed_dim=64", "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=1000", *sets])
+    return run_align(cfg, progress=False)
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> None:
+    code = main(argv)
+    full = capsys.readouterr().err.strip()
+    assert code == 2, full
+    assert "Traceback" not in full and len(full.splitlines()) == 1, full
+    for n in needles:
+        assert n in full, full
+
+
+def test_alignment_learns_the_real_sample(pretrained: Path, reben_store: Path,
+                                          tmp_path: Path) -> None:
+    # All six real chips train (data.split=null); captions are made from their labels.
+    r = _align(pretrained, reben_store, tmp_path / "a", "data.split=null",
+               "trainer.max_steps=25", "optim.lr=1e-2", "optim.encoder_lr=1e-3",
+               "optim.warmup_steps=5")
+    assert r["steps"] == 25 and r["num_chips"] == 6 and r["captions"]["source"] == "labels"
+    weights = load_file(r["checkpoint"])
+    assert not any(k.startswith("text.") for k in weights)  # locked tower: rebuilt on load
+    header = load_aligned(r["checkpoint"])[1]
+    assert header["kind"] == "align" and header["text"]["locked"]
+    assert header["train"]["split"] is None and header["captions"]["seed"] == 0
+    assert header["templates"] and header["bands"] == geofm.open_store(reben_store).bands
+
+    ret = retrieval(r["checkpoint"], reben_store, split="all")
+    m = ret["metrics"]
+    assert m["i2t_R@1"] >= 0.9 and m["t2i_R@1"] >= 0.9, m
+    assert ret["evaluated_chips_in_training"] == 6
+
+    zs = zeroshot(r["checkpoint"], reben_store, split="all")
+    z = zs["metrics"]
+    assert z["map_macro"] >= z["chance_map"] + 0.15, z
+    assert z["top1"] >= z["chance_top1"] + 0.3, z
+    log = (tmp_path / "a" / "metrics.csv").read_text()
+    assert "train/loss" in log and "train/logit_scale" in log
+
+
+def test_only_training_captions_train(pretrained: Path, store_copy: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["caption", str(store_copy), "--seed", "5", "--per-chip", "2"]) == 0
+    assert "captioned 6 chips" in capsys.readouterr().out
+    store = geofm.open_store(store_copy)
+    assert store.attrs["captions"]["seed"] == 5
+    splits = store.chips["split"].to_numpy()
+    caps = [[f"held-out caption {i}"] if splits[i] != "train" else list(c)
+            for i, c in enumerate(store.chips["captions"])]
+    write_captions(store, caps, seed=5)
+
+    train = training_captions(store, caps, "train")
+    assert sorted(train) == np.flatnonzero(splits == "train").tolist()
+    assert not any("held-out" in c for cs in train.values() for c in cs)
+
+    out = tmp_path / "run"
+    assert main(["align", "--init", str(pretrained), "--data", str(store_copy), "--max-steps",
+                 "2", "--batch-size", "3", "--output", str(out), "--quiet", "--set",
+                 "data.crop=64", "--set", "trainer.accelerator=cpu", "--set",
+                 "model.embed_dim=16"]) == 0
+    assert "captions from store (seed 5)" in capsys.readouterr().out
+    seen = json.loads((out / "data_rank0.json").read_text())
+    assert seen["chip_indices"] == np.flatnonzero(splits == "train").tolist()
+    header = load_aligned(out / "align.safetensors")[1]
+    assert header["captions"]["source"] == "store" and header["train"]["split"] == "train"
+
+
+def test_caption_choice_and_crops_are_seeded() -> None:
+    caps = ["a", "b", "c"]
+    assert pick_caption(caps, 0, 7, 3) == pick_caption(caps, 0, 7, 3)
+    assert {pick_caption(caps, 0, s, 3) for s in range(40)} == set(caps)
+    images = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
+    a = random_crop(images, 8, torch.Generator().manual_seed(1))
+    b = random_crop(images, 8, torch.Generator().manual_seed(1))
+    assert a.shape == (2, 1, 8, 8) and torch.equal(a, b)
+    assert random_crop(images, None, torch.Generator()) is images
+
+
+def test_tiny_config_twin_runs(pretrained: Path, reben_store: Path, tmp_path: Path) -> None:
+    cfg = REPO / "configs" / "align" / "reben_align.tiny.yaml"
+    full = yaml.safe_load((REPO / "configs" / "align" / "reben_align.yaml").read_text())
+    tiny = yaml.safe_load(cfg.read_text())
+    assert set(tiny) <= set(full) and set(full) <= set(ALIGN_DEFAULTS)
+    out = tmp_path / "tiny"
+    assert main(["align", "--config", str(cfg), "--init", str(pretrained), "--data",
+                 str(reben_store), "--output", str(out), "--quiet"]) == 0
+    assert (out / "config.yaml").exists() and (out / "metrics.csv").exists()
+    model, header = load_aligned(out / "align.safetensors")
+    assert header["train"]["steps"] == 3 and header["captions"]["per_chip"] == 2
+    assert model.embed_dim == 32
+
+
+def test_non_finite_loss_is_an_error(pretrained: Path, reben_store: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from geofm.objectives.contrastive import ContrastiveLoss
+
+    monkeypatch.setattr(ContrastiveLoss, "forward",
+                        lambda self, i, t, s: (i.sum() + t.sum()) * float("nan"))
+    with pytest.raises(GeofmError, match="non-finite loss"):
+        _align(pretrained, reben_store, tmp_path / "nan", "trainer.max_steps=1")
+
+
+def test_bad_input_one_line(pretrained: Path, reben_store: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["align", "--init", str(pretrained), "--output", str(tmp_path / "o"), "--quiet"]
+    bare = make_store(tmp_path / "bare.zarr", list(geofm.open_store(reben_store).bands), n=2,
+                      size=16)
+    _fails([*base, "--data", str(bare)], capsys, "neither captions nor labels", "geofm caption")
+    _fails([*base, "--data", str(reben_store), "--split", "nope"], capsys, "split 'nope'")
+    _fails(["align", "--data", str(reben_store)], capsys, "no pretrained checkpoint")
+    _fails([*base, "--data", str(reben_store), "--set", "data.crop=60"], capsys,
+           "multiple of the patch size")
+    _fails([*base, "--data", str(reben_store), "--text-model", str(tmp_path / "nowhere")],
+           capsys, "not a local folder")
+    _fails(["caption", str(bare)], capsys, "no labels to caption")
