@@ -1,4 +1,5 @@
-"""The analyst's Python API: load a geofm model, then predict or embed rasters and xarray data.
+"""The analyst's Python API: load a geofm model, then predict, embed or query rasters and xarray
+data.
 
 >>> import geofm
 >>> model = geofm.load("runs/finetune/finetune.safetensors")  # doctest: +SKIP
@@ -9,6 +10,14 @@
 >>> landcover.rio.crs, landcover.shape  # doctest: +SKIP
 (CRS.from_epsg(32618), (256, 256))
 >>> landcover.rio.to_raster("landcover.tif")  # doctest: +SKIP
+
+An aligned image–text checkpoint (``geofm align``) also embeds texts and images in one space and
+maps where a scene looks like a text:
+
+>>> clip = geofm.load("runs/align/align.safetensors")  # doctest: +SKIP
+>>> marsh = clip.query(scene, "salt marsh")  # doctest: +SKIP
+>>> clip.encode_text(["salt marsh", "forest"]).shape  # doctest: +SKIP
+(2, 256)
 
 The examples need a checkpoint from ``geofm finetune``; docs/analyst_walkthrough.md walks
 through them end to end (the test suite runs its cells).
@@ -31,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor the results use)
+import torch
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
@@ -50,6 +61,8 @@ from geofm.predict import (
     output_names,
     plan_bands,
     predict_raster,
+    query_raster,
+    query_texts,
     resolve_mode,
     run_pipeline,
     sensor_hint,
@@ -57,11 +70,12 @@ from geofm.predict import (
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:
-    """Load a geofm checkpoint for prediction (finetuned) or embeddings (any).
+    """Load a geofm checkpoint for prediction (finetuned), embeddings (any), or text queries and
+    image–text embeddings (aligned).
 
     Args:
-        path: A ``*.safetensors`` checkpoint written by ``geofm finetune`` or
-            ``geofm pretrain``.
+        path: A ``*.safetensors`` checkpoint written by ``geofm finetune``, ``geofm pretrain``
+            or ``geofm align``.
         device: Torch device (``"cpu"``, ``"cuda"``).
 
     Returns:
@@ -129,6 +143,20 @@ class DataArraySource:
         return bad
 
 
+def _image_batch(x: Any) -> tuple[np.ndarray, bool]:
+    """``[B, C, H, W]`` float32 from a numpy or torch array of one image or a batch, and
+    whether it was one image."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise GeofmError(f"cannot encode a {type(x).__name__}", hint="pass a raster path, an "
+                         "xarray.DataArray or an array [C, H, W] / [B, C, H, W]")
+    if x.ndim not in (3, 4):
+        raise GeofmError(f"expected an image array [C, H, W] or [B, C, H, W], got shape "
+                         f"{x.shape}")
+    return (x[None] if x.ndim == 3 else x).astype(np.float32, copy=False), x.ndim == 3
+
+
 def _array_labels(da: xr.DataArray, band_dim: str) -> list[str | None]:
     long_name = da.attrs.get("long_name")
     if isinstance(long_name, str) and da.shape[0] == 1:
@@ -143,7 +171,8 @@ def _array_labels(da: xr.DataArray, band_dim: str) -> list[str | None]:
 
 
 class Model:
-    """A geofm model for analysts: ``predict`` and ``embed`` rasters or DataArrays.
+    """A geofm model for analysts: ``predict``, ``embed`` and (aligned image–text models)
+    ``query`` rasters or DataArrays; ``encode_text`` and ``encode_image`` into the shared space.
 
     Args:
         predictor: The loaded model (see :func:`load`); or build one from a module and its
@@ -151,7 +180,7 @@ class Model:
 
     Attributes:
         task: ``"segmentation"``, ``"regression"``, ``"multilabel"``, ``"classification"``, or
-            ``None`` for a pretrained encoder (embeddings only).
+            ``None`` for a pretrained encoder (embeddings only) or an aligned image–text model.
         bands: The model's bands (canonical names, e.g. ``"S2.B04"``).
         classes: Class names (regression: target names).
         class_colors: ``#rrggbb`` per class.
@@ -223,7 +252,7 @@ class Model:
         return self
 
     def __repr__(self) -> str:
-        kind = self.task or "encoder"
+        kind = self.task or ("align" if self.predictor.has_text else "encoder")
         return (f"Model({self.predictor.model_name}, {kind}, {len(self.bands)} bands"
                 + (f", {len(self.classes)} classes)" if self.classes else ")"))
 
@@ -293,6 +322,138 @@ class Model:
         return self._run(x, bands=bands, embed=True, probabilities=False, tile=tile,
                          overlap=overlap, batch_size=batch_size, progress=progress)
 
+    def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Embed texts in the image–text space (aligned models).
+
+        Args:
+            texts: One text, or several.
+
+        Returns:
+            float32 L2-normalised ``[E]`` for one text, ``[T, E]`` for a sequence; the dot
+            product with :meth:`encode_image`'s output is the cosine similarity.
+
+        Raises:
+            GeofmError: An empty or blank text, or a model without a text tower.
+
+        Example:
+            >>> clip = geofm.load("runs/align/align.safetensors")  # doctest: +SKIP
+            >>> clip.encode_text(["salt marsh", "forest"]).shape  # doctest: +SKIP
+            (2, 256)
+        """
+        emb = self.predictor.encode_text(query_texts(texts)).cpu().numpy()  # [T, E]
+        return emb[0] if isinstance(texts, str) else emb
+
+    def encode_image(self, x: str | Path | xr.DataArray | np.ndarray | torch.Tensor, *,
+                     bands: str | Sequence[str] | None = None,
+                     batch_size: int = 32) -> np.ndarray:
+        """Embed whole images in the image–text space (aligned models).
+
+        Each image is normalised with the checkpoint's statistics (its bands matched by name),
+        encoded whole and mean-pooled: pass chip-sized images (a raster is read into memory).
+        Nodata and NaN pixels are set to the band mean, and sides that are not a multiple of
+        the patch size are padded with it, as prediction does at raster edges.
+
+        Args:
+            x: A raster path or a ``(band, y, x)`` DataArray (one image), or an array of raw
+                values ``[C, H, W]`` (one image) or ``[B, C, H, W]`` (numpy or torch).
+            bands: Names of the bands in order (required for arrays).
+            batch_size: Images per model call.
+
+        Returns:
+            float32 L2-normalised ``[E]`` for one image, ``[B, E]`` for a batch.
+
+        Raises:
+            GeofmError: A model without a text tower, unnamed or missing bands, or an image
+                whose every pixel is nodata.
+
+        Example:
+            >>> chip = clip.encode_image("datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif")
+            ...     # doctest: +SKIP
+            >>> float(chip @ clip.encode_text("salt marsh"))  # doctest: +SKIP
+            0.23
+        """
+        pred = self.predictor
+        pred.require_text()
+        if isinstance(x, str | Path | xr.DataArray | xr.Dataset):
+            with self._source(x, bands) as source:
+                plan = plan_bands(pred, source.labels, source=source.name, sensor=source.sensor)
+                window = Window(0, 0, source.width, source.height)
+                raw = source.read(plan.sources, window)[None]  # [1, C, H, W]
+                bad = source.invalid(raw[0], plan.sources, window)[None]  # [1, H, W]
+            single = True
+        else:
+            raw, single = _image_batch(x)  # [B, C, H, W]
+            if bands is None:
+                raise GeofmError(f"the array's {raw.shape[1]} bands have no names",
+                                 hint="name them in order with bands=, e.g. "
+                                 "bands=['B02', 'B03', 'B04', 'B08']")
+            plan = plan_bands(pred, band_labels(bands, raw.shape[1]), source="array")
+            raw = raw[:, plan.sources]  # [B, C', H, W]
+            bad = np.isnan(raw).any(axis=1)  # [B, H, W]
+        if bad.reshape(len(bad), -1).all(axis=1).any():
+            raise GeofmError("every pixel of an image is nodata", hint="check the nodata "
+                             "value and the bands")
+        norm = (raw - plan.mean[:, None, None]) / plan.std[:, None, None]
+        images = np.where(bad[:, None], np.float32(0), norm).astype(np.float32)
+        p = pred.patch_size
+        pad = ((0, 0), (0, 0), (0, -images.shape[2] % p), (0, -images.shape[3] % p))
+        images = np.pad(images, pad)  # [B, C', H', W'], sides multiples of p
+        out = [pred.encode_image(torch.from_numpy(images[i:i + batch_size]), plan.bands)
+               for i in range(0, len(images), max(1, batch_size))]
+        emb = torch.cat(out).cpu().numpy()  # [B, E]
+        return emb[0] if single else emb
+
+    def query(self, x: str | Path | xr.DataArray, text: str | Sequence[str], *,
+              bands: str | Sequence[str] | None = None, tile: int | Sequence[int] | None = None,
+              overlap: int | None = None, batch_size: int = 8,
+              progress: bool = False) -> xr.DataArray:
+        """Where a raster looks like ``text``: the cosine similarity of every patch with it.
+
+        Tiles are encoded with the image tower (one projected embedding per patch), compared
+        with the text's embedding, and blended across overlapping tiles, as :meth:`embed`
+        does; :meth:`query_raster` writes the same map to a Cloud-Optimized GeoTIFF.
+
+        Args:
+            x: A raster path or a ``(band, y, x)`` DataArray with CRS and transform.
+            text: The query (``"flooded fields"``), or several.
+            bands: Names of the input bands in order, when ``x`` does not carry them.
+            tile: Tile size (a multiple of the patch size).
+            overlap: Pixels shared by neighbouring tiles (a multiple of the patch size).
+            batch_size: Tiles per model call.
+            progress: Show a progress bar.
+
+        Returns:
+            float32 similarity in ``[-1, 1]`` on the patch grid (the input's CRS, its
+            transform with pixels ``patch`` times larger), NaN where the input was nodata:
+            ``(y, x)`` named ``"similarity"`` with ``long_name`` = the text for one text,
+            ``(band, y, x)`` with the texts as ``band`` coordinates for several.
+
+        Raises:
+            GeofmError: An empty or blank text, a model without a text tower (pretrained or
+                finetuned), missing bands, unreadable input.
+
+        Example:
+            >>> clip = geofm.load("runs/align/align.safetensors")  # doctest: +SKIP
+            >>> marsh = clip.query("datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif",
+            ...                    "salt marsh")  # doctest: +SKIP
+            >>> marsh.dims, marsh.rio.resolution()  # doctest: +SKIP
+            (('y', 'x'), (80.0, -80.0))
+        """
+        texts = query_texts(text)
+        da = self._run(x, bands=bands, embed=False, probabilities=False, tile=tile,
+                       overlap=overlap, batch_size=batch_size, progress=progress, texts=texts)
+        if isinstance(text, str):
+            da = da.isel(band=0, drop=True)
+            da.attrs["long_name"] = texts[0]
+        return da
+
+    def query_raster(self, inputs: str | Path | Sequence[str | Path], text: str | Sequence[str],
+                     output: str | Path, **kwargs: Any) -> dict[str, Any]:
+        """Write :meth:`query`'s map to a Cloud-Optimized GeoTIFF with a QGIS colour ramp;
+        see :func:`geofm.predict.query_raster` for the options and files."""
+        kwargs.setdefault("device", str(self.predictor.device))
+        return query_raster(self.predictor, inputs, text, output, **kwargs)
+
     def predict_raster(self, inputs: str | Path | Sequence[str | Path], output: str | Path,
                        **kwargs: Any) -> dict[str, Any]:
         """Write a Cloud-Optimized GeoTIFF with this model; see
@@ -324,16 +485,20 @@ class Model:
 
     def _run(self, x: str | Path | xr.DataArray, *, bands: str | Sequence[str] | None,
              embed: bool, probabilities: bool, tile: int | Sequence[int] | None,
-             overlap: int | None, batch_size: int, progress: bool) -> xr.DataArray:
+             overlap: int | None, batch_size: int, progress: bool,
+             texts: list[str] | None = None) -> xr.DataArray:
         pred = self.predictor
-        mode = resolve_mode(pred, embed)
+        mode = resolve_mode(pred, embed, texts is not None)
+        if texts is not None:
+            pred = pred.with_texts(texts)
+        task = {"embed": "embedding", "query": "similarity"}.get(mode, self.task)
         with self._source(x, bands) as source:
             plan = plan_bands(pred, source.labels, source=source.name, sensor=source.sensor)
             grid = build_grid(pred, mode, source.height, source.width, tile, overlap)
             names = output_names(pred, mode)
             channels = len(names)
-            as_classes = (pred.task in ("segmentation", "classification") and not embed
-                          and not probabilities)
+            as_classes = (mode in ("pixel", "scene") and not probabilities
+                          and pred.task in ("segmentation", "classification"))
             nodata = class_dtype(channels)[1]
             sink = ArraySink(channels, grid.out_shape, as_classes, nodata)
             stats = run_pipeline(pred, source, plan, grid, mode, sink, channels=channels,
@@ -342,16 +507,16 @@ class Model:
                 raise GeofmError("every input pixel is nodata", source.name)
             transform = grid.out_transform(source.transform)
             return self._to_dataarray(sink.array, transform, source.crs, names, plan,
-                                      as_classes, nodata, embed)
+                                      as_classes, nodata, task)
 
     def _to_dataarray(self, array: np.ndarray, transform: Affine, crs: CRS | None,
                       names: list[str], plan: BandPlan, as_classes: bool, nodata: int,
-                      embed: bool) -> xr.DataArray:
+                      task: str | None) -> xr.DataArray:
         height, width = array.shape[-2:]
         xs = transform.c + transform.a * (np.arange(width) + 0.5)
         ys = transform.f + transform.e * (np.arange(height) + 0.5)
         attrs = {"geofm_model": self.predictor.model_name,
-                 "geofm_task": "embedding" if embed else self.task,
+                 "geofm_task": task,
                  "geofm_bands": json.dumps(plan.mapping())}
         if as_classes:
             da = xr.DataArray(array, dims=("y", "x"), coords={"y": ys, "x": xs}, name="class",
@@ -360,7 +525,7 @@ class Model:
         else:
             da = xr.DataArray(array, dims=("band", "y", "x"),
                               coords={"band": names, "y": ys, "x": xs},
-                              name="embedding" if embed else self.task, attrs=attrs)
+                              name=task, attrs=attrs)
         da = da.rio.write_transform(transform)
         if crs is not None:
             da = da.rio.write_crs(crs)

@@ -221,25 +221,14 @@ def write_category_sidecar(path: Path, classes: Sequence[str],
     return path
 
 
-def write_qml(path: Path, classes: Sequence[str], colors: Sequence[tuple[int, int, int]]
-              ) -> Path:
-    """Write a QGIS layer style: paletted renderer on band 1 with class names and colours.
-
-    QGIS applies ``<raster base name>.qml`` automatically when the raster is loaded, and its
-    legend then lists every class by name.
-
-    Returns:
-        ``path``.
-    """
+def _qml_pipe() -> tuple[ET.Element, ET.Element]:
+    """The root of a QGIS layer style and its raster pipe."""
     qgis = ET.Element("qgis", version="3.28.0", styleCategories="AllStyleCategories")
-    pipe = ET.SubElement(qgis, "pipe")
-    renderer = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1",
-                             alphaBand="-1", nodataColor="")
-    ET.SubElement(renderer, "rasterTransparency")
-    palette = ET.SubElement(renderer, "colorPalette")
-    for i, (name, (r, g, b)) in enumerate(zip(classes, colors, strict=True)):
-        ET.SubElement(palette, "paletteEntry", value=str(i), color=f"#{r:02x}{g:02x}{b:02x}",
-                      alpha="255", label=name)
+    return qgis, ET.SubElement(qgis, "pipe")
+
+
+def _write_qml(path: Path, qgis: ET.Element, pipe: ET.Element) -> Path:
+    """Finish a style's pipe with QGIS's neutral stages and write it to ``path``."""
     ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
     ET.SubElement(pipe, "huesaturation", saturation="0", grayscaleMode="0", colorizeOn="0",
                   colorizeRed="255", colorizeGreen="128", colorizeBlue="128",
@@ -252,6 +241,73 @@ def write_qml(path: Path, classes: Sequence[str], colors: Sequence[tuple[int, in
     path.write_text("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + body + "\n",
                     encoding="utf-8")
     return path
+
+
+def write_qml(path: Path, classes: Sequence[str], colors: Sequence[tuple[int, int, int]]
+              ) -> Path:
+    """Write a QGIS layer style: paletted renderer on band 1 with class names and colours.
+
+    QGIS applies ``<raster base name>.qml`` automatically when the raster is loaded, and its
+    legend then lists every class by name.
+
+    Returns:
+        ``path``.
+    """
+    qgis, pipe = _qml_pipe()
+    renderer = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1",
+                             alphaBand="-1", nodataColor="")
+    ET.SubElement(renderer, "rasterTransparency")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for i, (name, (r, g, b)) in enumerate(zip(classes, colors, strict=True)):
+        ET.SubElement(palette, "paletteEntry", value=str(i), color=f"#{r:02x}{g:02x}{b:02x}",
+                      alpha="255", label=name)
+    return _write_qml(path, qgis, pipe)
+
+
+RAMP = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
+"""Colour stops of continuous products, low to high (viridis: ordered and colour-blind safe)."""
+
+
+def write_ramp_qml(path: Path, minimum: float, maximum: float) -> Path:
+    """Write a QGIS layer style: a continuous colour ramp over band 1 from ``minimum`` to
+    ``maximum`` (``-1`` to ``1`` when the range is unknown).
+
+    QGIS applies ``<raster base name>.qml`` automatically when the raster is loaded.
+
+    Returns:
+        ``path``.
+    """
+    minimum, maximum = float(minimum), float(maximum)
+    if not (math.isfinite(minimum) and math.isfinite(maximum)):
+        minimum, maximum = -1.0, 1.0
+    if maximum <= minimum:
+        minimum, maximum = minimum - 1e-3, minimum + 1e-3
+    qgis, pipe = _qml_pipe()
+    renderer = ET.SubElement(pipe, "rasterrenderer", type="singlebandpseudocolor", band="1",
+                             opacity="1", alphaBand="-1", classificationMin=repr(minimum),
+                             classificationMax=repr(maximum), nodataColor="")
+    ET.SubElement(renderer, "rasterTransparency")
+    origin = ET.SubElement(renderer, "minMaxOrigin")
+    for tag, text in (("limits", "MinMax"), ("extent", "WholeRaster"),
+                      ("statAccuracy", "Exact"), ("cumulativeCutLower", "0.02"),
+                      ("cumulativeCutUpper", "0.98"), ("stdDevFactor", "2")):
+        ET.SubElement(origin, tag).text = text
+    shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader",
+                           colorRampType="INTERPOLATED", classificationMode="1", clip="0",
+                           minimumValue=repr(minimum), maximumValue=repr(maximum),
+                           labelPrecision="3")
+    ramp = ET.SubElement(shader, "colorramp", type="gradient", name="[source]")
+    options = ET.SubElement(ramp, "Option", type="Map")
+    rgba = [",".join(str(int(c[i:i + 2], 16)) for i in (1, 3, 5)) + ",255" for c in RAMP]
+    stops = ":".join(f"{k / (len(RAMP) - 1):g};{rgba[k]}" for k in range(1, len(RAMP) - 1))
+    for name, value in (("color1", rgba[0]), ("color2", rgba[-1]), ("discrete", "0"),
+                        ("rampType", "gradient"), ("stops", stops)):
+        ET.SubElement(options, "Option", type="QString", name=name, value=value)
+    for k, color in enumerate(RAMP):
+        value = minimum + (maximum - minimum) * k / (len(RAMP) - 1)
+        ET.SubElement(shader, "item", alpha="255", value=repr(value), color=color,
+                      label=f"{value:.3f}")
+    return _write_qml(path, qgis, pipe)
 
 
 def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:

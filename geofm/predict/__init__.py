@@ -16,7 +16,8 @@ size and the panel width, not on the raster's size.
 Output grids. Pixel tasks (segmentation, regression) predict every input pixel: the output has
 the input's CRS, transform, width and height. Scene tasks (multi-label, classification) give one
 value per tile, on a coarse grid whose pixels are tiles (no overlap). Embeddings come at patch
-resolution (one ``D``-vector per ``patch × patch`` pixels). With ``resample_to_model_gsd`` the
+resolution (one ``D``-vector per ``patch × patch`` pixels), and so do text queries (one
+similarity per text and patch). With ``resample_to_model_gsd`` the
 input is warped to the model's ground sampling distance; pixel outputs are warped back onto the
 input grid, coarse outputs stay on the model-resolution grid.
 
@@ -25,10 +26,13 @@ Products (see :func:`predict_raster` for the files):
 * ``classes``: argmax of the blended class probabilities (segmentation, classification).
 * ``scores``: per-class probabilities in ``[0, 1]`` (softmax; sigmoid for multi-label).
 * ``values``: regression targets or embedding features, float32.
+* ``similarity``: cosine similarity in ``[-1, 1]`` of each patch with each query text (aligned
+  image–text checkpoints; :func:`query_raster`), float32.
 """
 
 from __future__ import annotations
 
+from geofm.io.cog import write_ramp_qml
 from geofm.predict.band_plan import (
     BandPlan,
     band_labels,
@@ -44,6 +48,9 @@ from geofm.predict.pipeline import (
     RunStats,
     read_batches,
     run_pipeline,
+)
+from geofm.predict.query import (
+    query_raster,
 )
 from geofm.predict.raster import (
     build_grid,
@@ -61,6 +68,7 @@ from geofm.predict.settings import (
     QUEUE_BATCHES,
     SCENE_TASKS,
 )
+from geofm.predict.similarity import query_texts, value_ranges
 from geofm.predict.sinks import (
     ArraySink,
     FileSink,
@@ -114,11 +122,15 @@ __all__ = [
     "probabilities_path",
     "qml_path",
     "quantize",
+    "query_raster",
+    "query_texts",
     "read_batches",
     "resolve_mode",
     "run_pipeline",
     "sensor_hint",
     "tile_offsets",
     "unit_conversion",
+    "value_ranges",
+    "write_ramp_qml",
     "write_vector",
 ]

@@ -19,17 +19,22 @@ class Predictor:
     """A geofm model ready for tiled inference, with what its checkpoint header says.
 
     Args:
-        module: A finetuned model (``module(images, bands)`` → logits) or a bare encoder with
-            ``forward_patch_features`` (embeddings only).
+        module: A finetuned model (``module(images, bands)`` → logits), a bare encoder with
+            ``forward_patch_features`` (embeddings only), or an image–text model with
+            ``encode_patches`` and ``encode_text`` (:class:`~geofm.models.align.AlignModel`:
+            embeddings and text queries).
         header: The checkpoint header (``task``, ``bands``, ``normalization``, ``classes``,
             ``class_colors``, ``tile_size``, ``patch_size``, ``gsd_m``, ``model``).
         name: Where the model came from (the checkpoint file name), for output tags.
 
     Attributes:
         task: ``"segmentation"``, ``"regression"``, ``"multilabel"``, ``"classification"``, or
-            ``None`` for a pretrained-only encoder.
+            ``None`` for a pretrained-only encoder or an aligned image–text model.
         bands: The checkpoint's band contract (canonical names).
         classes: Class (or regression target) names.
+        texts: The texts a query predictor compares patches with (see :meth:`with_texts`).
+        text_embedding: ``[T, E]`` L2-normalised embeddings of :attr:`texts` on
+            :attr:`device`, or ``None``.
     """
 
     def __init__(self, module: nn.Module, header: dict[str, Any], name: str = "") -> None:
@@ -51,15 +56,22 @@ class Predictor:
         size = header.get("tile_size") or [16 * self.patch_size] * 2
         self.tile_size: tuple[int, int] = (int(size[0]), int(size[1]))
         self.device = torch.device("cpu")
+        self.texts: list[str] = []
+        self.text_embedding: Tensor | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Predictor:
-        """Load a finetuned checkpoint (or a pretrained one, for embeddings only)."""
+        """Load a finetuned checkpoint, an aligned image–text one (embeddings and queries), or a
+        pretrained one (embeddings only)."""
         from geofm.checkpoint import read_header
 
         header = read_header(path)
         if header.get("kind") == "finetune":
             module, header = load_finetuned(path)
+        elif header.get("kind") == "align":
+            from geofm.inference import load_aligned
+
+            module, header = load_aligned(path)
         else:
             module, header = load_encoder(path)
         return cls(module, header, Path(path).name)
@@ -79,22 +91,79 @@ class Predictor:
         try:
             self.device = torch.device(device)
             self.module.to(self.device)
+            if self.text_embedding is not None:
+                self.text_embedding = self.text_embedding.to(self.device)
         except (RuntimeError, AssertionError) as e:
             raise GeofmError(f"cannot use device {device!r} ({str(e).splitlines()[0]})",
                              hint="use device='cpu' or an available GPU") from None
         return self
 
     def replica(self, device: str | torch.device) -> Predictor:
-        """An independent copy of this predictor on ``device`` (one per GPU)."""
-        return Predictor(copy.deepcopy(self.module), self.header, self.name).to(device)
+        """An independent copy of this predictor (and its query texts) on ``device``."""
+        twin = Predictor(copy.deepcopy(self.module), self.header, self.name)
+        twin.texts, twin.text_embedding = list(self.texts), self.text_embedding
+        return twin.to(device)
 
     def require_task(self) -> str:
         """The finetuned task, or a clear error for a pretrained-only checkpoint."""
+        if self.task is None and self.has_text:
+            raise GeofmError(f"{self.name or 'the model'} is an image–text model without a "
+                             "task head", hint="map a text with query= ('geofm query'), or "
+                             "use embed=True (--embed) for embeddings")
         if self.task is None:
             raise GeofmError(f"{self.name or 'the model'} is a pretrained encoder without a "
                              "task head", hint="use embed=True (--embed) for embeddings, or "
                              "finetune it first with 'geofm finetune'")
         return self.task
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the model has a text tower (an aligned image–text checkpoint)."""
+        return all(callable(getattr(self.module, m, None))
+                   for m in ("encode_patches", "encode_text", "encode_image"))
+
+    def require_text(self) -> None:
+        """Raise a clear error unless the model has a text tower.
+
+        Raises:
+            GeofmError: A pretrained or finetuned checkpoint (no text tower).
+        """
+        if not self.has_text:
+            kind = self.header.get("kind")
+            what = f"has no text tower (it is a {kind} checkpoint)" if kind else "has no text tower"
+            raise GeofmError(what, self.name or "the model", "align it with 'geofm align'")
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """``[T, E]`` L2-normalised text embeddings on :attr:`device`.
+
+        Raises:
+            GeofmError: No text tower, or an empty or blank text.
+        """
+        self.require_text()
+        return self.module.encode_text(list(texts)).float()
+
+    @torch.inference_mode()
+    def encode_image(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """``[B, E]`` L2-normalised embeddings of normalised images ``[B, C, H, W]``.
+
+        Raises:
+            GeofmError: No text tower (not an aligned image–text model).
+        """
+        self.require_text()
+        return self.module.encode_image(images.to(self.device), list(bands)).float()
+
+    def with_texts(self, texts: Sequence[str]) -> Predictor:
+        """A predictor for ``mode="query"``: this model (shared, not copied) with ``texts``
+        embedded once, ready to be compared with every patch.
+
+        Raises:
+            GeofmError: No text tower, or an empty or blank text.
+        """
+        twin = copy.copy(self)
+        twin.texts = list(texts)
+        twin.text_embedding = self.encode_text(twin.texts)  # [T, E]
+        return twin
 
     @torch.inference_mode()
     def outputs(self, images: Tensor, bands: Sequence[str], mode: str) -> Tensor:
@@ -103,12 +172,19 @@ class Predictor:
         Args:
             images: ``[B, C, H, W]`` normalised tiles on :attr:`device`.
             bands: Band names of the ``C`` channels.
-            mode: ``"pixel"``, ``"scene"`` or ``"embed"``.
+            mode: ``"pixel"``, ``"scene"``, ``"embed"`` or ``"query"``.
 
         Returns:
             ``[B, K, H, W]`` scores or values (pixel), ``[B, K, 1, 1]`` scores (scene),
-            ``[B, D, H/p, W/p]`` patch embeddings (embed).
+            ``[B, D, H/p, W/p]`` patch embeddings (embed), ``[B, T, H/p, W/p]`` cosine
+            similarity of each patch's projected embedding with each text (query).
         """
+        if mode == "query":
+            if self.text_embedding is None:
+                raise GeofmError("no query text given", hint="use Predictor.with_texts")
+            patches = self.module.encode_patches(images, list(bands))  # [B, E, H/p, W/p]
+            sim = torch.einsum("behw,te->bthw", patches.float(), self.text_embedding)
+            return sim.clamp(-1.0, 1.0)  # [B, T, H/p, W/p], rounding kept inside [-1, 1]
         if mode == "embed":
             feats = self.encoder.forward_patch_features(images, list(bands))  # [B, N, D]
             gh, gw = images.shape[2] // self.patch_size, images.shape[3] // self.patch_size

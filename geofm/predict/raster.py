@@ -27,11 +27,13 @@ from geofm.io.cog import (
     write_category_sidecar,
     write_cog,
     write_qml,
+    write_ramp_qml,
 )
 from geofm.predict.band_plan import plan_bands
 from geofm.predict.model import Predictor
 from geofm.predict.pipeline import run_pipeline
 from geofm.predict.settings import GDAL_CACHE_BYTES, SCENE_TASKS
+from geofm.predict.similarity import query_texts, value_ranges
 from geofm.predict.sinks import FileSink
 from geofm.predict.sources import _input_paths, open_source
 from geofm.predict.tiling import TileGrid
@@ -39,8 +41,19 @@ from geofm.predict.tiling import TileGrid
 log = logging.getLogger(__name__)
 
 
-def resolve_mode(predictor: Predictor, embed: bool) -> str:
-    """``"embed"``, ``"pixel"`` or ``"scene"`` for this model and request."""
+def resolve_mode(predictor: Predictor, embed: bool, query: bool = False) -> str:
+    """``"query"``, ``"embed"``, ``"pixel"`` or ``"scene"`` for this model and request.
+
+    Raises:
+        GeofmError: Both ``embed`` and ``query``, a query to a model without a text tower, or
+            a prediction from a model without a task head.
+    """
+    if query:
+        if embed:
+            raise GeofmError("embeddings and text queries are separate outputs",
+                             hint="ask for one of them")
+        predictor.require_text()
+        return "query"
     if embed:
         return "embed"
     task = predictor.require_task()
@@ -53,7 +66,7 @@ def build_grid(predictor: Predictor, mode: str, height: int, width: int,
 
     Raises:
         GeofmError: The tile is not a multiple of the patch size, or the overlap is negative,
-            too large, or (embeddings) not a multiple of the patch size.
+            too large, or (embeddings, queries) not a multiple of the patch size.
     """
     p = predictor.patch_size
     if tile is None:
@@ -67,23 +80,27 @@ def build_grid(predictor: Predictor, mode: str, height: int, width: int,
                          f"size {p}", hint=f"use e.g. tile={max(p, th // p * p)}")
     if mode == "scene":
         return TileGrid.build(height, width, (th, tw), 0, (th, tw))
+    patch_grid = mode in ("embed", "query")
     if overlap is None:
         overlap = min(th, tw) // 4
-        if mode == "embed":
+        if patch_grid:
             overlap = overlap // p * p
     if not 0 <= overlap < min(th, tw):
         raise GeofmError(f"overlap {overlap} must be at least 0 and less than the tile "
                          f"({th}×{tw})")
-    if mode == "embed" and overlap % p:
+    if patch_grid and overlap % p:
         raise GeofmError(f"overlap {overlap} is not a multiple of the patch size {p}",
-                         hint="embeddings sit on the patch grid")
-    factor = (p, p) if mode == "embed" else (1, 1)
+                         hint="embeddings and similarities sit on the patch grid")
+    factor = (p, p) if patch_grid else (1, 1)
     return TileGrid.build(height, width, (th, tw), overlap, factor)
 
 
 def output_names(predictor: Predictor, mode: str) -> list[str]:
-    """One name per output channel: class or target names, ``embedding_<i>`` for embeddings
-    (``output_<i>`` where the checkpoint names fewer outputs than its head has)."""
+    """One name per output channel: class or target names, ``embedding_<i>`` for embeddings,
+    the texts for queries (``output_<i>`` where the checkpoint names fewer outputs than its head
+    has)."""
+    if mode == "query":
+        return list(predictor.texts)
     if mode == "embed":
         return [f"embedding_{i}" for i in range(predictor.embed_dim)]
     count = int((predictor.header.get("head") or {}).get("num_outputs")
@@ -112,6 +129,7 @@ def predict_raster(
     bands: str | Sequence[str] | None = None,
     probabilities: bool = False,
     embed: bool = False,
+    query: str | Sequence[str] | None = None,
     vector: str | Path | None = None,
     min_area: float = 0.0,
     tile: int | Sequence[int] | None = None,
@@ -132,7 +150,11 @@ def predict_raster(
       attribute table (in ``output.aux.xml``) and a QGIS style ``<stem>.qml``; multi-label →
       one uint8 score band per class (scale 1/255, band descriptions = class names, invalid
       pixels masked by the internal mask); regression → float32 bands (nodata NaN);
-      ``embed=True`` → float32 embedding bands at patch resolution (nodata NaN).
+      ``embed=True`` → float32 embedding bands at patch resolution (nodata NaN);
+      ``query=`` → one float32 band per text at patch resolution: the cosine similarity in
+      ``[-1, 1]`` of each patch's projected embedding with the text's (nodata NaN, band
+      description = the text), with a QGIS style ``<stem>.qml`` (a continuous colour ramp
+      over band 1's range).
     * ``<stem>_probabilities.tif`` (``probabilities=True``, class tasks): one uint8 band per
       class, scale 1/255, band descriptions = class names, internal mask, ``average``
       overviews. A separate file keeps the class raster single-band and paletted (QGIS styles
@@ -140,17 +162,19 @@ def predict_raster(
     * ``vector`` (``.gpkg``): one multipolygon per class, dissolved, parts smaller than
       ``min_area`` dropped.
 
-    Every raster has the input's CRS (pixel tasks: also its transform, width and height),
+    Every raster has the input's CRS (pixel tasks: also its transform, width and height;
+    embeddings and queries: the input's transform with pixels ``patch`` times larger),
     256 × 256 DEFLATE tiles, overviews (``mode`` for classes, ``average`` otherwise), and tags
     ``GEOFM_MODEL``, ``GEOFM_CHECKPOINT``, ``GEOFM_VERSION``, ``GEOFM_TASK``, ``GEOFM_BANDS``
-    (model band → input band), ``GEOFM_CLASSES``, ``GEOFM_TILE``, ``GEOFM_OVERLAP``.
+    (model band → input band), ``GEOFM_CLASSES`` (queries: the texts), ``GEOFM_TILE``,
+    ``GEOFM_OVERLAP``.
 
     An input without a CRS is accepted with a warning: the output keeps its pixel grid,
     ungeoreferenced.
 
     Args:
-        model: A geofm checkpoint (finetuned; pretrained with ``embed=True``) or a
-            :class:`Predictor`.
+        model: A geofm checkpoint (finetuned; pretrained or aligned with ``embed=True``;
+            aligned with ``query=``) or a :class:`Predictor`.
         inputs: A GeoTIFF or VRT, or several files stacked band after band (on the finest of
             their grids; same CRS).
         output: The output GeoTIFF.
@@ -158,6 +182,8 @@ def predict_raster(
             file's band descriptions are missing or wrong.
         probabilities: Also write per-class probabilities (class tasks).
         embed: Write patch embeddings of the encoder instead of predictions.
+        query: Write the similarity of every patch to this text (or these texts, one band
+            each) instead of predictions; needs an aligned checkpoint (``geofm align``).
         vector: Also write class polygons to this GeoPackage (class tasks).
         min_area: Drop polygon parts smaller than this, in square CRS units (m² in UTM).
         tile: Tile size in pixels (default: the checkpoint's training chip size).
@@ -174,11 +200,13 @@ def predict_raster(
     Returns:
         ``{"output", "probabilities", "qml", "aux", "vector", "task", "bands",
         "bands_missing", "bands_ignored", "message", "shape", "crs", "tiles", "predicted",
-        "seconds", "model_seconds", "pixels_per_second", "accumulator_bytes"}``.
+        "seconds", "model_seconds", "pixels_per_second", "accumulator_bytes"}``; queries add
+        ``"ranges"``, the ``(min, max)`` similarity per text.
 
     Raises:
         GeofmError: Output exists or is not writable, unreadable input, missing bands, all
-            input pixels nodata, or a request the model cannot serve.
+            input pixels nodata, an empty query text, or a request the model cannot serve
+            (a query to a checkpoint without a text tower).
 
     Example:
         >>> from geofm.predict import predict_raster
@@ -191,14 +219,16 @@ def predict_raster(
     from geofm import __version__
 
     t_start = time.perf_counter()
+    texts = None if query is None else query_texts(query)
     output = Path(output)
     paths = _input_paths(inputs)
     check_output(output, overwrite, paths)
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
-    mode = resolve_mode(predictor, embed)
-    task = "embedding" if mode == "embed" else str(predictor.task)
+    mode = resolve_mode(predictor, embed, texts is not None)
+    task = {"embed": "embedding", "query": "similarity"}.get(mode, str(predictor.task))
     product = ("classes" if task in ("segmentation", "classification")
-               else "scores" if task == "multilabel" else "values")
+               else "scores" if task == "multilabel"
+               else "similarity" if task == "similarity" else "values")
     probabilities = probabilities and product == "classes"
     if probabilities:
         check_output(probabilities_path(output), overwrite, paths)
@@ -215,6 +245,8 @@ def predict_raster(
     if not devices or not all(devices):
         raise GeofmError(f"no device in {device!r}", hint="e.g. cpu, cuda, cuda:0,cuda:1")
     predictor.to(devices[0])
+    if texts is not None:
+        predictor = predictor.with_texts(texts)
     predictors = [predictor, *(predictor.replica(d) for d in devices[1:])]
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), \
             open_source(paths, bands=bands, gsd_m=predictor.gsd_m,
@@ -309,9 +341,13 @@ def _publish(tx: OutputTransaction, output: Path, main: Path, probabilities: Pat
         write_category_sidecar(tx.stage(Path(f"{output}.aux.xml"), ".xml"), names, rgb)
         write_qml(tx.stage(qml_path(output), ".qml"), names, rgb)
         result.update(aux=f"{output}.aux.xml", qml=str(qml_path(output)))
+    if product == "similarity":
+        result["ranges"] = value_ranges(main)
+        write_ramp_qml(tx.stage(qml_path(output), ".qml"), *result["ranges"][0])
+        result["qml"] = str(qml_path(output))
     write_cog(main, tx.stage(output, ".tif"),
               resampling="mode" if product == "classes" else "average",
-              predictor=product == "values", label=output)
+              predictor=product in ("values", "similarity"), label=output)
     sidecars = [Path(f"{output}.aux.xml"), qml_path(output), probabilities_path(output),
                 Path(f"{probabilities_path(output)}.aux.xml")]
     tx.commit(remove=[p for p in sidecars if overwrite and p.exists()
