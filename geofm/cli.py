@@ -190,6 +190,81 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_caption(a: argparse.Namespace) -> int:
+    from geofm.build.captions import caption_store, write_captions
+    from geofm.io.store import open_store
+
+    store = open_store(a.store)
+    captions = caption_store(store, seed=a.seed, per_chip=a.per_chip)
+    write_captions(store, captions, seed=a.seed)
+    done = sum(1 for c in captions if c)
+    print(f"{a.store}: captioned {done} chips ({len(captions) - done} without classes), "
+          f"{a.per_chip} per chip, seed {a.seed}; method: {store.attrs['captions']['method']}")
+    example = next((c[0] for c in captions if c), None)
+    if example:
+        print(f"e.g. {example!r}")
+    return 0
+
+
+def _cmd_align(a: argparse.Namespace) -> int:
+    from geofm.tasks.align import run_align
+    from geofm.tasks.config import ALIGN_DEFAULTS
+
+    cfg = _config(ALIGN_DEFAULTS, a.config, {
+        "init": a.init, "data.store": a.data, "data.bands": a.bands, "data.split": a.split,
+        "text.model": a.text_model, "text.locked": False if a.unlock_text else None,
+        "optim.lr": a.lr, "optim.freeze_encoder": True if a.freeze_encoder else None,
+        "trainer.max_steps": a.max_steps, "data.batch_size": a.batch_size,
+        "trainer.devices": a.devices, "trainer.precision": a.precision, "resume": a.resume,
+        "output": a.output}, a.set)
+    r = run_align(cfg, progress=not a.quiet)
+    cap = r["captions"]
+    print(f"aligned {r['steps']} steps on {r['num_chips']} captioned chips, final loss "
+          f"{r['final_loss']:.4f}; captions from {cap.get('source')} (seed {cap.get('seed')})")
+    print(f"model: {r['checkpoint']}")
+    return 0
+
+
+def _cmd_zeroshot(a: argparse.Namespace) -> int:
+    from geofm.alignment import zeroshot
+
+    r = zeroshot(a.model, a.data, split=a.split, templates=a.templates, output=a.output)
+    m = r["metrics"]
+    print(f"zero-shot on {r['split']} ({r['num_chips']} chips, {m['classes_evaluated']} classes "
+          f"present, {len(r['templates'])} templates): top-1 {m['top1']:.4f} "
+          f"(chance {m['chance_top1']:.4f}), mAP {m['map_macro']:.4f} "
+          f"(chance {m['chance_map']:.4f})")
+    print(_duplicate_summary(r))
+    print(f"reports: {r['output']}, {r['markdown']}")
+    return 0
+
+
+def _cmd_retrieval(a: argparse.Namespace) -> int:
+    from geofm.alignment import retrieval
+
+    r = retrieval(a.model, a.data, split=a.split, output=a.output, seed=a.seed,
+                  per_chip=a.per_chip)
+    m = r["metrics"]
+    print(f"retrieval on {r['split']} ({r['num_chips']} images, {r['num_captions']} captions): "
+          + ", ".join(f"{k} {m[k]:.4f}" for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
+                                                  "t2i_R@5", "t2i_R@10"))
+          + f"; mean recall {m['mean_recall']:.4f}")
+    print(_duplicate_summary(r))
+    print(f"reports: {r['output']}, {r['markdown']}")
+    return 0
+
+
+def _duplicate_summary(r: dict) -> str:
+    d = r["duplicate_check"]
+    if not d.get("checked"):
+        return f"near-duplicate check: not run ({d['reference']['what']})"
+    line = (f"near-duplicate check against {d['reference']['split'] or 'all'} chips: "
+            f"{d['shared_chips']} shared, {d['near_duplicate_pairs']} near-duplicate pairs")
+    if d["shared_chips"]:
+        line += " (the model trained on evaluated chips)"
+    return line
+
+
 def _cmd_eval(a: argparse.Namespace) -> int:
     from geofm.evaluate import evaluate, knn_evaluate
 
@@ -232,6 +307,21 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     extra = [r[k] for k in ("probabilities", "vector") if r.get(k)]
     print(f"wrote {a.output}" + (f" (+ {', '.join(extra)})" if extra else "")
           + f" in {r['seconds']:.1f} s, {r['pixels_per_second']:,.0f} px/s")
+    return 0
+
+
+def _cmd_query(a: argparse.Namespace) -> int:
+    from geofm.predict import query_raster
+
+    r = query_raster(a.model, a.input, a.texts, a.output, bands=a.bands, tile=a.tile,
+                     overlap=a.overlap, batch_size=a.batch_size,
+                     resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
+                     device=a.device, progress=not a.quiet)
+    print(r["message"])
+    for text, (low, high) in zip(a.texts, r["ranges"]):
+        print(f"similarity to {text.strip()!r}: {low:.3f} to {high:.3f}")
+    print(f"wrote {a.output} (+ {r['qml']}) in {r['seconds']:.1f} s, "
+          f"{r['pixels_per_second']:,.0f} px/s")
     return 0
 
 
@@ -366,6 +456,66 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true")
     f.set_defaults(func=_cmd_finetune)
 
+    c = sub.add_parser("caption", help="caption a labelled store for image–text alignment",
+                       description="Write captions made from each chip's labels (ordered by "
+                       "area, and Mask-to-Box captions, where reference maps exist) into the "
+                       "store's chip table, with the seed and templates in its attributes.")
+    c.add_argument("store")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--per-chip", type=int, default=1, help="captions per chip (default 1)")
+    c.set_defaults(func=_cmd_caption)
+
+    al = sub.add_parser(
+        "align", help="align a pretrained encoder with a text tower (contrastive)",
+        description="CLIP-style image–text training: the pretrained geofm encoder and a locked "
+        "offline sentence encoder (all-MiniLM-L6-v2) meet in a shared space. Only the training "
+        "split's captions train; a store without captions is captioned from its labels.",
+        epilog="any config key: --set data.crop=64 --set optim.encoder_lr=1e-5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    al.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors)")
+    al.add_argument("--data", help="chip store with captions or labels")
+    al.add_argument("--bands", help="bands to train on (default: the pretrained model's)")
+    al.add_argument("--split", help="training split (default train; 'all': every chip)")
+    al.add_argument("--text-model", help="local Hugging Face or open_clip text model folder "
+                    "(default: the bundled all-MiniLM-L6-v2)")
+    al.add_argument("--unlock-text", action="store_true", help="train the text tower too")
+    al.add_argument("--freeze-encoder", action="store_true", help="train the projections only")
+    al.add_argument("--lr", type=float, help="projection learning rate")
+    al.add_argument("--max-steps", type=int)
+    al.add_argument("--batch-size", type=int, help="per device")
+    al.add_argument("--devices", help="devices per node (e.g. 1, 8, auto)")
+    al.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
+    al.add_argument("--resume", help="Lightning checkpoint to resume (checkpoints/last.ckpt)")
+    al.add_argument("--config", help="YAML config (configs/align/*.yaml)")
+    al.add_argument("--output", help="output directory (default runs/align)")
+    al.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    al.add_argument("--quiet", action="store_true", help="no progress bar")
+    al.set_defaults(func=_cmd_align)
+
+    z = sub.add_parser("zeroshot", help="zero-shot classification with an aligned model",
+                       description="Score every class of the store with prompts from the "
+                       "checkpoint's recorded templates (or --templates); report top-1, mAP, "
+                       "their chance levels and a near-duplicate check against training chips.")
+    z.add_argument("model", help="aligned checkpoint (align.safetensors)")
+    z.add_argument("--data", required=True, help="chip store with labels")
+    z.add_argument("--split", default="test", help="split to evaluate (default test; 'all')")
+    z.add_argument("--templates", help="file of templates, one per line with '{}'")
+    z.add_argument("-o", "--output", help="report .json (default: beside the model)")
+    z.set_defaults(func=_cmd_zeroshot)
+
+    rt = sub.add_parser("retrieval", help="image↔text retrieval with an aligned model",
+                        description="Recall at 1, 5 and 10 in both directions and mean recall "
+                        "(the RemoteCLIP protocol) over a split's captions, with a "
+                        "near-duplicate check against training chips.")
+    rt.add_argument("model", help="aligned checkpoint (align.safetensors)")
+    rt.add_argument("--data", required=True, help="chip store with captions or labels")
+    rt.add_argument("--split", default="test", help="split to evaluate (default test; 'all')")
+    rt.add_argument("--seed", type=int, help="caption seed for stores without captions "
+                    "(default: the checkpoint's)")
+    rt.add_argument("--per-chip", type=int, help="captions per chip for stores without captions")
+    rt.add_argument("-o", "--output", help="report .json (default: beside the model)")
+    rt.set_defaults(func=_cmd_retrieval)
+
     e = sub.add_parser("eval", help="evaluate a finetuned model on a store split")
     e.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
     e.add_argument("--data", required=True, help="chip store")
@@ -406,6 +556,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_cmd_predict)
+
+    q = sub.add_parser(
+        "query", help="map where a GeoTIFF looks like a text (similarity COG out)",
+        description="Text-to-map query with an aligned image-text checkpoint: the cosine "
+        "similarity of every patch with the text, streamed tile by tile like 'geofm predict "
+        "--embed', written as a float32 COG at patch resolution (input CRS, one band per "
+        "text) with a QGIS .qml colour ramp.",
+        epilog='example: geofm query runs/align/align.safetensors scene.tif "flooded fields" '
+        "-o similarity.tif")
+    q.add_argument("model", help="aligned checkpoint (geofm align)")
+    q.add_argument("input", help="GeoTIFF or VRT")
+    q.add_argument("texts", nargs="+", metavar="TEXT", help="query text(s), one band each")
+    q.add_argument("-o", "--output", required=True, help="output .tif")
+    q.add_argument("--bands", help="the input's bands in order: names (B02,B03,...) or a set "
+                   "(s2, s2l2a, l8, ...)")
+    q.add_argument("--tile", type=int, help="tile side in px (default: the model's)")
+    q.add_argument("--overlap", type=int, help="tile overlap in px (a multiple of the patch)")
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--resample-to-model-gsd", action="store_true",
+                   help="warp the input to the model's pixel size first")
+    q.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:1, or several: cuda:0,cuda:1 (one model per device)")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=_cmd_query)
 
     x = sub.add_parser("export", help="export a finetuned model to ONNX for QGIS (Deepness)",
                        description="ONNX model taking raw pixels (normalisation inside), with "
