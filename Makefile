@@ -20,6 +20,11 @@ demo: install
 	$(GEOFM) split outputs/reben_mini.zarr --method reben
 	$(GEOFM) info outputs/reben_mini.zarr --map outputs/reben_mini_split.png
 	$(GEOFM) pretrain --bands 14
+	$(GEOFM) caption outputs/reben_mini.zarr --seed 0 --per-chip 3
+	$(GEOFM) align --init runs/pretrain/pretrain.safetensors --data outputs/reben_mini.zarr \
+		--max-steps 40 --set data.crop=64 --output runs/align --quiet
+	$(GEOFM) query runs/align/align.safetensors datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif \
+		"arable land" "coniferous forest" -o outputs/query_similarity.tif --overwrite --quiet
 
 test: install
 	$(PY) -m pytest -q tests
