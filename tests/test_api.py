@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import rioxarray
+import torch
 import xarray as xr
 from affine import Affine
 
@@ -148,16 +149,34 @@ def test_docstring_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_walkthrough_runs(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/analyst_walkthrough.md, every Python cell in order (on a crop of the scene)."""
     ckpt = make_checkpoint(tmp_path / "finetune.safetensors", bands=RGBN, classes=3)
+    aligned = make_aligned(tmp_path / "align.safetensors", bands=RGBN)
     text = (REPO / "docs" / "analyst_walkthrough.md").read_text()
     cells = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert len(cells) >= 5
     code = "\n".join(cells)
     for path, replacement in (("runs/finetune/finetune.safetensors", ckpt),
+                              ("runs/align/align.safetensors", aligned),
                               ("datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif", small)):
         assert f'"{path}"' in code
         code = code.replace(f'"{path}"', repr(str(replacement)))
     assert geofm.load is load  # the walkthrough calls the package-level API
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "analyst_walkthrough.md", "exec"), {"__name__": "walkthrough"})
-    assert {"landcover.tif", "landcover.qml", "landcover.gpkg",
-            "confidence.tif"} <= set(os.listdir(tmp_path))
+    assert {"landcover.tif", "landcover.qml", "landcover.gpkg", "confidence.tif",
+            "arable.tif", "arable.qml"} <= set(os.listdir(tmp_path))
+
+
+def make_aligned(path: Path, bands: list[str]) -> Path:
+    """An untrained image–text checkpoint (ChannelViT test size + the bundled text tower)."""
+    from geofm.models.align import AlignModel, save_aligned
+    from geofm.models.text import TextTower
+
+    torch.manual_seed(0)
+    encoder = create_model("channelvit_test", bands=bands)
+    model = AlignModel(encoder, TextTower.from_source(), embed_dim=16)
+    return save_aligned(path, model, {
+        "model": {"name": "channelvit_test", "config": encoder.model_config}, "bands": bands,
+        "band_info": bands_info(bands),
+        "normalization": {"mean": [1200.0] * len(bands), "std": [600.0] * len(bands)},
+        "patch_size": encoder.patch_size, "tile_size": [64, 64], "gsd_m": 10.0, "classes": [],
+        "templates": ["a satellite image of {}."]})
