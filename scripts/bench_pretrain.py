@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from geofm.bands import BAND_SETS
@@ -44,6 +45,14 @@ from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.objectives.common import random_subset
 from geofm.objectives.selective_mae import SelectiveMAE, TokenSelection
+
+SDPA_BACKENDS = {
+    "auto": [],
+    "flash": [SDPBackend.FLASH_ATTENTION],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+}
+"""``--sdpa`` choices: the backend tried first; PyTorch's usual order follows."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each step")
+    parser.add_argument("--sdpa", default="auto", choices=sorted(SDPA_BACKENDS),
+                        help="preferred attention kernel (falls back to PyTorch's order)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="peak for MFU (0: datasheet dense bf16 of a detected H100/H200)")
     return parser.parse_args()
@@ -127,9 +138,17 @@ def make_step(args: argparse.Namespace, model: str, objective_name: str) -> Call
         loss.backward()
 
     compiled = torch.compile(forward_backward) if args.compile else forward_backward
+    preferred = SDPA_BACKENDS[args.sdpa]
+    order = preferred + [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                     SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
+                         if b not in preferred]
 
     def step() -> None:
-        compiled()
+        if preferred:
+            with sdpa_kernel(order, set_priority=True):
+                compiled()
+        else:
+            compiled()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -200,7 +219,7 @@ def main() -> None:
           f"batch {args.batch_size}, device {args.device}, threads {torch.get_num_threads()}")
     if args.device.startswith("cuda"):
         print(f"GPU {torch.cuda.get_device_name(torch.device(args.device))}, bf16 {args.bf16}, "
-              f"compile {args.compile}, peak {peak / 1e12:.1f} TFLOP/s")
+              f"compile {args.compile}, attention {args.sdpa}, peak {peak / 1e12:.1f} TFLOP/s")
     print(f"{'encoder':<12}{'objective':<20}{'images/s':>10}{'min':>10}{'max':>10}"
           + (f"{'GFLOP/img':>11}{'TFLOP/s':>9}{'MFU':>7}" if flops else ""))
     for (model, objective), r in rates.items():
