@@ -54,6 +54,20 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
     return path
 
 
+def is_geofm_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a safetensors file carrying a geofm header (no weights are read)."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return "geofm" in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def read_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a geofm checkpoint, without loading weights.
 

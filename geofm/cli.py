@@ -221,7 +221,8 @@ def _cmd_align(a: argparse.Namespace) -> int:
     cap = r["captions"]
     print(f"aligned {r['steps']} steps on {r['num_chips']} captioned chips, final loss "
           f"{r['final_loss']:.4f}; captions from {cap.get('source')} (seed {cap.get('seed')})")
-    print(f"model: {r['checkpoint']}")
+    if "checkpoint" in r:  # rank 0 writes it
+        print(f"model: {r['checkpoint']}")
     return 0
 
 
@@ -249,6 +250,8 @@ def _cmd_retrieval(a: argparse.Namespace) -> int:
           + ", ".join(f"{k} {m[k]:.4f}" for k in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
                                                   "t2i_R@5", "t2i_R@10"))
           + f"; mean recall {m['mean_recall']:.4f}")
+    print("random ranking: " + ", ".join(f"{k} {m['chance_' + k]:.4f}" for k in (
+        "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")))
     print(_duplicate_summary(r))
     print(f"reports: {r['output']}, {r['markdown']}")
     return 0

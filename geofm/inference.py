@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from geofm.bands import match_by_wavelength
-from geofm.checkpoint import load_checkpoint
+from geofm.checkpoint import is_geofm_checkpoint, load_checkpoint
 from geofm.errors import BandError, GeofmError
 from geofm.models import create_model
 from geofm.models.align import AlignModel
@@ -100,6 +100,16 @@ def load_finetuned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), header
 
 
+def is_open_clip_source(path: str | Path) -> bool:
+    """Whether ``path`` holds published open_clip / RemoteCLIP weights rather than a geofm
+    checkpoint: a folder, a ``.pt`` / ``.pth`` / ``.bin`` file, or a safetensors file without a
+    geofm header."""
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() in (".pt", ".pth", ".bin"):
+        return True
+    return p.suffix.lower() == ".safetensors" and p.is_file() and not is_geofm_checkpoint(p)
+
+
 def load_aligned(path: str | Path) -> tuple[AlignModel, dict[str, Any]]:
     """An image–text model of a geofm align checkpoint, in eval mode.
 
@@ -112,9 +122,8 @@ def load_aligned(path: str | Path) -> tuple[AlignModel, dict[str, Any]]:
     Raises:
         GeofmError: Not an align checkpoint, or its text model cannot be loaded.
     """
-    p = Path(path)
-    if p.is_dir() or p.suffix.lower() in (".pt", ".pth", ".bin"):
-        return load_open_clip(p)
+    if is_open_clip_source(path):
+        return load_open_clip(Path(path))
     weights, header = load_checkpoint(path)
     kind = header.get("kind", "unknown")
     if kind != "align":

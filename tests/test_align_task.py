@@ -72,7 +72,8 @@ def test_alignment_learns_the_real_sample(pretrained: Path, reben_store: Path,
     assert z["map_macro"] >= z["chance_map"] + 0.15, z
     assert z["top1"] >= z["chance_top1"] + 0.3, z
     log = (tmp_path / "a" / "metrics.csv").read_text()
-    assert "train/loss" in log and "train/logit_scale" in log
+    assert all(k in log for k in ("train/loss", "train/scale", "train/lr_projection",
+                                  "train/lr_encoder"))
 
 
 def test_only_training_captions_train(pretrained: Path, store_copy: Path, tmp_path: Path,
@@ -150,3 +151,32 @@ def test_bad_input_one_line(pretrained: Path, reben_store: Path, tmp_path: Path,
     _fails([*base, "--data", str(reben_store), "--text-model", str(tmp_path / "nowhere")],
            capsys, "not a local folder")
     _fails(["caption", str(bare)], capsys, "no labels to caption")
+
+
+def test_one_captioned_chip_is_refused(pretrained: Path, store_copy: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    store = geofm.open_store(store_copy)
+    caps = [["a field"] if i == 0 else [] for i in range(len(store))]
+    write_captions(store, caps, seed=0)
+    _fails(["align", "--init", str(pretrained), "--data", str(store_copy), "--split", "all",
+            "--output", str(tmp_path / "o"), "--quiet"], capsys, "at least 2")
+
+
+def test_temperature_is_bounded_on_the_parameter(pretrained: Path, reben_store: Path,
+                                                 tmp_path: Path) -> None:
+    from geofm.inference import load_encoder
+    from geofm.models.align import AlignModel
+    from geofm.models.text import TextTower
+    from geofm.tasks.align import AlignTask
+
+    encoder, _ = load_encoder(pretrained)
+    model = AlignModel(encoder, TextTower.from_source(), embed_dim=8, max_logit_scale=100.0)
+    task = AlignTask(model, {0: ["a"], 1: ["b"]})
+    with torch.no_grad():
+        model.logit_scale.fill_(9.0)  # exp(9) ≈ 8100, past the cap
+    task.on_train_batch_end(None, None, 0)
+    assert model.logit_scale.item() == pytest.approx(np.log(100.0))
+    with torch.no_grad():
+        model.logit_scale.fill_(-3.0)
+    task.on_train_batch_end(None, None, 0)
+    assert model.logit_scale.item() == 0.0

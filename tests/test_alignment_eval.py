@@ -73,8 +73,15 @@ def test_retrieval_recall_follows_remoteclip_protocol() -> None:
     assert m["t2i_R@1"] == pytest.approx(4 / 5)
     assert m["t2i_R@2"] == 1.0
     assert m["mean_recall"] == pytest.approx(np.mean([1 / 3, 4 / 5, 1, 1]))
-    assert set(retrieval_metrics(sim, owner)) == {
+    # A random ranking: image 0 has 2 of 5 captions, 1 − C(3, k)/C(5, k); image 2 has one.
+    assert m["chance_i2t_R@1"] == pytest.approx(np.mean([2 / 5, 2 / 5, 1 / 5]))
+    assert m["chance_i2t_R@2"] == pytest.approx(np.mean([7 / 10, 7 / 10, 4 / 10]))
+    assert m["chance_t2i_R@1"] == pytest.approx(1 / 3)
+    assert m["chance_t2i_R@2"] == pytest.approx(2 / 3)
+    full = retrieval_metrics(sim, owner)
+    assert {k for k in full if not k.startswith("chance_")} == {
         "i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5", "i2t_R@10", "t2i_R@10", "mean_recall"}
+    assert full["chance_t2i_R@5"] == 1.0 and full["chance_i2t_R@10"] == 1.0  # k ≥ the pool
 
 
 def test_expected_random_ap_matches_simulation() -> None:

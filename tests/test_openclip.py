@@ -180,3 +180,34 @@ def test_bad_files_are_one_clear_error(vit, tmp_path: Path) -> None:
         load_open_clip(other)
     with pytest.raises(GeofmError, match="not found"):
         load_open_clip(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_published_weights_load_wherever_an_align_checkpoint_goes(vit, tmp_path: Path,
+                                                                  suffix: str) -> None:
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    import geofm
+    from geofm.cli import main
+
+    path = tmp_path / f"remoteclip{suffix}"
+    if suffix == ".pt":
+        torch.save(vit.state_dict(), path)
+    else:
+        save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    model = geofm.load(path)
+    tokens = open_clip.tokenizer.SimpleTokenizer()(TEXTS)
+    with torch.no_grad():
+        expected = vit.encode_text(tokens, normalize=True).numpy()
+    np.testing.assert_allclose(model.encode_text(TEXTS), expected, atol=1e-5)
+    scene = tmp_path / "rgb.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16",
+                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 5000000)) as ds:
+        ds.write(np.random.default_rng(0).integers(0, 3000, (3, 64, 64), dtype=np.uint16))
+        ds.descriptions = ("B04", "B03", "B02")
+    out = tmp_path / "harbour.tif"
+    assert main(["query", str(path), str(scene), "a harbour", "-o", str(out), "--quiet"]) == 0
+    with rasterio.open(out) as ds:
+        assert (ds.width, ds.height) == (8, 8) and ds.transform.a == 80.0

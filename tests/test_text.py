@@ -55,7 +55,7 @@ def test_default_tower_is_offline_minilm(tower: TextTower) -> None:
     assert emb.shape == (2, 384) and emb.dtype == torch.float32
 
 
-def test_matches_direct_transformers_mean_pool(tower: TextTower) -> None:
+def test_matches_sentence_transformers_mean_pool_and_normalize(tower: TextTower) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     texts = ["Sentinel-2 image of coniferous forest", "arable land next to a lake"]
@@ -66,7 +66,7 @@ def test_matches_direct_transformers_mean_pool(tower: TextTower) -> None:
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state  # [T, L, D]
     mask = batch["attention_mask"].unsqueeze(-1).float()
-    expected = (hidden * mask).sum(1) / mask.sum(1)
+    expected = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)  # modules: ..., Normalize
     torch.testing.assert_close(tower(texts), expected, atol=1e-5, rtol=1e-5)
 
 

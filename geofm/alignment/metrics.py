@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -71,7 +72,8 @@ def zeroshot_metrics(scores: Tensor, labels: Tensor) -> dict[str, Any]:
 
 def retrieval_metrics(similarity: Tensor, text_image: Tensor,
                       ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
-    """Image→text and text→image recall at k, and their mean (the RemoteCLIP protocol).
+    """Image→text and text→image recall at k, their mean (the RemoteCLIP protocol), and the
+    recall a random ranking would reach.
 
     Args:
         similarity: ``[I, T]`` image–text similarities.
@@ -80,17 +82,32 @@ def retrieval_metrics(similarity: Tensor, text_image: Tensor,
 
     Returns:
         ``i2t_R@k`` (an image is a hit when any of its captions ranks in the top k), ``t2i_R@k``
-        (a caption is a hit when its image ranks in the top k), and ``mean_recall`` over all.
+        (a caption is a hit when its image ranks in the top k), ``mean_recall`` over all, and
+        ``chance_i2t_R@k`` / ``chance_t2i_R@k``: the expected recall of a random ranking
+        (``1`` where ``k`` reaches the pool, so the recall says nothing there).
     """
-    num_i = similarity.shape[0]
+    num_i, num_t = similarity.shape
     owner = text_image.long()  # [T]
     out: dict[str, float] = {}
-    i2t_rank = similarity.argsort(dim=1, descending=True)  # [I, T]
-    t2i_rank = similarity.t().argsort(dim=1, descending=True)  # [T, I]
+    kmax = min(max(ks), num_t)
+    i2t_top = similarity.topk(kmax, dim=1).indices  # [I, kmax]
+    t2i_top = similarity.t().topk(min(max(ks), num_i), dim=1).indices  # [T, ≤ kmax]
     for k in ks:
-        i2t = (owner[i2t_rank[:, :k]] == torch.arange(num_i)[:, None]).any(1)  # [I]
-        t2i = (t2i_rank[:, :k] == owner[:, None]).any(1)  # [T]
+        i2t = (owner[i2t_top[:, :k]] == torch.arange(num_i)[:, None]).any(1)  # [I]
+        t2i = (t2i_top[:, :k] == owner[:, None]).any(1)  # [T]
         out[f"i2t_R@{k}"] = float(i2t.float().mean())
         out[f"t2i_R@{k}"] = float(t2i.float().mean())
     out["mean_recall"] = float(np.mean(list(out.values())))
+    per_image = torch.bincount(owner, minlength=num_i).tolist()  # captions of each image
+    for k in ks:
+        out[f"chance_i2t_R@{k}"] = float(np.mean([random_hit(c, num_t, k) for c in per_image]))
+        out[f"chance_t2i_R@{k}"] = min(k, num_i) / num_i
     return out
+
+
+def random_hit(positives: int, total: int, k: int) -> float:
+    """Probability that a random ranking of ``total`` items puts one of ``positives`` in its
+    top ``k``: ``1 − C(total − positives, k) / C(total, k)``."""
+    if k >= total:
+        return 1.0 if positives else 0.0
+    return 1.0 - math.comb(total - positives, k) / math.comb(total, k)

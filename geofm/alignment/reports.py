@@ -241,6 +241,11 @@ def _retrieval_markdown(r: dict[str, Any]) -> str:
     for d, name in (("i2t", "image → text"), ("t2i", "text → image")):
         lines.append(f"| {name} | " + " | ".join(f"{m[f'{d}_R@{k}']:.4f}" for k in RECALL_KS)
                      + " |")
+        lines.append(f"| {name}, random ranking | "
+                     + " | ".join(f"{m[f'chance_{d}_R@{k}']:.4f}" for k in RECALL_KS) + " |")
     lines += ["", f"mean recall: {m['mean_recall']:.4f}"]
+    if any(m[f"chance_{d}_R@{k}"] >= 1.0 for d in ("i2t", "t2i") for k in RECALL_KS):
+        lines.append("- where a random ranking reaches 1.0, k covers the whole pool and the "
+                     "recall says nothing")
     lines += _duplicate_lines(r["duplicate_check"])
     return "\n".join(lines) + "\n"

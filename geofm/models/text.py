@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geofm.errors import GeofmError
@@ -41,6 +42,7 @@ _POOLING_KEYS = {
     "pooling_mode_lasttoken": "last",
 }
 _ST_MODULES = ("Transformer", "Pooling", "Normalize")
+_UNUSED_PARAMS = ("logit_scale", "logit_bias")
 
 
 def default_text_folder() -> Path:
@@ -72,6 +74,15 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def lists_normalize(folder: Path) -> bool:
+    """Whether the sentence-transformers ``modules.json`` of ``folder`` ends with ``Normalize``."""
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return False
+    kinds = [str(e.get("type", "")).rsplit(".", 1)[-1] for e in json.loads(modules.read_text())]
+    return "Normalize" in kinds
 
 
 def read_pooling(folder: Path) -> str:
@@ -133,14 +144,18 @@ class HFTextEncoder(nn.Module):
         tokenizer: Its tokenizer.
         pooling: See :func:`pool_tokens`.
         max_length: Longest token sequence; longer texts are truncated.
+        normalize: L2-normalise the pooled embeddings (the folder lists sentence-transformers'
+            ``Normalize`` module, as all-MiniLM-L6-v2 does).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, pooling: str, max_length: int) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, pooling: str, max_length: int,
+                 normalize: bool = False) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_length = max_length
+        self.normalize = normalize
         self.dim = int(model.config.hidden_size)
 
     @classmethod
@@ -165,7 +180,9 @@ class HFTextEncoder(nn.Module):
         st_cfg = folder / "sentence_bert_config.json"
         if st_cfg.is_file():
             max_length = int(json.loads(st_cfg.read_text()).get("max_seq_length", max_length))
-        return cls(model.float(), tokenizer, pooling, max_length)
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None  # BERT's pooler: unused by sentence pooling, never gets gradients
+        return cls(model.float(), tokenizer, pooling, max_length, normalize=lists_normalize(folder))
 
     def forward(self, texts: list[str]) -> Tensor:
         """``[T, dim]`` pooled sentence embeddings."""
@@ -173,7 +190,8 @@ class HFTextEncoder(nn.Module):
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(device)
         hidden = self.model(**batch).last_hidden_state  # [T, L, D]
-        return pool_tokens(hidden, batch["attention_mask"], self.pooling)  # [T, D]
+        pooled = pool_tokens(hidden, batch["attention_mask"], self.pooling)  # [T, D]
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
 class OpenCLIPTextEncoder(nn.Module):
@@ -274,8 +292,10 @@ class TextTower(nn.Module):
     def set_locked(self, locked: bool) -> TextTower:
         """Freeze (``True``) or unfreeze the tower's weights; a frozen tower stays in eval."""
         self.locked = bool(locked)
-        for p in self.backend.parameters():
-            p.requires_grad_(not self.locked)
+        for name, p in self.backend.named_parameters():
+            # An open_clip model's own image–text scale is unused here (AlignModel has one);
+            # a parameter without gradients would stall DDP's gradient reduction.
+            p.requires_grad_(not self.locked and not name.endswith(_UNUSED_PARAMS))
         if self.locked:
             self.backend.eval()
         else:

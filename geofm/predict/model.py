@@ -61,16 +61,18 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Predictor:
-        """Load a finetuned checkpoint, an aligned image–text one (embeddings and queries), or a
-        pretrained one (embeddings only)."""
+        """Load a finetuned checkpoint, an aligned image–text one (embeddings and queries; also
+        published open_clip / RemoteCLIP weights), or a pretrained one (embeddings only)."""
         from geofm.checkpoint import read_header
+        from geofm.inference import is_open_clip_source, load_aligned
 
+        if is_open_clip_source(path):
+            module, header = load_aligned(path)
+            return cls(module, header, Path(path).name)
         header = read_header(path)
         if header.get("kind") == "finetune":
             module, header = load_finetuned(path)
         elif header.get("kind") == "align":
-            from geofm.inference import load_aligned
-
             module, header = load_aligned(path)
         else:
             module, header = load_encoder(path)

@@ -5,7 +5,8 @@
 - ``align.safetensors``: the aligned model (image encoder, projections, temperature, and the
   text tower's weights when it was unlocked) with a header recording the bands, normalisation,
   text tower, zero-shot templates, caption provenance and training data;
-- ``config.yaml`` (resolved), ``metrics.csv`` (loss, learning rate, logit scale per logged step);
+- ``config.yaml`` (resolved), ``metrics.csv`` (loss, learning rate of each part, the scale
+  ``exp(logit_scale)`` and image–text pairs/s per logged step);
 - ``data_rank{R}.json``: the chips each rank trained on;
 - ``checkpoints/last.ckpt``: Lightning's training state for ``--resume``.
 
@@ -19,6 +20,7 @@ would.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -32,7 +34,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from geofm.alignment import ZEROSHOT_TEMPLATES, captions_for, check_templates
+from geofm.alignment import ZEROSHOT_TEMPLATES, captions_for, check_templates, load_templates
 from geofm.checkpoint import read_header
 from geofm.data.dataset import ChipDataset
 from geofm.errors import GeofmError
@@ -130,7 +132,7 @@ class AlignTask(L.LightningModule):
         self.captions = captions
         self.loss = ContrastiveLoss()
         if freeze_encoder:
-            self.model.encoder.requires_grad_(False)
+            self.model.encoder.requires_grad_(False).eval()
         self.strict_loading = not model.text.locked  # locked towers are not checkpointed
         self.seen: set[int] = set()
         self._t0: float | None = None
@@ -153,7 +155,16 @@ class AlignTask(L.LightningModule):
             out.append(pick_caption(caps, self.hparams.seed, self.global_step, int(i)))
         return out
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def train(self, mode: bool = True) -> AlignTask:
+        """Training mode; a frozen image encoder stays in eval mode (no dropout or drop path)."""
+        super().train(mode)
+        if self.hparams.freeze_encoder:
+            self.model.encoder.eval()
+        return self
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if batch["image"].shape[0] < 2 and self.trainer.world_size == 1:
+            return None  # one pair has no negatives: nothing to learn (an epoch's last batch)
         seed = self.hparams.seed * 1_000_003 + self.global_step
         torch.manual_seed(seed)
         indices = [int(i) for i in batch["meta"]["index"]]
@@ -168,14 +179,22 @@ class AlignTask(L.LightningModule):
                              hint="lower the learning rate (--set optim.lr=...)")
         b = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
-        self.log("train/logit_scale", float(scale.detach()), batch_size=b)
+        rates = {g["name"]: g["lr"] for g in self.optimizers().param_groups}
+        for name, lr in rates.items():  # projection, encoder, text (those that train)
+            self.log(f"train/lr_{name}", lr, batch_size=b)
+        self.log("train/scale", float(scale.detach()), batch_size=b)  # exp(logit_scale)
         now = time.perf_counter()
         if self._t0 is not None:
             self.log("train/pairs_per_s", b * self.trainer.world_size / max(now - self._t0, 1e-9),
                      batch_size=b)
         self._t0 = now
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # CLIP bounds the parameter itself: a cap applied only in the forward pass would leave
+        # it drifting upwards with zero gradient, unable to come back.
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0.0, math.log(self.model.max_logit_scale))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.model.text.locked:  # rebuilt from its source on load
@@ -186,15 +205,16 @@ class AlignTask(L.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         groups: list[dict[str, Any]] = []
-        parts = [("encoder.", hp.encoder_lr), ("text.", hp.text_lr), ("", hp.lr)]
+        parts = [("encoder", "encoder.", hp.encoder_lr), ("text", "text.", hp.text_lr),
+                 ("projection", "", hp.lr)]
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        for prefix, lr in parts:
+        for part, prefix, lr in parts:
             mine = [(n, p) for n, p in named if n.startswith(prefix)]
             named = [(n, p) for n, p in named if not n.startswith(prefix)]
             decay = [p for n, p in mine if p.ndim >= 2 and "embed" not in n and "token" not in n]
             rest = [p for n, p in mine if not (p.ndim >= 2 and "embed" not in n
                                                and "token" not in n)]
-            groups += [{"params": ps, "lr": float(lr), "weight_decay": wd}
+            groups += [{"params": ps, "lr": float(lr), "weight_decay": wd, "name": part}
                        for ps, wd in ((decay, hp.weight_decay), (rest, 0.0)) if ps]
         opt = adamw(groups, self._trainer, lr=float(hp.lr))
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -244,7 +264,9 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         raise GeofmError("no chip store given", hint="pass --data STORE")
     out = Path(cfg["output"])
     init_header = read_header(cfg["init"])
-    templates = check_templates(cfg.get("templates") or ZEROSHOT_TEMPLATES)
+    given = cfg.get("templates")
+    templates = (load_templates(given) if isinstance(given, (str, Path))
+                 else check_templates(given or ZEROSHOT_TEMPLATES))
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     dm = _CaptionedChips(data["store"], bands=data["bands"] or init_header["bands"],
                          batch_size=data["batch_size"], num_workers=data["num_workers"],
@@ -253,8 +275,9 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     captions, provenance = captions_for(store, seed=int(cap["seed"]),
                                         per_chip=int(cap["per_chip"]))
     train_caps = training_captions(store, captions, data["split"])
-    if not train_caps:
-        raise GeofmError(f"no chip of split {data['split']!r} has a caption", store.path,
+    if len(train_caps) < 2:
+        raise GeofmError(f"{len(train_caps)} chip(s) of split {data['split']!r} have captions; "
+                         "contrastive training needs at least 2", store.path,
                          "caption the store ('geofm caption') or choose another split")
     dm.keep(list(train_caps))
     check_writable(out)
@@ -292,7 +315,8 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
             "class_colors": store.class_colors,
             "templates": templates,
             "captions": provenance,
-            "train": {"store": str(store.path), "split": data["split"], "seed": tr["seed"],
+            "train": {"store": str(Path(store.path).resolve()), "split": data["split"],
+                      "seed": tr["seed"],
                       "steps": trainer.global_step, "init": str(cfg["init"]),
                       "init_kind": header.get("kind"), "num_chips": len(train_caps),
                       "freeze_encoder": bool(opt["freeze_encoder"]), "crop": crop,
