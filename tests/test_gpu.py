@@ -1,4 +1,5 @@
-"""GPU paths: flash attention in bf16, bf16-mixed pretraining, DDP on a GPU, CUDA prediction.
+"""GPU paths: flash attention in bf16, HOG scoring, bf16-mixed pretraining, DDP on a GPU, CUDA
+prediction.
 
 Skipped where no CUDA device is present (CI); run on a GPU machine with
 ``python -m pytest -q tests/test_gpu.py``.
@@ -37,6 +38,18 @@ def test_encoder_attention_runs_on_flash_kernels_in_bf16(name: str) -> None:
             flash = encoder.forward_features(images, S1S2[:6]).float()
     rel = (flash - reference).norm() / reference.norm()
     assert rel < 3e-2, rel
+
+
+@pytest.mark.parametrize("strongest_band", [False, True])
+def test_hog_scores_match_on_cpu_and_gpu(strongest_band: bool) -> None:
+    from geofm.objectives.hog import hog_histograms
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(3, 5, 64, 64, generator=gen)
+    valid = torch.rand(3, 5, 64, 64, generator=gen) > 0.1
+    cpu = hog_histograms(images, 16, 9, valid, strongest_band=strongest_band)
+    gpu = hog_histograms(images.cuda(), 16, 9, valid.cuda(), strongest_band=strongest_band)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
 
 
 def _pretrain(tmp_path: Path, name: str, strategy: str) -> dict:

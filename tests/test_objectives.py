@@ -176,6 +176,60 @@ def test_hog_bins_follow_edge_orientation() -> None:
     assert flat.abs().max() == 0
 
 
+def test_hog_ignores_gradients_that_touch_nodata() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 2, 16, 16, generator=gen, dtype=torch.float64).float()
+    valid = torch.rand(1, 2, 16, 16, generator=gen) > 0.2
+    x_bad = x.masked_fill(~valid, 1e6)  # whatever nodata holds must not matter
+    hist = hog_histograms(x_bad, patch_size=8, num_bins=9, valid=valid)  # [1, 2, 4, 9]
+    expected = torch.zeros(2, 4, 9)
+    for band in range(2):
+        img, ok = x[0, band], valid[0, band]
+        for i in range(16):
+            for j in range(16):
+                touched, gx, gy = [], 0.0, 0.0
+                if 0 < j < 15:
+                    touched += [(i, j - 1), (i, j + 1)]
+                    gx = float(img[i, j + 1] - img[i, j - 1])
+                if 0 < i < 15:
+                    touched += [(i - 1, j), (i + 1, j)]
+                    gy = float(img[i + 1, j] - img[i - 1, j])
+                if not all(ok[t] for t in touched):
+                    continue
+                angle = math.atan2(gy, gx) % math.pi
+                slot = min(int(angle * 9 / math.pi), 8)
+                expected[band, (i // 8) * 2 + j // 8, slot] += math.hypot(gx, gy)
+    torch.testing.assert_close(hist[0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_hog_strongest_band_votes_once_per_pixel() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 16, 16, generator=gen)
+    per_band = hog_histograms(x, patch_size=8)  # [2, 5, 4, 9]
+    strongest = hog_histograms(x, patch_size=8, strongest_band=True)  # [2, 1, 4, 9]
+    assert strongest.shape == (2, 1, 4, 9)
+    # One band alone: the same histograms either way.
+    torch.testing.assert_close(hog_histograms(x[:, 2:3], 8, strongest_band=True), per_band[:, 2:3])
+    # Each pixel adds the largest of its bands' magnitudes, with that band's orientation.
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    gx = padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]
+    gy = padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]
+    top = torch.hypot(gx, gy).amax(dim=1)  # [2, 16, 16]
+    per_patch = top.reshape(2, 2, 8, 2, 8).sum(dim=(2, 4)).reshape(2, 4)
+    torch.testing.assert_close(strongest.sum(-1)[:, 0], per_patch)
+    assert (strongest.sum(-1) < per_band.sum(dim=(1, 3))).all()
+    # The band order does not matter.
+    torch.testing.assert_close(
+        hog_histograms(x[:, [3, 0, 4, 1, 2]], 8, strongest_band=True), strongest
+    )
+    # A strong vertical edge in one band outvotes noise in the others: orientation 0 (the
+    # first bin, or the last where noise tilts it just below π).
+    y = 0.01 * torch.randn(1, 4, 16, 16, generator=gen)
+    y[0, 1, :, 8:] += 1.0
+    edge = hog_histograms(y, 8, strongest_band=True)[0, 0]  # [4, 9]
+    assert edge[:, [0, 8]].sum() > 0.85 * edge.sum()
+
+
 def test_selective_mae_seeds_prefer_textured_band_tokens() -> None:
     objective = build("selective_mae", bands=RGBN)
     assert isinstance(objective, SelectiveMAE)

@@ -240,10 +240,14 @@ class SelectiveMAE(MaskedImageObjective):
 
     def token_scores(self, inputs: Tensor, valid: Tensor) -> Tensor:
         """HOG richness logits ``[B, T]`` in the encoder's token order (already / temperature)."""
-        hist = hog_histograms(inputs, self.encoder.patch_size, self.num_bins, valid)
-        b, c, n, k = hist.shape  # [B, C, N, K]
-        tokens = hist.reshape(b, c * n, k) if self.encoder.band_tokens else hist.sum(dim=1)
-        return hog_richness(tokens) / self.temperature
+        # A (band, patch) token is scored by its own band's histogram; a patch token of a plain
+        # ViT by one histogram over all its bands, each pixel voting with its strongest band.
+        per_band = self.encoder.band_tokens
+        hist = hog_histograms(
+            inputs, self.encoder.patch_size, self.num_bins, valid, strongest_band=not per_band
+        )  # [B, C or 1, N, K]
+        b, c, n, k = hist.shape
+        return hog_richness(hist.reshape(b, c * n, k)) / self.temperature
 
     @torch.no_grad()
     def select_tokens(
