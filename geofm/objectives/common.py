@@ -12,8 +12,9 @@ Token counts: a ratio ``r`` of ``T`` tokens means ``max(1, floor(r · T + 0.5))`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property, partial
 from typing import Any
 
 import torch
@@ -28,14 +29,18 @@ from geofm.models.vit import TokenEncoder, sincos_pos_embed
 class ObjectiveOutput:
     """Result of one objective forward pass.
 
+    The training step needs only ``loss``; the pixel-level views (``pred_pixels``,
+    ``visible_mask``, ``target_mask``), which are as large as the batch, are built on first
+    access, e.g. for a reconstruction preview, and cost nothing otherwise.
+
     Attributes:
         loss: Scalar training loss.
         images: ``[B, C, H, W]`` the encoder input (nodata zeroed, after channel sampling).
         bands: Band names of the ``C`` channels of every image-shaped tensor here.
-        pred_pixels: ``[B, C, H, W]`` reconstruction in input units where reconstructed,
-            zero elsewhere.
-        visible_mask: ``[B, C, H, W]`` bool, pixels of tokens the encoder saw unmasked.
-        target_mask: ``[B, C, H, W]`` bool, pixels of tokens that were reconstructed.
+        token_pred: ``[B, K, P]`` reconstructions of the target tokens, in input units.
+        target_idx: ``[B, K]`` indices of the reconstructed tokens.
+        visible_tokens: ``[B, T]`` bool, tokens the encoder saw unmasked.
+        unpatchify: Maps ``[B, T, P]`` token pixels to ``[B, C, H, W]`` images.
         num_tokens: Tokens per image ``T``.
         num_visible: Tokens per image the encoder saw unmasked.
         num_targets: Tokens per image the decoder reconstructed.
@@ -44,12 +49,36 @@ class ObjectiveOutput:
     loss: Tensor
     images: Tensor
     bands: list[str]
-    pred_pixels: Tensor
-    visible_mask: Tensor
-    target_mask: Tensor
+    token_pred: Tensor
+    target_idx: Tensor
+    visible_tokens: Tensor
+    unpatchify: Callable[[Tensor], Tensor]
     num_tokens: int
     num_visible: int
     num_targets: int
+
+    @cached_property
+    def pred_pixels(self) -> Tensor:
+        """``[B, C, H, W]`` reconstruction in input units where reconstructed, zero elsewhere."""
+        b, _, p = self.token_pred.shape
+        full = self.token_pred.new_zeros(b, self.num_tokens, p)  # [B, T, P]
+        full.scatter_(1, self.target_idx.unsqueeze(-1).expand(-1, -1, p), self.token_pred)
+        return self.unpatchify(full)
+
+    @cached_property
+    def visible_mask(self) -> Tensor:
+        """``[B, C, H, W]`` bool, pixels of tokens the encoder saw unmasked."""
+        return self._to_pixels(self.visible_tokens)
+
+    @cached_property
+    def target_mask(self) -> Tensor:
+        """``[B, C, H, W]`` bool, pixels of tokens that were reconstructed."""
+        return self._to_pixels(index_mask(self.target_idx, self.num_tokens))
+
+    def _to_pixels(self, token_mask: Tensor) -> Tensor:
+        p = self.token_pred.shape[-1]
+        spread = token_mask.unsqueeze(-1).expand(-1, -1, p).to(self.token_pred.dtype)
+        return self.unpatchify(spread) > 0
 
 
 @dataclass
@@ -302,27 +331,19 @@ class MaskedImageObjective(nn.Module):
             num_visible: Number of ``True`` per row of ``visible``.
             stats: ``(mean, std)`` ``[B, K, 1]`` of the normalised targets, or ``None``.
         """
-        b, num_tokens = visible.shape
         c = batch.inputs.shape[1]
-        p = self.encoder.pixels_per_token(c)
+        pred = pred.detach()
         if stats is not None:
             pred = pred * stats[1] + stats[0]
-        full = torch.zeros(b, num_tokens, p, dtype=pred.dtype, device=pred.device)
-        full.scatter_(1, target_idx.unsqueeze(-1).expand(-1, -1, p), pred.detach())
-        targets = index_mask(target_idx, num_tokens)
-
-        def to_pixels(token_mask: Tensor) -> Tensor:
-            spread = token_mask.unsqueeze(-1).expand(-1, -1, p).to(pred.dtype)
-            return self.encoder.unpatchify(spread, c, batch.grid) > 0
-
         return ObjectiveOutput(
             loss=loss,
             images=batch.inputs.detach(),
             bands=list(batch.bands),
-            pred_pixels=self.encoder.unpatchify(full, c, batch.grid),
-            visible_mask=to_pixels(visible),
-            target_mask=to_pixels(targets),
-            num_tokens=num_tokens,
+            token_pred=pred,
+            target_idx=target_idx,
+            visible_tokens=visible,
+            unpatchify=partial(self.encoder.unpatchify, num_bands=c, grid=batch.grid),
+            num_tokens=visible.shape[1],
             num_visible=num_visible,
             num_targets=target_idx.shape[1],
         )
