@@ -131,10 +131,10 @@ def make_step(args: argparse.Namespace, model: str, objective_name: str) -> Call
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4, fused=True)
     images = structured_batch(args.batch_size, args.bands, args.img_size, args.device)
 
-    def forward_backward() -> None:
+    def forward_backward(batch: torch.Tensor = images) -> None:
         with torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16,
                             enabled=args.bf16):
-            loss = objective(images, bands, progress=0.5).loss
+            loss = objective(batch, bands, progress=0.5).loss
         loss.backward()
 
     compiled = torch.compile(forward_backward) if args.compile else forward_backward
@@ -156,12 +156,20 @@ def make_step(args: argparse.Namespace, model: str, objective_name: str) -> Call
     return step
 
 
-def step_flops(step: Callable[[], None]) -> float:
+def step_flops(step: Callable[[], None], batch_size: int, device: str, bands: int,
+               img_size: int) -> float:
     """Floating-point operations of one forward + backward pass (matrix products, convolutions
-    and attention, as counted by PyTorch)."""
+    and attention, as counted by PyTorch).
+
+    Every counted operation is linear in the batch (attention is per image), so the count runs
+    eagerly on a batch of at most 8 and is scaled: the eager pass at the full batch would need
+    more memory than the compiled steps being measured.
+    """
+    counted = min(batch_size, 8)
+    images = structured_batch(counted, bands, img_size, device)
     with FlopCounterMode(display=False) as counter:
-        step.forward_backward()  # type: ignore[attr-defined]
-    return float(counter.get_total_flops())
+        step.forward_backward(images)  # type: ignore[attr-defined]
+    return float(counter.get_total_flops()) * batch_size / counted
 
 
 def peak_flops(args: argparse.Namespace) -> float:
@@ -192,7 +200,10 @@ def main() -> None:
     configs = [(m, o) for m in models for o in objectives]
     steps = {cfg: make_step(args, *cfg) for cfg in configs}
     peak = peak_flops(args)
-    flops = {cfg: step_flops(step) for cfg, step in steps.items()} if peak else {}
+    flops = {
+        cfg: step_flops(step, args.batch_size, args.device, args.bands, args.img_size)
+        for cfg, step in steps.items()
+    } if peak else {}
     for cfg, step in steps.items():
         for _ in range(args.warmup):
             step()
