@@ -51,6 +51,7 @@ SDPA_BACKENDS = {
     "flash": [SDPBackend.FLASH_ATTENTION],
     "cudnn": [SDPBackend.CUDNN_ATTENTION],
     "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+    "math": [SDPBackend.MATH],
 }
 """``--sdpa`` choices: the backend tried first; PyTorch's usual order follows."""
 
