@@ -52,7 +52,7 @@ def test_hog_scores_match_on_cpu_and_gpu(strongest_band: bool) -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
 
 
-def _pretrain(tmp_path: Path, name: str, strategy: str) -> dict:
+def _pretrain(tmp_path: Path, name: str, strategy: str, *sets: str) -> dict:
     from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, merge
     from geofm.tasks.pretrain import run_pretrain
 
@@ -60,15 +60,18 @@ def _pretrain(tmp_path: Path, name: str, strategy: str) -> dict:
     cfg = apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
         f"data.store={store}", f"output={tmp_path / name}", "data.split=null",
         "data.batch_size=8", "trainer.max_steps=6", "trainer.log_every_n_steps=1",
-        "trainer.accelerator=gpu", f"trainer.strategy={strategy}", "previews=1"])
+        "trainer.accelerator=gpu", f"trainer.strategy={strategy}", "previews=1", *sets])
     return run_pretrain(cfg, progress=False)
 
 
-@pytest.mark.parametrize("strategy", ["auto", "ddp"])
+@pytest.mark.parametrize("strategy", ["auto", "ddp", "compiled"])
 def test_pretraining_on_gpu_defaults_to_bf16_mixed(tmp_path: Path, strategy: str) -> None:
     from geofm.inference import load_encoder
 
-    result = _pretrain(tmp_path, strategy, strategy)
+    if strategy == "compiled":  # the default strategy with compiled transformer blocks
+        result = _pretrain(tmp_path, strategy, "auto", "trainer.compile=true")
+    else:
+        result = _pretrain(tmp_path, strategy, strategy)
     cfg = yaml.safe_load((tmp_path / strategy / "config.yaml").read_text())
     assert cfg["trainer"]["precision"] == "bf16-mixed"
     metrics = (tmp_path / strategy / "metrics.csv").read_text()

@@ -38,6 +38,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         "log_every_n_steps": 5,
         "checkpoint_every_n_steps": 50,
         "seed": 0,
+        "compile": False,  # torch.compile the transformer blocks (worth it on GPUs)
     },
     "output": "runs/pretrain",
     "resume": None,

@@ -34,7 +34,7 @@ from geofm.objectives import create_objective
 from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
-from geofm.tasks.trainer import fit_steps, resolve_precision, skip_consumed
+from geofm.tasks.trainer import compile_blocks, fit_steps, resolve_precision, skip_consumed
 from geofm.viz import reconstruction_preview
 
 
@@ -57,6 +57,8 @@ class PretrainTask(L.LightningModule):
         warmup_steps: Linear warm-up steps.
         max_steps: Total steps (cosine decay to 0 at the end).
         seed: Base seed of the per-step randomness.
+        compile: Compile the encoder's and decoder's transformer blocks
+            (:func:`~geofm.tasks.trainer.compile_blocks`).
     """
 
     def __init__(
@@ -72,11 +74,14 @@ class PretrainTask(L.LightningModule):
         warmup_steps: int = 10,
         max_steps: int = 100,
         seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.encoder = create_model(model, **{**model_kwargs, "bands": list(bands)})
         self.objective = create_objective(objective, self.encoder, **objective_kwargs)
+        if compile:
+            compile_blocks(self.objective)
         self._t0: float | None = None
         self.last_output: Any = None
         self.seen: set[int] = set()
@@ -207,7 +212,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
         dm.band_names, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
-        max_steps=tr["max_steps"], seed=tr["seed"])
+        max_steps=tr["max_steps"], seed=tr["seed"], compile=bool(tr.get("compile", False)))
     precision = resolve_precision(tr)
     resolved = {**cfg, "data": {**data, "store": str(store)},
                 "trainer": {**tr, "precision": precision}}
