@@ -71,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per config")
     parser.add_argument("--bare", action="store_true", help="also time selection-free compute")
+    parser.add_argument("--hcs", action="store_true",
+                        help="Hierarchical Channel Sampling on every step (ChannelViT's recipe)")
     parser.add_argument("--models", default="vit,channelvit", help="encoder families to time")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
@@ -124,6 +126,7 @@ def make_step(args: argparse.Namespace, model: str, objective_name: str) -> Call
         decoder_dim=args.decoder_dim,
         decoder_depth=args.decoder_depth,
         decoder_heads=args.decoder_heads,
+        hcs=args.hcs,
     ).to(args.device)
     if bare:
         assert isinstance(objective, SelectiveMAE)
@@ -228,7 +231,8 @@ def main() -> None:
 
     print(f"\nencoder {args.size}, decoder {args.decoder_dim}×{args.decoder_depth}, "
           f"{args.bands} bands, {args.img_size} px, patch {args.patch_size}, "
-          f"batch {args.batch_size}, device {args.device}, threads {torch.get_num_threads()}")
+          f"batch {args.batch_size}, HCS {args.hcs}, device {args.device}, "
+          f"threads {torch.get_num_threads()}")
     if args.device.startswith("cuda"):
         print(f"GPU {torch.cuda.get_device_name(torch.device(args.device))}, bf16 {args.bf16}, "
               f"compile {args.compile}, attention {args.sdpa}, peak {peak / 1e12:.1f} TFLOP/s")
