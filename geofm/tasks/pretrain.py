@@ -14,6 +14,7 @@ Every step's randomness (masking, channel sampling, drop-path) comes from a seed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -100,7 +101,9 @@ class PretrainTask(L.LightningModule):
             raise NonFiniteLossError(
                 f"non-finite loss ({out.loss.item()}) at step {self.global_step}",
                 hint="lower the learning rate (--set optim.lr=...) or check the store's pixels")
-        self.last_output = out
+        # Kept for the previews, without the loss's graph: holding it would keep the step's
+        # autograd nodes alive into the next step.
+        self.last_output = dataclasses.replace(out, loss=out.loss.detach())
         b = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=b, sync_dist=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
