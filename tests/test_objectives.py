@@ -176,29 +176,35 @@ def test_hog_bins_follow_edge_orientation() -> None:
     assert flat.abs().max() == 0
 
 
-def test_hog_ignores_gradients_that_touch_nodata() -> None:
+def _pixel_gradient(img: torch.Tensor, ok: torch.Tensor, i: int, j: int) -> tuple[float, float]:
+    """Centred differences at ``(i, j)``, zero across the border; ``(0, 0)`` if they touch an
+    invalid pixel."""
+    touched, gx, gy = [], 0.0, 0.0
+    if 0 < j < img.shape[1] - 1:
+        touched += [(i, j - 1), (i, j + 1)]
+        gx = float(img[i, j + 1] - img[i, j - 1])
+    if 0 < i < img.shape[0] - 1:
+        touched += [(i - 1, j), (i + 1, j)]
+        gy = float(img[i + 1, j] - img[i - 1, j])
+    return (gx, gy) if all(ok[t] for t in touched) else (0.0, 0.0)
+
+
+@pytest.mark.parametrize("strongest_band", [False, True])
+def test_hog_ignores_gradients_that_touch_nodata(strongest_band: bool) -> None:
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 2, 16, 16, generator=gen, dtype=torch.float64).float()
-    valid = torch.rand(1, 2, 16, 16, generator=gen) > 0.2
+    x = torch.randn(1, 3, 16, 16, generator=gen)
+    valid = torch.rand(1, 3, 16, 16, generator=gen) > 0.2
     x_bad = x.masked_fill(~valid, 1e6)  # whatever nodata holds must not matter
-    hist = hog_histograms(x_bad, patch_size=8, num_bins=9, valid=valid)  # [1, 2, 4, 9]
-    expected = torch.zeros(2, 4, 9)
-    for band in range(2):
-        img, ok = x[0, band], valid[0, band]
-        for i in range(16):
-            for j in range(16):
-                touched, gx, gy = [], 0.0, 0.0
-                if 0 < j < 15:
-                    touched += [(i, j - 1), (i, j + 1)]
-                    gx = float(img[i, j + 1] - img[i, j - 1])
-                if 0 < i < 15:
-                    touched += [(i - 1, j), (i + 1, j)]
-                    gy = float(img[i + 1, j] - img[i - 1, j])
-                if not all(ok[t] for t in touched):
-                    continue
-                angle = math.atan2(gy, gx) % math.pi
-                slot = min(int(angle * 9 / math.pi), 8)
-                expected[band, (i // 8) * 2 + j // 8, slot] += math.hypot(gx, gy)
+    hist = hog_histograms(x_bad, 8, 9, valid, strongest_band=strongest_band)  # [1, 3 or 1, 4, 9]
+    expected = torch.zeros(1 if strongest_band else 3, 4, 9)
+    for i in range(16):
+        for j in range(16):
+            grads = [_pixel_gradient(x[0, c], valid[0, c], i, j) for c in range(3)]
+            if strongest_band:  # the band with the largest valid gradient votes alone
+                grads = [max(grads, key=lambda g: math.hypot(*g))]
+            for row, (gx, gy) in enumerate(grads):
+                slot = min(int((math.atan2(gy, gx) % math.pi) * 9 / math.pi), 8)
+                expected[row, (i // 8) * 2 + j // 8, slot] += math.hypot(gx, gy)
     torch.testing.assert_close(hist[0], expected, atol=1e-4, rtol=1e-4)
 
 
@@ -208,8 +214,10 @@ def test_hog_strongest_band_votes_once_per_pixel() -> None:
     per_band = hog_histograms(x, patch_size=8)  # [2, 5, 4, 9]
     strongest = hog_histograms(x, patch_size=8, strongest_band=True)  # [2, 1, 4, 9]
     assert strongest.shape == (2, 1, 4, 9)
-    # One band alone: the same histograms either way.
-    torch.testing.assert_close(hog_histograms(x[:, 2:3], 8, strongest_band=True), per_band[:, 2:3])
+    # Beside flat bands, one band's histogram is its own.
+    lone = torch.zeros_like(x)
+    lone[:, 3] = x[:, 2]
+    torch.testing.assert_close(hog_histograms(lone, 8, strongest_band=True), per_band[:, 2:3])
     # Each pixel adds the largest of its bands' magnitudes, with that band's orientation.
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     gx = padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]

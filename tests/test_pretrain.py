@@ -80,18 +80,29 @@ def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path) -> 
 
 
 def test_compiled_blocks_train_like_eager_ones(reben_store: Path, tmp_path: Path) -> None:
+    from torch._dynamo.utils import counters
+
     from geofm.tasks.trainer import compile_blocks
 
-    encoder = create_model("channelvit_test", bands=["S2.B02", "S2.B03"])
+    encoder = create_model("channelvit_test", bands=["S2.B02", "S2.B03"], depth=12,
+                           drop_path_rate=0.1)
     objective = create_objective("selective_mae", encoder, decoder_depth=2)
     names = [n for n, _ in objective.named_parameters()]
-    assert compile_blocks(objective) == len(encoder.blocks) + 2
+    assert compile_blocks(objective) == 12 + 2
     assert [n for n, _ in objective.named_parameters()] == names  # checkpoints unchanged
+    assert all(block._compiled_call_impl is not None for block in encoder.blocks)
+    # Twelve drop-path rates are twelve graphs: none of them may fall back to eager.
+    counters.clear()
+    objective(torch.randn(2, 2, 32, 32), ["S2.B02", "S2.B03"]).loss.backward()
+    assert counters["stats"]["unique_graphs"] >= 12 + 1  # one for both decoder blocks
+    assert not any("recompile limit" in str(k) for k in counters["unimplemented"])
 
     common = ("trainer.max_steps=3", "data.batch_size=2", "objective.kwargs.hcs=true")
     eager = run_pretrain(_cfg(reben_store, tmp_path / "eager", *common), progress=False)
+    counters.clear()
     compiled = run_pretrain(_cfg(reben_store, tmp_path / "compiled", *common,
                                  "trainer.compile=true"), progress=False)
+    assert counters["stats"]["unique_graphs"] > 0  # the run did compile
     a, b = load_file(eager["checkpoint"]), load_file(compiled["checkpoint"])
     assert a.keys() == b.keys()
     # Key biases get no true gradient (softmax ignores a shift shared by all keys), so AdamW

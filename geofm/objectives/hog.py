@@ -53,7 +53,8 @@ def hog_histograms(
         # CPU, all-valid batches skip it.
         if valid is not None and (images.is_cuda or not bool(valid.all())):
             x = x.masked_fill(~valid.bool(), math.nan)
-        # Centred differences; the outermost rows and columns get zero, as a reflected border
+        # Centred differences; across the image border they are zero (the outermost columns
+        # get no horizontal gradient, the outermost rows no vertical one), as reflect padding
         # would give them.
         gx = F.pad(x[..., 2:] - x[..., :-2], (1, 1))  # [B, C, H, W]
         gy = F.pad(x[..., 2:, :] - x[..., :-2, :], (0, 0, 1, 1))
@@ -68,7 +69,7 @@ def hog_histograms(
         cols = torch.arange(w, device=x.device) // patch_size
         patch_of_pixel = (rows[:, None] * gw + cols[None, :]) * num_bins  # [H, W]
         slot += patch_of_pixel  # patch index · bins + orientation bin
-        hist = torch.zeros(rows_out, gh * gw * num_bins, device=x.device)
+        hist = magnitude.new_zeros(rows_out, gh * gw * num_bins)
         hist.scatter_add_(1, slot.reshape(rows_out, h * w), magnitude.reshape(rows_out, h * w))
     return hist.reshape(b, rows_out // b, gh * gw, num_bins)
 

@@ -74,14 +74,22 @@ def compile_blocks(module: torch.nn.Module) -> int:
     scoring, selection and the loss stay eager, so data-dependent token counts (Hierarchical
     Channel Sampling) cost one recompile with dynamic shapes, not one per count. Parameter
     names, and so checkpoints, are unchanged.
+
+    Blocks that differ in a constant (each block's drop-path rate under stochastic depth) get
+    a compiled graph each, so the recompile limit is raised to cover every block twice (static
+    and dynamic shapes); at the default limit the later blocks would silently run eagerly.
     """
-    count = 0
-    for name, child in module.named_modules():
-        if isinstance(child, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LISTS:
-            for block in child:
-                block.compile()
-                count += 1
-    return count
+    blocks = [
+        block
+        for name, child in module.named_modules()
+        if isinstance(child, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LISTS
+        for block in child
+    ]
+    for block in blocks:
+        block.compile()
+    dynamo = torch._dynamo.config
+    dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * len(blocks) + 8)
+    return len(blocks)
 
 
 def skip_consumed(module: L.LightningModule) -> None:
