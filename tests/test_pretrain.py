@@ -166,6 +166,8 @@ def test_bad_input(reben_store: Path, store_copy: Path, tmp_path: Path, capsys) 
     _fails([*base, "--bands", "20"], capsys, "20 bands requested but only 14")
     _fails([*base, "--bands", "modis14"], capsys, "not available")
     _fails([*base, "--set", "optim.nope=1"], capsys, "unknown config key 'optim.nope'")
+    _fails([*base, "--strategy", "fsdp", "--set", "trainer.accelerator=cpu"], capsys,
+           "FSDP needs GPUs")
     (store_copy / "image" / "c" / "0" / "0" / "0" / "0").unlink()
     _fails(["pretrain", "--data", str(store_copy), "--quiet", "--output", str(tmp_path / "o")],
            capsys, "store fails validation")

@@ -100,15 +100,28 @@ class AlignModel(nn.Module):
                 "text": {**self.text.source, "locked": self.text.locked}}
 
 
-def aligned_state(model: AlignModel) -> dict[str, Tensor]:
-    """The weights to save: all of them, less ``text.*`` while the text tower is locked."""
-    state = model.state_dict()
+def aligned_state(
+    model: AlignModel, state: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """The weights to save: all of them, less ``text.*`` while the text tower is locked.
+
+    Args:
+        model: The model.
+        state: Its full state dict where the caller gathered it (sharded training); default
+            ``model.state_dict()``.
+    """
+    state = model.state_dict() if state is None else state
     if model.text.locked:
         state = {k: v for k, v in state.items() if not k.startswith("text.")}
     return state
 
 
-def save_aligned(path: str | Path, model: AlignModel, header: dict[str, Any]) -> Path:
+def save_aligned(
+    path: str | Path,
+    model: AlignModel,
+    header: dict[str, Any],
+    state: dict[str, Tensor] | None = None,
+) -> Path:
     """Write an align checkpoint.
 
     Args:
@@ -117,6 +130,7 @@ def save_aligned(path: str | Path, model: AlignModel, header: dict[str, Any]) ->
         header: The rest of the header (bands, normalization, classes, templates, captions,
             train, ...). ``kind``, ``align`` and ``text`` are set from the model, and ``model``
             from the encoder when absent.
+        state: The model's full state dict where the caller gathered it (sharded training).
     """
     settings = model.header()
     text = settings.pop("text")
@@ -125,4 +139,4 @@ def save_aligned(path: str | Path, model: AlignModel, header: dict[str, Any]) ->
     if "model" not in full and hasattr(encoder, "model_config"):
         full["model"] = {"name": getattr(encoder, "model_name", type(encoder).__name__.lower()),
                          "config": encoder.model_config}
-    return save_checkpoint(path, aligned_state(model), full)
+    return save_checkpoint(path, aligned_state(model, state), full)

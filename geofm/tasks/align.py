@@ -46,7 +46,7 @@ from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.pretrain import check_writable
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
-from geofm.tasks.trainer import fit_steps, resolve_precision, skip_consumed
+from geofm.tasks.trainer import fit_steps, gathered_state, resolve_precision, skip_consumed
 
 
 def training_captions(store: Any, captions: Sequence[Sequence[str]], split: str | None
@@ -300,6 +300,7 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step,
                               "final_loss": float(loss) if loss is not None else float("nan"),
                               "num_chips": len(train_caps), "captions": provenance}
+    weights = gathered_state(trainer, "model")  # every rank: FSDP gathers the shards
     if trainer.is_global_zero:
         new_header = {
             "kind": "align",
@@ -326,5 +327,6 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                       "split_method": store.attrs["split"]["method"],
                       "fingerprint": store.attrs["provenance"].get("fingerprint")},
         }
-        result["checkpoint"] = str(save_aligned(out / "align.safetensors", model, new_header))
+        path = save_aligned(out / "align.safetensors", model, new_header, weights)
+        result["checkpoint"] = str(path)
     return result

@@ -35,7 +35,13 @@ from geofm.objectives import create_objective
 from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
-from geofm.tasks.trainer import compile_blocks, fit_steps, resolve_precision, skip_consumed
+from geofm.tasks.trainer import (
+    compile_blocks,
+    fit_steps,
+    gathered_state,
+    resolve_precision,
+    skip_consumed,
+)
 from geofm.viz import reconstruction_preview
 
 
@@ -225,6 +231,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step}
     loss = trainer.callback_metrics.get("train/loss")
     result["final_loss"] = float(loss) if loss is not None else float("nan")
+    weights = gathered_state(trainer, "objective")  # every rank: FSDP gathers the shards
     if trainer.is_global_zero:
         header = {
             "kind": "pretrain",
@@ -242,5 +249,5 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                       "precision": precision, "world_size": trainer.world_size},
         }
         result["checkpoint"] = str(save_checkpoint(out / "pretrain.safetensors",
-                                                   task.objective.state_dict(), header))
+                                                   weights, header))
     return result

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -50,15 +51,34 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
     ckpt = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=-1,
                            every_n_train_steps=tr["checkpoint_every_n_steps"])
     extra: list[Callback] = [TQDMProgressBar(refresh_rate=1)] if progress else []
-    trainer = L.Trainer(
-        max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
-        num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=resolve_precision(tr),
-        gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
-        logger=CSVLogger(output, name="", version=""), callbacks=[ckpt, *callbacks, *extra],
-        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, deterministic=False)
+    try:
+        trainer = L.Trainer(
+            max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
+            num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=resolve_precision(tr),
+            gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
+            logger=CSVLogger(output, name="", version=""), callbacks=[ckpt, *callbacks, *extra],
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            limit_val_batches=0, deterministic=False)
+    except (ValueError, MisconfigurationException) as err:  # Lightning rejects the settings
+        raise GeofmError(
+            f"trainer settings rejected: {' '.join(str(err).split())}",
+            hint="check --devices, --strategy and --precision (FSDP needs GPUs; on CPUs use "
+            "--strategy ddp)") from None
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     return trainer
+
+
+def gathered_state(trainer: L.Trainer, prefix: str) -> dict[str, torch.Tensor]:
+    """The full weights of the task's submodule ``prefix`` (``"objective"``, ``"model"``),
+    keys relative to it.
+
+    Under a sharded strategy (FSDP) each rank holds a shard of every weight, so the strategy
+    gathers them; this is collective, so every rank must call it (ranks other than 0 may get
+    an empty dict). Under DDP or one device it is the module's own state dict.
+    """
+    state = trainer.strategy.lightning_module_state_dict()
+    start = len(prefix) + 1
+    return {k[start:]: v for k, v in state.items() if k.startswith(prefix + ".")}
 
 
 BLOCK_LISTS = ("blocks", "decoder_blocks")
