@@ -164,11 +164,17 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def _config(defaults: dict, path: str | None, flags: dict, sets: list[str] | None) -> dict:
-    from geofm.tasks.config import apply_overrides, load_yaml, merge
+    from geofm.tasks.config import apply_overrides, check_keys, check_values, load_yaml, merge
 
-    cfg = merge(defaults, load_yaml(path)) if path else merge(defaults, {})
+    cfg = merge(defaults, {})
+    if path:
+        loaded = load_yaml(path)
+        check_keys(defaults, loaded, path)
+        cfg = merge(defaults, loaded)
     given = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    return apply_overrides(cfg, given + list(sets or []))
+    cfg = apply_overrides(cfg, given + list(sets or []))
+    check_values(defaults, cfg)
+    return cfg
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:

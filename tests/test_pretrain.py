@@ -168,6 +168,24 @@ def test_bad_input(reben_store: Path, store_copy: Path, tmp_path: Path, capsys) 
     _fails([*base, "--set", "optim.nope=1"], capsys, "unknown config key 'optim.nope'")
     _fails([*base, "--strategy", "fsdp", "--set", "trainer.accelerator=cpu"], capsys,
            "FSDP needs GPUs")
+    _fails([*base, "--devices", "abc", "--set", "trainer.accelerator=cpu"], capsys,
+           "trainer settings rejected")
+    _fails([*base, "--batch-size", "0"], capsys, "'data.batch_size' must be at least 1")
+    _fails([*base, "--set", "optim.lr=abc"], capsys, "'optim.lr' must be a number")
+    _fails([*base, "--set", "model.kwargs.foo=1"], capsys, "bad settings for model")
+    _fails([*base, "--model", "channelvit_test", "--set", "objective.kwargs.decoder_heads=5"],
+           capsys, "does not split into 5 heads")
+    _fails([*base, "--set", "objective.kwargs.visible_ratio=1.5"], capsys, "visible_ratio")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer: {max_step: 5}\n")
+    _fails([*base, "--config", str(typo)], capsys, "unknown config key 'trainer.max_step'")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint")
+    _fails([*base, "--resume", str(junk)], capsys, "cannot read the resume checkpoint")
+    run_pretrain(_cfg(reben_store, tmp_path / "small", "trainer.max_steps=1"), progress=False)
+    other = next((tmp_path / "small" / "checkpoints").glob("last*.ckpt"))
+    _fails([*base, "--model", "channelvit_tiny", "--resume", str(other)], capsys,
+           "written for another model")
     (store_copy / "image" / "c" / "0" / "0" / "0" / "0").unlink()
     _fails(["pretrain", "--data", str(store_copy), "--quiet", "--output", str(tmp_path / "o")],
            capsys, "store fails validation")

@@ -57,10 +57,15 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         **model.model_config)`` rebuilds it.
 
     Raises:
-        GeofmError: ``name`` is not registered.
+        GeofmError: ``name`` is not registered, or ``overrides`` has an argument the model
+            lacks or a value it cannot use.
     """
     if name not in _MODELS:
         raise GeofmError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    model = _MODELS[name](**overrides)
+    try:
+        model = _MODELS[name](**overrides)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise GeofmError(f"bad settings for model {name!r}: {err or type(err).__name__}") \
+            from None
     model.model_name = name
     return model

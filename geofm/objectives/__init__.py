@@ -38,7 +38,8 @@ def create_objective(name: str, encoder: TokenEncoder, **cfg: Any) -> MaskedImag
         **cfg: The objective's keyword arguments (``mask_ratio``, ``decoder_dim``, ``hcs``, ...).
 
     Raises:
-        GeofmError: ``name`` is unknown, or ``cfg`` has an argument the objective lacks.
+        GeofmError: ``name`` is unknown, or ``cfg`` has an argument the objective lacks or a
+            value it cannot use (a ratio outside ``(0, 1)``, heads that do not divide a width).
     """
     if name not in _OBJECTIVES:
         raise GeofmError(
@@ -46,7 +47,7 @@ def create_objective(name: str, encoder: TokenEncoder, **cfg: Any) -> MaskedImag
         )
     try:
         return _OBJECTIVES[name](encoder, **cfg)
-    except TypeError as err:
+    except (TypeError, ValueError, AssertionError) as err:
         raise GeofmError(f"bad settings for objective {name!r}: {err}") from None
 
 

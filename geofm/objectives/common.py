@@ -150,6 +150,18 @@ def gumbel_topk(logits: Tensor, k: int, generator: torch.Generator | None = None
     return (logits.float() + gumbel).topk(k, dim=1).indices
 
 
+def check_ratio(name: str, value: float, include_one: bool = False) -> float:
+    """``value`` if it lies in ``(0, 1)`` (``(0, 1]`` with ``include_one``).
+
+    Raises:
+        ValueError: Otherwise, naming the setting.
+    """
+    if not (0.0 < value < 1.0 or (include_one and value == 1.0)):
+        interval = "(0, 1]" if include_one else "(0, 1)"
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
+    return value
+
+
 def index_mask(idx: Tensor, num_tokens: int) -> Tensor:
     """Boolean ``[B, T]`` mask that is ``True`` at ``idx [B, K]``."""
     mask = torch.zeros(idx.shape[0], num_tokens, dtype=torch.bool, device=idx.device)

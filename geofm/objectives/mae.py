@@ -20,6 +20,7 @@ from geofm.objectives.common import (
     DecoderEmbedding,
     MaskedImageObjective,
     ObjectiveOutput,
+    check_ratio,
     gather_tokens,
     index_mask,
     random_split,
@@ -51,7 +52,7 @@ class MAE(MaskedImageObjective):
         hcs: bool = False,
     ) -> None:
         super().__init__(encoder, hcs, norm_pix_loss)
-        self.mask_ratio = mask_ratio
+        self.mask_ratio = check_ratio("mask_ratio", mask_ratio)
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(decoder_dim))
         self.decoder_pos = DecoderEmbedding(decoder_dim, encoder)

@@ -39,6 +39,7 @@ from geofm.objectives.common import (
     DecoderEmbedding,
     MaskedImageObjective,
     ObjectiveOutput,
+    check_ratio,
     gather_tokens,
     gumbel_topk,
     index_mask,
@@ -162,6 +163,8 @@ class CrossAttentionBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"decoder width {dim} does not split into {num_heads} heads")
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.num_heads = num_heads
         self.norm_q, self.norm_kv, self.norm_mlp = norm(dim), norm(dim), norm(dim)
@@ -213,8 +216,8 @@ class SelectiveMAE(MaskedImageObjective):
         hcs: bool = False,
     ) -> None:
         super().__init__(encoder, hcs, norm_pix_loss)
-        self.visible_ratio = visible_ratio
-        self.kept_ratio = kept_ratio
+        self.visible_ratio = check_ratio("visible_ratio", visible_ratio)
+        self.kept_ratio = check_ratio("kept_ratio", kept_ratio, include_one=True)
         self.temperature = temperature
         self.psts_steps = psts_steps
         self.num_bins = num_bins

@@ -18,6 +18,7 @@ from geofm.models.vit import TokenEncoder, init_weights
 from geofm.objectives.common import (
     MaskedImageObjective,
     ObjectiveOutput,
+    check_ratio,
     gather_tokens,
     index_mask,
     random_subset,
@@ -43,7 +44,7 @@ class SimMIM(MaskedImageObjective):
         hcs: bool = False,
     ) -> None:
         super().__init__(encoder, hcs, norm_pix_loss, loss_kind="l1")
-        self.mask_ratio = mask_ratio
+        self.mask_ratio = check_ratio("mask_ratio", mask_ratio)
         self.mask_token = nn.Parameter(torch.zeros(encoder.embed_dim))
         self.head = nn.Linear(encoder.embed_dim, self.pixels_per_token)
         self.head.apply(init_weights)

@@ -72,6 +72,66 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def check_keys(defaults: dict[str, Any], update: dict[str, Any], source: Any = None,
+               prefix: str = "") -> None:
+    """Every key of ``update`` (a config file's contents) must exist in ``defaults``, except
+    inside free-form ``kwargs`` mappings, so a misspelt key is an error rather than ignored.
+
+    Raises:
+        GeofmError: Naming the first unknown key, the file, and the known keys beside it.
+    """
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in defaults:
+            raise GeofmError(f"unknown config key {dotted!r}", source,
+                             hint=f"known keys here: {', '.join(sorted(defaults))}")
+        if key != "kwargs" and isinstance(value, dict) and isinstance(defaults[key], dict):
+            check_keys(defaults[key], value, source, f"{dotted}.")
+
+
+POSITIVE_INTS = ("batch_size", "max_steps", "log_every_n_steps", "checkpoint_every_n_steps",
+                 "val_every_n_steps", "per_chip")
+"""Integer settings that must be at least 1."""
+
+FREE_TYPED = ("devices", "num_nodes")
+"""Integer defaults that also take strings (``devices: auto``, ``devices: "0,1"``)."""
+
+
+def check_values(defaults: dict[str, Any], cfg: dict[str, Any], prefix: str = "") -> None:
+    """Settings whose default is a number must be numbers (integers where the default is), and
+    counts must be positive, so a bad value is one clear error before anything runs.
+
+    Raises:
+        GeofmError: Naming the key and the value.
+    """
+    for key, default in defaults.items():
+        dotted, value = f"{prefix}{key}", cfg.get(key)
+        if isinstance(default, dict) and isinstance(value, dict) and key != "kwargs":
+            check_values(default, value, f"{dotted}.")
+            continue
+        if value is None or isinstance(default, bool) or key in FREE_TYPED:
+            continue
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if isinstance(default, int) and not is_int:
+            raise GeofmError(f"config key {dotted!r} must be an integer, got {value!r}")
+        if isinstance(default, float) and not (is_int or isinstance(value, float)):
+            # YAML reads 1e-3 (no decimal point) as a string; the runs read it with float().
+            if not (isinstance(value, str) and _is_number(value)):
+                raise GeofmError(f"config key {dotted!r} must be a number, got {value!r}")
+            continue
+        least = 0 if key == "num_workers" else 1 if key in POSITIVE_INTS else None
+        if least is not None and value < least:
+            raise GeofmError(f"config key {dotted!r} must be at least {least}, got {value}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def set_key(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``cfg["a"]["b"] = value`` for ``dotted = "a.b"``; the key must exist in the defaults
     unless its parent is a free-form ``kwargs`` mapping."""

@@ -43,10 +43,11 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
         resume: Lightning checkpoint to resume from.
 
     Raises:
-        GeofmError: The resume checkpoint does not exist.
+        GeofmError: The resume checkpoint is missing, unreadable or from another model, or
+            Lightning rejects the trainer settings.
     """
-    if resume and not Path(resume).exists():
-        raise GeofmError("resume checkpoint not found", resume)
+    if resume:
+        check_resume(task, resume)
     tr = trainer_cfg
     ckpt = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=-1,
                            every_n_train_steps=tr["checkpoint_every_n_steps"])
@@ -59,13 +60,44 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
             logger=CSVLogger(output, name="", version=""), callbacks=[ckpt, *callbacks, *extra],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, deterministic=False)
-    except (ValueError, MisconfigurationException) as err:  # Lightning rejects the settings
+    except (TypeError, ValueError, MisconfigurationException) as err:  # rejected settings
         raise GeofmError(
             f"trainer settings rejected: {' '.join(str(err).split())}",
             hint="check --devices, --strategy and --precision (FSDP needs GPUs; on CPUs use "
             "--strategy ddp)") from None
     trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
     return trainer
+
+
+def check_resume(task: L.LightningModule, path: str) -> None:
+    """The resume checkpoint must be a readable Lightning checkpoint whose weights fit ``task``.
+
+    Raises:
+        GeofmError: Naming the file and, for a mismatch, the first weight that differs.
+    """
+    if not Path(path).exists():
+        raise GeofmError("resume checkpoint not found", path)
+    if Path(path).is_dir():  # a sharded (distributed) checkpoint: Lightning checks it
+        return
+    try:  # the run's own checkpoint: Lightning itself loads it the same way
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unpickling failure means the file is not a checkpoint
+        raise GeofmError(f"cannot read the resume checkpoint ({type(err).__name__})", path,
+                         hint="resume from <run>/checkpoints/last.ckpt") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise GeofmError("not a Lightning training checkpoint (no state_dict)", path,
+                         hint="resume from <run>/checkpoints/last.ckpt")
+    own = task.state_dict()
+    for key in sorted(own.keys() | state.keys()):
+        theirs, mine = state.get(key), own.get(key)
+        if theirs is None or mine is None or tuple(theirs.shape) != tuple(mine.shape):
+            found = "missing" if theirs is None else tuple(theirs.shape)
+            wanted = "absent" if mine is None else tuple(mine.shape)
+            raise GeofmError(
+                f"resume checkpoint was written for another model or settings ({key}: "
+                f"{found} in the checkpoint, {wanted} here)", path,
+                hint="resume with the run's own config")
 
 
 def gathered_state(trainer: L.Trainer, prefix: str) -> dict[str, torch.Tensor]:
