@@ -169,6 +169,31 @@ def test_s2_model_runs_on_landsat8_by_wavelength() -> None:
     assert index.tolist() == list(range(len(S2_10)))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_landsat8_bands_embed_next_to_their_sentinel2_counterparts(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = create_model("channelvit_test", bands=S2_10)
+    with torch.no_grad():
+        s2 = F.normalize(model.band_embed(S2_10), dim=-1)  # [10, D]
+        l8 = F.normalize(model.band_embed(L8_OLI), dim=-1)  # [6, D]
+    similarity = l8 @ s2.T
+    nearest = [S2_10[i] for i in similarity.argmax(dim=1)]
+    # Blue, green, red, NIR (narrow), SWIR 1, SWIR 2, by centre wavelength.
+    assert nearest == ["S2.B02", "S2.B03", "S2.B04", "S2.B8A", "S2.B11", "S2.B12"]
+    assert (similarity.amax(dim=1) > 0.85).all()
+
+
+def test_per_band_offsets_are_optional() -> None:
+    model = create_model("channelvit_test", bands=S2_10, band_offsets=False)
+    _, index = model.band_embed._lookup(S2_10)
+    assert (index == 0).all() and model.band_embed.offsets.num_embeddings == 1
+    rebuilt = create_model("channelvit_test", **model.model_config)
+    assert rebuilt.model_config["band_offsets"] is False
+    rebuilt.load_state_dict(model.state_dict())
+    with_offsets = create_model("channelvit_test", bands=S2_10)
+    assert with_offsets.band_embed.offsets.num_embeddings == len(S2_10) + 1
+
+
 def test_band_features_separate_neighbouring_bands_and_kinds() -> None:
     feats = {n: torch.tensor(band_features(get_band(n))) for n in
              ("S2.B05", "S2.B06", "S1.VV", "S1.VH", "L8.B10")}

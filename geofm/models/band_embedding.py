@@ -9,8 +9,11 @@ Sentinel-2 therefore embeds Landsat-8's bands next to the Sentinel-2 bands of si
 Features per band (``NUM_FEATURES`` values):
 
 - ``log λ / 4`` and ``log Δλ / 4`` (micrometres; SAR sits near ``log 55,000 µm``);
-- ``sin(2^k log λ)`` and ``cos(2^k log λ)`` for ``k = 0 .. NUM_FREQUENCIES - 1``, so that nearby
-  optical bands (red edge 705 / 740 / 783 nm) are told apart from the start;
+- ``sin(2^k log λ)`` and ``cos(2^k log λ)`` for ``k = 0 .. NUM_FREQUENCIES - 1``. The highest
+  frequency (``2^5``) has a period of about 20 % in wavelength, so bands 5 % apart (the red
+  edge, 705 / 740 / 783 nm) start well apart, while the same band of two sensors within 2 %
+  (Landsat-8 blue at 482 nm, Sentinel-2 B02 at 490 nm) starts nearly equal; with ``2^7`` the
+  latter pair already looked unrelated;
 - kind one-hot (optical, thermal, sar) and polarisation one-hot (VV, VH, HH, HV).
 """
 
@@ -27,7 +30,7 @@ from geofm.errors import BandError
 
 KINDS = ("optical", "thermal", "sar")
 POLARIZATIONS = ("VV", "VH", "HH", "HV")
-NUM_FREQUENCIES = 8
+NUM_FREQUENCIES = 6
 NUM_FEATURES = 2 + 2 * NUM_FREQUENCIES + len(KINDS) + len(POLARIZATIONS)
 
 

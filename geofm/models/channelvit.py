@@ -38,6 +38,8 @@ class ChannelViT(TokenEncoder):
         num_heads: Attention heads.
         mlp_ratio: MLP hidden width over ``D``.
         drop_path_rate: Stochastic depth at the last block (linear ramp).
+        band_offsets: Learn a per-band offset for ``bands`` on top of the physical embedding.
+            Without it every band, seen or not, is embedded from its physics alone.
     """
 
     band_tokens = True
@@ -51,6 +53,7 @@ class ChannelViT(TokenEncoder):
         num_heads: int = 3,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
+        band_offsets: bool = True,
     ) -> None:
         super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
         self.bands = canonical_bands(bands)
@@ -62,9 +65,10 @@ class ChannelViT(TokenEncoder):
             "num_heads": num_heads,
             "mlp_ratio": mlp_ratio,
             "drop_path_rate": drop_path_rate,
+            "band_offsets": band_offsets,
         }
         self.patch_embed = nn.Linear(patch_size**2, embed_dim)
-        self.band_embed = BandEmbedding(embed_dim, known_bands=self.bands)
+        self.band_embed = BandEmbedding(embed_dim, known_bands=self.bands if band_offsets else ())
         self.apply(init_weights)
 
     def align_bands(self, bands: Sequence[str]) -> list[int]:
