@@ -79,6 +79,22 @@ def test_default_recipe_learns_on_the_real_sample(reben_store: Path, tmp_path: P
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
+def test_pretraining_reads_only_pixels_and_validity(reben_store: Path, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    from geofm.io.store import ChipStore
+
+    requested: list = []
+    original = ChipStore.read
+
+    def spy(self, indices, bands=None, arrays=None):  # type: ignore[no-untyped-def]
+        requested.append(arrays)
+        return original(self, indices, bands, arrays)
+
+    monkeypatch.setattr(ChipStore, "read", spy)
+    run_pretrain(_cfg(reben_store, tmp_path / "r", "trainer.max_steps=2"), progress=False)
+    assert requested and all(a == ["image", "valid"] for a in requested)  # no labels, masks
+
+
 def test_checkpoint_rebuilds_the_model(reben_store: Path, tmp_path: Path) -> None:
     result = run_pretrain(_cfg(reben_store, tmp_path / "r", "trainer.max_steps=2"),
                           progress=False)

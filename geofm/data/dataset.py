@@ -43,6 +43,8 @@ class ChipDataset(NonGeoDataset):
         bands: Bands to serve (names, a named set or a count; default all, store order).
         transforms: A callable on sample dicts (e.g. :class:`geofm.data.transforms.Normalize`).
         indices: Serve exactly these store indices instead of a split.
+        arrays: Arrays to read (default: every array the store has); pretraining reads only
+            ``["image", "valid"]`` and never decodes labels or masks.
     """
 
     def __init__(
@@ -52,8 +54,10 @@ class ChipDataset(NonGeoDataset):
         bands: Sequence[str] | str | int | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
         indices: Sequence[int] | np.ndarray | None = None,
+        arrays: Sequence[str] | None = None,
     ):
         self.store = store if isinstance(store, ChipStore) else open_store(store)
+        self.arrays = None if arrays is None else list(arrays)
         self.split = split
         self.indices = (np.asarray(indices, dtype=np.int64) if indices is not None
                         else self.store.split_indices(split))
@@ -74,7 +78,7 @@ class ChipDataset(NonGeoDataset):
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         """Read several samples in one store call (torch's DataLoader uses this for batches)."""
         store_idx = self.indices[np.asarray(indices, dtype=np.int64)]
-        batch = self.store.read(store_idx)
+        batch = self.store.read(store_idx, arrays=self.arrays)
         if self._band_idx is not None:
             batch["image"] = batch["image"][:, self._band_idx]
             if "valid" in batch:

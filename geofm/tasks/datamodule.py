@@ -59,6 +59,8 @@ class ChipDataModule(L.LightningDataModule):
         train_split: Split to train on (None: all chips).
         val_split: Split to validate on (None: no validation loop).
         seed: Seed of the training order.
+        arrays: Store arrays the task needs (default: all); pretraining needs
+            ``["image", "valid"]`` only.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class ChipDataModule(L.LightningDataModule):
         train_split: str | None = "train",
         val_split: str | None = None,
         seed: int = 0,
+        arrays: Sequence[str] | None = None,
     ):
         super().__init__()
         problems = validate_store(store)
@@ -85,11 +88,12 @@ class ChipDataModule(L.LightningDataModule):
         self.train_split = train_split
         self.val_split = val_split
         self.seed = seed
+        self.arrays = arrays
 
     def dataset(self, split: str | None) -> ChipDataset:
         """The normalised dataset of ``split``."""
         return ChipDataset(self.store, split=split, bands=self.band_names,
-                           transforms=self.normalize)
+                           transforms=self.normalize, arrays=self.arrays)
 
     def _loader(self, split: str | None, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)

@@ -215,7 +215,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     dm = ChipDataModule(store, bands=data["bands"], batch_size=data["batch_size"],
                         num_workers=data["num_workers"], train_split=data["split"],
-                        seed=tr["seed"])
+                        seed=tr["seed"], arrays=["image", "valid"])
     task = PretrainTask(
         cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {}),
         cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
