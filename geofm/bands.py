@@ -295,8 +295,9 @@ def resolve_bands(spec: str | int | Sequence[str], available: Sequence[str]) -> 
                             f"({', '.join(avail)})",
                             hint="ask for at most that many or name the bands")
         return avail[:k]
+    named = isinstance(spec, str) and spec.lower() in BAND_SETS
     if isinstance(spec, str):
-        if spec.lower() in BAND_SETS:
+        if named:
             names = list(BAND_SETS[spec.lower()])
         else:
             names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -309,8 +310,12 @@ def resolve_bands(spec: str | int | Sequence[str], available: Sequence[str]) -> 
         local = _local_matches(n, avail)
         canonical = local[0] if len(local) == 1 else get_band(n).name
         if canonical not in avail:
+            hint = "choose bands the store or model has"
+            if named:  # e.g. "s2" (13 L1C bands) on a store of Level-2A bands without B10
+                sets = [k for k, v in BAND_SETS.items() if set(v) <= set(avail)]
+                hint = f"named sets available here: {', '.join(sets) or 'none'}; or name bands"
             raise BandError(f"band {canonical} is not available (have: {', '.join(avail)})",
-                            hint="choose bands the store or model has")
+                            hint=hint)
         out.append(canonical)
     if len(set(out)) != len(out):
         raise BandError(f"bands requested twice in {names}")

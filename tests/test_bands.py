@@ -225,6 +225,10 @@ def test_resolve_errors() -> None:
         resolve_bands(["S2.B10"], s1s2)
     with pytest.raises(BandError, match="not available"):
         resolve_bands("l8", s1s2)
+    # A named set the bands cannot satisfy points at the sets they can.
+    with pytest.raises(BandError) as err:
+        resolve_bands("s2", s1s2)  # the 13 L1C bands; s1s2 has no B10
+    assert "s2l2a" in str(err.value.hint) and "s1s2" in str(err.value.hint)
     with pytest.raises(BandError, match="twice"):
         resolve_bands(["B04", "S2.B04"], s1s2)
     with pytest.raises(BandError, match="no bands"):
