@@ -128,6 +128,19 @@ def test_tiny_config_twin_runs(pretrained: Path, reben_store: Path, tmp_path: Pa
     assert model.embed_dim == 32
 
 
+def test_resume_with_a_locked_text_tower(pretrained: Path, reben_store: Path,
+                                         tmp_path: Path) -> None:
+    # The locked tower is left out of Lightning's checkpoints; resuming must still be accepted.
+    first = _align(pretrained, reben_store, tmp_path / "a", "trainer.max_steps=2",
+                   "trainer.checkpoint_every_n_steps=1")
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert not any(k.startswith("model.text.") for k in
+                   torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    resumed = _align(pretrained, reben_store, tmp_path / "b", "trainer.max_steps=3",
+                     f"resume={ckpt}")
+    assert first["steps"] == 2 and resumed["steps"] == 3
+
+
 def test_non_finite_loss_is_an_error(pretrained: Path, reben_store: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from geofm.objectives.contrastive import ContrastiveLoss

@@ -89,8 +89,12 @@ def check_resume(task: L.LightningModule, path: str) -> None:
         raise GeofmError("not a Lightning training checkpoint (no state_dict)", path,
                          hint="resume from <run>/checkpoints/last.ckpt")
     own = task.state_dict()
+    # A task that leaves weights out of its checkpoints (a locked text tower) loads non-strictly.
+    strict = getattr(task, "strict_loading", True)
     for key in sorted(own.keys() | state.keys()):
         theirs, mine = state.get(key), own.get(key)
+        if theirs is None and not strict:
+            continue
         if theirs is None or mine is None or tuple(theirs.shape) != tuple(mine.shape):
             found = "missing" if theirs is None else tuple(theirs.shape)
             wanted = "absent" if mine is None else tuple(mine.shape)
