@@ -344,6 +344,21 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_step_run_options(p: argparse.ArgumentParser) -> None:
+    """Devices, precision and resuming: the options of step-based Lightning runs."""
+    p.add_argument("--devices", help="devices per node (e.g. 1, 8, auto)")
+    p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
+    p.add_argument("--resume", help="Lightning checkpoint to resume (checkpoints/last.ckpt)")
+
+
+def _add_config_options(p: argparse.ArgumentParser, kind: str) -> None:
+    """``--config``, ``--output``, ``--set`` and ``--quiet`` of a configured training run."""
+    p.add_argument("--config", help=f"YAML config (configs/{kind}/*.yaml)")
+    p.add_argument("--output", help=f"output directory (default runs/{kind})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``geofm`` argument parser with every subcommand."""
     p = argparse.ArgumentParser(
@@ -434,17 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--objective", help="selective_mae, mae or simmim")
     t.add_argument("--max-steps", type=int)
     t.add_argument("--batch-size", type=int, help="per device")
-    t.add_argument("--devices", help="devices per node (e.g. 1, 8, auto)")
     t.add_argument("--num-nodes", type=int)
     t.add_argument("--strategy", help="auto, ddp or fsdp")
-    t.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks (faster steps on a GPU)")
-    t.add_argument("--resume", help="Lightning checkpoint to resume (checkpoints/last.ckpt)")
-    t.add_argument("--config", help="YAML config (configs/pretrain/*.yaml)")
-    t.add_argument("--output", help="output directory (default runs/pretrain)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_step_run_options(t)
+    _add_config_options(t, "pretrain")
     t.set_defaults(func=_cmd_pretrain)
 
     f = sub.add_parser("finetune", help="finetune a pretrained encoder with a head",
@@ -462,10 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float)
     f.add_argument("--max-steps", type=int)
     f.add_argument("--batch-size", type=int)
-    f.add_argument("--config", help="YAML config (configs/finetune/*.yaml)")
-    f.add_argument("--output", help="output directory (default runs/finetune)")
-    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
-    f.add_argument("--quiet", action="store_true")
+    _add_config_options(f, "finetune")
     f.set_defaults(func=_cmd_finetune)
 
     c = sub.add_parser("caption", help="caption a labelled store for image–text alignment",
@@ -495,13 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--lr", type=float, help="projection learning rate")
     al.add_argument("--max-steps", type=int)
     al.add_argument("--batch-size", type=int, help="per device")
-    al.add_argument("--devices", help="devices per node (e.g. 1, 8, auto)")
-    al.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
-    al.add_argument("--resume", help="Lightning checkpoint to resume (checkpoints/last.ckpt)")
-    al.add_argument("--config", help="YAML config (configs/align/*.yaml)")
-    al.add_argument("--output", help="output directory (default runs/align)")
-    al.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
-    al.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_step_run_options(al)
+    _add_config_options(al, "align")
     al.set_defaults(func=_cmd_align)
 
     z = sub.add_parser("zeroshot", help="zero-shot classification with an aligned model",

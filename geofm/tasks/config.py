@@ -14,6 +14,24 @@ import yaml
 
 from geofm.errors import GeofmError
 
+
+def step_trainer(max_steps: int, checkpoint_every_n_steps: int) -> dict[str, Any]:
+    """The ``trainer`` section that :func:`geofm.tasks.trainer.fit_steps` reads (pretraining and
+    alignment)."""
+    return {
+        "max_steps": max_steps,
+        "accelerator": "auto",
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",
+        "precision": None,  # None: bf16-mixed on GPU, 32-true on CPU
+        "gradient_clip_val": 1.0,
+        "log_every_n_steps": 5,
+        "checkpoint_every_n_steps": checkpoint_every_n_steps,
+        "seed": 0,
+    }
+
+
 PRETRAIN_DEFAULTS: dict[str, Any] = {
     "data": {
         "store": None,  # None: the embedded real reBEN sample
@@ -28,16 +46,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
                              "decoder_heads": 4}},
     "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "warmup_steps": 10, "betas": [0.9, 0.95]},
     "trainer": {
-        "max_steps": 120,
-        "accelerator": "auto",
-        "devices": 1,
-        "num_nodes": 1,
-        "strategy": "auto",
-        "precision": None,  # None: bf16-mixed on GPU, 32-true on CPU
-        "gradient_clip_val": 1.0,
-        "log_every_n_steps": 5,
-        "checkpoint_every_n_steps": 50,
-        "seed": 0,
+        **step_trainer(max_steps=120, checkpoint_every_n_steps=50),
         "compile": False,  # torch.compile the transformer blocks (worth it on GPUs)
     },
     "output": "runs/pretrain",
@@ -206,18 +215,7 @@ ALIGN_DEFAULTS: dict[str, Any] = {
     "templates": None,  # zero-shot templates recorded in the checkpoint (None: geofm's)
     "optim": {"lr": 1.0e-3, "encoder_lr": 1.0e-4, "text_lr": 1.0e-5, "freeze_encoder": False,
               "weight_decay": 0.05, "warmup_steps": 10},
-    "trainer": {
-        "max_steps": 200,
-        "accelerator": "auto",
-        "devices": 1,
-        "num_nodes": 1,
-        "strategy": "auto",
-        "precision": None,  # None: bf16-mixed on GPU, 32-true on CPU
-        "gradient_clip_val": 1.0,
-        "log_every_n_steps": 5,
-        "checkpoint_every_n_steps": 100,
-        "seed": 0,
-    },
+    "trainer": step_trainer(max_steps=200, checkpoint_every_n_steps=100),
     "output": "runs/align",
     "resume": None,
 }

@@ -80,7 +80,8 @@ def check_resume(task: L.LightningModule, path: str) -> None:
     if Path(path).is_dir():  # a sharded (distributed) checkpoint: Lightning checks it
         return
     try:  # the run's own checkpoint: Lightning itself loads it the same way
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # Memory-mapped: only the shapes are compared, so the weights are not read twice.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # any unpickling failure means the file is not a checkpoint
         raise GeofmError(f"cannot read the resume checkpoint ({type(err).__name__})", path,
                          hint="resume from <run>/checkpoints/last.ckpt") from None
