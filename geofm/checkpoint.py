@@ -10,6 +10,7 @@ One file, ``*.safetensors``. Its metadata holds a key ``geofm`` with a JSON docu
       "normalization": {"mean": [...], "std": [...]},
       "objective": {...}, "classes": [...], "class_colors": [...],
       "data": {"store": ..., "split": ..., "split_method": ..., "num_chips": ...},
+              # a pretraining run on several stores: {"stores": [{...one such record...}]}
       "train": {...}
     }
 

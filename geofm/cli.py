@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   geofm split out/reben.zarr --method blocks --block-km 50 --buffer-km 2 --seed 0
   geofm info out/reben.zarr --distance-km 2 --map split.png
   geofm pretrain --bands 14                               # embedded sample, small ChannelViT
+  geofm pretrain --data reben.zarr --data modis.zarr      # one ChannelViT, two sensors
 """
 
 
@@ -149,18 +150,40 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     from geofm.tasks.config import PRETRAIN_DEFAULTS
     from geofm.tasks.pretrain import run_pretrain
 
+    stores, bands = a.data or [], a.bands or []
+    if len(bands) > 1 and len(bands) != len(stores):
+        from geofm.errors import GeofmError
+
+        raise GeofmError(f"{len(bands)} --bands for {len(stores)} --data stores",
+                         hint="give one --bands for every store, or one per --data")
     cfg = _config(PRETRAIN_DEFAULTS, a.config, {
-        "data.store": a.data, "data.bands": a.bands, "model.name": a.model,
+        "data.store": _one_or_list(stores, str), "data.bands": _one_or_list(bands, _yaml),
+        "model.name": a.model,
         "objective.name": a.objective, "trainer.max_steps": a.max_steps,
         "data.batch_size": a.batch_size, "trainer.devices": a.devices,
         "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
         "trainer.precision": a.precision, "trainer.compile": a.compile or None,
         "resume": a.resume, "output": a.output}, a.set)
     result = run_pretrain(cfg, progress=not a.quiet)
+    if "checkpoint" not in result:  # another rank of a distributed run: rank 0 reports
+        return 0
     print(f"pretrained {result['steps']} steps, final loss {result['final_loss']:.4f}")
     print(f"outputs in {result['output']}: pretrain.safetensors (checkpoint), config.yaml, "
           "metrics.csv, previews/, checkpoints/last.ckpt")
     return 0
+
+
+def _yaml(text: str) -> object:
+    from geofm.tasks.config import parse_value
+
+    return parse_value(text)
+
+
+def _one_or_list(values: list[str], parse: Callable[[str], object]) -> str | None:
+    """A repeatable flag's values as one override value: None, the value, or a JSON list."""
+    if len(values) < 2:
+        return values[0] if values else None
+    return json.dumps([parse(v) for v in values])
 
 
 def _config(defaults: dict, path: str | None, flags: dict, sets: list[str] | None) -> dict:
@@ -443,8 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the default small ChannelViT with SelectiveMAE on the embedded real reBEN sample.",
         epilog="any config key: --set optim.lr=3e-4 --set model.kwargs.depth=6",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--data", help="chip store (default: the embedded reBEN sample)")
-    t.add_argument("--bands", help="a count (14), a named set (s1s2, modis14, s2) or names")
+    t.add_argument("--data", action="append",
+                   help="chip store (default: the embedded reBEN sample); repeat it to "
+                   "pretrain a band-token model across sensors")
+    t.add_argument("--bands", action="append",
+                   help="a count (14), a named set (s1s2, modis14, s2) or names (default: "
+                   "every band of the store); with several --data, once for all or once each")
     t.add_argument("--model", help="encoder name (channelvit_tiny, vit_small, ...)")
     t.add_argument("--objective", help="selective_mae, mae or simmim")
     t.add_argument("--max-steps", type=int)

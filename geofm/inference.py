@@ -81,6 +81,20 @@ def match_bands(model_bands: Sequence[str], available: Sequence[str], flexible: 
     return list(dict.fromkeys(matched))
 
 
+def store_bands_for(header: dict[str, Any], store: str | Path) -> list[str]:
+    """The bands of the chip store ``store`` to train a checkpoint's encoder on, when none are
+    named: every model band for a fixed-band model, the ones the store has for a band-token
+    model (a ChannelViT pretrained on several sensors finetunes on one of them).
+
+    Raises:
+        BandError: The store lacks bands the model needs (listed).
+    """
+    from geofm.io.store import open_store
+
+    names = open_store(store).bands
+    return match_bands(header["bands"], names, is_channel_flexible(header), store)
+
+
 def load_finetuned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A finetuned model (encoder + head) of a geofm checkpoint, in eval mode.
 

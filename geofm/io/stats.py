@@ -6,6 +6,7 @@ order, so the result does not depend on how the work was scheduled.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,3 +102,29 @@ class BandStats:
             minimum=np.asarray(d["min"], np.float64),
             maximum=np.asarray(d["max"], np.float64),
         )
+
+
+def pooled_stats(sources: Sequence[tuple[BandStats, Sequence[str]]],
+                 bands: Sequence[str]) -> BandStats:
+    """Statistics of ``bands`` over the pixels of every source that has them.
+
+    Args:
+        sources: ``(statistics, band names)`` of each store, in a fixed order.
+        bands: Bands to pool, by name.
+
+    Returns:
+        One entry per band of ``bands``: a band held by several stores pools their pixels
+        exactly (the sums add); a band held by one store keeps that store's statistics.
+    """
+    out = BandStats.empty(len(bands))
+    for stats, names in sources:
+        position = {name: i for i, name in enumerate(names)}
+        pairs = [(j, position[b]) for j, b in enumerate(bands) if b in position]
+        if not pairs:
+            continue
+        dst, src = (np.array(v) for v in zip(*pairs, strict=True))
+        part = BandStats.empty(len(bands))
+        for field in ("count", "total", "total_sq", "minimum", "maximum"):
+            getattr(part, field)[dst] = getattr(stats, field)[src]
+        out = out.merge(part)
+    return out

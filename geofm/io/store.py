@@ -207,6 +207,16 @@ class ChipStore:
         root.attrs[ATTRS_KEY] = self.attrs
 
 
+def band_info(stores: Sequence[ChipStore], bands: Sequence[str]) -> list[dict[str, Any]]:
+    """The band contract's descriptions of ``bands``, in that order, each from the first of
+    ``stores`` that holds it (what checkpoints record beside their band names)."""
+    described: dict[str, dict[str, Any]] = {}
+    for store in stores:
+        for info in store.attrs["band_info"]:
+            described.setdefault(info["name"], info)
+    return [described[b] for b in bands]
+
+
 def _read_attrs(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise StoreError("no such chip store", path,

@@ -38,7 +38,8 @@ from geofm.alignment import ZEROSHOT_TEMPLATES, captions_for, check_templates, l
 from geofm.checkpoint import read_header
 from geofm.data.dataset import ChipDataset
 from geofm.errors import GeofmError
-from geofm.inference import load_encoder
+from geofm.inference import load_encoder, store_bands_for
+from geofm.io.store import band_info
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
@@ -268,7 +269,8 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     templates = (load_templates(given) if isinstance(given, (str, Path))
                  else check_templates(given or ZEROSHOT_TEMPLATES))
     L.seed_everything(tr["seed"], workers=True, verbose=False)
-    dm = _CaptionedChips(data["store"], bands=data["bands"] or init_header["bands"],
+    bands = data["bands"] or store_bands_for(init_header, data["store"])
+    dm = _CaptionedChips(data["store"], bands=bands,
                          batch_size=data["batch_size"], num_workers=data["num_workers"],
                          train_split=data["split"], seed=tr["seed"])
     store = dm.store
@@ -306,7 +308,7 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
             "kind": "align",
             "model": header["model"],
             "bands": dm.band_names,
-            "band_info": [b for b in store.attrs["band_info"] if b["name"] in dm.band_names],
+            "band_info": band_info([store], dm.band_names),
             "normalization": {"mean": dm.normalize.mean.tolist(),
                               "std": dm.normalize.std.tolist()},
             "patch_size": int(encoder.patch_size),

@@ -34,8 +34,12 @@ def step_trainer(max_steps: int, checkpoint_every_n_steps: int) -> dict[str, Any
 
 PRETRAIN_DEFAULTS: dict[str, Any] = {
     "data": {
-        "store": None,  # None: the embedded real reBEN sample
-        "bands": "s1s2",
+        # A path, or a list of paths to pretrain a band-token model across sensors (None: the
+        # embedded real reBEN sample).
+        "store": None,
+        # None: every band of each store (the sample's 14 s1s2 bands); with several stores,
+        # one selection for all or a list of one per store.
+        "bands": None,
         "split": "train",
         "batch_size": 3,
         "num_workers": 0,
@@ -186,7 +190,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "task": "multilabel",
     "data": {
         "store": None,
-        "bands": None,  # None: the pretrained model's bands
+        "bands": None,  # None: the model's bands the store has (all, for a fixed-band model)
         "train_split": "train",
         "val_split": "validation",
         "batch_size": 8,
@@ -203,7 +207,7 @@ ALIGN_DEFAULTS: dict[str, Any] = {
     "init": None,  # pretrained geofm checkpoint (required)
     "data": {
         "store": None,
-        "bands": None,  # None: the pretrained model's bands
+        "bands": None,  # None: the model's bands the store has (all, for a fixed-band model)
         "split": "train",  # only this split's captions train (null: every chip)
         "crop": None,  # random square training crop in px (None: whole chips)
         "batch_size": 64,

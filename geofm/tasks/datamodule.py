@@ -1,7 +1,9 @@
-"""The one generic datamodule: any chip store, any bands, any split, normalised by its stats.
+"""The generic datamodule (any chip store, any bands, any split, normalised by its stats) and
+its several-store twin for pretraining across sensors.
 
-Under DDP, Lightning wraps the samplers in ``DistributedSampler``, so each rank reads only its
-own share of random chips, straight from the store's shards (no rank loads the dataset).
+Under DDP, Lightning wraps :class:`ChipDataModule`'s samplers in ``DistributedSampler``, and
+:class:`MixedChipDataModule` deals its batches to the ranks itself, so each rank reads only its
+own share of random chips, straight from the stores' shards (no rank loads the dataset).
 """
 
 from __future__ import annotations
@@ -10,13 +12,48 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from geofm.bands import BAND_SETS
 from geofm.data.dataset import ChipDataset, collate_samples
+from geofm.data.mixed import MixedChips, StoreBatchSampler
 from geofm.data.transforms import Normalize
-from geofm.errors import StoreError
+from geofm.errors import BandError, StoreError
+from geofm.io.stats import pooled_stats
 from geofm.io.store import ChipStore, open_store, validate_store
+
+BandSpec = Sequence[str] | str | int | None
+"""Bands to serve from a store: names, a named set (``s2``), a count, or None for all."""
+
+
+def _per_store(spec: object) -> bool:
+    """True for what can only be a whole band selection, never one band's name."""
+    if spec is None or isinstance(spec, (int, list, tuple)):
+        return True
+    return isinstance(spec, str) and (spec.isdigit() or spec.lower() in BAND_SETS)
+
+
+def band_specs(bands: BandSpec | Sequence[BandSpec], num_stores: int) -> list[BandSpec]:
+    """One band selection per store.
+
+    ``bands`` is either one selection for every store, or a list of one selection per store.
+    A list counts as per-store when it has one entry per store and some entry is a named set,
+    a count, a list or None; a list of band names alone is one selection for every store.
+
+    Examples:
+        >>> band_specs("s2", 2)
+        ['s2', 's2']
+        >>> band_specs(["s1s2", "modis14"], 2)
+        ['s1s2', 'modis14']
+        >>> band_specs(["S2.B04", "S2.B08"], 2)
+        [['S2.B04', 'S2.B08'], ['S2.B04', 'S2.B08']]
+    """
+    if (isinstance(bands, (list, tuple)) and len(bands) == num_stores
+            and any(_per_store(b) for b in bands)):
+        return list(bands)
+    return [bands] * num_stores
 
 
 class EpochSeededSampler(RandomSampler):
@@ -109,3 +146,78 @@ class ChipDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         """Batches of the validation split in store order (none without one)."""
         return self._loader(self.val_split, shuffle=False) if self.val_split else []
+
+
+class MixedChipDataModule(L.LightningDataModule):
+    """Training batches from several chip stores, each batch from one store (pretraining).
+
+    Every store is validated and serves its own bands; all are normalised with statistics
+    pooled by band name over the stores (:func:`~geofm.io.stats.pooled_stats`), so a band that
+    two stores share is scaled one way, and the union of bands with those statistics is the
+    run's band contract. Batches are dealt to ranks by :class:`StoreBatchSampler` itself, so
+    the trainer must not add a distributed sampler (``shards_itself``).
+
+    Args:
+        stores: Store paths.
+        bands: One band spec per store (names, a named set, a count or None for all).
+        batch_size: Chips per batch (per rank).
+        num_workers: DataLoader worker processes.
+        split: Split to train on (None: all chips).
+        seed: Seed of the batch order.
+        arrays: Store arrays to read (pretraining: ``["image", "valid"]``).
+    """
+
+    shards_itself = True
+
+    def __init__(
+        self,
+        stores: Sequence[str | Path],
+        bands: Sequence[BandSpec],
+        batch_size: int = 8,
+        num_workers: int = 0,
+        split: str | None = "train",
+        seed: int = 0,
+        arrays: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        if len(bands) != len(stores):
+            raise StoreError(f"{len(bands)} band selections for {len(stores)} stores",
+                             hint="give one --bands for all stores or one per --data")
+        self.stores: list[ChipStore] = []
+        self.store_bands: list[list[str]] = []
+        for path, spec in zip(stores, bands, strict=True):
+            problems = validate_store(path)
+            if problems:
+                raise StoreError(f"store fails validation: {problems[0]}", hint="rebuild it")
+            store = open_store(path)
+            try:
+                index = store.band_indices(spec)
+            except BandError as err:  # name the store: each has its own bands
+                raise BandError(str(err), path) from None
+            self.stores.append(store)
+            self.store_bands.append([store.bands[i] for i in index])
+        self.band_names = list(dict.fromkeys(b for names in self.store_bands for b in names))
+        pooled = pooled_stats([(s.stats, s.bands) for s in self.stores], self.band_names)
+        self.normalize = Normalize(self.band_names, pooled.mean.astype(np.float32),
+                                   pooled.std.astype(np.float32))
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.split = split
+        self.seed = seed
+        self.arrays = arrays
+
+    def dataset(self, split: str | None = None) -> MixedChips:
+        """The normalised chips of ``split`` of every store."""
+        return MixedChips([
+            ChipDataset(store, split=split, bands=names, transforms=self.normalize,
+                        arrays=self.arrays)
+            for store, names in zip(self.stores, self.store_bands, strict=True)])
+
+    def train_dataloader(self) -> DataLoader:
+        """This rank's batches; each is a list of samples of one store, collated."""
+        data = self.dataset(self.split)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = StoreBatchSampler(data.sizes, self.batch_size, self.seed, rank, world)
+        return DataLoader(data, batch_size=None, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate_samples, persistent_workers=self.num_workers > 0)

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
-from geofm.inference import encoder_state
+from geofm.inference import encoder_state, store_bands_for
+from geofm.io.store import band_info
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
 from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
@@ -150,12 +151,14 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     check_writable(out)
     if not cfg.get("init"):
         raise GeofmError("no pretrained checkpoint given", hint="pass --init PRETRAINED")
+    if not data.get("store"):
+        raise GeofmError("no chip store given", hint="pass --data STORE")
     weights, header = load_checkpoint(cfg["init"])
     state = encoder_state(weights)
     if not state:
         raise GeofmError("checkpoint holds no encoder weights", cfg["init"])
     L.seed_everything(tr["seed"], workers=True, verbose=False)
-    bands = data["bands"] or header["bands"]
+    bands = data["bands"] or store_bands_for(header, data["store"])
     dm = ChipDataModule(data["store"], bands=bands, batch_size=data["batch_size"],
                         num_workers=data["num_workers"], train_split=data["train_split"],
                         val_split=data["val_split"], seed=tr["seed"])
@@ -203,7 +206,7 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                  "num_outputs": num_outputs},
         "model": header["model"],
         "bands": dm.band_names,
-        "band_info": [b for b in store.attrs["band_info"] if b["name"] in dm.band_names],
+        "band_info": band_info([store], dm.band_names),
         "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
         "classes": store.classes if task_name != "regression" else store.attrs["target_names"],
         "class_colors": store.class_colors if task_name != "regression" else [],

@@ -30,9 +30,10 @@ from lightning.pytorch.callbacks import Callback
 
 from geofm.checkpoint import save_checkpoint
 from geofm.errors import GeofmError
+from geofm.io.store import ChipStore, band_info
 from geofm.models import create_model
 from geofm.objectives import create_objective
-from geofm.tasks.datamodule import ChipDataModule
+from geofm.tasks.datamodule import ChipDataModule, MixedChipDataModule, band_specs
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
 from geofm.tasks.trainer import (
@@ -201,8 +202,19 @@ def check_writable(out: Path) -> None:
         raise GeofmError("output directory is not writable", out, "choose a writable --output")
 
 
+def store_paths(store: str | Path | list[str | Path] | None) -> list[str | Path]:
+    """``data.store`` as a list: one path, several (a mixed-sensor run), or none."""
+    if store is None:
+        return []
+    return list(store) if isinstance(store, (list, tuple)) else [store]
+
+
 def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Pretrain an encoder as configured (see :data:`geofm.tasks.config.PRETRAIN_DEFAULTS`).
+
+    ``data.store`` may list several stores: a band-token encoder then trains on all of them,
+    each batch from one store (:class:`~geofm.tasks.datamodule.MixedChipDataModule`), and the
+    checkpoint's band contract is the union of their bands.
 
     Returns:
         ``{"output": dir, "checkpoint": path, "final_loss": float, "steps": int}``.
@@ -211,19 +223,33 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     quiet_lightning()
     out = Path(cfg["output"])
     check_writable(out)
-    store = data["store"] or sample_store()
+    stores = store_paths(data["store"]) or [sample_store()]
+    specs = band_specs(data["bands"], len(stores))
     L.seed_everything(tr["seed"], workers=True, verbose=False)
-    dm = ChipDataModule(store, bands=data["bands"], batch_size=data["batch_size"],
-                        num_workers=data["num_workers"], train_split=data["split"],
-                        seed=tr["seed"], arrays=["image", "valid"])
+    common = {"batch_size": data["batch_size"], "num_workers": data["num_workers"],
+              "seed": tr["seed"], "arrays": ["image", "valid"]}
+    dm: ChipDataModule | MixedChipDataModule
+    if len(stores) == 1:
+        dm = ChipDataModule(stores[0], bands=specs[0], train_split=data["split"], **common)
+    else:
+        dm = MixedChipDataModule(stores, specs, split=data["split"], **common)
     task = PretrainTask(
         cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {}),
         cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
         dm.band_names, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
         max_steps=tr["max_steps"], seed=tr["seed"], compile=bool(tr.get("compile", False)))
+    served = getattr(dm, "store_bands", [dm.band_names])
+    if not task.encoder.band_tokens and len({frozenset(b) for b in served}) > 1:
+        raise GeofmError(
+            "the stores serve different bands (" + "; ".join(
+                f"{p}: {', '.join(b)}" for p, b in zip(stores, served, strict=True))
+            + f") and {cfg['model']['name']} takes one fixed band list",
+            hint="pretrain a band-token model (channelvit_*) or give every store the same "
+            "--bands")
     precision = resolve_precision(tr)
-    resolved = {**cfg, "data": {**data, "store": str(store)},
+    named = [str(p) for p in stores]
+    resolved = {**cfg, "data": {**data, "store": named[0] if len(named) == 1 else named},
                 "trainer": {**tr, "precision": precision}}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     callbacks = [_Previews(out / "previews", cfg.get("previews", 3)), _DataRecord(out)]
@@ -233,18 +259,22 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     result["final_loss"] = float(loss) if loss is not None else float("nan")
     weights = gathered_state(trainer, "objective")  # every rank: FSDP gathers the shards
     if trainer.is_global_zero:
+        opened: list[ChipStore] = getattr(dm, "stores", None) or [dm.store]
+        records = [
+            {"store": str(path), "split": data["split"], "bands": names,
+             "split_method": store.attrs["split"]["method"],
+             "num_chips": len(store.split_indices(data["split"])),
+             "fingerprint": store.attrs["provenance"].get("fingerprint")}
+            for path, store, names in zip(stores, opened, served, strict=True)]
         header = {
             "kind": "pretrain",
             "model": {"name": task.encoder.model_name, "config": task.encoder.model_config},
             "objective": {"name": cfg["objective"]["name"],
                           "config": cfg["objective"].get("kwargs") or {}},
             "bands": dm.band_names,
-            "band_info": [b for b in dm.store.attrs["band_info"] if b["name"] in dm.band_names],
+            "band_info": band_info(opened, dm.band_names),
             "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
-            "data": {"store": str(store), "split": data["split"],
-                     "split_method": dm.store.attrs["split"]["method"],
-                     "num_chips": len(dm.dataset(data["split"])),
-                     "fingerprint": dm.store.attrs["provenance"].get("fingerprint")},
+            "data": records[0] if len(records) == 1 else {"stores": records},
             "train": {"steps": trainer.global_step, "final_loss": result["final_loss"],
                       "precision": precision, "world_size": trainer.world_size},
         }

@@ -16,6 +16,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from geofm.data.mixed import StoreBatchSampler
 from geofm.errors import GeofmError
 from geofm.tasks.datamodule import EpochSeededSampler
 
@@ -59,7 +60,9 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
             gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
             logger=CSVLogger(output, name="", version=""), callbacks=[ckpt, *callbacks, *extra],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-            limit_val_batches=0, deterministic=False)
+            limit_val_batches=0, deterministic=False,
+            # A datamodule that deals its batches to the ranks itself keeps its own sampler.
+            use_distributed_sampler=not getattr(datamodule, "shards_itself", False))
     except (TypeError, ValueError, MisconfigurationException) as err:  # rejected settings
         raise GeofmError(
             f"trainer settings rejected: {' '.join(str(err).split())}",
@@ -150,11 +153,11 @@ def compile_blocks(module: torch.nn.Module) -> int:
 
 
 def skip_consumed(module: L.LightningModule) -> None:
-    """After a mid-epoch resume, make the epoch-seeded sampler skip the samples the restored
-    epoch already trained on (Lightning restarts the epoch's iterator). Call from
-    ``on_train_start``."""
+    """After a mid-epoch resume, make the epoch-seeded sampler skip the samples (or, for a
+    sampler of whole batches, the batches) that the restored epoch already trained on
+    (Lightning restarts the epoch's iterator). Call from ``on_train_start``."""
     loader = module.trainer.train_dataloader
     sampler = getattr(loader, "sampler", None)
     done = module.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-    if isinstance(sampler, EpochSeededSampler) and done and loader.batch_size:
-        sampler.resume_after(module.current_epoch, done * loader.batch_size)
+    if done and isinstance(sampler, (EpochSeededSampler, StoreBatchSampler)):
+        sampler.resume_after(module.current_epoch, done * (loader.batch_size or 1))

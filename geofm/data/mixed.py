@@ -1,0 +1,136 @@
+"""Several chip stores behind one index, served in batches that each come from one store.
+
+A band-token encoder (ChannelViT) can pretrain on several sensors at once (Sentinel-1 + 2,
+MODIS, Landsat ...): each batch holds the chips of one store, with that store's bands and chip
+size, and batches of all stores are interleaved at random. :class:`StoreBatchSampler` deals the
+batches to the ranks of a distributed run itself, so every rank reads only its own chips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from geofm.data.dataset import ChipDataset, Sample
+
+
+class MixedChips(Dataset):
+    """The chips of several :class:`~geofm.data.dataset.ChipDataset`, end to end.
+
+    Index ``offsets[s] + i`` is chip ``i`` of dataset ``s``. Indexing with a list of indices
+    (all from one dataset, as :class:`StoreBatchSampler` yields them) reads them in one store
+    call and returns the list of samples. A sample's ``meta["index"]`` becomes
+    ``store_offsets[s]`` plus its index in its store, so chips of different stores never share
+    an index in run records; ``meta["store"]`` is ``s``.
+
+    Args:
+        datasets: One dataset per store.
+    """
+
+    def __init__(self, datasets: Sequence[ChipDataset]):
+        if not datasets:
+            raise ValueError("no datasets to mix")
+        self.datasets = list(datasets)
+        self.sizes = [len(d) for d in self.datasets]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        store_sizes = [len(d.store) for d in self.datasets]
+        self.store_offsets = np.concatenate([[0], np.cumsum(store_sizes)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(dataset, index within it)`` of a mixed index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        s = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return s, int(index - self.offsets[s])
+
+    def __getitem__(self, index: int | Sequence[int]) -> Sample | list[Sample]:
+        if isinstance(index, (int, np.integer)):
+            return self.__getitems__([int(index)])[0]
+        return self.__getitems__(index)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        """Samples of ``indices``, which must all belong to one dataset."""
+        located = [self.locate(int(i)) for i in indices]
+        stores = {s for s, _ in located}
+        if len(stores) != 1:
+            raise ValueError("a batch must come from one store")
+        s = stores.pop()
+        samples = self.datasets[s].__getitems__([i for _, i in located])
+        for sample in samples:
+            sample["meta"]["index"] += int(self.store_offsets[s])
+            sample["meta"]["store"] = s
+        return samples
+
+
+class StoreBatchSampler(Sampler[list[int]]):
+    """Batches of mixed indices, each from one store, shuffled by ``(seed, epoch)``.
+
+    Each epoch every chip of every store is drawn once: each store's chips are shuffled and cut
+    into batches (the last one of a store may be short), and the batches of all stores are
+    shuffled together, so a store's share of the steps is its share of the chips. In a
+    distributed run, rank ``r`` of ``W`` takes batches ``r, r + W, ...``; the batch list is
+    first padded by repeating its first batches, so every rank takes the same number of steps.
+
+    Lightning calls :meth:`set_epoch` through the data loader's ``sampler`` attribute (the data
+    loader is built with this sampler, ``batch_size=None``); :meth:`resume_after` skips the
+    batches that a resumed epoch already trained on.
+
+    Args:
+        sizes: Chips of each store (as in :class:`MixedChips`).
+        batch_size: Chips per batch.
+        seed: Seed of the order.
+        rank: This process's rank.
+        world_size: Number of ranks.
+    """
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        if sum(sizes) == 0:
+            raise ValueError("the stores hold no chips")
+        self.sizes = [int(n) for n in sizes]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Order of ``epoch``."""
+        self.epoch = epoch
+
+    def resume_after(self, epoch: int, batches_done: int) -> None:
+        """Continue ``epoch`` after this rank's first ``batches_done`` batches."""
+        self.epoch, self.skip = epoch, batches_done
+
+    def all_batches(self) -> list[list[int]]:
+        """Every rank's batches of the current epoch, padded to a multiple of the ranks."""
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        batches: list[list[int]] = []
+        offset = 0
+        for n in self.sizes:
+            order = (torch.randperm(n, generator=g) + offset).tolist()
+            batches += [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+            offset += n
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        pad = -len(shuffled) % self.world_size
+        return shuffled + [shuffled[i % len(shuffled)] for i in range(pad)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mine = self.all_batches()[self.rank::self.world_size]
+        skip, self.skip = self.skip, 0
+        yield from mine[skip:]
+
+    def __len__(self) -> int:
+        batches = sum(-(-n // self.batch_size) for n in self.sizes)
+        return -(-batches // self.world_size) - self.skip

@@ -1,0 +1,215 @@
+"""Pretraining one band-token model on several stores (sensors) at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geofm.bands import BAND_SETS
+from geofm.checkpoint import load_checkpoint
+from geofm.cli import main
+from geofm.data.mixed import MixedChips, StoreBatchSampler
+from geofm.inference import store_bands_for
+from geofm.io.stats import BandStats, pooled_stats
+from geofm.io.store import open_store
+from geofm.models import create_model
+from geofm.tasks.datamodule import MixedChipDataModule, band_specs
+from geofm.tasks.pretrain import run_pretrain
+
+from .synthetic import make_store
+from .test_pretrain import REPO, _cfg, _fails, _losses
+
+
+@pytest.fixture(scope="module")
+def modis_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four 32-px chips of the 14 SatVision-TOA MODIS bands."""
+    return make_store(tmp_path_factory.mktemp("modis") / "modis.zarr",
+                      list(BAND_SETS["modis14"]), n=4, size=32, seed=1)
+
+
+def _mixed(reben: Path, modis: Path, out: Path, *sets: str) -> dict:
+    return _cfg(reben, out, f"data.store=[{reben}, {modis}]", *sets)
+
+
+def test_batches_come_from_one_store_and_cover_every_chip_once() -> None:
+    sizes = [7, 4, 1]
+    sampler = StoreBatchSampler(sizes, batch_size=3, seed=5)
+    bounds = np.cumsum([0, *sizes])
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 3 + 2 + 1
+        for batch in batches:
+            stores = {int(np.searchsorted(bounds, i, side="right")) - 1 for i in batch}
+            assert len(stores) == 1 and 1 <= len(batch) <= 3
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(sum(sizes)))
+        epochs.append(batches)
+    assert epochs[0] != epochs[1] != epochs[2]
+    sampler.set_epoch(1)
+    assert list(sampler) == epochs[1]  # the order depends on (seed, epoch) only
+    sampler.resume_after(1, 4)
+    assert len(sampler) == 2 and list(sampler) == epochs[1][4:]
+    assert list(sampler) == epochs[1]  # the skip applies once
+
+
+def test_ranks_take_disjoint_equal_shares() -> None:
+    sizes, world = [5, 3], 3
+    ranks = [StoreBatchSampler(sizes, 2, seed=0, rank=r, world_size=world) for r in range(world)]
+    shares = [list(s) for s in ranks]
+    assert {len(s) for s in shares} == {len(ranks[0])} == {2}  # 3 + 2 batches, padded to 6
+    everything = ranks[0].all_batches()
+    assert [b for r in range(world) for b in shares[r]] != []
+    assert sorted(i for b in everything[:5] for i in b) == list(range(8))
+    assert everything[5] == everything[0]  # the padding repeats the first batch
+    for r in range(world):
+        assert shares[r] == everything[r::world]
+
+
+def test_pooled_statistics_are_those_of_the_pooled_pixels() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(10, 2, (3, 2, 8, 8)).astype(np.float32)  # bands x, y
+    b = rng.normal(20, 5, (5, 2, 8, 8)).astype(np.float32)  # bands y, z
+    valid_b = rng.random(b.shape) > 0.3
+    sources = [(BandStats.of(a), ["x", "y"]), (BandStats.of(b, valid_b), ["y", "z"])]
+    pooled = pooled_stats(sources, ["z", "y", "x"])
+    y = np.concatenate([a[:, 1].ravel(), b[:, 0][valid_b[:, 0]].ravel()]).astype(np.float64)
+    np.testing.assert_allclose(pooled.mean[1], y.mean(), rtol=1e-9)
+    np.testing.assert_allclose(pooled.std[1], y.std(), rtol=1e-6)
+    np.testing.assert_allclose(pooled.mean[[0, 2]], [b[:, 1][valid_b[:, 1]].mean(),
+                                                     a[:, 0].mean()], rtol=1e-6)
+    alone = pooled_stats(sources[:1], ["x", "y"])
+    np.testing.assert_array_equal(alone.mean, sources[0][0].mean)
+
+
+def test_band_selections_per_store() -> None:
+    assert band_specs(None, 3) == [None, None, None]
+    assert band_specs(["s1s2", 4], 2) == ["s1s2", 4]
+    assert band_specs(["S2.B04", "S2.B08"], 2) == [["S2.B04", "S2.B08"]] * 2
+    assert band_specs(["S2.B04", "S2.B08"], 1) == [["S2.B04", "S2.B08"]]
+
+
+def test_mixed_chips_read_a_batch_from_its_store(reben_store: Path, modis_store: Path) -> None:
+    dm = MixedChipDataModule([reben_store, modis_store], [None, "modis14"], batch_size=2,
+                             split=None)
+    data = dm.dataset(None)
+    assert isinstance(data, MixedChips) and len(data) == 6 + 4
+    samples = data[[7, 6]]
+    assert [s["meta"]["index"] for s in samples] == [7, 6]  # 6 reBEN chips come first
+    assert samples[0]["bands"] == list(BAND_SETS["modis14"])
+    assert samples[0]["image"].shape == (14, 32, 32)
+    with pytest.raises(ValueError, match="one store"):
+        data[[0, 6]]
+    # The pooled statistics of a band only one store has are that store's.
+    mean, _ = open_store(modis_store).band_stats(["MODIS.B31"])
+    assert dm.normalize.mean[dm.band_names.index("MODIS.B31")] == pytest.approx(mean[0])
+
+
+def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store: Path,
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "mixed"
+    result = run_pretrain(_mixed(reben_store, modis_store, out, "trainer.max_steps=10",
+                                 "data.batch_size=2"), progress=False)
+    weights, header = load_checkpoint(result["checkpoint"])
+    union = list(BAND_SETS["s1s2"]) + list(BAND_SETS["modis14"])
+    assert header["bands"] == union
+    assert [b["name"] for b in header["band_info"]] == union
+    assert len(header["normalization"]["mean"]) == 28
+    assert [s["bands"] for s in header["data"]["stores"]] == [list(BAND_SETS["s1s2"]),
+                                                              list(BAND_SETS["modis14"])]
+    seen = json.loads((out / "data_rank0.json").read_text())["chip_indices"]
+    assert seen == list(range(10))  # two epochs of 5 batches: every chip of both stores
+    losses = _losses(out)
+    assert len(losses) == 10 and all(np.isfinite(losses))
+    # Each sensor's bands run through the one encoder, with their learned band offsets.
+    enc = create_model(header["model"]["name"], **header["model"]["config"])
+    enc.load_state_dict({k[8:]: v for k, v in weights.items() if k.startswith("encoder.")})
+    for bands, size in ((BAND_SETS["s1s2"], 120), (BAND_SETS["modis14"], 32)):
+        assert torch.isfinite(enc(torch.randn(1, 14, size, size), list(bands))).all()
+    assert enc.band_embed.known_bands == tuple(union)
+    # Finetuning on one sensor's store takes that store's bands by default.
+    assert store_bands_for(header, modis_store) == list(BAND_SETS["modis14"])
+
+
+def test_mixed_resume_takes_the_same_next_steps(reben_store: Path, modis_store: Path,
+                                                tmp_path: Path) -> None:
+    common = ("trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3", "data.batch_size=2")
+    full = run_pretrain(_mixed(reben_store, modis_store, tmp_path / "full", *common),
+                        progress=False)
+    ckpt = next((tmp_path / "full" / "checkpoints").glob("*step=3.ckpt"))  # mid-epoch
+    resumed = run_pretrain(_mixed(reben_store, modis_store, tmp_path / "resumed", *common,
+                                  f"resume={ckpt}"), progress=False)
+    a, b = load_file(full["checkpoint"]), load_file(resumed["checkpoint"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert _losses(tmp_path / "full")[3:] == _losses(tmp_path / "resumed")
+
+
+def test_ddp_ranks_split_the_mixed_batches(reben_store: Path, modis_store: Path,
+                                           tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "geofm.cli", "pretrain", "--data", str(reben_store),
+           "--data", str(modis_store), "--bands", "s1s2", "--bands", "modis14",
+           "--devices", "2", "--strategy", "ddp", "--model", "channelvit_test",
+           "--max-steps", "5", "--batch-size", "1", "--output", str(out), "--quiet",
+           "--set", "trainer.accelerator=cpu", "--set", "data.split=null",
+           "--set", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("pretrained 5 steps") == 1  # rank 0 reports
+    seen = [set(json.loads((out / f"data_rank{r}.json").read_text())["chip_indices"])
+            for r in (0, 1)]
+    assert not seen[0] & seen[1]  # 10 one-chip batches, 5 per rank, none read twice
+    assert seen[0] | seen[1] == set(range(10))
+
+
+def test_mixed_bad_input(reben_store: Path, modis_store: Path, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["pretrain", "--data", str(reben_store), "--data", str(modis_store), "--quiet",
+            "--max-steps", "1", "--output", str(tmp_path / "o"), "--set", "data.split=null"]
+    _fails([*base, "--bands", "s1s2", "--bands", "modis14", "--bands", "s2"], capsys,
+           "3 --bands for 2 --data stores")
+    _fails([*base, "--bands", "s1s2"], capsys, f"{modis_store}: band S2.B01 is not available")
+    _fails([*base, "--model", "vit_test"], capsys, "the stores serve different bands")
+    # A plain ViT pretrains on several stores that serve the same bands.
+    same = ["pretrain", "--data", str(reben_store), "--data", str(reben_store), "--quiet",
+            "--max-steps", "1", "--output", str(tmp_path / "vit"), "--set", "data.split=null",
+            "--model", "vit_test", "--set",
+            "objective.kwargs={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}"]
+    assert main(same) == 0
+    assert "pretrained 1 steps" in capsys.readouterr().out
+
+
+def test_default_bands_of_a_store_for_a_checkpoint(modis_store: Path) -> None:
+    from geofm.errors import BandError
+
+    bands = [*BAND_SETS["s1s2"], *BAND_SETS["modis14"]]
+    flexible = {"model": {"name": "channelvit_tiny"}, "bands": bands}
+    assert store_bands_for(flexible, modis_store) == list(BAND_SETS["modis14"])
+    fixed = {"model": {"name": "vit_tiny"}, "bands": bands}
+    with pytest.raises(BandError, match=r"needs bands S2\.B01"):
+        store_bands_for(fixed, modis_store)
+
+
+def test_multisensor_config_twin_runs(reben_store: Path, modis_store: Path,
+                                      tmp_path: Path) -> None:
+    from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
+
+    full = load_yaml(REPO / "configs" / "pretrain" / "multisensor.yaml")
+    tiny = load_yaml(REPO / "configs" / "pretrain" / "multisensor.tiny.yaml")
+    assert set(tiny) <= set(full) | {"previews"}
+    assert tiny["data"]["bands"] == full["data"]["bands"]
+    cfg = apply_overrides(merge(merge(PRETRAIN_DEFAULTS, full), tiny),
+                          [f"data.store=[{reben_store}, {modis_store}]",
+                           f"output={tmp_path / 'out'}"])
+    result = run_pretrain(cfg, progress=False)
+    _, header = load_checkpoint(result["checkpoint"])
+    assert result["steps"] == 3 and len(header["bands"]) == 28
