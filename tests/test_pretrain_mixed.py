@@ -213,3 +213,49 @@ def test_multisensor_config_twin_runs(reben_store: Path, modis_store: Path,
     result = run_pretrain(cfg, progress=False)
     _, header = load_checkpoint(result["checkpoint"])
     assert result["steps"] == 3 and len(header["bands"]) == 28
+
+
+def test_weights_share_the_batches_and_walk_through_each_store() -> None:
+    sizes, b = [20, 2], 2  # 10 + 1 batches per epoch
+    sampler = StoreBatchSampler(sizes, b, seed=3, weights=[1, 1])
+    assert sampler.quotas == [6, 5] and len(sampler) == 11
+    per_store: list[list[int]] = [[], []]
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == 11 and all(len(x) == b for x in batches)
+        for batch in batches:
+            store = int(batch[0] >= 20)
+            assert all(int(i >= 20) == store for i in batch)
+        # Within the epoch the batches stay in stream order per store.
+        for store in (0, 1):
+            chunk = [i for x in batches if int(x[0] >= 20) == store for i in x]
+            per_store[store].append(sorted(chunk))
+    # Store 0 (12 of its 20 chips an epoch): every chip once before any twice.
+    assert len(set(per_store[0][0])) == 12
+    assert set(per_store[0][0]) | set(per_store[0][1]) == set(range(20))
+    seen0 = [i for e in per_store[0] for i in e]
+    counts = np.bincount(seen0, minlength=20)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 48  # 4 epochs × 6 batches × 2
+    # Store 1 (2 chips, 10 chips an epoch): repeated, each chip equally often.
+    seen1 = [i for e in per_store[1] for i in e]
+    assert np.bincount(np.array(seen1) - 20).tolist() == [20, 20]
+    with pytest.raises(ValueError, match="non-negative"):
+        StoreBatchSampler(sizes, b, weights=[1, -1])
+    with pytest.raises(ValueError, match="no chips"):
+        StoreBatchSampler([5, 0], b, weights=[1, 1])
+    assert StoreBatchSampler([5, 0], b, weights=[1, 0]).quotas == [3, 0]
+
+
+def test_weighted_mixed_run(reben_store: Path, modis_store: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "w"
+    run_pretrain(_mixed(reben_store, modis_store, out, "trainer.max_steps=5",
+                        "data.batch_size=2", "data.weights=[0, 1]"), progress=False)
+    seen = json.loads((out / "data_rank0.json").read_text())["chip_indices"]
+    assert seen and min(seen) >= 6  # only MODIS chips (indices after the 6 reBEN ones)
+    base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
+            "--output", str(tmp_path / "o"), "--set", "data.split=null"]
+    _fails([*base, "--data", str(modis_store), "--set", "data.weights=[1]"], capsys,
+           "data.weights: weights must be 2 non-negative numbers")
+    _fails([*base, "--set", "data.weights=[1]"], capsys, "one is given")

@@ -71,12 +71,17 @@ class MixedChips(Dataset):
 class StoreBatchSampler(Sampler[list[int]]):
     """Batches of mixed indices, each from one store, shuffled by ``(seed, epoch)``.
 
-    Each epoch every chip of every store is drawn once: each store's chips are shuffled and cut
-    into batches (the last one of a store may be short), and the batches of all stores are
-    shuffled together, so a store's share of the steps is its share of the chips. In a
-    distributed run, rank ``r`` of ``W`` takes batches ``r, r + W, ...``; the batch list is
-    first padded by repeating its first batches, so every rank takes the same number of steps.
+    An epoch has as many batches as one pass over every chip takes. Without ``weights`` each
+    epoch is that pass: each store's chips are shuffled and cut into batches (the last one of a
+    store may be short), so a store's share of the steps is its share of the chips. With
+    ``weights``, store ``s`` gets the share ``weights[s] / sum(weights)`` of the epoch's batches
+    (all full): its chips come from an endless sequence of fresh shuffles of the store, read on
+    from where the previous epoch stopped, so a small store is repeated and a large one is
+    covered over several epochs, every chip once before any twice. Either way the batches of all
+    stores are then shuffled together.
 
+    In a distributed run, rank ``r`` of ``W`` takes batches ``r, r + W, ...``; the batch list is
+    first padded by repeating its first batches, so every rank takes the same number of steps.
     Lightning calls :meth:`set_epoch` through the data loader's ``sampler`` attribute (the data
     loader is built with this sampler, ``batch_size=None``); :meth:`resume_after` skips the
     batches that a resumed epoch already trained on.
@@ -87,10 +92,11 @@ class StoreBatchSampler(Sampler[list[int]]):
         seed: Seed of the order.
         rank: This process's rank.
         world_size: Number of ranks.
+        weights: Relative share of batches per store (default: by chip count).
     """
 
     def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, weights: Sequence[float] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -102,8 +108,27 @@ class StoreBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.num_batches = sum(-(-n // batch_size) for n in self.sizes)
+        self.quotas = None if weights is None else self._quotas(weights)
         self.epoch = 0
         self.skip = 0
+
+    def _quotas(self, weights: Sequence[float]) -> list[int]:
+        """Batches per store and epoch: ``num_batches`` split by ``weights`` (largest
+        remainders)."""
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(self.sizes),) or not np.all(np.isfinite(w)) or np.any(w < 0) \
+                or w.sum() <= 0:
+            raise ValueError(f"weights must be {len(self.sizes)} non-negative numbers, not all "
+                             f"zero; got {list(weights)}")
+        empty = [s for s, (n, x) in enumerate(zip(self.sizes, w, strict=True)) if x > 0 and n == 0]
+        if empty:
+            raise ValueError(f"store {empty[0]} has no chips but a positive weight")
+        raw = w / w.sum() * self.num_batches
+        quotas = np.floor(raw).astype(np.int64)
+        order = np.argsort(-(raw - quotas), kind="stable")
+        quotas[order[:self.num_batches - int(quotas.sum())]] += 1
+        return quotas.tolist()
 
     def set_epoch(self, epoch: int) -> None:
         """Order of ``epoch``."""
@@ -113,14 +138,32 @@ class StoreBatchSampler(Sampler[list[int]]):
         """Continue ``epoch`` after this rank's first ``batches_done`` batches."""
         self.epoch, self.skip = epoch, batches_done
 
+    def _stream(self, store: int, start: int, count: int) -> list[int]:
+        """Positions ``start .. start + count`` of store ``store``'s endless chip sequence, a
+        shuffle of the store per pass (as store-local indices)."""
+        n = self.sizes[store]
+        if count == 0:
+            return []
+        out: list[int] = []
+        for k in range(start // n, (start + count - 1) // n + 1):
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + store) * 1_000_033 + k)
+            out += torch.randperm(n, generator=g).tolist()
+        first = start - (start // n) * n
+        return out[first:first + count]
+
     def all_batches(self) -> list[list[int]]:
         """Every rank's batches of the current epoch, padded to a multiple of the ranks."""
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         batches: list[list[int]] = []
         offset = 0
-        for n in self.sizes:
-            order = (torch.randperm(n, generator=g) + offset).tolist()
-            batches += [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
+        for s, n in enumerate(self.sizes):
+            if self.quotas is None:
+                order = (torch.randperm(n, generator=g) + offset).tolist()
+            else:
+                count = self.quotas[s] * self.batch_size
+                order = [offset + i for i in self._stream(s, self.epoch * count, count)]
+            batches += [order[i:i + self.batch_size] for i in range(0, len(order),
+                                                                    self.batch_size)]
             offset += n
         shuffled = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         pad = -len(shuffled) % self.world_size
@@ -132,5 +175,4 @@ class StoreBatchSampler(Sampler[list[int]]):
         yield from mine[skip:]
 
     def __len__(self) -> int:
-        batches = sum(-(-n // self.batch_size) for n in self.sizes)
-        return -(-batches // self.world_size) - self.skip
+        return -(-self.num_batches // self.world_size) - self.skip

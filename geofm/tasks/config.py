@@ -40,6 +40,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         # None: every band of each store (the sample's 14 s1s2 bands); with several stores,
         # one selection for all or a list of one per store.
         "bands": None,
+        "weights": None,  # several stores: relative share of batches each (None: by chips)
         "split": "train",
         "batch_size": 3,
         "num_workers": 0,

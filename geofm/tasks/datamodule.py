@@ -20,7 +20,7 @@ from geofm.bands import BAND_SETS
 from geofm.data.dataset import ChipDataset, collate_samples
 from geofm.data.mixed import MixedChips, StoreBatchSampler
 from geofm.data.transforms import Normalize
-from geofm.errors import BandError, StoreError
+from geofm.errors import BandError, GeofmError, StoreError
 from geofm.io.stats import pooled_stats
 from geofm.io.store import ChipStore, open_store, validate_store
 
@@ -165,6 +165,8 @@ class MixedChipDataModule(L.LightningDataModule):
         split: Split to train on (None: all chips).
         seed: Seed of the batch order.
         arrays: Store arrays to read (pretraining: ``["image", "valid"]``).
+        weights: Relative share of batches per store (default: by chip count; see
+            :class:`StoreBatchSampler`).
     """
 
     shards_itself = True
@@ -178,6 +180,7 @@ class MixedChipDataModule(L.LightningDataModule):
         split: str | None = "train",
         seed: int = 0,
         arrays: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
     ):
         super().__init__()
         if len(bands) != len(stores):
@@ -205,6 +208,15 @@ class MixedChipDataModule(L.LightningDataModule):
         self.split = split
         self.seed = seed
         self.arrays = arrays
+        try:  # check the weights against the stores now, not when training starts
+            self.weights = None if weights is None else [float(w) for w in weights]
+            self._sampler(self.dataset(split).sizes, 0, 1)
+        except (TypeError, ValueError) as err:
+            raise GeofmError(f"data.weights: {err}",
+                             hint="give one non-negative weight per store") from None
+
+    def _sampler(self, sizes: list[int], rank: int, world: int) -> StoreBatchSampler:
+        return StoreBatchSampler(sizes, self.batch_size, self.seed, rank, world, self.weights)
 
     def dataset(self, split: str | None = None) -> MixedChips:
         """The normalised chips of ``split`` of every store."""
@@ -218,6 +230,6 @@ class MixedChipDataModule(L.LightningDataModule):
         data = self.dataset(self.split)
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = StoreBatchSampler(data.sizes, self.batch_size, self.seed, rank, world)
+        sampler = self._sampler(data.sizes, rank, world)
         return DataLoader(data, batch_size=None, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_samples, persistent_workers=self.num_workers > 0)

@@ -225,6 +225,9 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     check_writable(out)
     stores = store_paths(data["store"]) or [sample_store()]
     specs = band_specs(data["bands"], len(stores))
+    if data["weights"] is not None and len(stores) == 1:
+        raise GeofmError("data.weights shares batches between several stores, but one is given",
+                         hint="list the stores in data.store (or repeat --data)")
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     common = {"batch_size": data["batch_size"], "num_workers": data["num_workers"],
               "seed": tr["seed"], "arrays": ["image", "valid"]}
@@ -232,7 +235,8 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     if len(stores) == 1:
         dm = ChipDataModule(stores[0], bands=specs[0], train_split=data["split"], **common)
     else:
-        dm = MixedChipDataModule(stores, specs, split=data["split"], **common)
+        dm = MixedChipDataModule(stores, specs, split=data["split"], weights=data["weights"],
+                                 **common)
     task = PretrainTask(
         cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {}),
         cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
