@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from geofm.data.dataset import ChipDataset, Sample
@@ -138,41 +139,61 @@ class StoreBatchSampler(Sampler[list[int]]):
         """Continue ``epoch`` after this rank's first ``batches_done`` batches."""
         self.epoch, self.skip = epoch, batches_done
 
-    def _stream(self, store: int, start: int, count: int) -> list[int]:
+    def _stream(self, store: int, start: int, count: int) -> Tensor:
         """Positions ``start .. start + count`` of store ``store``'s endless chip sequence, a
-        shuffle of the store per pass (as store-local indices)."""
+        shuffle of the store per pass (as store-local indices, ``[count]`` int64)."""
         n = self.sizes[store]
         if count == 0:
-            return []
-        out: list[int] = []
+            return torch.zeros(0, dtype=torch.int64)
+        passes = []
         for k in range(start // n, (start + count - 1) // n + 1):
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + store) * 1_000_033 + k)
-            out += torch.randperm(n, generator=g).tolist()
+            passes.append(torch.randperm(n, generator=g))
         first = start - (start // n) * n
-        return out[first:first + count]
+        return torch.cat(passes)[first:first + count]
 
-    def all_batches(self) -> list[list[int]]:
-        """Every rank's batches of the current epoch, padded to a multiple of the ranks."""
+    def epoch_batches(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every rank's batches of the current epoch, as index ranges into one tensor.
+
+        Returns:
+            ``(order [M], starts [K], ends [K])``: batch ``k`` is ``order[starts[k]:ends[k]]``,
+            in the epoch's shuffled batch order, ``K`` padded to a multiple of the ranks. Kept
+            as tensors, not lists of lists: at 10⁷ chips Python lists cost every rank most of a
+            gigabyte.
+        """
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        batches: list[list[int]] = []
-        offset = 0
+        orders, starts, ends = [], [], []
+        offset = position = 0
         for s, n in enumerate(self.sizes):
             if self.quotas is None:
-                order = (torch.randperm(n, generator=g) + offset).tolist()
+                order = torch.randperm(n, generator=g)
             else:
                 count = self.quotas[s] * self.batch_size
-                order = [offset + i for i in self._stream(s, self.epoch * count, count)]
-            batches += [order[i:i + self.batch_size] for i in range(0, len(order),
-                                                                    self.batch_size)]
+                order = self._stream(s, self.epoch * count, count)
+            begin = torch.arange(0, len(order), self.batch_size) + position
+            orders.append(order + offset)
+            starts.append(begin)
+            ends.append((begin + self.batch_size).clamp(max=position + len(order)))
             offset += n
-        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        pad = -len(shuffled) % self.world_size
-        return shuffled + [shuffled[i % len(shuffled)] for i in range(pad)]
+            position += len(order)
+        shuffle = torch.randperm(sum(len(b) for b in starts), generator=g)
+        pad = torch.arange(-len(shuffle) % self.world_size) % len(shuffle)
+        padded = torch.cat([shuffle, shuffle[pad]])
+        return torch.cat(orders), torch.cat(starts)[padded], torch.cat(ends)[padded]
+
+    def all_batches(self) -> list[list[int]]:
+        """Every rank's batches of the current epoch, as lists (small runs and tests)."""
+        order, starts, ends = self.epoch_batches()
+        return [order[a:b].tolist() for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        mine = self.all_batches()[self.rank::self.world_size]
+        order, starts, ends = self.epoch_batches()
         skip, self.skip = self.skip, 0
-        yield from mine[skip:]
+        mine = zip(starts[self.rank::self.world_size].tolist(),
+                   ends[self.rank::self.world_size].tolist(), strict=True)
+        for k, (a, b) in enumerate(mine):
+            if k >= skip:
+                yield order[a:b].tolist()
 
     def __len__(self) -> int:
         return -(-self.num_batches // self.world_size) - self.skip
