@@ -106,9 +106,12 @@ def test_checkpoint_rebuilds_the_model(reben_store: Path, tmp_path: Path) -> Non
     assert torch.isfinite(enc(x, header["bands"])).all()
 
 
-def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path,
+                                          workers: int) -> None:
+    # With a worker, the loader draws from the sampler before any hook of the task runs.
     common = ("trainer.max_steps=4", "trainer.checkpoint_every_n_steps=2", "data.batch_size=2",
-              "objective.kwargs.hcs=true")
+              "objective.kwargs.hcs=true", f"data.num_workers={workers}")
     full = run_pretrain(_cfg(reben_store, tmp_path / "full", *common), progress=False)
     ckpt = next((tmp_path / "full" / "checkpoints").glob("*step=2.ckpt"))
     resumed = run_pretrain(_cfg(reben_store, tmp_path / "resumed", *common, f"resume={ckpt}"),

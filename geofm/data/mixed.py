@@ -84,8 +84,9 @@ class StoreBatchSampler(Sampler[list[int]]):
     In a distributed run, rank ``r`` of ``W`` takes batches ``r, r + W, ...``; the batch list is
     first padded by repeating its first batches, so every rank takes the same number of steps.
     Lightning calls :meth:`set_epoch` through the data loader's ``sampler`` attribute (the data
-    loader is built with this sampler, ``batch_size=None``); :meth:`resume_after` skips the
-    batches that a resumed epoch already trained on.
+    loader is built with this sampler, ``batch_size=None``); :meth:`resume_after`, called when
+    the loader is built, sets the epoch and skips the batches that a resumed epoch already
+    trained on.
 
     Args:
         sizes: Chips of each store (as in :class:`MixedChips`).
@@ -136,7 +137,8 @@ class StoreBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def resume_after(self, epoch: int, batches_done: int) -> None:
-        """Continue ``epoch`` after this rank's first ``batches_done`` batches."""
+        """Continue ``epoch`` after this rank's first ``batches_done`` batches (at its start
+        for 0)."""
         self.epoch, self.skip = epoch, batches_done
 
     def _stream(self, store: int, start: int, count: int) -> Tensor:
@@ -196,4 +198,6 @@ class StoreBatchSampler(Sampler[list[int]]):
                 yield order[a:b].tolist()
 
     def __len__(self) -> int:
-        return -(-self.num_batches // self.world_size) - self.skip
+        """This rank's batches in a whole epoch (Lightning counts a resumed one from its
+        start)."""
+        return -(-self.num_batches // self.world_size)

@@ -47,7 +47,7 @@ from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.pretrain import check_writable
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
-from geofm.tasks.trainer import fit_steps, gathered_state, resolve_precision, skip_consumed
+from geofm.tasks.trainer import fit_steps, gathered_state, resolve_precision
 
 
 def training_captions(store: Any, captions: Sequence[Sequence[str]], split: str | None
@@ -138,8 +138,6 @@ class AlignTask(L.LightningModule):
         self.seen: set[int] = set()
         self._t0: float | None = None
 
-    def on_train_start(self) -> None:
-        skip_consumed(self)
 
     def batch_captions(self, indices: Sequence[int]) -> list[str]:
         """One training caption per chip for this step.

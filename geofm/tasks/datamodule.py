@@ -56,6 +56,24 @@ def band_specs(bands: BandSpec | Sequence[BandSpec], num_stores: int) -> list[Ba
     return [bands] * num_stores
 
 
+def restored_position(trainer: L.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:
+    """``(epoch, batches of it already trained)`` where a resumed run picks up; ``(0, 0)`` for
+    a fresh run (or no trainer).
+
+    Call it where the training data loader is built: Lightning restores its loops before that,
+    and creates the loader's first iterator, whose worker processes start drawing from the
+    sampler at once, before any hook of the task runs, so the sampler must know its place by
+    then. A run saved on an epoch's last batch picks up at the next epoch's start.
+    """
+    if trainer is None:
+        return 0, 0
+    epoch = trainer.current_epoch
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    if done >= batches_per_epoch:
+        return epoch + 1, 0
+    return epoch, done
+
+
 class EpochSeededSampler(RandomSampler):
     """A random order that depends only on ``(seed, epoch)``, so resumed runs see the same
     batches. Lightning calls :meth:`set_epoch`; under DDP it swaps in a seeded
@@ -82,7 +100,7 @@ class EpochSeededSampler(RandomSampler):
         yield from order[skip:]
 
     def __len__(self) -> int:
-        return len(self.data_source) - self.skip
+        return len(self.data_source)  # the whole epoch's, as Lightning counts a resumed one
 
 
 class ChipDataModule(L.LightningDataModule):
@@ -134,8 +152,12 @@ class ChipDataModule(L.LightningDataModule):
 
     def _loader(self, split: str | None, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)
-        return DataLoader(ds, batch_size=self.batch_size,
-                          sampler=EpochSeededSampler(ds, self.seed) if shuffle else None,
+        sampler = None
+        if shuffle:
+            sampler = EpochSeededSampler(ds, self.seed)
+            epoch, done = restored_position(self.trainer, -(-len(ds) // self.batch_size))
+            sampler.resume_after(epoch, done * self.batch_size)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=collate_samples,
                           drop_last=False, persistent_workers=self.num_workers > 0)
 
@@ -231,5 +253,6 @@ class MixedChipDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = self._sampler(data.sizes, rank, world)
+        sampler.resume_after(*restored_position(trainer, len(sampler)))
         return DataLoader(data, batch_size=None, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_samples, persistent_workers=self.num_workers > 0)

@@ -41,7 +41,6 @@ from geofm.tasks.trainer import (
     fit_steps,
     gathered_state,
     resolve_precision,
-    skip_consumed,
 )
 from geofm.viz import reconstruction_preview
 
@@ -94,8 +93,6 @@ class PretrainTask(L.LightningModule):
         self.last_output: Any = None
         self.seen: set[int] = set()
 
-    def on_train_start(self) -> None:
-        skip_consumed(self)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step)

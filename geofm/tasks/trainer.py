@@ -16,9 +16,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from geofm.data.mixed import StoreBatchSampler
 from geofm.errors import GeofmError
-from geofm.tasks.datamodule import EpochSeededSampler
 
 
 def resolve_precision(trainer_cfg: dict[str, Any]) -> str:
@@ -150,14 +148,3 @@ def compile_blocks(module: torch.nn.Module) -> int:
     dynamo = torch._dynamo.config
     dynamo.recompile_limit = max(dynamo.recompile_limit, 2 * len(blocks) + 8)
     return len(blocks)
-
-
-def skip_consumed(module: L.LightningModule) -> None:
-    """After a mid-epoch resume, make the epoch-seeded sampler skip the samples (or, for a
-    sampler of whole batches, the batches) that the restored epoch already trained on
-    (Lightning restarts the epoch's iterator). Call from ``on_train_start``."""
-    loader = module.trainer.train_dataloader
-    sampler = getattr(loader, "sampler", None)
-    done = module.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-    if done and isinstance(sampler, (EpochSeededSampler, StoreBatchSampler)):
-        sampler.resume_after(module.current_epoch, done * (loader.batch_size or 1))
