@@ -150,14 +150,9 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     from geofm.tasks.config import PRETRAIN_DEFAULTS
     from geofm.tasks.pretrain import run_pretrain
 
-    stores, bands = a.data or [], a.bands or []
-    if len(bands) > 1 and len(bands) != len(stores):
-        from geofm.errors import GeofmError
-
-        raise GeofmError(f"{len(bands)} --bands for {len(stores)} --data stores",
-                         hint="give one --bands for every store, or one per --data")
     cfg = _config(PRETRAIN_DEFAULTS, a.config, {
-        "data.store": _one_or_list(stores, str), "data.bands": _one_or_list(bands, _yaml),
+        "data.store": _one_or_list(a.data or [], str),
+        "data.bands": _one_or_list(a.bands or [], _store_bands),
         "model.name": a.model,
         "objective.name": a.objective, "trainer.max_steps": a.max_steps,
         "data.batch_size": a.batch_size, "trainer.devices": a.devices,
@@ -173,10 +168,16 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     return 0
 
 
-def _yaml(text: str) -> object:
+def _store_bands(text: str) -> object:
+    """One store's ``--bands`` among several: a count, a named set, or its band names as a list
+    (so that one name is not read as one name for every store)."""
+    from geofm.bands import BAND_SETS
     from geofm.tasks.config import parse_value
 
-    return parse_value(text)
+    value = parse_value(text)
+    if isinstance(value, str) and value.lower() not in BAND_SETS:
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
 
 
 def _one_or_list(values: list[str], parse: Callable[[str], object]) -> str | None:

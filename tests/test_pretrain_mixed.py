@@ -182,9 +182,25 @@ def test_mixed_bad_input(reben_store: Path, modis_store: Path, tmp_path: Path,
     base = ["pretrain", "--data", str(reben_store), "--data", str(modis_store), "--quiet",
             "--max-steps", "1", "--output", str(tmp_path / "o"), "--set", "data.split=null"]
     _fails([*base, "--bands", "s1s2", "--bands", "modis14", "--bands", "s2"], capsys,
-           "3 --bands for 2 --data stores")
+           "3 band selections for 2 store(s)")
+    small = make_store(tmp_path / "small.zarr", list(BAND_SETS["modis14"]), n=2, size=36)
+    _fails([*base[:4], str(small), *base[5:], "--model", "channelvit_test"], capsys,
+           f"{small}: chips of 36×36 px do not split into 8-px patches")
+    assert not (tmp_path / "o" / "checkpoints").exists()  # refused before any step
+    _fails([*base, "--set", "data.weights=[0, 1]"], capsys, "gives a store no batches")
     _fails([*base, "--bands", "s1s2"], capsys, f"{modis_store}: band S2.B01 is not available")
     _fails([*base, "--model", "vit_test"], capsys, "the stores serve different bands")
+    # Repeated --bands are one selection per store, band names included, with the stores
+    # listed in a config file as well as by --data.
+    two = tmp_path / "two.yaml"
+    two.write_text(f"data: {{store: [{reben_store}, {modis_store}], split: null}}\n")
+    names = ["pretrain", "--config", str(two), "--quiet", "--max-steps", "1", "--model",
+             "channelvit_test", "--output", str(tmp_path / "names"), "--bands",
+             "S2.B02,S2.B03", "--bands", "MODIS.B31"]
+    assert main(names) == 0
+    _, header = load_checkpoint(tmp_path / "names" / "pretrain.safetensors")
+    assert [r["bands"] for r in header["data"]["stores"]] == [["S2.B02", "S2.B03"],
+                                                              ["MODIS.B31"]]
     # A plain ViT pretrains on several stores that serve the same bands.
     same = ["pretrain", "--data", str(reben_store), "--data", str(reben_store), "--quiet",
             "--max-steps", "1", "--output", str(tmp_path / "vit"), "--set", "data.split=null",
@@ -251,15 +267,20 @@ def test_weights_share_the_batches_and_walk_through_each_store() -> None:
     with pytest.raises(ValueError, match="no chips"):
         StoreBatchSampler([5, 0], b, weights=[1, 1])
     assert StoreBatchSampler([5, 0], b, weights=[1, 0]).quotas == [3, 0]
+    assert StoreBatchSampler(sizes, b, weights=[1e308, 1e308]).quotas == [6, 5]
 
 
 def test_weighted_mixed_run(reben_store: Path, modis_store: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "w"
-    run_pretrain(_mixed(reben_store, modis_store, out, "trainer.max_steps=5",
-                        "data.batch_size=2", "data.weights=[0, 1]"), progress=False)
+    # 5 batches an epoch, shared 1 : 3 -> 1 of reBEN (2 chips) and 4 of MODIS (each chip twice).
+    result = run_pretrain(_mixed(reben_store, modis_store, out, "trainer.max_steps=5",
+                                 "data.batch_size=2", "data.weights=[1, 3]",
+                                 "trainer.seed=4000000000"), progress=False)
     seen = json.loads((out / "data_rank0.json").read_text())["chip_indices"]
-    assert seen and min(seen) >= 6  # only MODIS chips (indices after the 6 reBEN ones)
+    assert len([i for i in seen if i < 6]) == 2 and [i for i in seen if i >= 6] == [6, 7, 8, 9]
+    _, header = load_checkpoint(result["checkpoint"])
+    assert [r["weight"] for r in header["data"]["stores"]] == [1.0, 3.0]
     base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
             "--output", str(tmp_path / "o"), "--set", "data.split=null"]
     _fails([*base, "--data", str(modis_store), "--set", "data.weights=[1]"], capsys,

@@ -78,8 +78,9 @@ class StoreBatchSampler(Sampler[list[int]]):
     ``weights``, store ``s`` gets the share ``weights[s] / sum(weights)`` of the epoch's batches
     (all full): its chips come from an endless sequence of fresh shuffles of the store, read on
     from where the previous epoch stopped, so a small store is repeated and a large one is
-    covered over several epochs, every chip once before any twice. Either way the batches of all
-    stores are then shuffled together.
+    covered over several epochs, every chip once before any twice (so a batch that spans two
+    shuffles, or any batch of a store smaller than a batch, can hold a chip twice). Either way
+    the batches of all stores are then shuffled together.
 
     In a distributed run, rank ``r`` of ``W`` takes batches ``r, r + W, ...``; the batch list is
     first padded by repeating its first batches, so every rank takes the same number of steps.
@@ -126,6 +127,7 @@ class StoreBatchSampler(Sampler[list[int]]):
         empty = [s for s, (n, x) in enumerate(zip(self.sizes, w, strict=True)) if x > 0 and n == 0]
         if empty:
             raise ValueError(f"store {empty[0]} has no chips but a positive weight")
+        w = w / w.max()  # huge weights would overflow the sum
         raw = w / w.sum() * self.num_batches
         quotas = np.floor(raw).astype(np.int64)
         order = np.argsort(-(raw - quotas), kind="stable")
@@ -149,7 +151,8 @@ class StoreBatchSampler(Sampler[list[int]]):
             return torch.zeros(0, dtype=torch.int64)
         passes = []
         for k in range(start // n, (start + count - 1) // n + 1):
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + store) * 1_000_033 + k)
+            key = np.random.SeedSequence([self.seed, store, k]).generate_state(1, np.uint64)
+            g = torch.Generator().manual_seed(int(key[0] >> np.uint64(1)))
             passes.append(torch.randperm(n, generator=g))
         first = start - (start // n) * n
         return torch.cat(passes)[first:first + count]

@@ -39,8 +39,12 @@ def band_specs(bands: BandSpec | Sequence[BandSpec], num_stores: int) -> list[Ba
     """One band selection per store.
 
     ``bands`` is either one selection for every store, or a list of one selection per store.
-    A list counts as per-store when it has one entry per store and some entry is a named set,
-    a count, a list or None; a list of band names alone is one selection for every store.
+    A list counts as per-store when some entry is a named set, a count, a list or None (write
+    one store's band names as a list: ``[[S2.B02], [MODIS.B01]]``); a list of band names alone
+    is one selection for every store.
+
+    Raises:
+        GeofmError: A per-store list whose length is not the number of stores.
 
     Examples:
         >>> band_specs("s2", 2)
@@ -50,8 +54,10 @@ def band_specs(bands: BandSpec | Sequence[BandSpec], num_stores: int) -> list[Ba
         >>> band_specs(["S2.B04", "S2.B08"], 2)
         [['S2.B04', 'S2.B08'], ['S2.B04', 'S2.B08']]
     """
-    if (isinstance(bands, (list, tuple)) and len(bands) == num_stores
-            and any(_per_store(b) for b in bands)):
+    if isinstance(bands, (list, tuple)) and any(_per_store(b) for b in bands):
+        if len(bands) != num_stores:
+            raise GeofmError(f"{len(bands)} band selections for {num_stores} store(s)",
+                             hint="give one --bands for every store, or one per --data")
         return list(bands)
     return [bands] * num_stores
 
@@ -235,7 +241,10 @@ class MixedChipDataModule(L.LightningDataModule):
             self._sampler(self.dataset(split).sizes, 0, 1)
         except (TypeError, ValueError) as err:
             raise GeofmError(f"data.weights: {err}",
-                             hint="give one non-negative weight per store") from None
+                             hint="give one positive weight per store") from None
+        if self.weights is not None and min(self.weights) <= 0:
+            raise GeofmError(f"data.weights: {self.weights} gives a store no batches",
+                             hint="leave that store out of data.store instead")
 
     def _sampler(self, sizes: list[int], rank: int, world: int) -> StoreBatchSampler:
         return StoreBatchSampler(sizes, self.batch_size, self.seed, rank, world, self.weights)

@@ -206,6 +206,21 @@ def store_paths(store: str | Path | list[str | Path] | None) -> list[str | Path]
     return list(store) if isinstance(store, (list, tuple)) else [store]
 
 
+def check_chip_sizes(paths: list[str | Path], stores: list[ChipStore], patch_size: int) -> None:
+    """Every store's chips must split into whole patches, checked before anything trains (a
+    second store's batch may otherwise fail hours into a run).
+
+    Raises:
+        GeofmError: Naming the store and its chip size.
+    """
+    for path, store in zip(paths, stores, strict=True):
+        h, w = store.chip_size
+        if h % patch_size or w % patch_size:
+            raise GeofmError(f"chips of {h}×{w} px do not split into {patch_size}-px patches",
+                             path, hint="set model.kwargs.patch_size to a divisor of both, or "
+                             "rebuild the store with another chip size")
+
+
 def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Pretrain an encoder as configured (see :data:`geofm.tasks.config.PRETRAIN_DEFAULTS`).
 
@@ -241,6 +256,8 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
         max_steps=tr["max_steps"], seed=tr["seed"], compile=bool(tr.get("compile", False)))
     served = getattr(dm, "store_bands", [dm.band_names])
+    opened: list[ChipStore] = getattr(dm, "stores", None) or [dm.store]
+    check_chip_sizes(stores, opened, task.encoder.patch_size)
     if not task.encoder.band_tokens and len({frozenset(b) for b in served}) > 1:
         raise GeofmError(
             "the stores serve different bands (" + "; ".join(
@@ -260,13 +277,14 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     result["final_loss"] = float(loss) if loss is not None else float("nan")
     weights = gathered_state(trainer, "objective")  # every rank: FSDP gathers the shards
     if trainer.is_global_zero:
-        opened: list[ChipStore] = getattr(dm, "stores", None) or [dm.store]
+        shares = data["weights"] or [None] * len(stores)
         records = [
             {"store": str(path), "split": data["split"], "bands": names,
              "split_method": store.attrs["split"]["method"],
              "num_chips": len(store.split_indices(data["split"])),
              "fingerprint": store.attrs["provenance"].get("fingerprint")}
-            for path, store, names in zip(stores, opened, served, strict=True)]
+            | ({} if share is None else {"weight": float(share)})
+            for path, store, names, share in zip(stores, opened, served, shares, strict=True)]
         header = {
             "kind": "pretrain",
             "model": {"name": task.encoder.model_name, "config": task.encoder.model_config},
