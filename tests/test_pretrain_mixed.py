@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -128,6 +129,10 @@ def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store:
     assert seen == list(range(10))  # two epochs of 5 batches: every chip of both stores
     losses = _losses(out)
     assert len(losses) == 10 and all(np.isfinite(losses))
+    metrics = pd.read_csv(out / "metrics.csv")
+    per_store = [metrics[f"train/loss_store{i}"].dropna() for i in (0, 1)]
+    assert len(per_store[0]) == 6 and len(per_store[1]) == 4  # 3 + 2 batches, two epochs
+    assert sorted([*per_store[0], *per_store[1]]) == sorted(losses)
     # Each sensor's bands run through the one encoder, with their learned band offsets.
     enc = create_model(header["model"]["name"], **header["model"]["config"])
     enc.load_state_dict({k[8:]: v for k, v in weights.items() if k.startswith("encoder.")})

@@ -114,7 +114,8 @@ def collate_samples(samples: list[Sample]) -> Sample:
 
     Returns:
         ``{"image": [B, C, H, W], "bands": list[str], "label"?: [B, K], "mask"?: [B, H, W],
-        "valid"?: [B, C, H, W], "meta": {"index": Tensor[B], "chip_id": list[str]}}``
+        "valid"?: [B, C, H, W], "meta": {"index": Tensor[B], "chip_id": list[str],
+        "store"?: int}}`` (``store``: the batch's store in a several-store run).
     """
     bands = samples[0]["bands"]
     if any(s["bands"] != bands for s in samples):
@@ -128,6 +129,8 @@ def collate_samples(samples: list[Sample]) -> Sample:
             "index": torch.tensor([s["meta"]["index"] for s in samples]),
             "chip_id": [s["meta"]["chip_id"] for s in samples],
         }
+        if "store" in samples[0]["meta"]:  # several stores: a batch comes from one
+            out["meta"]["store"] = int(samples[0]["meta"]["store"])
     return out
 
 

@@ -5,7 +5,9 @@
 - ``pretrain.safetensors``: the geofm checkpoint (weights + band contract + normalisation +
   model/objective configs + data provenance);
 - ``checkpoints/last.ckpt``: Lightning's training state for ``--resume`` (your own runs only);
-- ``config.yaml`` (resolved), ``metrics.csv`` (loss, lr, images/s, tokens/s per logged step);
+- ``config.yaml`` (resolved), ``metrics.csv`` (loss, lr, images/s, tokens/s per logged step;
+  with several stores also ``train/loss_store<i>``, ``i`` counting the stores in
+  ``data.store``'s order);
 - ``previews/step_*.png``: input / visible tokens / reconstruction composites.
 
 Every step's randomness (masking, channel sampling, drop-path) comes from a seed derived from
@@ -110,6 +112,14 @@ class PretrainTask(L.LightningModule):
         self.last_output = dataclasses.replace(out, loss=out.loss.detach())
         b = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=b, sync_dist=False)
+        store = batch.get("meta", {}).get("store")
+        if store is not None:  # a several-store run: each store's loss in a column of its own
+            # Every store's column is logged each step (NaN but for the batch's store): a
+            # metric left out of a step would repeat its last value in metrics.csv.
+            loss = out.loss.detach()
+            for i in range(len(self.trainer.datamodule.stores)):
+                value = loss if i == store else torch.full_like(loss, float("nan"))
+                self.log(f"train/loss_store{i}", value, batch_size=b, sync_dist=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         self.log("train/visible_tokens", float(out.num_visible), batch_size=b)
         now = time.perf_counter()
