@@ -154,10 +154,28 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
         ``{"metrics", "k", "temperature", "train_split", "split", "num_train", "num_query"}``.
     """
     from geofm.inference import load_encoder
-    from geofm.models.knn import extract_features, knn_predict
 
     encoder, header = load_encoder(model_path)
-    store = open_store(store_path)
+    return knn_metrics(encoder, header, open_store(store_path), split, train_split, k,
+                       temperature, task, batch_size)
+
+
+def knn_metrics(encoder: torch.nn.Module, header: dict[str, Any], store: ChipStore,
+                split: str = "test", train_split: str = "train", k: int = 20,
+                temperature: float = 0.07, task: str = "multilabel",
+                batch_size: int = 16) -> dict[str, Any]:
+    """:func:`knn_evaluate` for an encoder in memory (e.g. during pretraining).
+
+    Args:
+        encoder: The encoder; it runs in eval mode, its mode is restored.
+        header: Its band contract: ``model.name``, ``bands`` and ``normalization``.
+        store: A store with scene labels.
+
+    Raises:
+        GeofmError: The store has no labels, lacks the model's bands, or a split is empty.
+    """
+    from geofm.models.knn import extract_features, knn_predict
+
     if "label" not in store.arrays:
         raise GeofmError("kNN evaluation needs scene labels but the store has none", store.path)
     bands = match_bands(header["bands"], store.bands, is_channel_flexible(header), store.path)

@@ -240,3 +240,38 @@ def test_bad_input(reben_store: Path, store_copy: Path, tmp_path: Path, capsys) 
     _fails([*base, "--model", "channelvit_test", "--set", "optim.lr=1e30",
             "--set", "optim.warmup_steps=1", "--max-steps", "6", "--set", "objective.name=mae"],
            capsys, "non-finite loss")
+
+
+def test_knn_probe_scores_the_features_during_training(reben_store: Path, tmp_path: Path) -> None:
+    from geofm.evaluate import knn_evaluate
+
+    out = tmp_path / "probed"
+    result = run_pretrain(_cfg(reben_store, out, "trainer.max_steps=5",
+                               f"probe.store={reben_store}", "probe.every_n_steps=2",
+                               "probe.k=3", "probe.split=test"), progress=False)
+    rows = pd.read_csv(out / "probe.csv")
+    assert rows["step"].tolist() == [0, 2, 4, 5]  # before training, every 2 steps, at the end
+    _, header = load_checkpoint(result["checkpoint"])
+    last = header["train"]["probe"]
+    assert last["step"] == 5 and last["split"] == "test"
+    # The probe of the final encoder is what evaluating the saved checkpoint gives.
+    offline = knn_evaluate(result["checkpoint"], reben_store, split="test", k=3)["metrics"]
+    for name in ("map_macro", "map_micro", "f1_micro"):
+        assert last[name] == pytest.approx(float(offline[name]), abs=1e-6)
+        assert rows[name].iloc[-1] == pytest.approx(last[name], abs=1e-6)
+
+
+def test_knn_probe_bad_input(reben_store: Path, tmp_path: Path, capsys) -> None:
+    from geofm.bands import BAND_SETS
+
+    base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
+            "--output", str(tmp_path / "o"), "--set", "data.split=null"]
+    unlabelled = make_store(tmp_path / "u.zarr", list(BAND_SETS["s1s2"]), size=32)
+    _fails([*base, "--set", f"probe.store={unlabelled}"], capsys, "needs scene labels")
+    _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.split=val2"], capsys,
+           "split 'val2' is empty")
+    _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.task=regression"],
+           capsys, "probe.task must be multilabel or classification")
+    _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.k=0"], capsys,
+           "'probe.k' must be at least 1")
+    assert not (tmp_path / "o" / "checkpoints").exists()  # each refused before any step

@@ -57,6 +57,14 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "output": "runs/pretrain",
     "resume": None,
     "previews": 3,
+    "probe": {
+        "store": None,  # a labelled store to score the features on during training (kNN)
+        "every_n_steps": 100,
+        "train_split": "train",  # its chips that vote
+        "split": "validation",  # its chips that are scored
+        "k": 20,
+        "task": "multilabel",  # or classification (one label per chip)
+    },
 }
 
 
@@ -104,7 +112,7 @@ def check_keys(defaults: dict[str, Any], update: dict[str, Any], source: Any = N
 
 
 POSITIVE_INTS = ("batch_size", "max_steps", "log_every_n_steps", "checkpoint_every_n_steps",
-                 "val_every_n_steps", "per_chip")
+                 "val_every_n_steps", "per_chip", "every_n_steps", "k")
 """Integer settings that must be at least 1."""
 
 FREE_TYPED = ("devices", "num_nodes")

@@ -8,7 +8,9 @@
 - ``config.yaml`` (resolved), ``metrics.csv`` (loss, lr, images/s, tokens/s per logged step;
   with several stores also ``train/loss_store<i>``, ``i`` counting the stores in
   ``data.store``'s order);
-- ``previews/step_*.png``: input / visible tokens / reconstruction composites.
+- ``previews/step_*.png``: input / visible tokens / reconstruction composites;
+- ``probe.csv`` with ``probe.store`` set: kNN scores of the features during training
+  (:mod:`geofm.tasks.probe`).
 
 Every step's randomness (masking, channel sampling, drop-path) comes from a seed derived from
 ``(seed, global_step)``, so a resumed run takes exactly the step an uninterrupted one would.
@@ -36,6 +38,7 @@ from geofm.io.store import ChipStore, band_info
 from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.tasks.datamodule import ChipDataModule, MixedChipDataModule, band_specs
+from geofm.tasks.probe import KnnProbe, open_probe_store
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
 from geofm.tasks.trainer import (
@@ -280,7 +283,15 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     resolved = {**cfg, "data": {**data, "store": named[0] if len(named) == 1 else named},
                 "trainer": {**tr, "precision": precision}}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    callbacks = [_Previews(out / "previews", cfg.get("previews", 3)), _DataRecord(out)]
+    callbacks: list[Callback] = [_Previews(out / "previews", cfg.get("previews", 3)),
+                                 _DataRecord(out)]
+    probe = None
+    if cfg["probe"]["store"]:
+        contract = {"model": {"name": task.encoder.model_name}, "bands": dm.band_names,
+                    "normalization": {"mean": dm.normalize.mean.tolist(),
+                                      "std": dm.normalize.std.tolist()}}
+        probe = KnnProbe(open_probe_store(cfg["probe"]), cfg["probe"], contract, out)
+        callbacks.append(probe)
     trainer = fit_steps(task, dm, tr, out, callbacks, progress, cfg.get("resume"))
     result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step}
     loss = trainer.callback_metrics.get("train/loss")
@@ -305,7 +316,10 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
             "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
             "data": records[0] if len(records) == 1 else {"stores": records},
             "train": {"steps": trainer.global_step, "final_loss": result["final_loss"],
-                      "precision": precision, "world_size": trainer.world_size},
+                      "precision": precision, "world_size": trainer.world_size,
+                      "probe": None if probe is None else {
+                          "store": str(cfg["probe"]["store"]), "split": cfg["probe"]["split"],
+                          **(probe.last or {})}},
         }
         result["checkpoint"] = str(save_checkpoint(out / "pretrain.safetensors",
                                                    weights, header))

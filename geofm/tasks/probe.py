@@ -1,0 +1,109 @@
+"""A kNN probe of the encoder during pretraining.
+
+A masked-image-modelling loss says how well pixels are reconstructed, not how useful the
+features are. With ``probe.store`` set, the pretraining run scores the encoder's frozen
+features every ``probe.every_n_steps`` steps (and before the first and after the last) with
+the DINO-style weighted kNN vote of :func:`geofm.evaluate.knn_metrics`: ``train_split`` chips
+of a labelled store vote for the labels of its ``split`` chips. Nothing is trained on the
+labels. Rows go to ``probe.csv`` in the run directory; the last one also goes into the
+checkpoint header (``train.probe``).
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from geofm.errors import GeofmError
+from geofm.inference import is_channel_flexible, match_bands
+from geofm.io.store import ChipStore, open_store, validate_store
+
+
+def open_probe_store(cfg: dict[str, Any]) -> ChipStore:
+    """The probe's store, checked before training starts.
+
+    Raises:
+        GeofmError: The store is invalid, has no scene labels, an unknown task is set, or a
+            split is empty.
+    """
+    problems = validate_store(cfg["store"])
+    if problems:
+        raise GeofmError(f"probe store fails validation: {problems[0]}", hint="rebuild it")
+    if cfg["task"] not in ("multilabel", "classification"):
+        raise GeofmError(f"probe.task must be multilabel or classification, not {cfg['task']!r}")
+    store = open_store(cfg["store"])
+    if "label" not in store.arrays:
+        raise GeofmError("the probe needs scene labels but the store has none", store.path,
+                         hint="probe with a labelled store (e.g. a reBEN build)")
+    for split in (cfg["train_split"], cfg["split"]):
+        store.split_indices(split)  # raises a StoreError naming the store's splits
+    return store
+
+
+class KnnProbe(Callback):
+    """Scores the pretraining encoder with a kNN probe on a labelled store.
+
+    Every rank computes the probe (a sharded encoder needs all of them for a forward pass);
+    rank 0 writes the rows.
+
+    Args:
+        store: The labelled store (:func:`open_probe_store`).
+        cfg: The ``probe`` config section.
+        header: The run's band contract: ``model.name``, ``bands``, ``normalization``.
+        out_dir: Run directory (``probe.csv`` goes there).
+    """
+
+    def __init__(self, store: ChipStore, cfg: dict[str, Any], header: dict[str, Any],
+                 out_dir: Path):
+        # The model's bands must be in the store, checked before training starts.
+        match_bands(header["bands"], store.bands, is_channel_flexible(header), store.path)
+        self.store, self.cfg, self.header = store, cfg, header
+        self.path = out_dir / "probe.csv"
+        self.rows: list[dict[str, Any]] = []
+
+    def _probe(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        from geofm.evaluate import knn_metrics
+
+        step = trainer.global_step
+        if self.rows and self.rows[-1]["step"] == step:
+            return
+        with trainer.precision_plugin.forward_context(), warnings.catch_warnings():
+            # A class absent from the scored chips has no AP; the metrics leave it out.
+            warnings.filterwarnings("ignore", message="No positive samples")
+            r = knn_metrics(task.encoder, self.header, self.store, split=self.cfg["split"],
+                            train_split=self.cfg["train_split"], k=int(self.cfg["k"]),
+                            task=self.cfg["task"])
+        row = {"step": step, **{k: float(v) for k, v in r["metrics"].items()
+                                if isinstance(v, (int, float))}}
+        self.rows.append(row)
+        if trainer.is_global_zero:
+            with self.path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+    def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        if self.path.exists():  # a resumed run keeps the rows of the steps before it
+            with self.path.open(newline="") as f:
+                rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            self.rows = [{**r, "step": int(r["step"])} for r in rows
+                         if r["step"] < trainer.global_step]
+        self._probe(trainer, task)
+
+    def on_train_batch_end(self, trainer: L.Trainer, task: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if trainer.global_step % int(self.cfg["every_n_steps"]) == 0:
+            self._probe(trainer, task)
+
+    def on_train_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        self._probe(trainer, task)
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The last row (``step`` and the metrics), if any."""
+        return self.rows[-1] if self.rows else None
