@@ -274,4 +274,6 @@ def test_knn_probe_bad_input(reben_store: Path, tmp_path: Path, capsys) -> None:
            capsys, "probe.task must be multilabel or classification")
     _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.k=0"], capsys,
            "'probe.k' must be at least 1")
+    _fails([*base, "--set", f"probe.store={reben_store}", "--strategy", "fsdp"], capsys,
+           "does not run under FSDP")
     assert not (tmp_path / "o" / "checkpoints").exists()  # each refused before any step

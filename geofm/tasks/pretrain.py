@@ -286,6 +286,11 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     callbacks: list[Callback] = [_Previews(out / "previews", cfg.get("previews", 3)),
                                  _DataRecord(out)]
     probe = None
+    if cfg["probe"]["store"] and "fsdp" in str(tr["strategy"]).lower():
+        # A sharded encoder only gathers its weights inside the trainer's own forward pass.
+        raise GeofmError("the kNN probe does not run under FSDP",
+                         hint="leave probe.store unset and probe the checkpoint with "
+                         "'geofm eval --knn', or train with --strategy ddp")
     if cfg["probe"]["store"]:
         contract = {"model": {"name": task.encoder.model_name}, "bands": dm.band_names,
                     "normalization": {"mean": dm.normalize.mean.tolist(),
