@@ -291,3 +291,45 @@ def test_weighted_mixed_run(reben_store: Path, modis_store: Path, tmp_path: Path
     _fails([*base, "--data", str(modis_store), "--set", "data.weights=[1]"], capsys,
            "data.weights: weights must be 2 non-negative numbers")
     _fails([*base, "--set", "data.weights=[1]"], capsys, "one is given")
+
+
+def test_restored_position_follows_lightnings_loop_state() -> None:
+    from types import SimpleNamespace
+
+    from geofm.tasks.datamodule import restored_position
+
+    def trainer(epoch: int, started: int, processed: int, ready: int) -> SimpleNamespace:
+        epochs = SimpleNamespace(started=started, processed=processed)
+        batches = SimpleNamespace(current=SimpleNamespace(ready=ready))
+        return SimpleNamespace(current_epoch=epoch, fit_loop=SimpleNamespace(
+            epoch_progress=SimpleNamespace(current=epochs),
+            epoch_loop=SimpleNamespace(batch_progress=batches)))
+
+    assert restored_position(None, 5) == (0, 0)
+    assert restored_position(trainer(0, 0, 0, 0), 5) == (0, 0)  # fresh run
+    assert restored_position(trainer(1, 2, 1, 3), 5) == (1, 3)  # saved mid-epoch 1
+    assert restored_position(trainer(1, 2, 1, 5), 5) == (2, 0)  # saved on epoch 1's last batch
+    # Saved when training ended mid-epoch: Lightning closed that epoch and opens the next.
+    assert restored_position(trainer(2, 2, 2, 3), 5) == (2, 0)
+
+
+def test_ddp_resume_with_a_worker_takes_the_same_steps(reben_store: Path,
+                                                       tmp_path: Path) -> None:
+    def run(out: Path, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "geofm.cli", "pretrain", "--data", str(reben_store),
+               "--devices", "2", "--strategy", "ddp", "--model", "channelvit_test",
+               "--max-steps", "6", "--batch-size", "1", "--output", str(out), "--quiet",
+               "--set", "trainer.accelerator=cpu", "--set", "data.split=null",
+               "--set", "data.num_workers=1", "--set", "trainer.checkpoint_every_n_steps=4",
+               "--set", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}",
+               *extra]
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+
+    run(tmp_path / "full")  # 6 chips, 3 one-chip batches per rank and epoch
+    ckpt = next((tmp_path / "full" / "checkpoints").glob("*step=4.ckpt"))  # mid-epoch 1
+    run(tmp_path / "resumed", "--resume", str(ckpt))
+    a = load_file(tmp_path / "full" / "pretrain.safetensors")
+    b = load_file(tmp_path / "resumed" / "pretrain.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -181,7 +181,9 @@ class StoreBatchSampler(Sampler[list[int]]):
             ends.append((begin + self.batch_size).clamp(max=position + len(order)))
             offset += n
             position += len(order)
-        shuffle = torch.randperm(sum(len(b) for b in starts), generator=g)
+        num = sum(len(b) for b in starts)
+        # One store's batches are already in random order: one store runs as a plain shuffle.
+        shuffle = torch.randperm(num, generator=g) if len(self.sizes) > 1 else torch.arange(num)
         pad = torch.arange(-len(shuffle) % self.world_size) % len(shuffle)
         padded = torch.cat([shuffle, shuffle[pad]])
         return torch.cat(orders), torch.cat(starts)[padded], torch.cat(ends)[padded]

@@ -33,17 +33,19 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from geofm.alignment import ZEROSHOT_TEMPLATES, captions_for, check_templates, load_templates
 from geofm.checkpoint import read_header
 from geofm.data.dataset import ChipDataset
+from geofm.data.mixed import MixedChips
 from geofm.errors import GeofmError
 from geofm.inference import load_encoder, store_bands_for
 from geofm.io.store import band_info
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
-from geofm.tasks.datamodule import ChipDataModule
+from geofm.tasks.datamodule import ChipDataModule, sharded_loader
 from geofm.tasks.pretrain import check_writable
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
@@ -87,9 +89,11 @@ def random_crop(images: Tensor, size: int | None, generator: torch.Generator) ->
 
 
 class _CaptionedChips(ChipDataModule):
-    """The datamodule, with its training split narrowed to the chips given to :meth:`keep`."""
+    """The datamodule, with its training split narrowed to the chips given to :meth:`keep`,
+    batched and dealt to the ranks like pretraining's (:func:`sharded_loader`)."""
 
     captioned: np.ndarray = np.zeros(0, dtype=np.int64)
+    shards_itself = True
 
     def keep(self, indices: Sequence[int]) -> None:
         """Train on these store indices only."""
@@ -100,6 +104,10 @@ class _CaptionedChips(ChipDataModule):
             return super().dataset(split)
         return ChipDataset(self.store, bands=self.band_names, transforms=self.normalize,
                            indices=self.captioned)
+
+    def train_dataloader(self) -> DataLoader:
+        return sharded_loader(MixedChips([self.dataset(self.train_split)]), self.batch_size,
+                              self.seed, self.num_workers, self.trainer)
 
 
 class AlignTask(L.LightningModule):

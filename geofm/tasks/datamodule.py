@@ -1,9 +1,10 @@
 """The generic datamodule (any chip store, any bands, any split, normalised by its stats) and
-its several-store twin for pretraining across sensors.
+the pretraining one over one or several stores (sensors).
 
 Under DDP, Lightning wraps :class:`ChipDataModule`'s samplers in ``DistributedSampler``, and
-:class:`MixedChipDataModule` deals its batches to the ranks itself, so each rank reads only its
-own share of random chips, straight from the stores' shards (no rank loads the dataset).
+the step runs' loader (:func:`sharded_loader`: pretraining, alignment) deals its batches to the
+ranks itself, so each rank reads only its own share of random chips, straight from the stores'
+shards (no rank loads the dataset), and a resumed run picks up mid-epoch in place.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ def restored_position(trainer: L.Trainer | None, batches_per_epoch: int) -> tupl
     Call it where the training data loader is built: Lightning restores its loops before that,
     and creates the loader's first iterator, whose worker processes start drawing from the
     sampler at once, before any hook of the task runs, so the sampler must know its place by
-    then. A run saved on an epoch's last batch picks up at the next epoch's start.
+    then. A run saved on an epoch's last batch picks up at the next epoch's start; one saved
+    when training ended (its epoch closed) at the start of the epoch Lightning opens next.
     """
     if trainer is None:
         return 0, 0
     epoch = trainer.current_epoch
+    progress = trainer.fit_loop.epoch_progress.current
+    if progress.processed >= progress.started:  # no epoch in progress (e.g. saved at train end)
+        return epoch, 0
     done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
     if done >= batches_per_epoch:
         return epoch + 1, 0
@@ -81,32 +86,38 @@ def restored_position(trainer: L.Trainer | None, batches_per_epoch: int) -> tupl
 
 
 class EpochSeededSampler(RandomSampler):
-    """A random order that depends only on ``(seed, epoch)``, so resumed runs see the same
-    batches. Lightning calls :meth:`set_epoch`; under DDP it swaps in a seeded
-    ``DistributedSampler`` instead."""
+    """A random order that depends only on ``(seed, epoch)``. Lightning calls
+    :meth:`set_epoch`; under DDP it swaps in a seeded ``DistributedSampler`` instead."""
 
     def __init__(self, data: Dataset, seed: int = 0):
         super().__init__(data, generator=torch.Generator())
         self.seed = seed
         self.epoch = 0
-        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Order of ``epoch``."""
         self.epoch = epoch
 
-    def resume_after(self, epoch: int, samples_done: int) -> None:
-        """Continue ``epoch`` after its first ``samples_done`` samples (mid-epoch resume)."""
-        self.epoch, self.skip = epoch, samples_done
-
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        order = torch.randperm(len(self.data_source), generator=g).tolist()
-        skip, self.skip = self.skip, 0
-        yield from order[skip:]
+        yield from torch.randperm(len(self.data_source), generator=g).tolist()
 
     def __len__(self) -> int:
-        return len(self.data_source)  # the whole epoch's, as Lightning counts a resumed one
+        return len(self.data_source)
+
+
+def sharded_loader(data: MixedChips, batch_size: int, seed: int, num_workers: int,
+                   trainer: L.Trainer | None,
+                   weights: Sequence[float] | None = None) -> DataLoader:
+    """The training loader of a step run: this rank's batches of ``data`` (each from one
+    store), dealt by :class:`StoreBatchSampler` and picking up where a resumed run stopped,
+    also under DDP and with worker processes. Its datamodule must set ``shards_itself`` so
+    that the trainer adds no distributed sampler."""
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+    sampler = StoreBatchSampler(data.sizes, batch_size, seed, rank, world, weights)
+    sampler.resume_after(*restored_position(trainer, len(sampler)))
+    return DataLoader(data, batch_size=None, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_samples, persistent_workers=num_workers > 0)
 
 
 class ChipDataModule(L.LightningDataModule):
@@ -158,12 +169,8 @@ class ChipDataModule(L.LightningDataModule):
 
     def _loader(self, split: str | None, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)
-        sampler = None
-        if shuffle:
-            sampler = EpochSeededSampler(ds, self.seed)
-            epoch, done = restored_position(self.trainer, -(-len(ds) // self.batch_size))
-            sampler.resume_after(epoch, done * self.batch_size)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler,
+        return DataLoader(ds, batch_size=self.batch_size,
+                          sampler=EpochSeededSampler(ds, self.seed) if shuffle else None,
                           num_workers=self.num_workers, collate_fn=collate_samples,
                           drop_last=False, persistent_workers=self.num_workers > 0)
 
@@ -177,7 +184,8 @@ class ChipDataModule(L.LightningDataModule):
 
 
 class MixedChipDataModule(L.LightningDataModule):
-    """Training batches from several chip stores, each batch from one store (pretraining).
+    """Training batches from one or several chip stores, each batch from one store
+    (pretraining).
 
     Every store is validated and serves its own bands; all are normalised with statistics
     pooled by band name over the stores (:func:`~geofm.io.stats.pooled_stats`), so a band that
@@ -238,16 +246,13 @@ class MixedChipDataModule(L.LightningDataModule):
         self.arrays = arrays
         try:  # check the weights against the stores now, not when training starts
             self.weights = None if weights is None else [float(w) for w in weights]
-            self._sampler(self.dataset(split).sizes, 0, 1)
+            StoreBatchSampler(self.dataset(split).sizes, batch_size, seed, weights=self.weights)
         except (TypeError, ValueError) as err:
             raise GeofmError(f"data.weights: {err}",
                              hint="give one positive weight per store") from None
         if self.weights is not None and min(self.weights) <= 0:
             raise GeofmError(f"data.weights: {self.weights} gives a store no batches",
                              hint="leave that store out of data.store instead")
-
-    def _sampler(self, sizes: list[int], rank: int, world: int) -> StoreBatchSampler:
-        return StoreBatchSampler(sizes, self.batch_size, self.seed, rank, world, self.weights)
 
     def dataset(self, split: str | None = None) -> MixedChips:
         """The normalised chips of ``split`` of every store."""
@@ -257,11 +262,6 @@ class MixedChipDataModule(L.LightningDataModule):
             for store, names in zip(self.stores, self.store_bands, strict=True)])
 
     def train_dataloader(self) -> DataLoader:
-        """This rank's batches; each is a list of samples of one store, collated."""
-        data = self.dataset(self.split)
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = self._sampler(data.sizes, rank, world)
-        sampler.resume_after(*restored_position(trainer, len(sampler)))
-        return DataLoader(data, batch_size=None, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_samples, persistent_workers=self.num_workers > 0)
+        """This rank's batches (:func:`sharded_loader`)."""
+        return sharded_loader(self.dataset(self.split), self.batch_size, self.seed,
+                              self.num_workers, self.trainer, self.weights)

@@ -37,7 +37,7 @@ from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, band_info
 from geofm.models import create_model
 from geofm.objectives import create_objective
-from geofm.tasks.datamodule import ChipDataModule, MixedChipDataModule, band_specs
+from geofm.tasks.datamodule import MixedChipDataModule, band_specs
 from geofm.tasks.probe import KnnProbe, open_probe_store
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
@@ -256,20 +256,15 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     common = {"batch_size": data["batch_size"], "num_workers": data["num_workers"],
               "seed": tr["seed"], "arrays": ["image", "valid"]}
-    dm: ChipDataModule | MixedChipDataModule
-    if len(stores) == 1:
-        dm = ChipDataModule(stores[0], bands=specs[0], train_split=data["split"], **common)
-    else:
-        dm = MixedChipDataModule(stores, specs, split=data["split"], weights=data["weights"],
-                                 **common)
+    dm = MixedChipDataModule(stores, specs, split=data["split"], weights=data["weights"],
+                             **common)
     task = PretrainTask(
         cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {}),
         cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
         dm.band_names, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
         max_steps=tr["max_steps"], seed=tr["seed"], compile=bool(tr.get("compile", False)))
-    served = getattr(dm, "store_bands", [dm.band_names])
-    opened: list[ChipStore] = getattr(dm, "stores", None) or [dm.store]
+    served, opened = dm.store_bands, dm.stores
     check_chip_sizes(stores, opened, task.encoder.patch_size)
     if not task.encoder.band_tokens and len({frozenset(b) for b in served}) > 1:
         raise GeofmError(

@@ -11,7 +11,8 @@ _IRRELEVANT = (
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*Experiment logs directory .* exists and is not empty.*",
     r".*does not have many workers which may be a bottleneck.*",
-    # Mid-epoch resumes are exact: EpochSeededSampler skips what the restored epoch consumed.
+    # Mid-epoch resumes are exact: the step runs' StoreBatchSampler skips what the restored
+    # epoch consumed (geofm.tasks.datamodule.sharded_loader).
     r".*resuming from a checkpoint that ended before the epoch ended.*",
 )
 
