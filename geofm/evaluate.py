@@ -40,7 +40,8 @@ def _predict(model: torch.nn.Module, ds: ChipDataset, task: str, batch_size: int
 
 
 def _dataset(
-    store: ChipStore, split: str, bands: list[str], header: dict[str, Any]
+    store: ChipStore, split: str, bands: list[str], header: dict[str, Any],
+    max_chips: int | None = None,
 ) -> ChipDataset:
     mean = dict(zip(header["bands"], header["normalization"]["mean"]))
     std = dict(zip(header["bands"], header["normalization"]["std"]))
@@ -48,7 +49,10 @@ def _dataset(
     s_mean, s_std = store.band_stats(bands)
     m = [mean.get(b, float(s_mean[i])) for i, b in enumerate(bands)]
     s = [std.get(b, float(s_std[i])) for i, b in enumerate(bands)]
-    return ChipDataset(store, split=split, bands=bands, transforms=Normalize(bands, m, s))
+    indices = store.split_indices(split)
+    if max_chips is not None and len(indices) > max_chips:  # a fixed random subset, in order
+        indices = np.sort(np.random.default_rng(0).choice(indices, max_chips, replace=False))
+    return ChipDataset(store, bands=bands, transforms=Normalize(bands, m, s), indices=indices)
 
 
 def evaluate(model_path: str | Path, store_path: str | Path, split: str = "test",
@@ -163,13 +167,14 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
 def knn_metrics(encoder: torch.nn.Module, header: dict[str, Any], store: ChipStore,
                 split: str = "test", train_split: str = "train", k: int = 20,
                 temperature: float = 0.07, task: str = "multilabel",
-                batch_size: int = 16) -> dict[str, Any]:
+                batch_size: int = 16, max_chips: int | None = None) -> dict[str, Any]:
     """:func:`knn_evaluate` for an encoder in memory (e.g. during pretraining).
 
     Args:
         encoder: The encoder; it runs in eval mode, its mode is restored.
         header: Its band contract: ``model.name``, ``bands`` and ``normalization``.
         store: A store with scene labels.
+        max_chips: Use at most this many chips of each split (a fixed random subset).
 
     Raises:
         GeofmError: The store has no labels, lacks the model's bands, or a split is empty.
@@ -181,7 +186,7 @@ def knn_metrics(encoder: torch.nn.Module, header: dict[str, Any], store: ChipSto
     bands = match_bands(header["bands"], store.bands, is_channel_flexible(header), store.path)
     feats = {}
     for name, sp in (("train", train_split), ("query", split)):
-        ds = _dataset(store, sp, bands, header)
+        ds = _dataset(store, sp, bands, header, max_chips)
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size,
                                              collate_fn=collate_samples)
         feats[name] = extract_features(encoder, loader, target_key="label")

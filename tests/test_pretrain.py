@@ -254,6 +254,16 @@ def test_knn_probe_scores_the_features_during_training(reben_store: Path, tmp_pa
     _, header = load_checkpoint(result["checkpoint"])
     last = header["train"]["probe"]
     assert last["step"] == 5 and last["split"] == "test"
+    assert (last["k"], last["train_split"], last["task"]) == (3, "train", "multilabel")
+    # At most max_chips of each split, the same seeded subset each time.
+    from geofm.evaluate import knn_metrics
+    from geofm.inference import load_encoder
+    from geofm.io.store import open_store
+
+    encoder, contract = load_encoder(result["checkpoint"])
+    small = knn_metrics(encoder, contract, open_store(reben_store), split="test", k=3,
+                        max_chips=2)
+    assert (small["num_train"], small["num_query"]) == (2, 2)  # of 3 train and 2 test chips
     # The probe of the final encoder is what evaluating the saved checkpoint gives.
     offline = knn_evaluate(result["checkpoint"], reben_store, split="test", k=3)["metrics"]
     for name in ("map_macro", "map_micro", "f1_micro"):
@@ -276,4 +286,10 @@ def test_knn_probe_bad_input(reben_store: Path, tmp_path: Path, capsys) -> None:
            "'probe.k' must be at least 1")
     _fails([*base, "--set", f"probe.store={reben_store}", "--strategy", "fsdp"], capsys,
            "does not run under FSDP")
+    probe = ["--set", f"probe.store={reben_store}"]
+    _fails([*base, *probe, "--set", "probe.split=train"], capsys, "two different splits")
+    _fails([*base, *probe, "--set", "probe.k=null"], capsys, "'probe.k' needs a value")
+    _fails([*base, "--set", "probe=null"], capsys, "'probe' must be a mapping")
+    _fails([*base, "--set", f"probe.store=[{reben_store}, {reben_store}]"], capsys,
+           "probe.store must be one store path")
     assert not (tmp_path / "o" / "checkpoints").exists()  # each refused before any step

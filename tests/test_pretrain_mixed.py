@@ -333,3 +333,19 @@ def test_ddp_resume_with_a_worker_takes_the_same_steps(reben_store: Path,
     b = load_file(tmp_path / "resumed" / "pretrain.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_store_loss_columns_average_the_steps_between_rows(reben_store: Path,
+                                                           modis_store: Path,
+                                                           tmp_path: Path) -> None:
+    common = ("trainer.max_steps=5", "data.batch_size=2")
+    run_pretrain(_mixed(reben_store, modis_store, tmp_path / "each", *common), progress=False)
+    run_pretrain(_mixed(reben_store, modis_store, tmp_path / "five", *common,
+                        "trainer.log_every_n_steps=5"), progress=False)
+    each = pd.read_csv(tmp_path / "each" / "metrics.csv")
+    five = pd.read_csv(tmp_path / "five" / "metrics.csv").dropna(subset=["train/loss"])
+    assert len(five) == 1  # one row, after step 5
+    for i in (0, 1):
+        steps = each[f"train/loss_store{i}"].dropna()
+        assert len(steps) >= 1
+        assert five[f"train/loss_store{i}"].iloc[0] == pytest.approx(steps.mean(), rel=1e-6)

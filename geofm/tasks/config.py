@@ -64,6 +64,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         "split": "validation",  # its chips that are scored
         "k": 20,
         "task": "multilabel",  # or classification (one label per chip)
+        "max_chips": 2000,  # of each split (a fixed random subset)
     },
 }
 
@@ -115,6 +116,9 @@ POSITIVE_INTS = ("batch_size", "max_steps", "log_every_n_steps", "checkpoint_eve
                  "val_every_n_steps", "per_chip", "every_n_steps", "k")
 """Integer settings that must be at least 1."""
 
+NULLABLE = ("gradient_clip_val",)
+"""Numeric settings that take null (no gradient clipping)."""
+
 FREE_TYPED = ("devices", "num_nodes")
 """Integer defaults that also take strings (``devices: auto``, ``devices: "0,1"``)."""
 
@@ -128,9 +132,15 @@ def check_values(defaults: dict[str, Any], cfg: dict[str, Any], prefix: str = ""
     """
     for key, default in defaults.items():
         dotted, value = f"{prefix}{key}", cfg.get(key)
-        if isinstance(default, dict) and isinstance(value, dict) and key != "kwargs":
+        if isinstance(default, dict) and key != "kwargs":
+            if not isinstance(value, dict):
+                raise GeofmError(f"config key {dotted!r} must be a mapping of settings, "
+                                 f"got {value!r}")
             check_values(default, value, f"{dotted}.")
             continue
+        if value is None and isinstance(default, (int, float)) and not isinstance(default, bool) \
+                and key not in NULLABLE + FREE_TYPED:
+            raise GeofmError(f"config key {dotted!r} needs a value, got null")
         if value is None or isinstance(default, bool) or key in FREE_TYPED:
             continue
         is_int = isinstance(value, int) and not isinstance(value, bool)

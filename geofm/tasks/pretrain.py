@@ -7,7 +7,7 @@
 - ``checkpoints/last.ckpt``: Lightning's training state for ``--resume`` (your own runs only);
 - ``config.yaml`` (resolved), ``metrics.csv`` (loss, lr, images/s, tokens/s per logged step;
   with several stores also ``train/loss_store<i>``, ``i`` counting the stores in
-  ``data.store``'s order);
+  ``data.store``'s order: the store's mean over all ranks' batches since the last row);
 - ``previews/step_*.png``: input / visible tokens / reconstruction composites;
 - ``probe.csv`` with ``probe.store`` set: kNN scores of the features during training
   (:mod:`geofm.tasks.probe`).
@@ -95,6 +95,7 @@ class PretrainTask(L.LightningModule):
         if compile:
             compile_blocks(self.objective)
         self._t0: float | None = None
+        self._store_sums: torch.Tensor | None = None
         self.last_output: Any = None
         self.seen: set[int] = set()
 
@@ -115,14 +116,7 @@ class PretrainTask(L.LightningModule):
         self.last_output = dataclasses.replace(out, loss=out.loss.detach())
         b = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=b, sync_dist=False)
-        store = batch.get("meta", {}).get("store")
-        if store is not None:  # a several-store run: each store's loss in a column of its own
-            # Every store's column is logged each step (NaN but for the batch's store): a
-            # metric left out of a step would repeat its last value in metrics.csv.
-            loss = out.loss.detach()
-            for i in range(len(self.trainer.datamodule.stores)):
-                value = loss if i == store else torch.full_like(loss, float("nan"))
-                self.log(f"train/loss_store{i}", value, batch_size=b, sync_dist=False)
+        self._log_store_loss(batch, out.loss.detach(), b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         self.log("train/visible_tokens", float(out.num_visible), batch_size=b)
         now = time.perf_counter()
@@ -133,6 +127,31 @@ class PretrainTask(L.LightningModule):
             self.log("train/tokens_per_s", b * world * out.num_visible / dt, batch_size=b)
         self._t0 = now
         return out.loss
+
+    def exclude_time(self, seconds: float) -> None:
+        """Leave ``seconds`` spent outside training (a probe) out of the next images/s."""
+        if self._t0 is not None:
+            self._t0 += seconds
+
+    def _log_store_loss(self, batch: dict[str, Any], loss: torch.Tensor, b: int) -> None:
+        """With several stores, each store's mean loss over every rank's batches since the
+        last logged step, in a column of its own (NaN for a store without batches there)."""
+        stores = len(getattr(self.trainer.datamodule, "stores", ()))
+        store = batch.get("meta", {}).get("store")
+        if stores < 2 or store is None:
+            return
+        if self._store_sums is None:
+            self._store_sums = torch.zeros(stores, 2, device=loss.device)  # [S, (sum, count)]
+        self._store_sums[store] += torch.stack([loss.float(), torch.ones_like(loss.float())])
+        # Lightning writes a row when its batch counter + 1 is a multiple of the interval; a
+        # key logged only then never repeats a stale value. Every rank reaches this together.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps:
+            return
+        sums = self.trainer.strategy.reduce(self._store_sums.clone(), reduce_op="sum")
+        means = sums[:, 0] / sums[:, 1]  # NaN where a store had no batch
+        for i in range(stores):
+            self.log(f"train/loss_store{i}", means[i], batch_size=b, sync_dist=False)
+        self._store_sums.zero_()
 
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []
@@ -317,9 +336,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
             "data": records[0] if len(records) == 1 else {"stores": records},
             "train": {"steps": trainer.global_step, "final_loss": result["final_loss"],
                       "precision": precision, "world_size": trainer.world_size,
-                      "probe": None if probe is None else {
-                          "store": str(cfg["probe"]["store"]), "split": cfg["probe"]["split"],
-                          **(probe.last or {})}},
+                      "probe": None if probe is None else probe.record},
         }
         result["checkpoint"] = str(save_checkpoint(out / "pretrain.safetensors",
                                                    weights, header))
