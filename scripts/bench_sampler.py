@@ -1,8 +1,9 @@
-"""Benchmark: one epoch of batch indices for a multi-store pretraining run, against the sampler
-Lightning uses for one store.
+"""Benchmark: one epoch of batch indices for a multi-store pretraining run, against Lightning's
+default distributed sampler.
 
-A mixed-sensor run draws its batches with :class:`geofm.data.mixed.StoreBatchSampler`; a
-single-store run gets Lightning's ``DistributedSampler`` wrapped in a ``BatchSampler``. Both are
+geofm's step runs draw their batches with :class:`geofm.data.mixed.StoreBatchSampler`; the
+baseline is what Lightning injects into a DDP run by default, its ``DistributedSampler``
+wrapped in a ``BatchSampler``, over the same number of chips. Both are
 built and iterated for one epoch on rank 0 of ``--world`` ranks, at OpticalRS-13M + reBEN scale
 by default (13,203,698 + 549,488 chips, batch 64), each in a fresh process so that its peak
 memory is its own. The mixed sampler is timed both by chip count and with ``--weights``.
