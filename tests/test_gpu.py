@@ -1,5 +1,5 @@
-"""GPU paths: flash attention in bf16, HOG scoring, bf16-mixed pretraining, DDP on a GPU, CUDA
-prediction.
+"""GPU paths: flash attention in bf16, HOG scoring, bf16-mixed pretraining (one and two stores,
+with the kNN probe), DDP on a GPU, CUDA prediction.
 
 Skipped where no CUDA device is present (CI); run on a GPU machine with
 ``python -m pytest -q tests/test_gpu.py``.
@@ -79,6 +79,26 @@ def test_pretraining_on_gpu_defaults_to_bf16_mixed(tmp_path: Path, strategy: str
     encoder, header = load_encoder(result["checkpoint"])
     assert header["bands"] == S1S2
     assert all(torch.isfinite(p).all() for p in encoder.parameters())
+
+
+def test_two_store_pretraining_with_a_probe_on_gpu(tmp_path: Path, reben_store: Path) -> None:
+    """Two sensors in bf16-mixed with the kNN probe under autocast; the probe is close to the
+    fp32 offline evaluation of the saved checkpoint."""
+    import pandas as pd
+
+    from geofm.evaluate import knn_evaluate
+
+    modis = make_store(tmp_path / "modis.zarr", list(BAND_SETS["modis14"]), n=8, size=64)
+    result = _pretrain(tmp_path, "two", "auto", f"data.store=[{reben_store}, {modis}]",
+                       "model.name=channelvit_test", "model.kwargs={}",
+                       f"probe.store={reben_store}", "probe.every_n_steps=3", "probe.k=3",
+                       "probe.split=test")
+    rows = pd.read_csv(tmp_path / "two" / "probe.csv")
+    assert rows["step"].tolist() == [0, 3, 6]
+    metrics = pd.read_csv(tmp_path / "two" / "metrics.csv")
+    assert metrics["train/loss_store0"].notna().any() and metrics["train/loss_store1"].notna().any()
+    offline = knn_evaluate(result["checkpoint"], reben_store, split="test", k=3)["metrics"]
+    assert abs(rows["map_micro"].iloc[-1] - float(offline["map_micro"])) < 0.05
 
 
 def test_prediction_on_cuda_matches_cpu_and_mixes_devices(tmp_path: Path) -> None:
