@@ -249,11 +249,12 @@ def _cmd_align(a: argparse.Namespace) -> int:
         "trainer.devices": a.devices, "trainer.precision": a.precision, "resume": a.resume,
         "output": a.output}, a.set)
     r = run_align(cfg, progress=not a.quiet)
+    if "checkpoint" not in r:  # another rank of a distributed run: rank 0 reports
+        return 0
     cap = r["captions"]
     print(f"aligned {r['steps']} steps on {r['num_chips']} captioned chips, final loss "
           f"{r['final_loss']:.4f}; captions from {cap.get('source')} (seed {cap.get('seed')})")
-    if "checkpoint" in r:  # rank 0 writes it
-        print(f"model: {r['checkpoint']}")
+    print(f"model: {r['checkpoint']}")
     return 0
 
 

@@ -193,3 +193,26 @@ def test_temperature_is_bounded_on_the_parameter(pretrained: Path, reben_store: 
         model.logit_scale.fill_(-3.0)
     task.on_train_batch_end(None, None, 0)
     assert model.logit_scale.item() == 0.0
+
+
+def test_ddp_alignment_gives_every_rank_an_equal_disjoint_batch(pretrained: Path,
+                                                               reben_store: Path,
+                                                               tmp_path: Path) -> None:
+    # 6 chips, 2 ranks of 4: a global batch of 8 filled up from the start of the shuffle, so
+    # the gathered contrastive batch has the same size on both ranks (dealing whole batches of
+    # 4 and 2 to the ranks failed in the gather).
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "geofm.cli", "align", "--init", str(pretrained), "--data",
+           str(reben_store), "--output", str(out), "--quiet", "--max-steps", "2",
+           "--batch-size", "4", "--devices", "2", "--set", "trainer.strategy=ddp",
+           "--set", "trainer.accelerator=cpu", "--set", "data.split=null",
+           "--set", "model.embed_dim=32", "--set", "data.crop=64"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("aligned 2 steps") == 1
+    seen = [set(json.loads((out / f"data_rank{r}.json").read_text())["chip_indices"])
+            for r in (0, 1)]
+    assert seen[0] | seen[1] == set(range(6))

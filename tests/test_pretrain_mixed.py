@@ -62,16 +62,25 @@ def test_batches_come_from_one_store_and_cover_every_chip_once() -> None:
     assert list(sampler) == epochs[1]  # the skip applies once
 
 
-def test_ranks_take_disjoint_equal_shares() -> None:
-    sizes, world = [5, 3], 3
-    ranks = [StoreBatchSampler(sizes, 2, seed=0, rank=r, world_size=world) for r in range(world)]
+def test_ranks_take_equal_slices_of_global_batches() -> None:
+    sizes, batch, world = [12, 5], 2, 3  # global batches of 6: 2 of store 0, 1 of store 1
+    ranks = [StoreBatchSampler(sizes, batch, seed=0, rank=r, world_size=world)
+             for r in range(world)]
     shares = [list(s) for s in ranks]
-    assert {len(s) for s in shares} == {len(ranks[0])} == {2}  # 3 + 2 batches, padded to 6
-    everything = ranks[0].all_batches()
-    assert sorted(i for b in everything[:5] for i in b) == list(range(8))
-    assert everything[5] == everything[0]  # the padding repeats the first batch
+    assert [len(s) for s in shares] == [len(r) for r in ranks] == [3, 3, 3]
+    assert all(len(b) == batch for share in shares for b in share)  # equal on every rank
+    for step in range(3):  # every rank trains on the same store at each step
+        assert len({int(shares[r][step][0] >= 12) for r in range(world)}) == 1
+    store0 = [i for share in shares for b in share for i in b if i < 12]
+    assert sorted(store0) == list(range(12))  # disjoint and complete
+    store1 = [i for share in shares for b in share for i in b if i >= 12]
+    assert len(store1) == 6 and set(store1) == set(range(12, 17))  # filled up from the start
+    globals_ = ranks[0].all_batches()
     for r in range(world):
-        assert shares[r] == everything[r::world]
+        assert shares[r] == [g[r * batch:(r + 1) * batch] for g in globals_]
+    # One rank keeps a store's short last batch; one shorter than min_batch is dropped.
+    assert [len(b) for b in StoreBatchSampler([7], 3)] == [3, 3, 1]
+    assert [len(b) for b in StoreBatchSampler([7], 3, min_batch=2)] == [3, 3]
 
 
 def test_pooled_statistics_are_those_of_the_pooled_pixels() -> None:

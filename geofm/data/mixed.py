@@ -72,18 +72,23 @@ class MixedChips(Dataset):
 class StoreBatchSampler(Sampler[list[int]]):
     """Batches of mixed indices, each from one store, shuffled by ``(seed, epoch)``.
 
-    An epoch has as many batches as one pass over every chip takes. Without ``weights`` each
-    epoch is that pass: each store's chips are shuffled and cut into batches (the last one of a
-    store may be short), so a store's share of the steps is its share of the chips. With
-    ``weights``, store ``s`` gets the share ``weights[s] / sum(weights)`` of the epoch's batches
-    (all full): its chips come from an endless sequence of fresh shuffles of the store, read on
-    from where the previous epoch stopped, so a small store is repeated and a large one is
-    covered over several epochs, every chip once before any twice (so a batch that spans two
-    shuffles, or any batch of a store smaller than a batch, can hold a chip twice). Either way
-    the batches of all stores are then shuffled together.
+    The sampler deals *global* batches of ``batch_size × world_size`` chips of one store; rank
+    ``r`` takes its ``batch_size`` slice of each, so on every step all ranks train on the same
+    store, with equal batch sizes (which a contrastive loss gathered over the ranks needs) and
+    disjoint chips.
 
-    In a distributed run, rank ``r`` of ``W`` takes batches ``r, r + W, ...``; the batch list is
-    first padded by repeating its first batches, so every rank takes the same number of steps.
+    An epoch has as many global batches as one pass over every chip takes. Without ``weights``
+    each epoch is that pass: each store's chips are shuffled and cut into global batches. On
+    one rank a store's last batch may be short (one shorter than ``min_batch`` is dropped);
+    across several ranks it is filled up from the start of the store's shuffle, so a store
+    smaller than a global batch repeats chips. A store's share of the steps is its share of the
+    chips. With ``weights``, store ``s`` gets the share ``weights[s] / sum(weights)`` of the
+    epoch's batches (all full): its chips come from an endless sequence of fresh shuffles of the
+    store, read on from where the previous epoch stopped, so a small store is repeated and a
+    large one is covered over several epochs, every chip once before any twice (so a batch that
+    spans two shuffles, or any batch of a store smaller than a batch, can hold a chip twice).
+    With several stores the batches of all stores are then shuffled together.
+
     Lightning calls :meth:`set_epoch` through the data loader's ``sampler`` attribute (the data
     loader is built with this sampler, ``batch_size=None``); :meth:`resume_after`, called when
     the loader is built, sets the epoch and skips the batches that a resumed epoch already
@@ -91,17 +96,20 @@ class StoreBatchSampler(Sampler[list[int]]):
 
     Args:
         sizes: Chips of each store (as in :class:`MixedChips`).
-        batch_size: Chips per batch.
+        batch_size: Chips per batch and rank.
         seed: Seed of the order.
         rank: This process's rank.
         world_size: Number of ranks.
         weights: Relative share of batches per store (default: by chip count).
+        min_batch: Smallest batch kept (one rank): a contrastive loss needs 2.
     """
 
     def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, weights: Sequence[float] | None = None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+                 world_size: int = 1, weights: Sequence[float] | None = None,
+                 min_batch: int = 1):
+        if batch_size < max(1, min_batch):
+            raise ValueError(f"batch_size must be at least {max(1, min_batch)}, got "
+                             f"{batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         if sum(sizes) == 0:
@@ -111,17 +119,27 @@ class StoreBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.num_batches = sum(-(-n // batch_size) for n in self.sizes)
+        self.min_batch = min_batch
+        self.global_size = batch_size * world_size
+        self.num_batches = sum(self._store_batches(n) for n in self.sizes)
+        if self.num_batches == 0:
+            raise ValueError(f"no store fills a batch of {min_batch}")
         self.quotas = None if weights is None else self._quotas(weights)
         self.epoch = 0
         self.skip = 0
+
+    def _store_batches(self, n: int) -> int:
+        """Global batches one pass over a store of ``n`` chips gives."""
+        full, tail = divmod(n, self.global_size)
+        keep_tail = tail > 0 and (self.world_size > 1 or tail >= self.min_batch)
+        return full + int(keep_tail)
 
     def _quotas(self, weights: Sequence[float]) -> list[int]:
         """Batches per store and epoch: ``num_batches`` split by ``weights`` (largest
         remainders)."""
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (len(self.sizes),) or not np.all(np.isfinite(w)) or np.any(w < 0) \
-                or w.sum() <= 0:
+                or w.max() <= 0:
             raise ValueError(f"weights must be {len(self.sizes)} non-negative numbers, not all "
                              f"zero; got {list(weights)}")
         empty = [s for s, (n, x) in enumerate(zip(self.sizes, w, strict=True)) if x > 0 and n == 0]
@@ -158,51 +176,52 @@ class StoreBatchSampler(Sampler[list[int]]):
         return torch.cat(passes)[first:first + count]
 
     def epoch_batches(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Every rank's batches of the current epoch, as index ranges into one tensor.
+        """The current epoch's global batches, as index ranges into one tensor.
 
         Returns:
-            ``(order [M], starts [K], ends [K])``: batch ``k`` is ``order[starts[k]:ends[k]]``,
-            in the epoch's shuffled batch order, ``K`` padded to a multiple of the ranks. Kept
-            as tensors, not lists of lists: at 10⁷ chips Python lists cost every rank most of a
-            gigabyte.
+            ``(order [M], starts [K], ends [K])``: global batch ``k`` is
+            ``order[starts[k]:ends[k]]``, in the epoch's batch order. Kept as tensors, not
+            lists of lists: at 10⁷ chips Python lists cost every rank most of a gigabyte.
         """
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        size = self.global_size
         orders, starts, ends = [], [], []
         offset = position = 0
         for s, n in enumerate(self.sizes):
             if self.quotas is None:
                 order = torch.randperm(n, generator=g)
+                count = self._store_batches(n) * size
+                if self.world_size > 1 and count > n:  # fill the last batch from the start
+                    order = order[torch.arange(count) % n]
+                order = order[:count]
             else:
-                count = self.quotas[s] * self.batch_size
+                count = self.quotas[s] * size
                 order = self._stream(s, self.epoch * count, count)
-            begin = torch.arange(0, len(order), self.batch_size) + position
+            begin = torch.arange(0, len(order), size) + position
             orders.append(order + offset)
             starts.append(begin)
-            ends.append((begin + self.batch_size).clamp(max=position + len(order)))
+            ends.append((begin + size).clamp(max=position + len(order)))
             offset += n
             position += len(order)
         num = sum(len(b) for b in starts)
         # One store's batches are already in random order: one store runs as a plain shuffle.
         shuffle = torch.randperm(num, generator=g) if len(self.sizes) > 1 else torch.arange(num)
-        pad = torch.arange(-len(shuffle) % self.world_size) % len(shuffle)
-        padded = torch.cat([shuffle, shuffle[pad]])
-        return torch.cat(orders), torch.cat(starts)[padded], torch.cat(ends)[padded]
+        return torch.cat(orders), torch.cat(starts)[shuffle], torch.cat(ends)[shuffle]
 
     def all_batches(self) -> list[list[int]]:
-        """Every rank's batches of the current epoch, as lists (small runs and tests)."""
+        """The current epoch's global batches, as lists (small runs and tests)."""
         order, starts, ends = self.epoch_batches()
         return [order[a:b].tolist() for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
 
     def __iter__(self) -> Iterator[list[int]]:
         order, starts, ends = self.epoch_batches()
         skip, self.skip = self.skip, 0
-        mine = zip(starts[self.rank::self.world_size].tolist(),
-                   ends[self.rank::self.world_size].tolist(), strict=True)
-        for k, (a, b) in enumerate(mine):
+        first = self.rank * self.batch_size
+        for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
             if k >= skip:
-                yield order[a:b].tolist()
+                yield order[a + first:min(a + first + self.batch_size, b)].tolist()
 
     def __len__(self) -> int:
         """This rank's batches in a whole epoch (Lightning counts a resumed one from its
         start)."""
-        return -(-self.num_batches // self.world_size)
+        return self.num_batches

@@ -106,8 +106,9 @@ class _CaptionedChips(ChipDataModule):
                            indices=self.captioned)
 
     def train_dataloader(self) -> DataLoader:
+        # A contrastive batch needs two pairs: a one-chip tail batch is dropped.
         return sharded_loader(MixedChips([self.dataset(self.train_split)]), self.batch_size,
-                              self.seed, self.num_workers, self.trainer)
+                              self.seed, self.num_workers, self.trainer, min_batch=2)
 
 
 class AlignTask(L.LightningModule):
@@ -169,9 +170,7 @@ class AlignTask(L.LightningModule):
             self.model.encoder.eval()
         return self
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        if batch["image"].shape[0] < 2 and self.trainer.world_size == 1:
-            return None  # one pair has no negatives: nothing to learn (an epoch's last batch)
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         seed = self.hparams.seed * 1_000_003 + self.global_step
         torch.manual_seed(seed)
         indices = [int(i) for i in batch["meta"]["index"]]
@@ -269,6 +268,9 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         raise GeofmError("no pretrained checkpoint given", hint="pass --init PRETRAINED")
     if not data.get("store"):
         raise GeofmError("no chip store given", hint="pass --data STORE")
+    if data["batch_size"] < 2:
+        raise GeofmError(f"data.batch_size is {data['batch_size']}: a contrastive batch needs "
+                         "at least 2 image-text pairs", hint="use --batch-size 2 or more")
     out = Path(cfg["output"])
     init_header = read_header(cfg["init"])
     given = cfg.get("templates")

@@ -107,14 +107,14 @@ class EpochSeededSampler(RandomSampler):
 
 
 def sharded_loader(data: MixedChips, batch_size: int, seed: int, num_workers: int,
-                   trainer: L.Trainer | None,
-                   weights: Sequence[float] | None = None) -> DataLoader:
-    """The training loader of a step run: this rank's batches of ``data`` (each from one
-    store), dealt by :class:`StoreBatchSampler` and picking up where a resumed run stopped,
-    also under DDP and with worker processes. Its datamodule must set ``shards_itself`` so
-    that the trainer adds no distributed sampler."""
+                   trainer: L.Trainer | None, weights: Sequence[float] | None = None,
+                   min_batch: int = 1) -> DataLoader:
+    """The training loader of a step run: this rank's slices of global batches of ``data``
+    (each from one store), dealt by :class:`StoreBatchSampler` and picking up where a resumed
+    run stopped, also under DDP and with worker processes. Its datamodule must set
+    ``shards_itself`` so that the trainer adds no distributed sampler."""
     rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-    sampler = StoreBatchSampler(data.sizes, batch_size, seed, rank, world, weights)
+    sampler = StoreBatchSampler(data.sizes, batch_size, seed, rank, world, weights, min_batch)
     sampler.resume_after(*restored_position(trainer, len(sampler)))
     return DataLoader(data, batch_size=None, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_samples, persistent_workers=num_workers > 0)

@@ -145,7 +145,8 @@ class PretrainTask(L.LightningModule):
         self._store_sums[store] += torch.stack([loss.float(), torch.ones_like(loss.float())])
         # Lightning writes a row when its batch counter + 1 is a multiple of the interval; a
         # key logged only then never repeats a stale value. Every rank reaches this together.
-        if (self.global_step + 1) % self.trainer.log_every_n_steps:
+        every = self.trainer.log_every_n_steps
+        if not every or (self.global_step + 1) % every:  # 0: Lightning never logs
             return
         sums = self.trainer.strategy.reduce(self._store_sums.clone(), reduce_op="sum")
         means = sums[:, 0] / sums[:, 1]  # NaN where a store had no batch
