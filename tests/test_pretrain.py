@@ -157,15 +157,22 @@ def test_compiled_blocks_train_like_eager_ones(reben_store: Path, tmp_path: Path
                                rtol=1e-4, atol=1e-5)
 
 
-def test_ddp_two_cpu_ranks_split_the_data(reben_store: Path, tmp_path: Path) -> None:
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "geofm.cli", "pretrain", "--data", str(reben_store),
+def ddp_pretrain(out: Path, steps: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``geofm pretrain`` of the small test model on two CPU ranks (gloo), batches of one chip;
+    ``args`` add the data and anything else. Asserts it succeeded."""
+    cmd = [sys.executable, "-m", "geofm.cli", "pretrain", *args,
            "--devices", "2", "--strategy", "ddp", "--model", "channelvit_test",
-           "--max-steps", "2", "--batch-size", "1", "--output", str(out), "--quiet",
+           "--max-steps", str(steps), "--batch-size", "1", "--output", str(out), "--quiet",
            "--set", "trainer.accelerator=cpu", "--set", "data.split=null",
            "--set", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+def test_ddp_two_cpu_ranks_split_the_data(reben_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    ddp_pretrain(out, 2, "--data", str(reben_store))
     r0 = json.loads((out / "data_rank0.json").read_text())
     r1 = json.loads((out / "data_rank1.json").read_text())
     assert r0["world_size"] == r1["world_size"] == 2

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from geofm.tasks.datamodule import MixedChipDataModule, band_specs
 from geofm.tasks.pretrain import run_pretrain
 
 from .synthetic import make_store
-from .test_pretrain import REPO, _cfg, _fails, _losses
+from .test_pretrain import REPO, _cfg, _fails, _losses, ddp_pretrain
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +174,8 @@ def test_mixed_resume_takes_the_same_next_steps(reben_store: Path, modis_store: 
 def test_ddp_ranks_split_the_mixed_batches(reben_store: Path, modis_store: Path,
                                            tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "geofm.cli", "pretrain", "--data", str(reben_store),
-           "--data", str(modis_store), "--bands", "s1s2", "--bands", "modis14",
-           "--devices", "2", "--strategy", "ddp", "--model", "channelvit_test",
-           "--max-steps", "5", "--batch-size", "1", "--output", str(out), "--quiet",
-           "--set", "trainer.accelerator=cpu", "--set", "data.split=null",
-           "--set", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    p = ddp_pretrain(out, 5, "--data", str(reben_store), "--data", str(modis_store),
+                     "--bands", "s1s2", "--bands", "modis14")
     assert p.stdout.count("pretrained 5 steps") == 1  # rank 0 reports
     seen = [set(json.loads((out / f"data_rank{r}.json").read_text())["chip_indices"])
             for r in (0, 1)]
@@ -325,15 +317,8 @@ def test_restored_position_follows_lightnings_loop_state() -> None:
 def test_ddp_resume_with_a_worker_takes_the_same_steps(reben_store: Path,
                                                        tmp_path: Path) -> None:
     def run(out: Path, *extra: str) -> None:
-        cmd = [sys.executable, "-m", "geofm.cli", "pretrain", "--data", str(reben_store),
-               "--devices", "2", "--strategy", "ddp", "--model", "channelvit_test",
-               "--max-steps", "6", "--batch-size", "1", "--output", str(out), "--quiet",
-               "--set", "trainer.accelerator=cpu", "--set", "data.split=null",
-               "--set", "data.num_workers=1", "--set", "trainer.checkpoint_every_n_steps=4",
-               "--set", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}",
-               *extra]
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-        assert p.returncode == 0, p.stderr[-2000:]
+        ddp_pretrain(out, 6, "--data", str(reben_store), "--set", "data.num_workers=1",
+                     "--set", "trainer.checkpoint_every_n_steps=4", *extra)
 
     run(tmp_path / "full")  # 6 chips, 3 one-chip batches per rank and epoch
     ckpt = next((tmp_path / "full" / "checkpoints").glob("*step=4.ckpt"))  # mid-epoch 1

@@ -251,6 +251,19 @@ def open_store(path: str | Path) -> ChipStore:
     return ChipStore(p, attrs)
 
 
+def open_valid_store(path: str | Path, role: str = "store") -> ChipStore:
+    """:func:`open_store` after :func:`validate_store` finds nothing wrong (what training and
+    probing open their stores with).
+
+    Raises:
+        StoreError: ``"<role> fails validation: <first problem>"``, or :func:`open_store`'s.
+    """
+    problems = validate_store(path)
+    if problems:
+        raise StoreError(f"{role} fails validation: {problems[0]}", hint="rebuild it")
+    return open_store(path)
+
+
 def validate_store(path: str | Path, *, deep: bool = False) -> list[str]:
     """Check a store's integrity and say precisely what is wrong.
 

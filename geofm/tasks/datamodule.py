@@ -23,7 +23,7 @@ from geofm.data.mixed import MixedChips, StoreBatchSampler
 from geofm.data.transforms import Normalize
 from geofm.errors import BandError, GeofmError, StoreError
 from geofm.io.stats import pooled_stats
-from geofm.io.store import ChipStore, open_store, validate_store
+from geofm.io.store import ChipStore, open_valid_store
 
 BandSpec = Sequence[str] | str | int | None
 """Bands to serve from a store: names, a named set (``s2``), a count, or None for all."""
@@ -147,10 +147,7 @@ class ChipDataModule(L.LightningDataModule):
         arrays: Sequence[str] | None = None,
     ):
         super().__init__()
-        problems = validate_store(store)
-        if problems:
-            raise StoreError(f"store fails validation: {problems[0]}", hint="rebuild it")
-        self.store: ChipStore = open_store(store)
+        self.store: ChipStore = open_valid_store(store)
         self.bands = self.store.band_indices(bands)  # raises BandError if unsatisfiable
         self.band_names = [self.store.bands[i] for i in self.bands]
         mean, std = self.store.band_stats(self.band_names)
@@ -225,10 +222,7 @@ class MixedChipDataModule(L.LightningDataModule):
         self.stores: list[ChipStore] = []
         self.store_bands: list[list[str]] = []
         for path, spec in zip(stores, bands, strict=True):
-            problems = validate_store(path)
-            if problems:
-                raise StoreError(f"store fails validation: {problems[0]}", hint="rebuild it")
-            store = open_store(path)
+            store = open_valid_store(path)
             try:
                 index = store.band_indices(spec)
             except BandError as err:  # name the store: each has its own bands

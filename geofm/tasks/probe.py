@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 
 from geofm.errors import GeofmError
 from geofm.inference import is_channel_flexible, match_bands
-from geofm.io.store import ChipStore, open_store, validate_store
+from geofm.io.store import ChipStore, open_valid_store
 
 
 def open_probe_store(cfg: dict[str, Any]) -> ChipStore:
@@ -46,10 +46,7 @@ def open_probe_store(cfg: dict[str, Any]) -> ChipStore:
         raise GeofmError(f"probe.train_split and probe.split must name two different splits, "
                          f"not {splits[0]!r} and {splits[1]!r}",
                          hint="chips scored against themselves would inflate the probe")
-    problems = validate_store(cfg["store"])
-    if problems:
-        raise GeofmError(f"probe store fails validation: {problems[0]}", hint="rebuild it")
-    store = open_store(cfg["store"])
+    store = open_valid_store(cfg["store"], "probe store")
     if "label" not in store.arrays:
         raise GeofmError("the probe needs scene labels but the store has none", store.path,
                          hint="probe with a labelled store (e.g. a reBEN build)")
