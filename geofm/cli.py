@@ -158,7 +158,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
         "data.batch_size": a.batch_size, "trainer.devices": a.devices,
         "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
         "trainer.precision": a.precision, "trainer.compile": a.compile or None,
-        "resume": a.resume, "output": a.output}, a.set)
+        "probe.store": a.probe, "resume": a.resume, "output": a.output}, a.set)
     result = run_pretrain(cfg, progress=not a.quiet)
     if "checkpoint" not in result:  # another rank of a distributed run: rank 0 reports
         return 0
@@ -482,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--strategy", help="auto, ddp or fsdp")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks (faster steps on a GPU)")
+    t.add_argument("--probe", metavar="STORE",
+                   help="labelled store whose chips score the features with a kNN vote while "
+                   "training (probe.csv; see --set probe.every_n_steps=, probe.split=)")
     _add_step_run_options(t)
     _add_config_options(t, "pretrain")
     t.set_defaults(func=_cmd_pretrain)

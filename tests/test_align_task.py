@@ -158,6 +158,8 @@ def test_bad_input_one_line(pretrained: Path, reben_store: Path, tmp_path: Path,
                       size=16)
     _fails([*base, "--data", str(bare)], capsys, "neither captions nor labels", "geofm caption")
     _fails([*base, "--data", str(reben_store), "--split", "nope"], capsys, "split 'nope'")
+    _fails([*base, "--data", str(reben_store), "--batch-size", "1"], capsys,
+           "needs at least 2 image-text pairs")
     _fails(["align", "--data", str(reben_store)], capsys, "no pretrained checkpoint")
     _fails([*base, "--data", str(reben_store), "--set", "data.crop=60"], capsys,
            "multiple of the patch size")

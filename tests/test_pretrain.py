@@ -284,7 +284,7 @@ def test_knn_probe_bad_input(reben_store: Path, tmp_path: Path, capsys) -> None:
     base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
             "--output", str(tmp_path / "o"), "--set", "data.split=null"]
     unlabelled = make_store(tmp_path / "u.zarr", list(BAND_SETS["s1s2"]), size=32)
-    _fails([*base, "--set", f"probe.store={unlabelled}"], capsys, "needs scene labels")
+    _fails([*base, "--probe", str(unlabelled)], capsys, "needs scene labels")
     _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.split=val2"], capsys,
            "split 'val2' is empty")
     _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.task=regression"],
