@@ -662,18 +662,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    import signal
+    from geofm.signals import handle_signals
 
-    # A terminated run unwinds like Ctrl-C, so temporary outputs are removed on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGINT and SIGTERM unwind the command, so temporary outputs are removed on the way out.
     try:
-        return int(args.func(args))
+        with handle_signals():
+            return int(args.func(args))
     except GeofmError as e:
         print(f"geofm: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("geofm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        code = int(getattr(e, "exit_code", 130))
+        name = "SIGTERM" if code == 143 else "Ctrl-C"
+        print(f"geofm: stopped by {name}", file=sys.stderr)
+        return _exit_now(code) if argv is None else code
+
+
+def _exit_now(code: int) -> int:
+    """Exit at once when a model call is still running in a worker thread (it cannot be
+    interrupted, and finishing it would take as long as the call); else return ``code``."""
+    import threading
+
+    if any(t.is_alive() and t.name.startswith("geofm-") for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

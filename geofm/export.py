@@ -286,10 +286,12 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     import onnx
 
     from geofm.inference import load_finetuned
-    from geofm.io.cog import OutputTransaction, check_output
+    from geofm.io.cog import OutputTransaction, check_output, remove_stale_temporaries
+    from geofm.io.outputs import require_suffix
 
-    out = Path(out_path)
+    out = require_suffix(out_path, (".onnx",), "an ONNX model")
     check_output(out, overwrite, [Path(model_path)])
+    remove_stale_temporaries(out)
     header = read_header(model_path)
     if header.get("kind") != "finetune":
         raise GeofmError(f"is a {header.get('kind', 'unknown')} checkpoint, not a finetuned "

@@ -61,6 +61,8 @@ def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
 
 
 _END = object()
+ABANDON_SECONDS = 1.0
+"""How long an interrupted run waits for a model call in progress before leaving it behind."""
 
 
 def read_batches(source: Source, plan: BandPlan, grid: TileGrid, batch_size: int
@@ -205,41 +207,43 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
         for row, col, values, ok in blender.finish() if blender else ():
             sink.write(row, col, values, ok)
 
+    # The model runs in worker threads (one per device), so the calling thread only waits and
+    # hands batches on in order: Ctrl-C and SIGTERM reach it within a fraction of a second even
+    # while a model call is running.
     threads = [threading.Thread(target=guarded(reader), name="geofm-read", daemon=True),
                threading.Thread(target=guarded(writer), name="geofm-write", daemon=True)]
     workers = [threading.Thread(target=guarded(device_worker(p)), name=f"geofm-{p.device}",
-                                daemon=True) for p in predictors] if len(predictors) > 1 else []
+                                daemon=True) for p in predictors]
     for t in (*threads, *workers):
         t.start()
     try:
-        if not workers:
-            while True:
-                item = _get(to_model, stop)
-                if item is None or item is _END:
-                    break
-                if not _put(to_writer, infer(predictors[0], item[1]), stop):
-                    break
-        else:
-            next_seq = 0
-            while not stop.is_set():
-                with finished:
-                    while (next_seq not in done and not stop.is_set()
-                           and any(w.is_alive() for w in workers)):
-                        finished.wait(0.1)
-                    batch = done.pop(next_seq, None)
-                if batch is None:
-                    break  # every device finished and nothing is left in order
-                if not _put(to_writer, batch, stop):
-                    break
-                next_seq += 1
+        next_seq = 0
+        while not stop.is_set():
+            with finished:
+                while (next_seq not in done and not stop.is_set()
+                       and any(w.is_alive() for w in workers)):
+                    finished.wait(0.1)
+                batch = done.pop(next_seq, None)
+            if batch is None:
+                break  # every device finished and nothing is left in order
+            if not _put(to_writer, batch, stop):
+                break
+            next_seq += 1
         _put(to_writer, _END, stop)
-    except BaseException:
-        stop.set()
-        raise
-    finally:
         for t in (*threads, *workers):
             t.join()
+    except BaseException:
+        stop.set()
+        # Reader and writer stop within one read or write; a model call cannot be
+        # interrupted, so its thread is left to finish on its own (it touches no file).
+        for t in threads:
+            t.join()
+        deadline = time.monotonic() + ABANDON_SECONDS
+        for t in workers:
+            t.join(max(0.0, deadline - time.monotonic()))
         bar.close()
+        raise
+    bar.close()
     if errors:
         raise errors[0]
     stats.seconds = time.perf_counter() - start
