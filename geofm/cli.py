@@ -361,11 +361,18 @@ def _cmd_query(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from geofm.export import export_onnx
+    from geofm.export import export_onnx, read_metadata
 
     out = export_onnx(a.model, a.onnx, tile_size=a.tile_size, opset=a.opset,
-                      overwrite=a.overwrite)
+                      overwrite=a.overwrite, bands=a.bands)
+    meta = read_metadata(out)
+    used = {int(v.split()[1]) for v in meta["geofm_bands_used"].values()}  # "band 3 (B03)"
+    order = ", ".join(f"{i} {b}" + ("" if i in used else " (unused)")
+                      for i, b in enumerate(meta["geofm_bands"], start=1))
     print(f"wrote {out} (QGIS Deepness plugin metadata included)")
+    print(f"raster bands, in this order: {order}")
+    if meta.get("geofm_bands_missing"):
+        print(f"model bands the rasters lack: {', '.join(meta['geofm_bands_missing'])}")
     return 0
 
 
@@ -634,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
     x.add_argument("--onnx", required=True, help="output .onnx path")
     x.add_argument("--tile-size", type=int, help="tile side in px (default: the model's)")
+    x.add_argument("--bands", help="the bands of the rasters it will run on, in their order "
+                   "(B01,B02,... or a set: s2, s2l2a, ...); Deepness feeds bands by position "
+                   "(default: the checkpoint's bands)")
     x.add_argument("--opset", type=int, default=17)
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=_cmd_export)

@@ -75,10 +75,20 @@ class DiskSpace:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.needed = 0
+        self._free: int | None = None  # free bytes when last measured
+        self._since = 0  # bytes reserved since
 
     def reserve(self, nbytes: int) -> None:
-        """Raise :func:`disk_full_error` unless ``nbytes`` more (plus the margin) fit."""
+        """Raise :func:`disk_full_error` unless ``nbytes`` more (plus the margin) fit.
+
+        The free space is measured again only once the writes since the last measurement
+        could have used half of it (or at once with ``nbytes=0``).
+        """
+        self._since += nbytes
+        if nbytes and self._free is not None and 2 * (self._since + MARGIN_BYTES) < self._free:
+            return
         free = free_bytes(self.path.parent)
+        self._free, self._since = free, 0
         if free is not None and free < nbytes + MARGIN_BYTES:
             raise disk_full_error(self.path, max(self.needed, nbytes + MARGIN_BYTES))
 

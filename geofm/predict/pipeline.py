@@ -181,6 +181,10 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
                     return
                 seq, batch = item
                 out = infer(pred, batch)
+                if len(predictors) == 1:  # in order already: straight to the writer
+                    if not _put(to_writer, out, stop):
+                        return
+                    continue
                 with finished:
                     done[seq] = out
                     finished.notify_all()
@@ -218,7 +222,9 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
         t.start()
     try:
         next_seq = 0
-        while not stop.is_set():
+        while len(workers) == 1 and workers[0].is_alive() and not stop.is_set():
+            workers[0].join(0.1)
+        while len(workers) > 1 and not stop.is_set():
             with finished:
                 while (next_seq not in done and not stop.is_set()
                        and any(w.is_alive() for w in workers)):
