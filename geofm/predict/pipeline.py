@@ -170,8 +170,16 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
             stats.predicted += len(batch.where)
         return batch
 
+    worker_done = threading.Event()
+
     def device_worker(pred: Predictor) -> Callable[[], None]:
         def run() -> None:
+            try:
+                work()
+            finally:
+                worker_done.set()
+
+        def work() -> None:
             while True:
                 item = _get(to_model, stop)
                 if item is None:
@@ -222,8 +230,10 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
         t.start()
     try:
         next_seq = 0
-        while len(workers) == 1 and workers[0].is_alive() and not stop.is_set():
-            workers[0].join(0.1)
+        # An Event, not Thread.join: a signal interrupting join() can mark a running thread
+        # as stopped (Python before 3.13).
+        while len(workers) == 1 and not stop.is_set() and not worker_done.wait(0.1):
+            pass
         while len(workers) > 1 and not stop.is_set():
             with finished:
                 while (next_seq not in done and not stop.is_set()

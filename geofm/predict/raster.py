@@ -131,7 +131,7 @@ def _check_tokens(tile: tuple[int, int], patch: int, per_patch: int) -> None:
     tokens = per_patch * (th // patch) * (tw // patch)
     if tokens <= MAX_TILE_TOKENS:
         return
-    side = int((MAX_TILE_TOKENS / per_patch) ** 0.5) // patch * patch
+    side = int((MAX_TILE_TOKENS / per_patch) ** 0.5) * patch  # the largest square tile
     what = f"{per_patch} bands × " if per_patch > 1 else ""
     raise GeofmError(f"tile {th}×{tw} makes {tokens} tokens per tile ({what}"
                      f"{th // patch}×{tw // patch} patches), more than {MAX_TILE_TOKENS}",
@@ -361,6 +361,11 @@ def predict_raster(
     return result
 
 
+def class_name_tags(names: Sequence[str]) -> dict[str, str]:
+    """Band metadata naming each class value of a class raster: ``CLASS_<value>=<name>``."""
+    return {f"CLASS_{i}": name for i, name in enumerate(names)}
+
+
 def _needed_bytes(shape: tuple[int, int], product: str, channels: int, probabilities: bool
                   ) -> int:
     """The most disk space the rasters of a prediction take at once: the uncompressed
@@ -376,8 +381,12 @@ def _temp_raster(path: Path, product: str, names: list[str],
     k = len(names)
     if product == "classes":
         dtype, nodata = class_dtype(k)
-        return TempRaster(path, count=1, dtype=dtype, nodata=nodata, descriptions=["class"],
-                          colormap={i: (*c, 255) for i, c in enumerate(rgb)}, **spec)
+        raster = TempRaster(path, count=1, dtype=dtype, nodata=nodata, descriptions=["class"],
+                            colormap={i: (*c, 255) for i, c in enumerate(rgb)}, **spec)
+        # Inside the TIFF (GDAL_METADATA tag): the names travel with the file copied alone;
+        # GDAL's category names and attribute table can only live in the .aux.xml sidecar.
+        raster.ds.update_tags(1, **class_name_tags(names))
+        return raster
     if product == "scores":
         return TempRaster(path, count=k, dtype="uint8", mask=True, descriptions=names,
                           scales=[1 / 255] * k, **spec)
@@ -428,6 +437,8 @@ def _warp_back(src: Path, dst: Path, target: tuple[CRS | None, Affine, int, int]
         masked = MaskFlags.per_dataset in ds.mask_flag_enums[0]
         with rasterio.open(dst, "w", **profile) as out:
             out.update_tags(**ds.tags())
+            for band in range(1, ds.count + 1):
+                out.update_tags(band, **ds.tags(band))
             out.descriptions = ds.descriptions
             out.scales, out.offsets = ds.scales, ds.offsets
             if ds.colorinterp[0].name == "palette":
