@@ -139,14 +139,30 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
     bar = tqdm(total=grid.num_tiles, unit="tile", desc="predict", disable=not progress,
                leave=False)
 
-    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+    # Each thread sets its event when it ends; the calling thread waits on the events, not
+    # with Thread.join: a signal interrupting join() can mark a running thread as stopped
+    # (Python before 3.13), and its files could then be closed under it.
+    ended: dict[str, threading.Event] = {}
+
+    def guarded(fn: Callable[[], None], name: str) -> Callable[[], None]:
+        event = ended.setdefault(name, threading.Event())
+
         def run() -> None:
             try:
                 fn()
             except BaseException as e:
                 errors.append(e)
                 stop.set()
+            finally:
+                event.set()
         return run
+
+    def wait(names: Sequence[str], seconds: float | None = None) -> None:
+        deadline = None if seconds is None else time.monotonic() + seconds
+        for name in names:
+            while not ended[name].wait(0.1):
+                if deadline is not None and time.monotonic() > deadline:
+                    return
 
     predictors = [predictor] if isinstance(predictor, Predictor) else list(predictor)
     lock = threading.Lock()
@@ -170,16 +186,8 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
             stats.predicted += len(batch.where)
         return batch
 
-    worker_done = threading.Event()
-
     def device_worker(pred: Predictor) -> Callable[[], None]:
         def run() -> None:
-            try:
-                work()
-            finally:
-                worker_done.set()
-
-        def work() -> None:
             while True:
                 item = _get(to_model, stop)
                 if item is None:
@@ -222,18 +230,19 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
     # The model runs in worker threads (one per device), so the calling thread only waits and
     # hands batches on in order: Ctrl-C and SIGTERM reach it within a fraction of a second even
     # while a model call is running.
-    threads = [threading.Thread(target=guarded(reader), name="geofm-read", daemon=True),
-               threading.Thread(target=guarded(writer), name="geofm-write", daemon=True)]
-    workers = [threading.Thread(target=guarded(device_worker(p)), name=f"geofm-{p.device}",
-                                daemon=True) for p in predictors]
+    names = [f"geofm-{p.device}-{i}" for i, p in enumerate(predictors)]
+    threads = [threading.Thread(target=guarded(reader, "geofm-read"), name="geofm-read",
+                                daemon=True),
+               threading.Thread(target=guarded(writer, "geofm-write"), name="geofm-write",
+                                daemon=True)]
+    workers = [threading.Thread(target=guarded(device_worker(p), name), name=name, daemon=True)
+               for p, name in zip(predictors, names)]
     for t in (*threads, *workers):
         t.start()
     try:
         next_seq = 0
-        # An Event, not Thread.join: a signal interrupting join() can mark a running thread
-        # as stopped (Python before 3.13).
-        while len(workers) == 1 and not stop.is_set() and not worker_done.wait(0.1):
-            pass
+        if len(workers) == 1:
+            wait(names)
         while len(workers) > 1 and not stop.is_set():
             with finished:
                 while (next_seq not in done and not stop.is_set()
@@ -246,17 +255,13 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
                 break
             next_seq += 1
         _put(to_writer, _END, stop)
-        for t in (*threads, *workers):
-            t.join()
+        wait(["geofm-read", "geofm-write", *names])
     except BaseException:
         stop.set()
         # Reader and writer stop within one read or write; a model call cannot be
         # interrupted, so its thread is left to finish on its own (it touches no file).
-        for t in threads:
-            t.join()
-        deadline = time.monotonic() + ABANDON_SECONDS
-        for t in workers:
-            t.join(max(0.0, deadline - time.monotonic()))
+        wait(["geofm-read", "geofm-write"])
+        wait(names, ABANDON_SECONDS)
         bar.close()
         raise
     bar.close()
