@@ -120,7 +120,7 @@ from geofm.build.opticalrs_pixels import (
     grid_shape,
 )
 from geofm.build.opticalrs_report import _write_parquet_atomic, _write_report, build_report
-from geofm.build.runner import check_workers, close_quietly, run_regions
+from geofm.build.runner import check_workers, close_quietly, run_regions, start_local_cluster
 from geofm.errors import BuildError, StoreError
 from geofm.io.schema import SHARD_CHIPS
 from geofm.io.space import reporting_full_disk
@@ -459,11 +459,7 @@ class _Engine:
         address = self.scheduler
         if address is None:
             if self._cluster is None:
-                from dask.distributed import LocalCluster
-
-                self._cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1,
-                                             threads_per_worker=1, processes=True,
-                                             dashboard_address=None)
+                self._cluster = start_local_cluster(self.workers)
             address = self._cluster.scheduler_address
         run_regions(task, regions, scheduler=address, desc=desc, progress=progress,
                     output=self.output)

@@ -52,6 +52,19 @@ def _restore_logs() -> None:
     _HUSHED.clear()
 
 
+def start_local_cluster(workers: int | None) -> Any:
+    """A local cluster of ``workers`` single-threaded processes (default: one per core).
+
+    No dashboard, and the scheduler's HTTP endpoint on a free port: distributed's default port
+    8787 is often held by another cluster (a notebook's), which would print a warning.
+    """
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                        processes=True, dashboard_address=None,
+                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+
+
 def close_quietly(cluster: Any) -> None:
     """Close a local cluster without distributed's warnings, then restore its log levels."""
     _hush_logs()
@@ -132,12 +145,10 @@ def run_regions(
                 _raise_failed(task(r))
                 bar.update()
             return
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import Client, as_completed
 
         if scheduler is None:
-            n = workers or os.cpu_count() or 1
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            cluster = start_local_cluster(workers)
             try:
                 with Client(cluster) as client:
                     _submit(client, task, regions, bar, as_completed)
