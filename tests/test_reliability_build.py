@@ -174,10 +174,23 @@ def test_reben_failure_among_many_regions_is_quiet(reben_copy: Path, tmp_path: P
     _not_complete(tmp_path / "o.zarr")
 
 
-def test_workers_below_one_refused(tmp_path: Path) -> None:
+def test_bad_engine_settings_refused_before_writing(tmp_path: Path) -> None:
     line = _one_line(_geofm("build", "reben", REBEN_MINI, tmp_path / "o.zarr", "--workers", "0"))
     assert "--workers must be at least 1 (got 0)" in line
+    line = _one_line(_geofm("build", "modis", tmp_path, tmp_path / "o.zarr", "--scheduler",
+                            "bogus"))
+    assert "--scheduler 'bogus' is not a Dask scheduler address" in line
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_unreachable_scheduler_is_one_error() -> None:
+    import dask
+
+    from geofm.build.runner import run_regions
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+            pytest.raises(GeofmError, match=r"cannot reach the Dask scheduler at tcp://127\.0\."):
+        run_regions(print, [0], scheduler="tcp://127.0.0.1:1", progress=False)
 
 
 # --- MODIS and OpticalRS on the default command line -------------------------------------------

@@ -70,7 +70,7 @@ from geofm.build.modis_granule import (
     match_geolocation,
     read_granule,
 )
-from geofm.build.runner import check_workers, run_regions
+from geofm.build.runner import check_engine, run_regions
 from geofm.build.splits import SPLIT_NAMES, block_split
 from geofm.errors import BuildError, GeofmError
 from geofm.io.schema import BUILD_DIR, SHARD_CHIPS
@@ -420,7 +420,7 @@ def build_modis(
         GeofmError: Bad parameters.
     """
     _check_params(chip, split)
-    check_workers(workers)
+    check_engine(scheduler, workers)
     files = find_granules(src)
     geo = match_geolocation(geolocation, files)
     granules = sorted((read_granule(f, geo.get(f)) for f in files),

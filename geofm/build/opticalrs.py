@@ -120,7 +120,7 @@ from geofm.build.opticalrs_pixels import (
     grid_shape,
 )
 from geofm.build.opticalrs_report import _write_parquet_atomic, _write_report, build_report
-from geofm.build.runner import check_workers, close_quietly, run_regions, start_local_cluster
+from geofm.build.runner import check_engine, close_quietly, run_regions, start_local_cluster
 from geofm.errors import BuildError, StoreError
 from geofm.io.schema import SHARD_CHIPS
 from geofm.io.space import reporting_full_disk
@@ -449,7 +449,7 @@ class _Engine:
     scheduler."""
 
     def __init__(self, scheduler: str | None, workers: int | None, output: Path):
-        check_workers(workers)
+        check_engine(scheduler, workers)
         self.scheduler, self.workers, self.output = scheduler, workers, output
         self._cluster: Any = None
 
@@ -479,7 +479,8 @@ def _dropped_summary(images: pd.DataFrame) -> str:
         first = bad.iloc[0]
         k = parts.index(f"{counts['unreadable']} unreadable")
         parts[k] += f" (first {first['path']}: {first['detail']})"
-    return f"{len(images)} images: " + ", ".join(parts)
+    n = len(images)
+    return f"{n} image{'' if n == 1 else 's'}: " + ", ".join(parts)
 
 
 def _check_output(out: Path, scan_dir: Path, fp: str) -> None:

@@ -32,7 +32,7 @@ from shapely.geometry import Polygon
 
 from geofm.bands import BAND_SETS
 from geofm.build.reben_classes import CLASS_COLORS, CLASS_NAMES, clc_lookup
-from geofm.build.runner import check_workers, run_regions
+from geofm.build.runner import check_engine, run_regions
 from geofm.errors import BuildError
 from geofm.io.raster import BandRead, read_band
 from geofm.io.schema import MASK_IGNORE, SHARD_CHIPS
@@ -250,7 +250,7 @@ def build_reben(
         The finished store's path.
     """
     root, out = Path(src), Path(out)
-    check_workers(workers)
+    check_engine(scheduler, workers)
     meta = read_metadata(root)
     if limit is not None:
         meta = meta.iloc[:limit].reset_index(drop=True)

@@ -99,15 +99,27 @@ class _Guarded:
             raise
 
 
-def check_workers(workers: int | None) -> None:
-    """Refuse a worker count below 1 before anything is read or written.
+def check_engine(scheduler: str | None, workers: int | None) -> None:
+    """Refuse a worker count below 1 or a malformed scheduler address before anything is read
+    or written.
 
     Raises:
-        GeofmError: ``workers`` is zero or negative.
+        GeofmError: ``workers`` is zero or negative, or ``scheduler`` is no Dask address.
     """
     if workers is not None and workers < 1:
         raise GeofmError(f"--workers must be at least 1 (got {workers})",
                          hint="give a number of worker processes, or leave it out for one per core")
+    if scheduler is None or scheduler == "synchronous":
+        return
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        _, location = parse_address(scheduler)
+        parse_host_port(location)
+    except (ValueError, TypeError) as e:
+        raise GeofmError(f"--scheduler {scheduler!r} is not a Dask scheduler address ({e})",
+                         hint="give tcp://host:port, 'synchronous', or leave it out for a "
+                              "local cluster") from None
 
 
 def run_regions(
@@ -134,7 +146,7 @@ def run_regions(
     Raises:
         GeofmError: The first user error of a task, with its own class and line.
     """
-    check_workers(workers)
+    check_engine(scheduler, workers)
     if not regions:
         return
     task = _Guarded(task, None if output is None else str(output))
@@ -156,7 +168,14 @@ def run_regions(
                 close_quietly(cluster)
         else:
             try:
-                with Client(scheduler) as client:
+                client = Client(scheduler)
+            except (OSError, TimeoutError) as e:
+                raise GeofmError(f"cannot reach the Dask scheduler at {scheduler} "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                                 hint="start it, or leave --scheduler out for a local "
+                                      "cluster") from None
+            try:
+                with client:
                     _submit(client, task, regions, bar, as_completed)
             finally:
                 _restore_logs()
