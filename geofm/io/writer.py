@@ -135,6 +135,8 @@ def create_store(path: str | Path, spec: StoreSpec, *, resume: bool = True) -> b
 
     Raises:
         StoreError: The path holds something else, a finished store, or is not writable.
+        DiskFullError: The file system cannot hold the chips still to write, even compressed
+            (:func:`geofm.io.space.check_free_space`), or fills up while the arrays are laid out.
     """
     path = Path(path)
     if path.exists():
@@ -216,6 +218,10 @@ def write_region(
         mask: ``[n, H, W]`` class indices.
         valid: ``[n, C, H, W]`` validity.
         target: ``[n, T, H, W]`` regression targets.
+
+    Raises:
+        DiskFullError: The file system filled up; the region gets no marker, so a rerun
+            rewrites it.
     """
     path = Path(path)
     spec = load_spec(path)
