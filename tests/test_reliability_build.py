@@ -180,6 +180,10 @@ def test_bad_engine_settings_refused_before_writing(tmp_path: Path) -> None:
     line = _one_line(_geofm("build", "modis", tmp_path, tmp_path / "o.zarr", "--scheduler",
                             "bogus"))
     assert "--scheduler 'bogus' is not a Dask scheduler address" in line
+    for limit in ("0", "-1"):  # -1 once built all patches but the last
+        line = _one_line(_geofm("build", "reben", REBEN_MINI, tmp_path / "o.zarr", "--limit",
+                                limit))
+        assert f"--limit must be at least 1 (got {limit})" in line
     assert not (tmp_path / "o.zarr").exists()
 
 
