@@ -64,7 +64,9 @@ Choices:
   ``image_path``, ``image_row``, ``image_col``, ``image_scale``, ``gsd_m``, ``image_sha1``.
 * **Report.** ``report.json`` (counts per source and reason, every duplicate cluster, unreadable
   files), ``report.md`` and ``images.parquet`` (one row per image: outcome, hashes, cluster) are
-  written inside the store just before it is marked complete.
+  written inside the store just before it is marked complete. ``geofm build opticalrs`` names
+  the first unreadable image in a warning line; a build left with no chip fails with a line
+  that counts the outcomes and names the first unreadable image.
 
 Scale: the driver lists files and fingerprints them (manifest, names, sizes, mtimes); Dask tasks
 decode and hash batches of images into ``<out>.scan/`` (one parquet per batch); the driver

@@ -47,13 +47,14 @@ def free_bytes(path: str | Path) -> int | None:
 def is_disk_full(e: BaseException) -> bool:
     """Whether ``e`` (or what it wraps) says the disk or the user's quota is full."""
     seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _FULL:
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _FULL:
             return True
-        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+        if "No space left on device" in str(cur) or "Disk quota exceeded" in str(cur):
             return True
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        cur = cur.__cause__ or cur.__context__
     return False
 
 
