@@ -224,8 +224,8 @@ def test_full_disk_is_one_line_and_leaves_nothing(checkpoints: dict[str, Path], 
     assert main(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o", str(out),
                  "--probabilities", "--quiet"]) == 2
     line = _one_line(capsys)
-    assert f"{out}: the disk is full (97.7 KiB free in {tmp_path}" in line, line
-    assert "the output needs up to" in line and "MiB" in line
+    assert f"{out}: the disk is full (100.0 kB free in {tmp_path}" in line, line
+    assert "the output needs up to" in line and " MB)" in line
     assert _leftovers(tmp_path) == []
     monkeypatch.undo()
 
