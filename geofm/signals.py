@@ -1,11 +1,12 @@
 """Ctrl-C and ``kill``: stop the command promptly, clean up, exit 130 or 143.
 
 :func:`handle_signals` makes SIGINT and SIGTERM raise :class:`Interrupted` in the main thread,
-so every ``with``/``finally`` on the way out runs (temporary outputs are removed). Long work
-(model calls, Dask computations) runs in other threads or processes, so the main thread is
-always in an interruptible wait and the exception arrives within a fraction of a second. A
-second signal while cleaning up exits at once; what it leaves behind is recognised by name and
-removed by the next run to the same output (:func:`geofm.io.cog.remove_stale_temporaries`).
+so every ``with``/``finally`` on the way out runs (temporary outputs are removed). The
+exception arrives when the main thread next runs Python code: ``geofm predict`` runs the model
+in worker threads and waits on events, so it stops within a fraction of a second even inside a
+long model call. A second signal while cleaning up exits at once; what it leaves behind is
+recognised by name and removed by the next run to the same output
+(:func:`geofm.io.cog.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
