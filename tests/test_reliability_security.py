@@ -159,7 +159,7 @@ def test_sharded_resume_folder_is_read_with_an_allow_list(tmp_path: Path) -> Non
     (folder / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
     with pytest.raises(RefusedPickle):
         read_sharded_index(folder / ".metadata")
-    with pytest.raises(GeofmError, match="refused the resume checkpoint.*posix.system"):
+    with pytest.raises(GeofmError, match=r"refused the resume checkpoint.*posix\.system"):
         check_resume(torch.nn.Linear(3, 4), str(folder))
     assert not marker.exists()
 

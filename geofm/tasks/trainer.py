@@ -24,6 +24,7 @@ from geofm.safeload import (
     refused_global,
     torch_load,
 )
+from geofm.tasks.checkpoint_io import AtomicCheckpointIO
 from geofm.tasks.metrics_log import ResumingCSVLogger
 
 
@@ -66,7 +67,7 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
             num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=resolve_precision(tr),
             gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
             logger=ResumingCSVLogger(output, keep_before=start),
-            callbacks=[ckpt, *callbacks, *extra],
+            callbacks=[ckpt, *callbacks, *extra], plugins=[AtomicCheckpointIO()],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, deterministic=False,
             # A datamodule that deals its batches to the ranks itself keeps its own sampler.
