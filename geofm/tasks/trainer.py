@@ -57,6 +57,8 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
             model; Lightning rejects the trainer settings; or the disk fills up.
     """
     start = check_resume(task, resume) if resume else None
+    # Resuming the run in its own directory continues its metrics.csv; elsewhere it starts one.
+    own = resume is not None and Path(resume).resolve().parent == (output / "checkpoints").resolve()
     tr = trainer_cfg
     ckpt = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=-1,
                            every_n_train_steps=tr["checkpoint_every_n_steps"])
@@ -66,7 +68,7 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
             max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
             num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=resolve_precision(tr),
             gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
-            logger=ResumingCSVLogger(output, keep_before=start),
+            logger=ResumingCSVLogger(output, keep_before=start if own else None),
             callbacks=[ckpt, *callbacks, *extra], plugins=[AtomicCheckpointIO()],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, deterministic=False,
