@@ -11,6 +11,7 @@ the wheel with the core dependencies only.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,13 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: f
     return r
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without ``PYTHON*`` and ``VIRTUAL_ENV`` settings (a
+    ``PYTHONPATH`` to a checkout would make geofm look installed already)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    return env | {"PYTHONNOUSERSITE": "1"}
+
+
 def build_wheel(tmp: Path) -> Path:
     """geofm's wheel, built in ``tmp`` from a copy of :data:`SOURCES`."""
     src = tmp / "src"
@@ -46,22 +54,25 @@ def build_wheel(tmp: Path) -> Path:
         else:
             shutil.copy2(REPO / name, src / name)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp / "dist"), str(src)], tmp)
+         "-w", str(tmp / "dist"), str(src)], tmp, clean_env())
     (wheel,) = (tmp / "dist").glob("geofm-*.whl")
     return wheel
 
 
-def _hidden_entries(hide_extras: bool) -> set[str]:
-    """site-packages entries of geofm (and of the extras' packages) not to link."""
-    dists = ["geofm"] + ([p for _, packages in EXTRAS.values() for p in packages]
-                         if hide_extras else [])
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _hidden_entries(folder: str, hide_extras: bool) -> set[str]:
+    """Entries of the site-packages ``folder`` that belong to geofm (an editable install) or,
+    with ``hide_extras``, to the extras' packages."""
+    hide = {"geofm"} | ({_normal(p) for _, packages in EXTRAS.values() for p in packages}
+                        if hide_extras else set())
     hidden: set[str] = set()
-    for dist in dists:
-        try:
-            files = metadata.distribution(dist).files or []
-        except metadata.PackageNotFoundError:
-            continue
-        hidden.update(f.parts[0] for f in files if f.parts[0] != "..")
+    for dist in metadata.distributions(path=[folder]):
+        if _normal(dist.metadata["Name"] or "") in hide:
+            hidden.update(f.parts[0] for f in dist.files or [] if f.parts[0] != "..")
+            hidden.add(Path(str(dist._path)).name)  # its .dist-info folder, listed or not
     return hidden
 
 
@@ -77,8 +88,8 @@ def install(tmp: Path, wheel: Path, hide_extras: bool = True) -> tuple[Path, dic
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp)
     deps = tmp / "deps"
     deps.mkdir()
-    hidden = _hidden_entries(hide_extras)
     for folder in dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")):
+        hidden = _hidden_entries(folder, hide_extras)
         for entry in os.listdir(folder):
             skip = entry in hidden or entry.endswith(".pth") or entry == "__pycache__"
             if not skip and not (deps / entry).exists():
@@ -88,8 +99,7 @@ def install(tmp: Path, wheel: Path, hide_extras: bool = True) -> tuple[Path, dic
     site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                tmp).stdout.strip()
     Path(site, "geofm_deps.pth").write_text(f"{deps}\n")  # a path line: nothing is executed
+    env = clean_env()
     run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-         str(wheel)], tmp)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env |= {"PYTHONNOUSERSITE": "1", "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}"}
-    return bindir, env
+         str(wheel)], tmp, env)
+    return bindir, env | {"PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}"}
