@@ -354,11 +354,14 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
     tile = None if a.tile is None else int(a.tile)
     device = a.device
-    if a.devices:
+    if a.devices is not None:
         import torch
 
         from geofm.errors import GeofmError
 
+        if a.devices < 1:
+            raise GeofmError(f"--devices must be at least 1, got {a.devices}",
+                             hint="give a GPU count, or leave it out to run on --device")
         have = torch.cuda.device_count()
         if a.devices > have:
             raise GeofmError(f"{a.devices} GPUs requested but {have} available",

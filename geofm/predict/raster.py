@@ -97,6 +97,9 @@ def build_grid(predictor: Predictor, mode: str, height: int, width: int,
     if tile is not None:
         th, tw = _clamp_tile((th, tw), (height, width), predictor.tile_size, p)
     _check_tokens((th, tw), p, (channels or len(predictor.bands)) if predictor.flexible else 1)
+    if overlap is not None and not 0 <= overlap < min(th, tw):
+        raise GeofmError(f"overlap {overlap} must be at least 0 and less than the tile "
+                         f"({th}×{tw})")
     if mode == "scene":
         return TileGrid.build(height, width, (th, tw), 0, (th, tw))
     patch_grid = mode in ("embed", "query")

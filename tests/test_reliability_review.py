@@ -1,0 +1,69 @@
+"""Bad settings of ``geofm predict`` and ``geofm export`` that were once accepted silently,
+checked on the default command line (``geofm ...`` in a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, S2_SCENE
+from .test_export import _finetune, _pretrain
+
+pytestmark = pytest.mark.reliability
+
+
+@pytest.fixture(scope="module")
+def multilabel(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A briefly trained multi-label (scene) ChannelViT: its tiles take no overlap."""
+    root = tmp_path_factory.mktemp("review_models")
+    return _finetune(_pretrain(reben_store, root / "pre", "channelvit_test"), reben_store,
+                     root / "ml", "multilabel")
+
+
+def _geofm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "geofm", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_line(run: subprocess.CompletedProcess[str]) -> str:
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("geofm: error: "), run.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("overlap", ["-1", "-40", "1000"])
+def test_scene_model_overlap_out_of_range_is_refused(multilabel: Path, tmp_path: Path,
+                                                     overlap: str) -> None:
+    # A scene model tiles without overlap; a negative or oversized one was ignored silently.
+    run = _geofm("predict", str(multilabel), str(S2_SCENE), "-o", "map.tif", "--overlap",
+                 overlap, "--quiet", cwd=tmp_path)
+    assert f"overlap {overlap} must be at least 0 and less than the tile" in _one_line(run)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("devices", ["0", "-2"])
+def test_predict_devices_below_one_is_refused(multilabel: Path, tmp_path: Path,
+                                              devices: str) -> None:
+    # --devices 0 used to fall back to the CPU without a word.
+    run = _geofm("predict", str(multilabel), str(S2_SCENE), "-o", "map.tif", "--devices",
+                 devices, "--quiet", cwd=tmp_path)
+    assert f"--devices must be at least 1, got {devices}" in _one_line(run)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("count", ["0", "-3", "4"])
+def test_export_bands_count_is_refused_as_for_predict(multilabel: Path, tmp_path: Path,
+                                                      count: str) -> None:
+    run = _geofm("export", str(multilabel), "--onnx", "model.onnx", "--bands", count,
+                 cwd=tmp_path)
+    line = _one_line(run)
+    assert "takes the input's band names in order, not a count" in line
+    assert ("must be at least 1" in line) == (int(count) < 1)
+    assert list(tmp_path.iterdir()) == []
