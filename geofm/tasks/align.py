@@ -305,7 +305,7 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                 "trainer": {**tr, "precision": precision}}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     trainer = fit_steps(task, dm, tr, out, [_DataRecord(out, data["split"])], progress,
-                        cfg.get("resume"))
+                        cfg.get("resume"), label="align")
     loss = trainer.callback_metrics.get("train/loss")
     result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step,
                               "final_loss": float(loss) if loss is not None else float("nan"),

@@ -29,6 +29,7 @@ def step_trainer(max_steps: int, checkpoint_every_n_steps: int) -> dict[str, Any
         "log_every_n_steps": 5,
         "checkpoint_every_n_steps": checkpoint_every_n_steps,
         "seed": 0,
+        "logger": "csv",  # or tensorboard: event files in <output>/tensorboard, beside the CSV
     }
 
 
@@ -218,7 +219,8 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
     "head": {"kind": None, "freeze": "frozen", "unfreeze_last": 0},  # kind None: by task
     "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "layer_decay": 0.75, "warmup_steps": 5},
     "trainer": {"max_steps": 100, "accelerator": "auto", "devices": 1, "precision": None,
-                "log_every_n_steps": 5, "val_every_n_steps": 50, "seed": 0},
+                "log_every_n_steps": 5, "val_every_n_steps": 50, "seed": 0,
+                "logger": "csv"},  # or tensorboard (event files beside metrics.csv)
     "output": "runs/finetune",
 }
 

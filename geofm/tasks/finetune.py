@@ -15,8 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from geofm.checkpoint import load_checkpoint, save_checkpoint
@@ -27,7 +26,9 @@ from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
 from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
 from geofm.tasks.datamodule import ChipDataModule
+from geofm.tasks.loggers import run_loggers
 from geofm.tasks.pretrain import check_writable
+from geofm.tasks.progress import StepProgress
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
 
@@ -190,9 +191,9 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         precision=tr["precision"] or "32-true", log_every_n_steps=tr["log_every_n_steps"],
         val_check_interval=min(tr["val_every_n_steps"], tr["max_steps"]),
         check_val_every_n_epoch=None,
-        logger=CSVLogger(out, name="", version=""), num_sanity_val_steps=0,
-        callbacks=[select, *([TQDMProgressBar()] if progress else [])],
-        enable_progress_bar=progress, enable_model_summary=False)
+        logger=run_loggers(out, tr.get("logger")), num_sanity_val_steps=0,
+        callbacks=[select, *([StepProgress("finetune")] if progress else [])],
+        enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(task, datamodule=dm)
     best = select.best_model_path
     if best:

@@ -312,7 +312,8 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                                       "std": dm.normalize.std.tolist()}}
         probe = KnnProbe(open_probe_store(cfg["probe"]), cfg["probe"], contract, out)
         callbacks.append(probe)
-    trainer = fit_steps(task, dm, tr, out, callbacks, progress, cfg.get("resume"))
+    trainer = fit_steps(task, dm, tr, out, callbacks, progress, cfg.get("resume"),
+                        label="pretrain")
     result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step}
     loss = trainer.callback_metrics.get("train/loss")
     result["final_loss"] = float(loss) if loss is not None else float("nan")

@@ -14,6 +14,10 @@ _IRRELEVANT = (
     # Mid-epoch resumes are exact: the step runs' StoreBatchSampler skips what the restored
     # epoch consumed (geofm.tasks.datamodule.sharded_loader).
     r".*resuming from a checkpoint that ended before the epoch ended.*",
+    # Frozen encoders and locked text towers are in eval mode on purpose.
+    r".*module\(s\) in eval mode at the start of training.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*The `srun` command is available on your system but is not used.*",
 )
 
 

@@ -1,0 +1,39 @@
+"""Where a run's metrics go: ``metrics.csv`` always, TensorBoard event files on request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from geofm.errors import GeofmError
+
+LOGGERS = ("csv", "tensorboard")
+"""Values of the ``trainer.logger`` setting (``tensorboard`` writes ``metrics.csv`` too)."""
+
+
+def run_loggers(output: Path, kind: str | None) -> list[Logger]:
+    """The Lightning loggers of a run writing into ``output``.
+
+    ``metrics.csv`` is always written (``geofm plot`` reads it); ``"tensorboard"`` adds event
+    files under ``<output>/tensorboard`` (``tensorboard --logdir <output>/tensorboard``).
+
+    Raises:
+        GeofmError: An unknown logger, or TensorBoard requested but not installed.
+    """
+    name = (kind or "csv").lower()
+    if name not in LOGGERS:
+        raise GeofmError(f"unknown logger {kind!r}", hint=f"use one of {', '.join(LOGGERS)}")
+    loggers: list[Logger] = [CSVLogger(output, name="", version="")]
+    if name == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise GeofmError("--logger tensorboard needs the tensorboard package",
+                             hint="pip install 'geofm[tensorboard]' (or pip install "
+                             "tensorboard)") from None
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(output, name="tensorboard", version="",
+                                         default_hp_metric=False))
+    return loggers
