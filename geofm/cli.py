@@ -394,7 +394,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                        embed=a.embed, vector=a.vector, min_area=a.min_area, tile=tile,
                        overlap=a.overlap, batch_size=a.batch_size,
                        resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
-                       device=device, progress=not a.quiet)
+                       device=device, progress=not a.quiet, strict=a.strict)
     print(r["message"])
     extra = [r[k] for k in ("probabilities", "vector") if r.get(k)]
     print(f"wrote {a.output}" + (f" (+ {', '.join(extra)})" if extra else "")
@@ -409,7 +409,7 @@ def _cmd_query(a: argparse.Namespace) -> int:
     r = query_raster(a.model, inputs, texts, a.output, bands=a.bands, tile=a.tile,
                      overlap=a.overlap, batch_size=a.batch_size,
                      resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
-                     device=a.device, progress=not a.quiet)
+                     device=a.device, progress=not a.quiet, strict=a.strict)
     print(r["message"])
     for text, (low, high) in zip(texts, r["ranges"]):
         print(f"similarity to {text.strip()!r}: {low:.3f} to {high:.3f}")
@@ -836,6 +836,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cpu, cuda, cuda:1, or several: cuda:0,cuda:1 (one model per device)")
     pr.add_argument("--devices", type=int, help="use the first N GPUs, one model each "
                     "(default: --device)")
+    pr.add_argument("--strict", action="store_true", help="refuse an input at another "
+                    "resolution or processing level (L1C/L2A) than the model's, instead of "
+                    "warning")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
@@ -872,6 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warp the input to the model's pixel size first")
     q.add_argument("--device", default="cpu",
                    help="cpu, cuda, cuda:1, or several: cuda:0,cuda:1 (one model per device)")
+    q.add_argument("--strict", action="store_true", help="refuse an input at another "
+                   "resolution or processing level (L1C/L2A) than the model's, instead of "
+                   "warning")
     q.add_argument("--overwrite", action="store_true", help="replace an existing output")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_query)
@@ -901,6 +907,13 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: object = None, line: str | None = None) -> None:
+    """Warnings as one ``geofm: warning: ...`` line on stderr, without a source line."""
+    text = " ".join(str(message).split())
+    print(f"geofm: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``geofm`` console script."""
     from geofm.errors import GeofmError
@@ -916,7 +929,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     import signal
+    import warnings
 
+    warnings.showwarning = _show_warning
     # A terminated run unwinds like Ctrl-C, so temporary outputs are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

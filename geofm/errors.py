@@ -32,3 +32,9 @@ class BuildError(GeofmError):
 
 class BandError(GeofmError):
     """A band name, band set or band count cannot be resolved."""
+
+
+class GeofmWarning(UserWarning):
+    """Something the user should know but that does not stop the run (an input at another
+    resolution or processing level than the model's). The CLI prints it as one
+    ``geofm: warning:`` line; ``--strict`` (``strict=True``) makes it a :class:`GeofmError`."""

@@ -75,6 +75,7 @@ from geofm.build.splits import SPLIT_NAMES, block_split
 from geofm.errors import BuildError, GeofmError
 from geofm.io.schema import BUILD_DIR, SHARD_CHIPS
 from geofm.io.writer import StoreSpec, completed_regions, create_store, finalize_store, write_region
+from geofm.levels import BUILDER_LEVELS
 
 __all__ = [
     "CHIP",
@@ -461,5 +462,6 @@ def build_modis(
     todo = sorted(set(range(spec.num_regions)) - completed_regions(out))
     task = _RegionTask(out, chip, shard_chips)
     run_regions(task, todo, scheduler=scheduler, workers=workers, desc="modis", progress=progress)
-    finalize_store(out, {"split": split_attrs})
+    finalize_store(out, {"split": split_attrs,
+                         "processing_levels": BUILDER_LEVELS["modis"]})
     return out

@@ -30,6 +30,7 @@ from geofm.io.cog import (
     write_ramp_qml,
 )
 from geofm.predict.band_plan import plan_bands
+from geofm.predict.checks import check_source
 from geofm.predict.model import Predictor
 from geofm.predict.pipeline import run_pipeline
 from geofm.predict.settings import GDAL_CACHE_BYTES, SCENE_TASKS
@@ -136,6 +137,7 @@ def predict_raster(
     overlap: int | None = None,
     batch_size: int = 8,
     resample_to_model_gsd: bool = False,
+    strict: bool = False,
     overwrite: bool = False,
     device: str | Sequence[str] = "cpu",
     progress: bool = True,
@@ -192,6 +194,9 @@ def predict_raster(
         batch_size: Tiles per model call.
         resample_to_model_gsd: Warp the input to the model's resolution first (when they
             differ by more than 5 %).
+        strict: Refuse an input at another resolution or processing level than the model's
+            (by default a :class:`~geofm.errors.GeofmWarning`; see
+            :func:`~geofm.predict.checks.check_source`).
         overwrite: Replace an existing output.
         device: Torch device (``"cpu"``, ``"cuda"``), or several (``["cuda:0", "cuda:1"]`` or
             ``"cuda:0,cuda:1"``): one model replica per device, tiles shared among them.
@@ -253,6 +258,7 @@ def predict_raster(
                         resample=resample_to_model_gsd) as source, \
             OutputTransaction() as tx:
         plan = plan_bands(predictor, source.labels, source=source.name, sensor=source.sensor)
+        check_source(predictor, source, plan, strict=strict)
         log.info("%s", plan.summary())
         grid = build_grid(predictor, mode, source.height, source.width, tile, overlap)
         names = output_names(predictor, mode)

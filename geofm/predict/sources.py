@@ -19,7 +19,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geofm.errors import GeofmError
+from geofm.errors import GeofmError, GeofmWarning
+from geofm.levels import detect_levels
 from geofm.predict.band_plan import band_labels, sensor_hint
 from geofm.predict.settings import _GDAL_TYPES
 
@@ -35,6 +36,9 @@ class Source(Protocol):
     labels: list[str | None]
     sensor: str | None
     name: str
+    res_m: float | None  # pixel size in metres (None: unknown or not projected)
+    resampled: bool  # already warped to the model's pixel size
+    levels: dict[str, str]  # processing level per sensor from the metadata
 
     def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
         """``[C, h, w]`` float32 of 0-based bands ``indexes`` in ``window`` (inside bounds)."""
@@ -54,6 +58,8 @@ class RasterSource:
         labels: One name per band (descriptions, file names or ``bands=``).
         sensor: Sensor key from the metadata.
         native: The dataset ``ds`` was warped from, if any.
+        res_m: The input's pixel size in metres (``None``: not in a projected CRS).
+        levels: Processing level per sensor named by its metadata (``{"S2": "L1C"}``).
 
     Attributes:
         native_grid: ``(crs, transform, height, width)`` of the unwarped input when ``ds`` is
@@ -61,8 +67,12 @@ class RasterSource:
     """
 
     def __init__(self, ds: Any, name: str, labels: list[str | None], sensor: str | None,
-                 native: Any = None) -> None:
+                 native: Any = None, res_m: float | None = None,
+                 levels: dict[str, str] | None = None) -> None:
         self.ds = ds
+        self.res_m = res_m
+        self.resampled = native is not None
+        self.levels = levels or {}
         self.native_grid: tuple[CRS | None, Affine, int, int] | None = (
             None if native is None
             else (native.crs, native.transform, native.height, native.width))
@@ -223,24 +233,20 @@ def open_source(paths: Sequence[Path], *, bands: str | Sequence[str] | None = No
             labels = list(band_labels(bands, ds.count))
         if ds.crs is None:
             warnings.warn(f"{name}: the input has no CRS; the output keeps its pixel grid "
-                          "without georeferencing", UserWarning, stacklevel=3)
+                          "without georeferencing", GeofmWarning, stacklevel=3)
+        # The resolution is checked against the model with the bands (predict.checks).
         res = _input_res_m(ds)
-        if gsd_m and res and abs(res / gsd_m - 1) > 0.05:
-            if resample:
-                transform, width, height = _model_grid(ds, gsd_m, name)
-                view = WarpedVRT(ds, crs=ds.crs, transform=transform, width=width,
-                                 height=height, resampling=Resampling.average if res < gsd_m
-                                 else Resampling.bilinear)
-            else:
-                warnings.warn(f"{name}: the input's pixels are {res:g} m but the model was "
-                              f"trained at {gsd_m:g} m; pass --resample-to-model-gsd "
-                              "(resample_to_model_gsd=True) to warp it first", UserWarning,
-                              stacklevel=3)
+        if gsd_m and res and abs(res / gsd_m - 1) > 0.05 and resample:
+            transform, width, height = _model_grid(ds, gsd_m, name)
+            view = WarpedVRT(ds, crs=ds.crs, transform=transform, width=width,
+                             height=height, resampling=Resampling.average if res < gsd_m
+                             else Resampling.bilinear)
         elif resample and gsd_m is None:
             warnings.warn("the checkpoint records no ground sampling distance; predicting at "
-                          "the input's resolution", UserWarning, stacklevel=3)
+                          "the input's resolution", GeofmWarning, stacklevel=3)
+        levels = detect_levels([*(str(v) for v in tags.values()), *(p.name for p in paths)])
         yield RasterSource(view, name, labels, sensor_hint(tags),
-                           native=ds if view is not ds else None)
+                           native=ds if view is not ds else None, res_m=res, levels=levels)
     finally:
         if view is not ds:
             view.close()

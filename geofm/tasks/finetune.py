@@ -22,6 +22,7 @@ from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
 from geofm.inference import encoder_state, store_bands_for
 from geofm.io.store import band_info
+from geofm.levels import checkpoint_levels, store_levels
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
 from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
@@ -208,6 +209,7 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         "model": header["model"],
         "bands": dm.band_names,
         "band_info": band_info([store], dm.band_names),
+        "processing_levels": {**checkpoint_levels(header), **store_levels(store.attrs)},
         "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
         "classes": store.classes if task_name != "regression" else store.attrs["target_names"],
         "class_colors": store.class_colors if task_name != "regression" else [],
@@ -225,4 +227,5 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     }
     ckpt = save_checkpoint(out / "finetune.safetensors", task.model.state_dict(), new_header)
     return {"output": str(out), "checkpoint": str(ckpt), "steps": trainer.global_step,
-            "val_metrics": task.val_metrics, "selected_on": f"{data['val_split']}:{primary}"}
+            "val_metrics": task.val_metrics,
+            "selected_on": f"{data['val_split']}:{primary}" if data["val_split"] else None}

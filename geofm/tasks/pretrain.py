@@ -35,6 +35,7 @@ from lightning.pytorch.callbacks import Callback
 from geofm.checkpoint import save_checkpoint
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, band_info
+from geofm.levels import merged_levels, store_levels
 from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.tasks.datamodule import MixedChipDataModule, band_specs
@@ -334,6 +335,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                           "config": cfg["objective"].get("kwargs") or {}},
             "bands": dm.band_names,
             "band_info": band_info(opened, dm.band_names),
+            "processing_levels": merged_levels(store_levels(s.attrs) for s in opened),
             "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
             "data": records[0] if len(records) == 1 else {"stores": records},
             "train": {"steps": trainer.global_step, "final_loss": result["final_loss"],
