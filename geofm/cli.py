@@ -40,7 +40,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default in (None, False, argparse.SUPPRESS)
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS
                 or action.required or not action.option_strings):
             return text
         if isinstance(default, tuple | list):
@@ -539,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ratios", type=_ratios, default=(0.7, 0.15, 0.15),
                    help="train,validation,test fractions")
     m.add_argument("--seed", type=int, default=0, help="seed of the block assignment")
-    m.add_argument("--time-cutoffs", help="two UTC dates START_VAL,START_TEST (--split time)")
+    m.add_argument("--time-cutoffs", help="two UTC dates START_VAL,START_TEST (needed by "
+                   "--split time; default: none)")
     _build_options(m)
     m.set_defaults(func=_cmd_build_modis)
     o = bsub.add_parser("opticalrs", help="OpticalRS-13M-style RGB collection from a manifest",
@@ -585,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--buffer-km", type=float, default=0.0,
                    help="drop chips this close to another split's block (km)")
     s.add_argument("--column", default="country", help="chip-table column (region)")
-    s.add_argument("--vector", help="vector file with polygons and a 'split' column (polygons)")
+    s.add_argument("--vector", help="vector file with polygons and a 'split' column (needed "
+                   "by --method polygons; default: none)")
     s.set_defaults(func=_cmd_split)
 
     i = sub.add_parser("info", help="describe a store and audit its split for leakage",
@@ -599,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("store", help="chip store")
     i.add_argument("--distance-km", type=float, default=2.0,
                    help="count chips within this distance of another split (km)")
-    i.add_argument("--map", help="write a PNG map of the split here")
+    i.add_argument("--map", help="write a PNG map of the split here (default: no map)")
     i.add_argument("--json", action="store_true", help="print everything as JSON")
     i.set_defaults(func=_cmd_info)
 
@@ -824,7 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--probabilities", action="store_true",
                     help="also write per-class probabilities (uint8, scale 1/255)")
     pr.add_argument("--embed", action="store_true", help="embedding raster at patch resolution")
-    pr.add_argument("--vector", help="also write class polygons to this GeoPackage")
+    pr.add_argument("--vector", help="also write class polygons to this GeoPackage (default: "
+                    "no vectors)")
     pr.add_argument("--min-area", type=float, default=0.0,
                     help="drop polygons smaller than this, in squared CRS units (m² in UTM)")
     pr.add_argument("--tile", type=int, help="tile side in px (default: the model's)")

@@ -120,7 +120,7 @@ def test_plot_panels_from_metrics_and_probe(tmp_path: Path) -> None:
 def test_plot_bad_runs(tmp_path: Path) -> None:
     with pytest.raises(GeofmError, match="no such run directory"):
         plot_run(tmp_path / "missing")
-    with pytest.raises(GeofmError, match="no metrics.csv"):
+    with pytest.raises(GeofmError, match=r"no metrics\.csv"):
         plot_run(tmp_path)
     (tmp_path / "metrics.csv").write_text("epoch,step,train/loss\n")
     with pytest.raises(GeofmError, match="no logged values"):
