@@ -8,7 +8,9 @@ and the Python API alike, so a raster or a DataArray gets the same answer everyw
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from geofm.bands import get_band
@@ -64,4 +66,17 @@ def check_source(predictor: Predictor, source: Any, plan: BandPlan, *,
     if strict and problems:
         raise GeofmError(problems[0], hint="or drop --strict (strict=False) to predict anyway")
     for message in problems:
-        warnings.warn(message, GeofmWarning, stacklevel=3)
+        warnings.warn(message, GeofmWarning, stacklevel=_caller_level())
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside geofm, so a warning names the user's line
+    (``model.predict(...)``), however deep the call came in."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -88,7 +88,9 @@ class FinetuneTask(L.LightningModule):
         if not torch.isfinite(loss):
             raise GeofmError(f"non-finite loss at step {self.global_step}",
                              hint="lower the learning rate")
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        b = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
