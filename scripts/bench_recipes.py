@@ -134,10 +134,12 @@ def time_pairs(pairs: dict[str, tuple[Callable[[], object], Callable[[], object]
     base: dict[str, list[float]] = {k: [] for k in pairs}
     var: dict[str, list[float]] = {k: [] for k in pairs}
     ratio: dict[str, list[float]] = {k: [] for k in pairs}
-    for a, b in pairs.values():  # warm-up
+    for name, (a, b) in pairs.items():  # warm-up
+        t0 = time.perf_counter()
         torch.manual_seed(0)
         a()
         b()
+        print(f"  warm-up {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     for r in range(rounds):
         for name, (a, b) in pairs.items():
             times = []
@@ -192,7 +194,7 @@ def selection_stats(store: Path) -> dict[str, dict[str, float]]:
         print(f"{scoring:>9}: chips {images.shape[0]}, tokens {t}, entropy/log T "
               f"{entropy:.4f}, flat share of seeds {out[scoring]['flat_seed_share']:.3f}, of "
               f"targets {out[scoring]['flat_target_share']:.3f}, median max/min token "
-              f"probability {out[scoring]['max_over_min_prob']:.4g}")
+              f"probability {out[scoring]['max_over_min_prob']:.4g}", flush=True)
     return out
 
 
@@ -231,13 +233,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, "
           f"{args.rounds} rounds × {args.steps} calls")
-    timings = time_pairs(cost_pairs(args.batch_size), args.rounds, args.steps)
-    print(f"{'variant':>16} {'default ms':>11} {'variant ms':>11} {'ratio':>7}")
-    for name, (a, b, r) in timings.items():
-        print(f"{name:>16} {a * 1e3:11.1f} {b * 1e3:11.1f} {r:7.3f}")
     with tempfile.TemporaryDirectory() as tmp:
         store = _sample_store(Path(tmp))
         stats = selection_stats(store)
+        timings = time_pairs(cost_pairs(args.batch_size), args.rounds, args.steps)
+        print(f"{'variant':>16} {'default ms':>11} {'variant ms':>11} {'ratio':>7}")
+        for name, (a, b, r) in timings.items():
+            print(f"{name:>16} {a * 1e3:11.1f} {b * 1e3:11.1f} {r:7.3f}", flush=True)
         curves = knn_curve(store, args.curve, args.probe_every, Path(tmp)) if args.curve else {}
     for name, (_, _, r) in timings.items():
         print(f"RESULT {name}_ratio={r:.3f}")

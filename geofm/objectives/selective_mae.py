@@ -61,7 +61,6 @@ PSTS_BREAKPOINTS = (200 / 1200, 220 / 1200, 1180 / 1200, 1.0)
 # The released training script's breakpoints, in epochs of its 800-epoch run
 # (``main_pretrain.py``: ``expansion_step=[0, 300 - 20, 300, 600 - 20, 600]``).
 RELEASED_PSTS_EPOCHS = (280, 300, 580, 600)
-RELEASED_EPOCHS = 800
 SCORINGS = ("richness", "released")
 COUNTINGS = ("nearest", "floor")
 DECODER_MEMORIES = ("projected", "raw")
