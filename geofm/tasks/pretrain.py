@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,13 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from geofm.checkpoint import save_checkpoint
+from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, band_info
 from geofm.models import create_model
 from geofm.objectives import create_objective
+from geofm.packaged import sample_store
+from geofm.tasks.config import PRETRAIN_DEFAULTS, check_config
 from geofm.tasks.datamodule import MixedChipDataModule, band_specs
 from geofm.tasks.probe import KnnProbe, open_probe_store
 from geofm.tasks.quiet import quiet_lightning
@@ -220,23 +222,6 @@ class _DataRecord(Callback):
         path.write_text(json.dumps(record))
 
 
-def sample_store(output_root: str | Path = "outputs") -> Path:
-    """The embedded real reBEN sample as a store, built on first use."""
-    from geofm.build.reben import build_reben
-
-    repo = Path(__file__).resolve().parents[2]
-    src = repo / "datasets" / "reben_mini"
-    out = Path(output_root) / "reben_mini.zarr"
-    if not (out / "chips.parquet").exists():
-        if not src.exists():
-            raise GeofmError("no --data given and the embedded sample is not available",
-                             src, "pass --data STORE")
-        if out.exists():
-            shutil.rmtree(out)
-        build_reben(src, out, scheduler="synchronous", progress=False)
-    return out
-
-
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -279,11 +264,12 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     Returns:
         ``{"output": dir, "checkpoint": path, "final_loss": float, "steps": int}``.
     """
+    check_config(PRETRAIN_DEFAULTS, cfg)
     data, tr, opt = cfg["data"], cfg["trainer"], cfg["optim"]
     quiet_lightning()
     out = Path(cfg["output"])
     check_writable(out)
-    stores = store_paths(data["store"]) or [sample_store()]
+    stores = store_paths(data["store"]) or [sample_store(quiet=not progress)]
     specs = band_specs(data["bands"], len(stores))
     if data["weights"] is not None and len(stores) == 1:
         raise GeofmError("data.weights shares batches between several stores, but one is given",
@@ -321,7 +307,8 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     named = [str(p) for p in stores]
     resolved = {**cfg, "data": {**data, "store": named[0] if len(named) == 1 else named},
                 "trainer": {**tr, "precision": precision}}
-    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    with full_disk_reported(out, None, "config.yaml"):
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     callbacks: list[Callback] = [_Previews(out / "previews", cfg.get("previews", 3)),
                                  _DataRecord(out)]
     probe = None
