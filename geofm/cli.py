@@ -195,7 +195,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     from geofm.tasks.config import PRETRAIN_DEFAULTS
     from geofm.tasks.pretrain import run_pretrain
 
-    cfg = _config(PRETRAIN_DEFAULTS, a.config, {
+    cfg = _config(PRETRAIN_DEFAULTS, _recipe(a.config, "pretrain"), {
         "data.store": _one_or_list(a.data or [], str),
         "data.bands": _one_or_list(a.bands or [], _store_bands),
         "model.name": a.model,
@@ -233,7 +233,33 @@ def _one_or_list(values: list[str], parse: Callable[[str], object]) -> str | Non
     return json.dumps([parse(v) for v in values])
 
 
-def _config(defaults: dict, path: str | None, flags: dict, sets: list[str] | None) -> dict:
+def _recipe(spec: str | None, task: str) -> Path | None:
+    """``--config``: a YAML path, or the name of a shipped config (``geofm configs``)."""
+    from geofm.packaged import resolve_config
+
+    return None if spec is None else resolve_config(spec, task)
+
+
+def _cmd_configs(a: argparse.Namespace) -> int:
+    from geofm.packaged import find_config, list_configs
+
+    if a.name:
+        path = find_config(a.name).path
+        print(f"# {path}", file=sys.stderr)
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+        return 0
+    shown = [c for c in list_configs() if a.task in (None, c.task)]
+    width = max(len(c.name) for c in shown)
+    print(f"{'name':<{width}}  {'task':<8}  description")
+    for c in shown:
+        print(f"{c.name:<{width}}  {c.task:<8}  {c.description}")
+    print("\nuse one: geofm pretrain --config reben_s1s2.tiny   (a tiny twin: a few steps on "
+          "the embedded sample)\ncopy one to edit: geofm configs reben_s1s2 > my_recipe.yaml")
+    return 0
+
+
+def _config(defaults: dict, path: str | Path | None, flags: dict,
+            sets: list[str] | None) -> dict:
     from geofm.tasks.config import apply_overrides, check_keys, check_values, load_yaml, merge
 
     cfg = merge(defaults, {})
@@ -251,7 +277,7 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
     from geofm.tasks.config import FINETUNE_DEFAULTS
     from geofm.tasks.finetune import run_finetune
 
-    cfg = _config(FINETUNE_DEFAULTS, a.config, {
+    cfg = _config(FINETUNE_DEFAULTS, _recipe(a.config, "finetune"), {
         "init": a.init, "data.store": a.data, "task": a.task, "head.kind": a.probe,
         "head.freeze": a.freeze, "head.unfreeze_last": a.unfreeze_last,
         "optim.layer_decay": a.layer_decay, "optim.lr": a.lr, "trainer.max_steps": a.max_steps,
@@ -304,7 +330,7 @@ def _cmd_align(a: argparse.Namespace) -> int:
     from geofm.tasks.align import run_align
     from geofm.tasks.config import ALIGN_DEFAULTS
 
-    cfg = _config(ALIGN_DEFAULTS, a.config, {
+    cfg = _config(ALIGN_DEFAULTS, _recipe(a.config, "align"), {
         "init": a.init, "data.store": a.data, "data.bands": a.bands, "data.split": a.split,
         "text.model": a.text_model, "text.locked": False if a.unlock_text else None,
         "optim.lr": a.lr, "optim.freeze_encoder": True if a.freeze_encoder else None,
@@ -457,11 +483,18 @@ def query_arguments(items: Sequence[str], texts: Sequence[str]) -> tuple[list[st
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from geofm.export import export_onnx
+    from geofm.export import export_onnx, read_metadata
 
     out = export_onnx(a.model, a.onnx, tile_size=a.tile_size, opset=a.opset,
-                      overwrite=a.overwrite)
+                      overwrite=a.overwrite, bands=a.bands)
+    meta = read_metadata(out)
+    used = {int(v.split()[1]) for v in meta["geofm_bands_used"].values()}  # "band 3 (B03)"
+    order = ", ".join(f"{i} {b}" + ("" if i in used else " (unused)")
+                      for i, b in enumerate(meta["geofm_bands"], start=1))
     print(f"wrote {out} (QGIS Deepness plugin metadata included)")
+    print(f"raster bands, in this order: {order}")
+    if meta.get("geofm_bands_missing"):
+        print(f"model bands the rasters lack: {', '.join(meta['geofm_bands_missing'])}")
     return 0
 
 
@@ -475,17 +508,23 @@ def _add_step_run_options(p: argparse.ArgumentParser, defaults: dict) -> None:
                    "last.ckpt; default: start afresh)")
 
 
+_EXAMPLE_CONFIG = {"pretrain": "reben_s1s2", "finetune": "reben_multilabel",
+                   "align": "reben_align"}
+
+
 def _add_config_options(p: argparse.ArgumentParser, kind: str, defaults: dict) -> None:
     """``--config``, ``--output``, ``--set``, ``--logger`` and ``--quiet`` of a configured
     training run."""
-    p.add_argument("--config", help=f"YAML config (configs/{kind}/*.yaml; default: geofm's "
+    p.add_argument("--config", metavar="NAME|PATH",
+                   help=f"YAML config: a file, or a shipped {kind} config's name (e.g. "
+                   f"{_EXAMPLE_CONFIG[kind]}; 'geofm configs' lists them; default: geofm's "
                    f"{kind} defaults); flags and --set override it")
     p.add_argument("--output", help=f"run directory ({_cfg(defaults, 'output')})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config key, repeatable (e.g. optim.lr=3e-4; default: none)")
     p.add_argument("--logger", choices=("csv", "tensorboard"),
                    help="metrics.csv only, or TensorBoard event files in <output>/tensorboard "
-                   "too (needs the tensorboard package; default: csv)")
+                   "too (needs the tensorboard extra; default: csv)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress lines (progress goes to stderr, the summary to stdout)")
 
@@ -902,9 +941,25 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
     x.add_argument("--onnx", required=True, help="output .onnx path")
     x.add_argument("--tile-size", type=int, help="tile side in px (default: the model's)")
+    x.add_argument("--bands", help="the bands of the rasters it will run on, in their order "
+                   "(B01,B02,... or a set: s2, s2l2a, ...); Deepness feeds bands by position "
+                   "(default: the checkpoint's bands)")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output")
     x.set_defaults(func=_cmd_export)
+
+    cf = sub.add_parser(
+        "configs", help="list the shipped run configs (recipes), or print one",
+        description="The run configs that ship with geofm, by name: pass a name to --config of "
+        "pretrain, finetune or align instead of a path.",
+        epilog="examples:\n  geofm configs\n  geofm configs --task finetune\n"
+        "  geofm configs reben_s1s2 > my_recipe.yaml   # copy one to edit\n"
+        "  geofm pretrain --config reben_s1s2.tiny       # a few steps on the embedded sample",
+        formatter_class=fmt)
+    cf.add_argument("name", nargs="?", help="print this config's YAML (e.g. reben_s1s2)")
+    cf.add_argument("--task", choices=("pretrain", "finetune", "align"),
+                    help="list only this command's configs (default: all)")
+    cf.set_defaults(func=_cmd_configs)
     return p
 
 
@@ -937,20 +992,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    import signal
     import warnings
 
+    from geofm.signals import handle_signals
+
     warnings.showwarning = _show_warning
-    # A terminated run unwinds like Ctrl-C, so temporary outputs are removed on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGINT and SIGTERM unwind the command, so temporary outputs are removed on the way out.
     try:
-        return int(args.func(args))
+        with handle_signals():
+            return int(args.func(args))
     except GeofmError as e:
         print(f"geofm: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("geofm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        code = int(getattr(e, "exit_code", 130))
+        name = "SIGTERM" if code == 143 else "Ctrl-C"
+        print(f"geofm: stopped by {name}", file=sys.stderr)
+        return _exit_now(code) if argv is None else code
+
+
+def _exit_now(code: int) -> int:
+    """Exit at once when a model call is still running in a worker thread (it cannot be
+    interrupted, and finishing it would take as long as the call); else return ``code``."""
+    import threading
+
+    if any(t.is_alive() and t.name.startswith("geofm-") for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
