@@ -21,6 +21,8 @@ _IRRELEVANT = (
     r".*Total length of .* across ranks is zero.*",
     # Validation metrics leave classes without positives out of macro averages (geofm.metrics).
     r".*No positive samples found in target.*",
+    # Resuming into another --output: Lightning's note on its own checkpoint bookkeeping.
+    r".*The dirpath has changed from .*",
     r".*The `srun` command is available on your system but is not used.*",
 )
 
