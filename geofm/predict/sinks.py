@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from geofm.io.cog import (
     TempRaster,
@@ -15,23 +17,33 @@ from geofm.io.cog import (
 class Sink(Protocol):
     """Where finished output goes."""
 
-    def write(self, row: int, col: int, values: np.ndarray, valid: np.ndarray) -> None:
-        """Blended ``values [K, n, m]`` and ``valid [n, m]`` at output ``(row, col)``."""
+    def write(self, row: int, col: int, values: Tensor, valid: Tensor) -> None:
+        """Blended ``values [K, n, m]`` and ``valid [n, m]`` (on the blending device) at output
+        ``(row, col)``."""
         ...
 
 
-def classes_of(values: np.ndarray, valid: np.ndarray, dtype: str, nodata: int) -> np.ndarray:
-    """Argmax class ``[n, m]`` of scores ``[K, n, m]``, ``nodata`` where invalid."""
-    out = values.argmax(axis=0).astype(dtype)
-    out[~valid] = nodata
-    return out
+def classes_of(values: Tensor, valid: Tensor, dtype: str, nodata: int) -> np.ndarray:
+    """Argmax class ``[n, m]`` of scores ``[K, n, m]``, ``nodata`` where invalid.
+
+    Computed where the scores are (the first maximum wins, as in numpy), so only the class
+    map is copied to the host.
+    """
+    index = values.argmax(dim=0).masked_fill_(~valid, nodata)  # [n, m] int64
+    small = torch.uint8 if dtype == "uint8" else torch.int32
+    return index.to(small).cpu().numpy().astype(dtype, copy=False)
 
 
-def quantize(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Scores in ``[0, 1]`` as uint8 ``0–255`` (scale 1/255), 0 where invalid."""
-    out = np.rint(np.clip(scores, 0.0, 1.0) * 255.0).astype(np.uint8)
-    out[:, ~valid] = 0
-    return out
+def quantize(scores: Tensor, valid: Tensor) -> np.ndarray:
+    """Scores in ``[0, 1]`` as uint8 ``0–255`` (scale 1/255, half to even), 0 where invalid."""
+    out = scores.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)  # [K, n, m]
+    return out.masked_fill_(~valid, 0).cpu().numpy()
+
+
+def float_values(values: Tensor, valid: Tensor) -> np.ndarray:
+    """``values [K, n, m]`` as float32 on the host, NaN where invalid."""
+    nan = torch.tensor(float("nan"), dtype=torch.float32, device=values.device)
+    return torch.where(valid, values.float(), nan).cpu().numpy()
 
 
 class FileSink:
@@ -51,18 +63,16 @@ class FileSink:
         self.probabilities = probabilities
         self.class_nodata = class_nodata
 
-    def write(self, row: int, col: int, values: np.ndarray, valid: np.ndarray) -> None:
+    def write(self, row: int, col: int, values: Tensor, valid: Tensor) -> None:
         if self.product == "classes":
             dtype = self.main.ds.dtypes[0]
             self.main.write(row, col, classes_of(values, valid, dtype, self.class_nodata)[None])
             if self.probabilities is not None:
-                self.probabilities.write(row, col, quantize(values, valid), valid)
+                self.probabilities.write(row, col, quantize(values, valid), _host(valid))
         elif self.product == "scores":
-            self.main.write(row, col, quantize(values, valid), valid)
+            self.main.write(row, col, quantize(values, valid), _host(valid))
         else:
-            out = values.astype(np.float32, copy=True)
-            out[:, ~valid] = np.nan
-            self.main.write(row, col, out)
+            self.main.write(row, col, float_values(values, valid))
 
 
 class ArraySink:
@@ -84,14 +94,16 @@ class ArraySink:
         self.array = (np.full(shape, class_nodata, self.dtype) if classes
                       else np.full((channels, *shape), np.nan, np.float32))
 
-    def write(self, row: int, col: int, values: np.ndarray, valid: np.ndarray) -> None:
+    def write(self, row: int, col: int, values: Tensor, valid: Tensor) -> None:
         n, m = values.shape[1:]
         if self.classes:
             self.array[row:row + n, col:col + m] = classes_of(values, valid, self.dtype,
                                                               self.class_nodata)
         else:
-            out = values.copy()
-            out[:, ~valid] = np.nan
-            self.array[:, row:row + n, col:col + m] = out
+            self.array[:, row:row + n, col:col + m] = float_values(values, valid)
+
+
+def _host(valid: Tensor) -> np.ndarray:
+    return valid.cpu().numpy()
 
 
