@@ -79,8 +79,10 @@ def read_batches(source: Source, plan: BandPlan, grid: TileGrid, batch_size: int
     """
     windows = [(p, r, y, grid.cols[j]) for p, panel in enumerate(grid.panels)
                for r, y in enumerate(grid.rows) for j in panel.cols]
-    workers = (read_threads() if threads is None else max(1, threads)) \
-        if getattr(source, "concurrent_reads", False) else 1
+    workers = 1
+    if getattr(source, "concurrent_reads", False):
+        workers = read_threads() if threads is None else max(1, threads)
+        source.reserve(workers)  # type: ignore[attr-defined]
     load = partial(_load_tile, source, plan, grid)
     tiles = map(load, windows) if workers == 1 else _ordered_map(load, windows, workers)
     images: list[np.ndarray] = []

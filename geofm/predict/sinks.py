@@ -26,12 +26,35 @@ class Sink(Protocol):
 def classes_of(values: Tensor, valid: Tensor, dtype: str, nodata: int) -> np.ndarray:
     """Argmax class ``[n, m]`` of scores ``[K, n, m]``, ``nodata`` where invalid.
 
-    Computed where the scores are (the first maximum wins, as in numpy), so only the class
-    map is copied to the host.
+    The first maximum wins (a NaN counts as the maximum), as with ``numpy.argmax``. On a GPU
+    the argmax runs there and only the class map is copied to the host.
     """
+    if values.device.type == "cpu":
+        out = first_argmax(values.numpy()).astype(dtype, copy=False)
+        out[~valid.numpy()] = nodata
+        return out
     index = values.argmax(dim=0).masked_fill_(~valid, nodata)  # [n, m] int64
     small = torch.uint8 if dtype == "uint8" else torch.int32
     return index.to(small).cpu().numpy().astype(dtype, copy=False)
+
+
+def first_argmax(values: np.ndarray) -> np.ndarray:
+    """``numpy.argmax(values, axis=0)`` of ``[K, n, m]`` as uint8 (uint16 past 256 channels).
+
+    A running maximum over the channels, each a contiguous plane: two to three times faster
+    than ``argmax`` over the first axis, which walks the channels with a stride.
+    """
+    best = values[0].copy()  # [n, m]
+    index = np.zeros(best.shape, np.uint8 if len(values) <= 256 else np.uint16)
+    better = np.empty(best.shape, bool)
+    for k in range(1, len(values)):
+        np.greater(values[k], best, out=better)
+        np.maximum(best, values[k], out=best)  # NaN propagates: such pixels are fixed below
+        index[better] = k
+    nan = np.isnan(best)
+    if nan.any():
+        index[nan] = np.isnan(values[:, nan]).argmax(axis=0)
+    return index
 
 
 def quantize(scores: Tensor, valid: Tensor) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -80,6 +81,7 @@ class RasterSource:
         self._owner = threading.get_ident()
         self._local = threading.local()
         self._handles = ExitStack()
+        self._spare: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.native_grid: tuple[CRS | None, Affine, int, int] | None = (
             None if native is None
@@ -94,22 +96,40 @@ class RasterSource:
         flags = ds.mask_flag_enums[0] if ds.count else []
         self._dataset_mask = any(f in (MaskFlags.per_dataset, MaskFlags.alpha) for f in flags)
 
+    def reserve(self, count: int) -> None:
+        """Open ``count`` handles now, for the next threads that read.
+
+        Opening inside the caller's ``rasterio.Env`` takes a millisecond; a thread without one
+        would first set up its own GDAL environment (tens of milliseconds per thread).
+        """
+        if self._reopen is None:
+            return
+        for _ in range(count):
+            self._spare.put(self._open_handle())
+
+    def _open_handle(self) -> Any:
+        # Warning filters are process-wide, hence the lock. Opening inside an Env keeps the
+        # handle from holding one of its own, which only the opening thread could close.
+        assert self._reopen is not None
+        with self._lock, warnings.catch_warnings(), rasterio.Env():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            try:
+                return self._reopen(self._handles)
+            except RasterioError as e:
+                raise GeofmError(f"cannot read the raster ({_first_line(e)})", self.name,
+                                 "the file was moved or changed while predicting") from None
+
     def _dataset(self) -> Any:
         """This thread's handle."""
         if self._reopen is None or threading.get_ident() == self._owner:
             return self.ds
         ds = getattr(self._local, "ds", None)
         if ds is None:
-            # Warning filters are process-wide, hence the lock. Opening inside an Env keeps the
-            # handle from holding one of its own, which only this thread could close.
-            with self._lock, warnings.catch_warnings(), rasterio.Env():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                try:
-                    ds = self._local.ds = self._reopen(self._handles)
-                except RasterioError as e:
-                    raise GeofmError(f"cannot read the raster ({_first_line(e)})", self.name,
-                                     "the file was moved or changed while predicting"
-                                     ) from None
+            try:
+                ds = self._spare.get_nowait()
+            except queue.Empty:
+                ds = self._open_handle()
+            self._local.ds = ds
         return ds
 
     def close(self) -> None:
