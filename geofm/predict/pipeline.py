@@ -210,6 +210,9 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
     finished = threading.Condition(lock)
     done: dict[int, Any] = {}
 
+    if getattr(source, "concurrent_reads", False):
+        source.reserve(read_threads())  # type: ignore[attr-defined]  # here: cheaper to open
+
     def reader() -> None:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
             for seq, batch in enumerate(read_batches(source, plan, grid, batch_size)):

@@ -19,7 +19,7 @@ class Sink(Protocol):
 
     def write(self, row: int, col: int, values: Tensor, valid: Tensor) -> None:
         """Blended ``values [K, n, m]`` and ``valid [n, m]`` (on the blending device) at output
-        ``(row, col)``."""
+        ``(row, col)``; ``values`` may be reused after the call returns."""
         ...
 
 
@@ -50,7 +50,7 @@ def first_argmax(values: np.ndarray) -> np.ndarray:
     for k in range(1, len(values)):
         np.greater(values[k], best, out=better)
         np.maximum(best, values[k], out=best)  # NaN propagates: such pixels are fixed below
-        index[better] = k
+        np.putmask(index, better, k)
     nan = np.isnan(best)
     if nan.any():
         index[nan] = np.isnan(values[:, nan]).argmax(axis=0)

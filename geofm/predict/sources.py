@@ -97,14 +97,15 @@ class RasterSource:
         self._dataset_mask = any(f in (MaskFlags.per_dataset, MaskFlags.alpha) for f in flags)
 
     def reserve(self, count: int) -> None:
-        """Open ``count`` handles now, for the next threads that read.
+        """Have ``count`` spare handles ready for the next threads that read.
 
-        Opening inside the caller's ``rasterio.Env`` takes a millisecond; a thread without one
-        would first set up its own GDAL environment (tens of milliseconds per thread).
+        A thread's first open sets up its GDAL environment and PROJ context (tens of
+        milliseconds); in a thread that has them (the one that opened the source) a handle
+        takes a millisecond.
         """
         if self._reopen is None:
             return
-        for _ in range(count):
+        while self._spare.qsize() < count:
             self._spare.put(self._open_handle())
 
     def _open_handle(self) -> Any:

@@ -164,7 +164,7 @@ class Batch:
 
 Rows = tuple[int, int, torch.Tensor, torch.Tensor]
 """Finished output: ``(first row, first column, values [K, n, m], valid [n, m])``, tensors on
-the blending device."""
+the blending device; ``values`` is a view of the accumulator, valid until the next item."""
 
 
 class Blender:
@@ -241,12 +241,14 @@ class Blender:
             n = end - self.top
             if n <= 0:
                 continue
-            # In column chunks, so the finished values never take more than a chunk's memory.
+            # In column chunks, each divided in place: these rows are released and reset below,
+            # so finishing them allocates nothing as large as the accumulator.
             for c in range(a, b, FINISH_COLUMNS):
                 d = min(b, c + FINISH_COLUMNS)
                 wsum = self.wsum[:n, c:d]
-                values = self.acc[:, :n, c:d] / wsum.clamp_min(1e-12)  # [K, n, m]
-                yield self.top, self.panel.span[0] + c, values, self.valid[:n, c:d] & (wsum > 0)
+                valid = self.valid[:n, c:d] & (wsum > 0)
+                values = self.acc[:, :n, c:d].div_(wsum.clamp_min_(1e-12))  # [K, n, m]
+                yield self.top, self.panel.span[0] + c, values, valid
             keep = self.acc.shape[1] - n
             if keep > 0:  # source and target rows may overlap: copy through a clone
                 self.acc[:, :keep] = self.acc[:, n:].clone()
