@@ -23,16 +23,29 @@ GeoTIFFs with band descriptions (UTM 18N, 10 m).
    tiles, 32 px overlap), reporting ``ru_maxrss`` and the RSS before predicting.
    ``rss_8k_over_2k`` = peak RSS at the largest size ÷ at the smallest (1.0: flat).
 
+3. **Host pipeline** (``--host-only``, alone): the whole of ``predict_raster`` with a null
+   model (a 19-class segmentation predictor whose model is a channel gather, so the model costs
+   one copy) on a ``--host-size`` (default 2,048²) DEFLATE-tiled input, in a fresh process
+   pinned to one CPU and in one using all of them, ``--rounds`` paired rounds each against the
+   same run's **I/O floor**: reading the pipeline's windows (one thread) and writing a plain
+   tiled GeoTIFF of the class map's size with GDAL. Reports ``host_cpu_s_per_mpx`` (CPU
+   seconds of the process, all threads, per megapixel; all cores), ``host_mpx_per_s_1`` and
+   ``host_mpx_per_s_all`` (best wall-clock throughput) and ``host_over_io_floor`` (median of
+   floor time ÷ pipeline time per round, all cores; goal ≥ 0.7). Run it against another
+   checkout's code with ``PYTHONPATH=<checkout> python <checkout>/scripts/bench_predict.py``.
+
 Usage::
 
     .venv/bin/python scripts/bench_predict.py                 # ~4 min on 2 cores
     .venv/bin/python scripts/bench_predict.py --size 256 --rounds 1 \
         --rss-sizes 1024 2048                                  # a quick run
+    .venv/bin/python scripts/bench_predict.py --rss-only --rss-sizes 2048 8192
+    .venv/bin/python scripts/bench_predict.py --host-only     # ~2 min on 2 cores
 
 Output ends with ``RESULT predict_efficiency=<model-only ÷ end-to-end time>`` (and the same for
 the test encoder), ``RESULT rss_8k_over_2k=<peak RSS ratio>``, ``RESULT predict_px_per_s=...``
 (end to end, each encoder) and ``RESULT predict_tiny_px_per_s=...`` (largest size, tiny
-per-pixel model).
+per-pixel model); with ``--host-only``, the four ``host_*`` results instead.
 """
 
 from __future__ import annotations
@@ -332,6 +345,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="device of the efficiency runs")
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--rss-only", action="store_true",
+                        help="only the peak-memory runs (section 2)")
     parser.add_argument("--host-only", action="store_true",
                         help="only the host pipeline with a null model against the I/O floor")
     parser.add_argument("--host-size", type=int, default=2048,
@@ -364,12 +379,13 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
         return
     try:
-        print("\n1. efficiency: segmentation head, 19 classes, 128 px tiles, overlap 32, "
-              f"batch 8, device {args.device}", flush=True)
+        print("\n1. efficiency: " + ("skipped (--rss-only)" if args.rss_only else
+                                      "segmentation head, 19 classes, 128 px tiles, overlap "
+                                      f"32, batch 8, device {args.device}"), flush=True)
         ratios: dict[str, float] = {}
         rates: dict[str, float] = {}
         raster = make_raster(workdir / f"s2_{args.size}.tif", args.size, pixels)
-        for model in (args.model, args.test_model):
+        for model in () if args.rss_only else (args.model, args.test_model):
             print(f" {model}, {args.size}² px, {args.rounds} rounds "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
             eff = efficiency(raster, workdir, args.rounds, model, args.device)
@@ -407,11 +423,14 @@ def main() -> None:
               f"for {rows[-1][0] ** 2 / rows[0][0] ** 2:.0f}× the pixels")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\nRESULT predict_efficiency={ratios[args.model]:.3f}")
-    print(f"RESULT predict_efficiency_{args.test_model}={ratios[args.test_model]:.3f}")
+    print()
+    if not args.rss_only:
+        print(f"RESULT predict_efficiency={ratios[args.model]:.3f}")
+        print(f"RESULT predict_efficiency_{args.test_model}={ratios[args.test_model]:.3f}")
     print(f"RESULT rss_8k_over_2k={rss_ratio:.3f}")
-    print(f"RESULT predict_px_per_s={rates[args.model]:.0f}")
-    print(f"RESULT predict_px_per_s_{args.test_model}={rates[args.test_model]:.0f}")
+    if not args.rss_only:
+        print(f"RESULT predict_px_per_s={rates[args.model]:.0f}")
+        print(f"RESULT predict_px_per_s_{args.test_model}={rates[args.test_model]:.0f}")
     print(f"RESULT predict_tiny_px_per_s={rows[-1][2]:.0f}")
 
 
