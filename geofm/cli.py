@@ -66,6 +66,11 @@ def _cmd_build_opticalrs(a: argparse.Namespace) -> int:
                           hash_radius=a.hash_radius, min_size=a.min_size, min_std=a.min_std,
                           max_nodata=a.max_nodata, scheduler=a.scheduler, workers=a.workers,
                           progress=not a.quiet)
+    from geofm.build.opticalrs_report import unreadable_note
+
+    note = unreadable_note(json.loads((Path(out) / "report.json").read_text()))
+    if note:
+        print(f"geofm: warning: {note}", file=sys.stderr)
     print(f"wrote {out} (report: {Path(out) / 'report.md'})")
     return 0
 

@@ -3,11 +3,24 @@
 Every problem a user can fix (a missing file, a corrupt raster, a band the store does not have)
 is raised as :class:`GeofmError` with one line that says what is wrong, which file, and what to
 do. The CLI prints that line and exits non-zero without a traceback; library users catch it.
+
+Errors cross process boundaries intact: a :class:`GeofmError` raised in a Dask worker or a
+DataLoader worker pickles as its class, its line and its attributes only (never the exception it
+replaced, which may not unpickle), so the caller receives the same class and the same line.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+
+def _restore(cls: type[GeofmError], args: tuple[Any, ...], state: dict[str, Any]) -> GeofmError:
+    """Rebuild a pickled error without calling ``__init__`` (subclasses may change it)."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
 
 
 class GeofmError(Exception):
@@ -21,6 +34,10 @@ class GeofmError(Exception):
             parts.append(hint)
         super().__init__(" — ".join(parts))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The class, the line and the attributes; no traceback, cause or context.
+        return _restore, (type(self), tuple(self.args), dict(self.__dict__))
+
 
 class StoreError(GeofmError):
     """A chip store is missing, incomplete, corrupt or does not fit the request."""
@@ -32,3 +49,7 @@ class BuildError(GeofmError):
 
 class BandError(GeofmError):
     """A band name, band set or band count cannot be resolved."""
+
+
+class DiskFullError(GeofmError):
+    """The output's file system has too little free space for what is to be written."""

@@ -70,10 +70,11 @@ from geofm.build.modis_granule import (
     match_geolocation,
     read_granule,
 )
-from geofm.build.runner import run_regions
+from geofm.build.runner import check_engine, run_regions
 from geofm.build.splits import SPLIT_NAMES, block_split
 from geofm.errors import BuildError, GeofmError
 from geofm.io.schema import BUILD_DIR, SHARD_CHIPS
+from geofm.io.space import reporting_full_disk
 from geofm.io.writer import StoreSpec, completed_regions, create_store, finalize_store, write_region
 
 __all__ = [
@@ -419,6 +420,7 @@ def build_modis(
         GeofmError: Bad parameters.
     """
     _check_params(chip, split)
+    check_engine(scheduler, workers)
     files = find_granules(src)
     geo = match_geolocation(geolocation, files)
     granules = sorted((read_granule(f, geo.get(f)) for f in files),
@@ -457,9 +459,11 @@ def build_modis(
         shard_chips=shard_chips,
     )
     create_store(out, spec)
-    save_plan(out, plan, labels, granules)
+    with reporting_full_disk(out, spec.region_bytes(range(spec.num_regions))):
+        save_plan(out, plan, labels, granules)
     todo = sorted(set(range(spec.num_regions)) - completed_regions(out))
     task = _RegionTask(out, chip, shard_chips)
-    run_regions(task, todo, scheduler=scheduler, workers=workers, desc="modis", progress=progress)
+    run_regions(task, todo, scheduler=scheduler, workers=workers, desc="modis", progress=progress,
+                output=out)
     finalize_store(out, {"split": split_attrs})
     return out

@@ -64,7 +64,9 @@ Choices:
   ``image_path``, ``image_row``, ``image_col``, ``image_scale``, ``gsd_m``, ``image_sha1``.
 * **Report.** ``report.json`` (counts per source and reason, every duplicate cluster, unreadable
   files), ``report.md`` and ``images.parquet`` (one row per image: outcome, hashes, cluster) are
-  written inside the store just before it is marked complete.
+  written inside the store just before it is marked complete. ``geofm build opticalrs`` names
+  the first unreadable image in a warning line; a build left with no chip fails with a line
+  that counts the outcomes and names the first unreadable image.
 
 Scale: the driver lists files and fingerprints them (manifest, names, sizes, mtimes); Dask tasks
 decode and hash batches of images into ``<out>.scan/`` (one parquet per batch); the driver
@@ -120,9 +122,10 @@ from geofm.build.opticalrs_pixels import (
     grid_shape,
 )
 from geofm.build.opticalrs_report import _write_parquet_atomic, _write_report, build_report
-from geofm.build.runner import run_regions
+from geofm.build.runner import check_engine, close_quietly, run_regions, start_local_cluster
 from geofm.errors import BuildError, StoreError
 from geofm.io.schema import SHARD_CHIPS
+from geofm.io.space import reporting_full_disk
 from geofm.io.writer import (
     StoreSpec,
     completed_regions,
@@ -209,6 +212,18 @@ def _scan_dataset(ds: Any, source: Source, params: Params, rec: dict[str, Any]) 
     rec["status"] = "ok" if pretrain else "eval"
 
 
+def _unreadable_detail(path: str | Path, e: BaseException) -> str:
+    """Why GDAL could not decode ``path``, in a few words that do not repeat the path."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    cause = e.__cause__ or e  # rasterio's "Read failed" wraps GDAL's message
+    text = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+    return text.replace(f"'{path}' ", "").replace(f"{path}: ", "")
+
+
 def scan_image(path: str | Path, source: Source, params: Params) -> dict[str, Any]:
     """Decode one image, test it, hash it and lay out its chips.
 
@@ -224,8 +239,7 @@ def scan_image(path: str | Path, source: Source, params: Params) -> dict[str, An
     except _Excluded as e:
         rec.update(status=e.reason, detail=e.detail)
     except (RasterioError, OSError) as e:
-        cause = e.__cause__ or e  # rasterio's "Read failed" wraps GDAL's message
-        rec.update(status="unreadable", detail=(str(cause).splitlines() or [type(e).__name__])[0])
+        rec.update(status="unreadable", detail=_unreadable_detail(path, e))
     if rec["status"] not in ("ok", "eval"):
         rec.update(sha1="", phash=0, chip_y=[], chip_x=[], chip_status=[])
     return rec
@@ -436,8 +450,9 @@ class _Engine:
     """The Dask scheduler of both stages: one local cluster, started on first use, or the given
     scheduler."""
 
-    def __init__(self, scheduler: str | None, workers: int | None):
-        self.scheduler, self.workers = scheduler, workers
+    def __init__(self, scheduler: str | None, workers: int | None, output: Path):
+        check_engine(scheduler, workers)
+        self.scheduler, self.workers, self.output = scheduler, workers, output
         self._cluster: Any = None
 
     def run(self, task: Any, regions: list[int], desc: str, progress: bool) -> None:
@@ -446,18 +461,28 @@ class _Engine:
         address = self.scheduler
         if address is None:
             if self._cluster is None:
-                from dask.distributed import LocalCluster
-
-                self._cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1,
-                                             threads_per_worker=1, processes=True,
-                                             dashboard_address=None)
+                self._cluster = start_local_cluster(self.workers)
             address = self._cluster.scheduler_address
-        run_regions(task, regions, scheduler=address, desc=desc, progress=progress)
+        run_regions(task, regions, scheduler=address, desc=desc, progress=progress,
+                    output=self.output)
 
     def close(self) -> None:
         if self._cluster is not None:
-            self._cluster.close()
-            self._cluster = None
+            cluster, self._cluster = self._cluster, None
+            close_quietly(cluster)
+
+
+def _dropped_summary(images: pd.DataFrame) -> str:
+    """``'3 images: 2 unreadable (first /a/x.tif: empty file (0 bytes)), 1 too_small'``."""
+    counts = images["outcome"].value_counts()
+    parts = [f"{n} {reason}" for reason, n in counts.items()]
+    bad = images[images["outcome"] == "unreadable"]
+    if not bad.empty:
+        first = bad.iloc[0]
+        k = parts.index(f"{counts['unreadable']} unreadable")
+        parts[k] += f" (first {first['path']}: {first['detail']})"
+    n = len(images)
+    return f"{n} image{'' if n == 1 else 's'}: " + ", ".join(parts)
 
 
 def _check_output(out: Path, scan_dir: Path, fp: str) -> None:
@@ -574,9 +599,10 @@ def build_opticalrs(
     scan_dir = out.with_name(out.name + ".scan")
     _check_output(out, scan_dir, fp)
     by_name = {s.name: s for s in sources}
-    engine = _Engine(scheduler, workers)
+    engine = _Engine(scheduler, workers, out)
     try:
-        todo = _prepare_scan(scan_dir, files, fp, params)
+        with reporting_full_disk(out):
+            todo = _prepare_scan(scan_dir, files, fp, params)
         engine.run(_ScanTask(scan_dir, by_name, params), todo, "opticalrs scan", progress)
         images, chips = _load_scan(scan_dir, files, params)
         decided, clusters = _decide(images, params.hash_radius)
@@ -586,9 +612,11 @@ def build_opticalrs(
         if plan.empty:
             shutil.rmtree(scan_dir, ignore_errors=True)
             raise BuildError("no chip left for the pretraining pool after exclusion and "
-                             "deduplication", manifest, "check the sources and thresholds")
-        _write_parquet_atomic(pa.Table.from_pandas(plan, preserve_index=False),
-                              scan_dir / "plan.parquet", row_group_size=shard_chips)
+                             f"deduplication ({_dropped_summary(images)})", manifest,
+                             "check the sources and thresholds")
+        with reporting_full_disk(out):
+            _write_parquet_atomic(pa.Table.from_pandas(plan, preserve_index=False),
+                                  scan_dir / "plan.parquet", row_group_size=shard_chips)
         gsds = {by_name[s].gsd_m for s in plan["source"].unique()}
         spec = StoreSpec(
             num_chips=len(plan), bands=list(BAND_SETS["rgb"]), chip_size=(chip, chip),
@@ -608,7 +636,8 @@ def build_opticalrs(
         engine.close()
     chips = chips.merge(images[["image", "source", "outcome"]], on="image")
     report = build_report(sources, images, chips, clusters, params, manifest)
-    _write_report(out, report, images)
+    with reporting_full_disk(out):
+        _write_report(out, report, images)
     eval_sources = [s.name for s in sources if s.role == "eval"]
     finalize_store(out, {
         "split": {"method": "opticalrs-pretrain", "counts": {"train": len(plan)},

@@ -57,6 +57,16 @@ def build_report(sources: list[Source], images: pd.DataFrame, chips: pd.DataFram
     }
 
 
+def unreadable_note(report: dict[str, Any]) -> str | None:
+    """One line naming the unreadable images a finished build left out, or None."""
+    bad = report.get("unreadable") or []
+    if not bad:
+        return None
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return (f"{len(bad)} unreadable image(s) left out: {bad[0]['image']} "
+            f"({bad[0]['detail']}){more}; all are listed in report.md")
+
+
 def report_markdown(report: dict[str, Any], max_clusters: int = 50) -> str:
     """The report as Markdown: per-source table, totals, the first clusters, unreadable files."""
     reasons = [r for r in REASONS if report["totals"]["dropped"][r]]

@@ -32,8 +32,8 @@ from shapely.geometry import Polygon
 
 from geofm.bands import BAND_SETS
 from geofm.build.reben_classes import CLASS_COLORS, CLASS_NAMES, clc_lookup
-from geofm.build.runner import run_regions
-from geofm.errors import BuildError
+from geofm.build.runner import check_engine, run_regions
+from geofm.errors import BuildError, GeofmError
 from geofm.io.raster import BandRead, read_band
 from geofm.io.schema import MASK_IGNORE, SHARD_CHIPS
 from geofm.io.writer import StoreSpec, completed_regions, create_store, finalize_store, write_region
@@ -250,6 +250,10 @@ def build_reben(
         The finished store's path.
     """
     root, out = Path(src), Path(out)
+    check_engine(scheduler, workers)
+    if limit is not None and limit < 1:
+        raise GeofmError(f"--limit must be at least 1 (got {limit})",
+                         hint="give the number of patches to build, or leave it out for all")
     meta = read_metadata(root)
     if limit is not None:
         meta = meta.iloc[:limit].reset_index(drop=True)
@@ -273,7 +277,8 @@ def build_reben(
     create_store(out, spec)
     todo = sorted(set(range(spec.num_regions)) - completed_regions(out))
     task = _RegionTask(root, out, meta, paths, shard_chips, has_mask)
-    run_regions(task, todo, scheduler=scheduler, workers=workers, desc="reben", progress=progress)
+    run_regions(task, todo, scheduler=scheduler, workers=workers, desc="reben", progress=progress,
+                output=out)
     finalize_store(out, {"split": {"method": "reben-official",
                                    "params": {"source": "metadata.parquet split column"}}})
     return out

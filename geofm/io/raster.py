@@ -42,6 +42,9 @@ def read_band(
     p = Path(path)
     if not p.exists():
         raise BuildError("file missing", p, "check the dataset is complete")
+    if p.is_file() and p.stat().st_size == 0:
+        raise BuildError("cannot read raster (the file is empty: 0 bytes)", p,
+                         "the download is incomplete; re-download it")
     try:
         with rasterio.open(p) as ds:
             data = ds.read(1, out_shape=out_shape, resampling=resampling)
@@ -51,6 +54,8 @@ def read_band(
                                                      ds.height / out_shape[0])
             return BandRead(data, ds.crs, transform, ds.nodata, dict(ds.tags()))
     except RasterioError as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        cause = e.__cause__ or e  # rasterio's "Read failed" wraps GDAL's message
+        msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        msg = msg.replace(f"'{p}' ", "").replace(f"{p}: ", "")  # the line names the file once
         raise BuildError(f"cannot read raster ({msg})", p,
                          "the file is corrupt or truncated; re-download it") from None

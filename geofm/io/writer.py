@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from geofm.io.schema import (
     SCHEMA_VERSION,
     SHARD_CHIPS,
 )
+from geofm.io.space import check_free_space, reporting_full_disk
 from geofm.io.stats import BandStats
 
 
@@ -80,6 +82,20 @@ class StoreSpec:
         """Number of shard-aligned regions (build tasks)."""
         return -(-self.num_chips // self.shard_chips)
 
+    def chip_bytes(self) -> int:
+        """Uncompressed bytes of one chip in every array the store holds."""
+        (h, w), c = self.chip_size, len(self.bands)
+        n = c * h * w * np.dtype(self.dtype).itemsize
+        n += len(self.classes) if self.has_label else 0
+        n += h * w if self.has_mask else 0
+        n += c * h * w if self.has_valid else 0
+        return n + len(self.target_names) * h * w * 4
+
+    def region_bytes(self, regions: Iterable[int]) -> int:
+        """Uncompressed bytes of the chips of ``regions``."""
+        chips = sum(self.region_slice(r).stop - self.region_slice(r).start for r in regions)
+        return chips * self.chip_bytes()
+
     def region_slice(self, region: int) -> slice:
         """Chip index range of ``region``."""
         start = region * self.shard_chips
@@ -119,21 +135,34 @@ def create_store(path: str | Path, spec: StoreSpec, *, resume: bool = True) -> b
 
     Raises:
         StoreError: The path holds something else, a finished store, or is not writable.
+        DiskFullError: The file system cannot hold the chips still to write, even compressed
+            (:func:`geofm.io.space.check_free_space`), or fills up while the arrays are laid out.
     """
     path = Path(path)
     if path.exists():
         old = load_spec(path)
         if resume and old is not None and old.fingerprint == spec.fingerprint:
+            todo = set(range(spec.num_regions)) - completed_regions(path)
+            check_free_space(path, spec.region_bytes(todo), f"the {len(todo)} regions left")
             return False
         if old is not None:
             raise StoreError("holds an unfinished build of different inputs", path,
                              "delete it or pass --overwrite")
         raise StoreError("output already exists", path, "choose a new path or pass --overwrite")
+    check_free_space(path, spec.region_bytes(range(spec.num_regions)),
+                     f"the store ({spec.num_chips} chips)")
     try:
         path.mkdir(parents=True)
     except OSError as e:
         raise StoreError(f"cannot create the output directory ({e.strerror})", path,
                          "choose a writable location") from None
+    with reporting_full_disk(path, spec.region_bytes(range(spec.num_regions))):
+        _lay_out(path, spec)
+    return True
+
+
+def _lay_out(path: Path, spec: StoreSpec) -> None:
+    """The empty arrays, the group's attributes and the build's spec."""
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     n, (h, w), c = spec.num_chips, spec.chip_size, len(spec.bands)
     s = spec.shard_chips
@@ -159,7 +188,6 @@ def create_store(path: str | Path, spec: StoreSpec, *, resume: bool = True) -> b
     root.attrs[ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "complete": False}
     _build_dir(path).mkdir()
     _write_json_atomic(_build_dir(path) / "spec.json", asdict(spec))
-    return True
 
 
 def completed_regions(path: str | Path) -> set[int]:
@@ -190,6 +218,10 @@ def write_region(
         mask: ``[n, H, W]`` class indices.
         valid: ``[n, C, H, W]`` validity.
         target: ``[n, T, H, W]`` regression targets.
+
+    Raises:
+        DiskFullError: The file system filled up; the region gets no marker, so a rerun
+            rewrites it.
     """
     path = Path(path)
     spec = load_spec(path)
@@ -198,12 +230,20 @@ def write_region(
     sl = spec.region_slice(region)
     if image.shape[0] != sl.stop - sl.start or len(rows) != image.shape[0]:
         raise ValueError(f"region {region} needs {sl.stop - sl.start} chips, got {image.shape[0]}")
+    left = set(range(spec.num_regions)) - completed_regions(path)
+    with reporting_full_disk(path, spec.region_bytes(left | {region})):
+        _write_region(path, spec, region, sl, image, rows,
+                      {"label": label, "mask": mask, "valid": valid, "target": target})
+
+
+def _write_region(path: Path, spec: StoreSpec, region: int, sl: slice, image: np.ndarray,
+                  rows: pd.DataFrame, extra: dict[str, np.ndarray | None]) -> None:
     root = zarr.open_group(str(path), mode="r+")
     root["image"][sl] = image
-    for name, arr in (("label", label), ("mask", mask), ("valid", valid), ("target", target)):
+    for name, arr in extra.items():
         if arr is not None:
             root[name][sl] = arr
-    stats = BandStats.of(image, valid)
+    stats = BandStats.of(image, extra["valid"])
     d = _build_dir(path)
     rows_path = d / f"rows-{region:06d}.parquet"
     tmp = rows_path.with_suffix(".tmp")
@@ -217,9 +257,8 @@ def finalize_store(path: str | Path, extra_attrs: dict[str, Any] | None = None) 
 
     Raises:
         StoreError: Some region has not been written.
+        DiskFullError: The file system filled up (the store stays unfinished).
     """
-    from geofm import __version__
-
     path = Path(path)
     spec = load_spec(path)
     if spec is None:
@@ -229,6 +268,13 @@ def finalize_store(path: str | Path, extra_attrs: dict[str, Any] | None = None) 
     if missing:
         raise StoreError(f"{len(missing)} regions are not written yet (first: {missing[0]})", path,
                          "rerun the build to complete it")
+    with reporting_full_disk(path):
+        _finalize(path, spec, extra_attrs)
+
+
+def _finalize(path: Path, spec: StoreSpec, extra_attrs: dict[str, Any] | None) -> None:
+    from geofm import __version__
+
     d = _build_dir(path)
     stats = BandStats.empty(len(spec.bands))
     frames = []
