@@ -7,8 +7,9 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -68,7 +69,7 @@ _END = object()
 
 
 def read_batches(source: Source, plan: BandPlan, grid: TileGrid, batch_size: int, *,
-                 threads: int | None = None) -> Iterator[Batch]:
+                 threads: int | None = None) -> Generator[Batch, None, None]:
     """Normalised tiles in panel and raster order, batched; all-nodata tiles are skipped.
 
     Pixels that are nodata or NaN in any used band, and padding beyond the raster edge, are
@@ -214,8 +215,10 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
         source.reserve(read_threads())  # type: ignore[attr-defined]  # here: cheaper to open
 
     def reader() -> None:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-            for seq, batch in enumerate(read_batches(source, plan, grid, batch_size)):
+        # closing(): a stopped run cancels the pool's pending reads before the reader ends.
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), \
+                closing(read_batches(source, plan, grid, batch_size)) as batches:
+            for seq, batch in enumerate(batches):
                 if not _put(to_model, (seq, batch), stop):
                     return
         _put(to_model, _END, stop)
