@@ -271,6 +271,12 @@ def _local_matches(name: str, available: Sequence[str]) -> list[str]:
     return [a for a in available if a in BANDS and key in _band_keys(BANDS[a])]
 
 
+def is_count(text: str) -> bool:
+    """Whether ``text`` is an integer (``"14"``, ``"0"``, ``"-3"``), i.e. a band count."""
+    t = text.strip()
+    return (t[1:] if t[:1] in "+-" else t).isdigit()
+
+
 def resolve_bands(spec: str | int | Sequence[str], available: Sequence[str]) -> list[str]:
     """Resolve a user's band request against the bands a store or model has.
 
@@ -288,9 +294,14 @@ def resolve_bands(spec: str | int | Sequence[str], available: Sequence[str]) -> 
         BandError: The request cannot be satisfied by ``available``.
     """
     avail = list(available)
-    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+    if isinstance(spec, bool):
+        raise BandError(f"bands must be a count, a named set or band names, got {spec!r}")
+    if isinstance(spec, int) or (isinstance(spec, str) and is_count(spec)):
         k = int(spec)
-        if not 1 <= k <= len(avail):
+        if k < 1:
+            raise BandError(f"the band count must be at least 1, got {k}",
+                            hint=f"ask for 1 to {len(avail)} bands or name them")
+        if k > len(avail):
             raise BandError(f"{k} bands requested but only {len(avail)} are available "
                             f"({', '.join(avail)})",
                             hint="ask for at most that many or name the bands")

@@ -28,7 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
+from geofm.filemode import apply_umask
 
 FORMAT = "geofm-checkpoint"
 FORMAT_VERSION = 1
@@ -36,12 +38,16 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
                     header: dict[str, Any]) -> Path:
-    """Write weights and header atomically (temporary name, then rename).
+    """Write weights and header atomically (temporary name, then rename), readable as the
+    user's umask allows (``0644`` under umask ``022``).
 
     Args:
         path: Output ``.safetensors`` path.
         state_dict: Tensors to store (made contiguous; shared storage is copied).
         header: The JSON header (``format`` fields are added).
+
+    Raises:
+        GeofmError: The disk is full (the temporary file is removed, ``path`` is untouched).
     """
     from geofm import __version__
 
@@ -50,8 +56,15 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
             **header}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"geofm": json.dumps(full, default=str)})
-    os.replace(tmp, path)
+    needed = sum(t.numel() * t.element_size() for t in tensors.values())
+    try:
+        with full_disk_reported(path.parent, needed, f"the checkpoint {path.name}"):
+            save_file(tensors, str(tmp), metadata={"geofm": json.dumps(full, default=str)})
+            apply_umask(tmp)  # safetensors creates its files private (0600)
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -98,6 +111,15 @@ def read_header(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and header of a geofm checkpoint (CPU tensors)."""
+    """Weights and header of a geofm checkpoint (CPU tensors).
+
+    Raises:
+        GeofmError: Missing, unreadable or truncated file, or not a geofm checkpoint.
+    """
     header = read_header(path)
-    return load_file(str(path), device="cpu"), header
+    try:
+        weights = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise GeofmError(f"cannot read the checkpoint's weights ({str(e).splitlines()[0]})",
+                         path, "the file is damaged or incomplete; copy it again") from None
+    return weights, header

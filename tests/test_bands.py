@@ -196,8 +196,11 @@ def test_resolve_count_and_set() -> None:
     assert resolve_bands("s1", s1s2) == ["S1.VV", "S1.VH"]
     assert resolve_bands("S2RGB", s1s2) == ["S2.B04", "S2.B03", "S2.B02"]
     assert resolve_bands("modis14", BAND_SETS["modis"]) == list(BAND_SETS["modis14"])
-    for bad in (0, 15, "15"):
+    for bad in (15, "15"):
         with pytest.raises(BandError, match="available"):
+            resolve_bands(bad, s1s2)
+    for bad in (0, "0", -2, "-2"):
+        with pytest.raises(BandError, match="the band count must be at least 1"):
             resolve_bands(bad, s1s2)
 
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,12 +59,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from geofm.errors import BandError, GeofmError
 from geofm.models.align import AlignModel
 from geofm.models.text import OpenCLIPTextEncoder, TextTower
 from geofm.models.vit import canonical_bands
+from geofm.safeload import describe_failure
 
 RGB_BANDS = ("S2.B04", "S2.B03", "S2.B02")
 RGB_STRETCH = 3000.0  # reflectance DN that maps to full brightness (true-colour stretch)
@@ -91,7 +94,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many kinds for foreign or pickled files
-        raise GeofmError(f"cannot read weights ({str(e).splitlines()[0][:200]})", p,
+        raise GeofmError(f"cannot read weights ({describe_failure(e)})", p,
                          hint="pass a state dict saved with torch.save or safetensors") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -192,9 +195,11 @@ def load_open_clip_model(path: str | Path, arch: str | None = None, quick_gelu: 
             with _no_init_warnings():
                 clip = open_clip.create_model(f"local-dir:{p}", pretrained_text=False)
             tokenizer = open_clip.get_tokenizer(f"local-dir:{p}")
-        except (OSError, RuntimeError, ValueError, KeyError) as e:
-            raise GeofmError(f"cannot load the open_clip model ({str(e).splitlines()[0]})",
-                             p) from None
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError,
+                pickle.UnpicklingError, SafetensorError) as e:  # weights read weights-only
+            raise GeofmError(f"cannot load the open_clip model ({describe_failure(e)})",
+                             p, hint="pass a folder saved by open_clip (open_clip_config.json "
+                             "and its weights)") from None
         return clip.eval(), tokenizer, None
     state = read_state_dict(p)
     if arch is None:

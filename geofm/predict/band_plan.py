@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geofm.bands import BAND_SETS, get_band, match_by_wavelength, resolve_bands
+from geofm.bands import BAND_SETS, get_band, is_count, match_by_wavelength, resolve_bands
 from geofm.errors import BandError
 from geofm.inference import match_bands
 from geofm.predict.model import Predictor
@@ -90,6 +90,11 @@ def band_labels(names: str | Sequence[str], count: int) -> list[str]:
     Raises:
         BandError: The number of names differs from the input's band count.
     """
+    if isinstance(names, str) and is_count(names):  # a count, not names
+        k = int(names)
+        least = f"the band count must be at least 1, got {k}; " if k < 1 else ""
+        raise BandError(f"{least}bands= takes the input's band names in order, not a count",
+                        hint="name every input band in order, e.g. bands='B02,B03,B04,B08'")
     if isinstance(names, str):
         labels = (list(BAND_SETS[names.lower()]) if names.lower() in BAND_SETS
                   else [s.strip() for s in names.split(",") if s.strip()])

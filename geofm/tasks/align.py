@@ -45,6 +45,7 @@ from geofm.io.store import band_info
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
+from geofm.tasks.config import ALIGN_DEFAULTS, check_config
 from geofm.tasks.datamodule import ChipDataModule, sharded_loader
 from geofm.tasks.pretrain import check_writable
 from geofm.tasks.quiet import quiet_lightning
@@ -260,6 +261,7 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         ``{"output", "checkpoint", "steps", "final_loss", "num_chips", "captions"}``
         (``captions``: their provenance).
     """
+    check_config(ALIGN_DEFAULTS, cfg)
     data, tr, opt, cap = cfg["data"], cfg["trainer"], cfg["optim"], cfg["captions"]
     quiet_lightning()
     # A locked text tower stays in eval mode (no dropout) on purpose.
@@ -277,7 +279,9 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     templates = (load_templates(given) if isinstance(given, (str, Path))
                  else check_templates(given or ZEROSHOT_TEMPLATES))
     L.seed_everything(tr["seed"], workers=True, verbose=False)
-    bands = data["bands"] or store_bands_for(init_header, data["store"])
+    bands = data["bands"]  # a count of 0 is refused, not read as "unset"
+    if bands is None:
+        bands = store_bands_for(init_header, data["store"])
     dm = _CaptionedChips(data["store"], bands=bands,
                          batch_size=data["batch_size"], num_workers=data["num_workers"],
                          train_split=data["split"], seed=tr["seed"])

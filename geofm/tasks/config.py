@@ -7,6 +7,7 @@ Every key can be set with ``--set section.key=value`` (values parsed as YAML, so
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -113,22 +114,39 @@ def check_keys(defaults: dict[str, Any], update: dict[str, Any], source: Any = N
 
 
 POSITIVE_INTS = ("batch_size", "max_steps", "log_every_n_steps", "checkpoint_every_n_steps",
-                 "val_every_n_steps", "per_chip", "every_n_steps", "k")
+                 "val_every_n_steps", "per_chip", "every_n_steps", "k", "max_chips",
+                 "embed_dim")
 """Integer settings that must be at least 1."""
+
+AT_LEAST_ZERO = ("num_workers", "weight_decay", "warmup_steps", "unfreeze_last", "seed",
+                 "previews", "gradient_clip_val")
+"""Numeric settings that must be at least 0."""
+
+ABOVE_ZERO = ("lr", "encoder_lr", "text_lr", "init_temperature")
+"""Numeric settings that must be greater than 0 (learning rates: a run that cannot learn is
+refused; ``optim.freeze_encoder`` keeps an encoder as it is)."""
+
+UNIT_INTERVAL = ("layer_decay",)
+"""Numeric settings in (0, 1]."""
 
 NULLABLE = ("gradient_clip_val",)
 """Numeric settings that take null (no gradient clipping)."""
+
+NULLABLE_COUNTS = ("crop",)
+"""Settings that are null or an integer of at least 1 (``data.crop``: no crop)."""
 
 FREE_TYPED = ("devices", "num_nodes")
 """Integer defaults that also take strings (``devices: auto``, ``devices: "0,1"``)."""
 
 
 def check_values(defaults: dict[str, Any], cfg: dict[str, Any], prefix: str = "") -> None:
-    """Settings whose default is a number must be numbers (integers where the default is), and
-    counts must be positive, so a bad value is one clear error before anything runs.
+    """Settings whose default is a number must be finite numbers (integers where the default
+    is) within their range (counts at least 1, learning rates above 0, weight decay and
+    warm-up at least 0, AdamW betas in [0, 1), layer decay in (0, 1]), so a bad value is one
+    clear error before anything runs.
 
     Raises:
-        GeofmError: Naming the key and the value.
+        GeofmError: Naming the key, the value and the range.
     """
     for key, default in defaults.items():
         dotted, value = f"{prefix}{key}", cfg.get(key)
@@ -138,22 +156,64 @@ def check_values(defaults: dict[str, Any], cfg: dict[str, Any], prefix: str = ""
                                  f"got {value!r}")
             check_values(default, value, f"{dotted}.")
             continue
+        if key == "betas":
+            _check_betas(dotted, value)
+            continue
+        if key in NULLABLE_COUNTS and value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise GeofmError(f"config key {dotted!r} must be null or an integer of at "
+                                 f"least 1, got {value!r}")
+            continue
         if value is None and isinstance(default, (int, float)) and not isinstance(default, bool) \
                 and key not in NULLABLE + FREE_TYPED:
             raise GeofmError(f"config key {dotted!r} needs a value, got null")
-        if value is None or isinstance(default, bool) or key in FREE_TYPED:
+        if value is None or isinstance(default, bool):
             continue
         is_int = isinstance(value, int) and not isinstance(value, bool)
+        if key in FREE_TYPED:  # devices: "auto", "0,1", -1 (every device) or a count
+            if (is_int and value < (1 if key == "num_nodes" else -1)) or value == 0:
+                raise GeofmError(f"config key {dotted!r} must be at least 1, got {value}")
+            continue
         if isinstance(default, int) and not is_int:
             raise GeofmError(f"config key {dotted!r} must be an integer, got {value!r}")
-        if isinstance(default, float) and not (is_int or isinstance(value, float)):
-            # YAML reads 1e-3 (no decimal point) as a string; the runs read it with float().
-            if not (isinstance(value, str) and _is_number(value)):
-                raise GeofmError(f"config key {dotted!r} must be a number, got {value!r}")
-            continue
-        least = 0 if key == "num_workers" else 1 if key in POSITIVE_INTS else None
-        if least is not None and value < least:
-            raise GeofmError(f"config key {dotted!r} must be at least {least}, got {value}")
+        # YAML reads 1e-3 (no decimal point) as a string; the runs read it with float().
+        if isinstance(default, float) and not (is_int or isinstance(value, float)) \
+                and not (isinstance(value, str) and _is_number(value)):
+            raise GeofmError(f"config key {dotted!r} must be a number, got {value!r}")
+        if isinstance(default, (int, float)):
+            _check_range(dotted, key, float(value) if isinstance(value, str) else value)
+
+
+def check_config(defaults: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """:func:`check_values` of a run's config as the run reads it (keys it lacks take their
+    defaults): what ``run_pretrain``, ``run_finetune`` and ``run_align`` check first, so Python
+    callers get the command line's errors before anything loads or trains."""
+    check_values(defaults, merge(defaults, cfg))
+
+
+def _check_range(dotted: str, key: str, value: float) -> None:
+    """A numeric setting within its range (see the tuples above)."""
+    if not math.isfinite(value):
+        raise GeofmError(f"config key {dotted!r} must be a finite number, got {value}")
+    least = 1 if key in POSITIVE_INTS else 0 if key in AT_LEAST_ZERO else None
+    if least is not None and value < least:
+        raise GeofmError(f"config key {dotted!r} must be at least {least}, got {value}")
+    if key in ABOVE_ZERO and value <= 0:
+        hint = ("to keep the encoder as it is, set optim.freeze_encoder=true"
+                if key == "encoder_lr" else None)
+        raise GeofmError(f"config key {dotted!r} must be greater than 0, got {value}",
+                         hint=hint)
+    if key in UNIT_INTERVAL and not 0 < value <= 1:
+        raise GeofmError(f"config key {dotted!r} must be in (0, 1], got {value}")
+
+
+def _check_betas(dotted: str, value: Any) -> None:
+    """AdamW's ``[beta1, beta2]``: two numbers in [0, 1)."""
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value)
+    if not ok:
+        raise GeofmError(f"config key {dotted!r} must be two numbers in [0, 1), got {value!r}",
+                         hint="e.g. --set optim.betas=[0.9,0.95]")
 
 
 def _is_number(text: str) -> bool:

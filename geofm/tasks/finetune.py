@@ -26,6 +26,7 @@ from geofm.io.store import band_info
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
 from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
+from geofm.tasks.config import FINETUNE_DEFAULTS, check_config
 from geofm.tasks.datamodule import ChipDataModule
 from geofm.tasks.pretrain import check_writable
 from geofm.tasks.quiet import quiet_lightning
@@ -145,6 +146,7 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     Returns:
         ``{"output", "checkpoint", "steps", "val_metrics", "selected_on"}``.
     """
+    check_config(FINETUNE_DEFAULTS, cfg)
     data, tr, opt, head = cfg["data"], cfg["trainer"], cfg["optim"], cfg["head"]
     quiet_lightning()
     out = Path(cfg["output"])
@@ -158,7 +160,9 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     if not state:
         raise GeofmError("checkpoint holds no encoder weights", cfg["init"])
     L.seed_everything(tr["seed"], workers=True, verbose=False)
-    bands = data["bands"] or store_bands_for(header, data["store"])
+    bands = data["bands"]  # a count of 0 is refused, not read as "unset"
+    if bands is None:
+        bands = store_bands_for(header, data["store"])
     dm = ChipDataModule(data["store"], bands=bands, batch_size=data["batch_size"],
                         num_workers=data["num_workers"], train_split=data["train_split"],
                         val_split=data["val_split"], seed=tr["seed"])

@@ -33,10 +33,12 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from geofm.checkpoint import save_checkpoint
+from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, band_info
 from geofm.models import create_model
 from geofm.objectives import create_objective
+from geofm.tasks.config import PRETRAIN_DEFAULTS, check_config
 from geofm.tasks.datamodule import MixedChipDataModule, band_specs
 from geofm.tasks.probe import KnnProbe, open_probe_store
 from geofm.tasks.quiet import quiet_lightning
@@ -264,6 +266,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     Returns:
         ``{"output": dir, "checkpoint": path, "final_loss": float, "steps": int}``.
     """
+    check_config(PRETRAIN_DEFAULTS, cfg)
     data, tr, opt = cfg["data"], cfg["trainer"], cfg["optim"]
     quiet_lightning()
     out = Path(cfg["output"])
@@ -297,7 +300,8 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     named = [str(p) for p in stores]
     resolved = {**cfg, "data": {**data, "store": named[0] if len(named) == 1 else named},
                 "trainer": {**tr, "precision": precision}}
-    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    with full_disk_reported(out, None, "config.yaml"):
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     callbacks: list[Callback] = [_Previews(out / "previews", cfg.get("previews", 3)),
                                  _DataRecord(out)]
     probe = None

@@ -14,9 +14,18 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 
+from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
+from geofm.safeload import (
+    RESUME_EXTRA_GLOBALS,
+    describe_failure,
+    read_sharded_index,
+    refused_global,
+    torch_load,
+)
+from geofm.tasks.checkpoint_io import AtomicCheckpointIO
+from geofm.tasks.metrics_log import ResumingCSVLogger
 
 
 def resolve_precision(trainer_cfg: dict[str, Any]) -> str:
@@ -39,14 +48,17 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
         output: Run directory.
         callbacks: Run-specific callbacks (checkpointing and the progress bar are added).
         progress: Show a progress bar.
-        resume: Lightning checkpoint to resume from.
+        resume: Lightning checkpoint to resume from. It is read without running any of its
+            pickle (:func:`check_resume`) before Lightning sees it, and Lightning loads it
+            weights-only too.
 
     Raises:
-        GeofmError: The resume checkpoint is missing, unreadable or from another model, or
-            Lightning rejects the trainer settings.
+        GeofmError: The resume checkpoint is missing, unreadable, refused or from another
+            model; Lightning rejects the trainer settings; or the disk fills up.
     """
-    if resume:
-        check_resume(task, resume)
+    start = check_resume(task, resume) if resume else None
+    # Resuming the run in its own directory continues its metrics.csv; elsewhere it starts one.
+    own = resume is not None and Path(resume).resolve().parent == (output / "checkpoints").resolve()
     tr = trainer_cfg
     ckpt = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=-1,
                            every_n_train_steps=tr["checkpoint_every_n_steps"])
@@ -56,7 +68,8 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
             max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
             num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=resolve_precision(tr),
             gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
-            logger=CSVLogger(output, name="", version=""), callbacks=[ckpt, *callbacks, *extra],
+            logger=ResumingCSVLogger(output, keep_before=start if own else None),
+            callbacks=[ckpt, *callbacks, *extra], plugins=[AtomicCheckpointIO()],
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, deterministic=False,
             # A datamodule that deals its batches to the ranks itself keeps its own sampler.
@@ -66,26 +79,42 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
             f"trainer settings rejected: {' '.join(str(err).split())}",
             hint="check --devices, --strategy and --precision (FSDP needs GPUs; on CPUs use "
             "--strategy ddp)") from None
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resume)
+    kept = 1 + tr["max_steps"] // max(1, tr["checkpoint_every_n_steps"])  # save_top_k=-1
+    with full_disk_reported(output, kept * checkpoint_bytes(task),
+                            f"the run's checkpoints and logs ({kept} checkpoints kept)"), \
+            torch.serialization.safe_globals(RESUME_EXTRA_GLOBALS):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     return trainer
 
 
-def check_resume(task: L.LightningModule, path: str) -> None:
+def checkpoint_bytes(task: L.LightningModule) -> int:
+    """About the size of one Lightning checkpoint of ``task``: its weights and buffers, and
+    AdamW's two moments of every trained weight (fp32)."""
+    state = sum(t.numel() * t.element_size() for t in task.state_dict().values())
+    moments = sum(2 * 4 * p.numel() for p in task.parameters() if p.requires_grad)
+    return state + moments
+
+
+def check_resume(task: L.LightningModule, path: str) -> int | None:
     """The resume checkpoint must be a readable Lightning checkpoint whose weights fit ``task``.
 
+    The file is read with the weights-only unpickler (:func:`geofm.safeload.torch_load`): a
+    pickle that names any code is refused before anything in it runs, and before Lightning
+    opens it. A sharded checkpoint folder's index and metadata are read the same way.
+
+    Returns:
+        The global step the checkpoint was written at (``None`` where it does not say).
+
     Raises:
-        GeofmError: Naming the file and, for a mismatch, the first weight that differs.
+        GeofmError: Naming the file: missing, unreadable, refused, or, for a mismatch, the
+            first weight that differs.
     """
-    if not Path(path).exists():
+    p = Path(path)
+    if not p.exists():
         raise GeofmError("resume checkpoint not found", path)
-    if Path(path).is_dir():  # a sharded (distributed) checkpoint: Lightning checks it
-        return
-    try:  # the run's own checkpoint: Lightning itself loads it the same way
-        # Memory-mapped: only the shapes are compared, so the weights are not read twice.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # any unpickling failure means the file is not a checkpoint
-        raise GeofmError(f"cannot read the resume checkpoint ({type(err).__name__})", path,
-                         hint="resume from <run>/checkpoints/last.ckpt") from None
+    if p.is_dir():  # a sharded (distributed) checkpoint: Lightning checks the weights
+        return _check_sharded(p)
+    ckpt = _read(p, p)
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise GeofmError("not a Lightning training checkpoint (no state_dict)", path,
@@ -104,6 +133,41 @@ def check_resume(task: L.LightningModule, path: str) -> None:
                 f"resume checkpoint was written for another model or settings ({key}: "
                 f"{found} in the checkpoint, {wanted} here)", path,
                 hint="resume with the run's own config")
+    return _global_step(ckpt)
+
+
+def _read(file: Path, shown: Path, index: bool = False) -> Any:
+    """One file of a resume checkpoint, read without running its pickle.
+
+    Raises:
+        GeofmError: The file is refused (naming what it asked for) or unreadable.
+    """
+    try:
+        # Memory-mapped: only the shapes are compared, so the weights are not read twice.
+        return read_sharded_index(file) if index else torch_load(file, mmap=True)
+    except Exception as err:  # any failure means the file is not a checkpoint geofm resumes
+        hint = "resume from <run>/checkpoints/last.ckpt of a geofm run"
+        if refused_global(err) is not None:
+            raise GeofmError(f"refused the resume checkpoint: {describe_failure(err)}", shown,
+                             hint=hint) from None
+        raise GeofmError(f"cannot read the resume checkpoint ({type(err).__name__})", shown,
+                         hint=hint) from None
+
+
+def _check_sharded(folder: Path) -> int | None:
+    """A sharded checkpoint folder: its ``.metadata`` index and ``meta.pt`` (the loop and
+    callback states) must read under the allow-lists."""
+    index, meta = folder / ".metadata", folder / "meta.pt"
+    if not index.is_file() or not meta.is_file():
+        raise GeofmError("folder is not a sharded Lightning checkpoint (no .metadata and "
+                         "meta.pt)", folder, hint="resume from <run>/checkpoints/last.ckpt")
+    _read(index, index, index=True)
+    return _global_step(_read(meta, meta))
+
+
+def _global_step(ckpt: Any) -> int | None:
+    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
+    return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def gathered_state(trainer: L.Trainer, prefix: str) -> dict[str, torch.Tensor]:
