@@ -155,7 +155,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     from geofm.tasks.config import PRETRAIN_DEFAULTS
     from geofm.tasks.pretrain import run_pretrain
 
-    cfg = _config(PRETRAIN_DEFAULTS, a.config, {
+    cfg = _config(PRETRAIN_DEFAULTS, _recipe(a.config, "pretrain"), {
         "data.store": _one_or_list(a.data or [], str),
         "data.bands": _one_or_list(a.bands or [], _store_bands),
         "model.name": a.model,
@@ -192,7 +192,33 @@ def _one_or_list(values: list[str], parse: Callable[[str], object]) -> str | Non
     return json.dumps([parse(v) for v in values])
 
 
-def _config(defaults: dict, path: str | None, flags: dict, sets: list[str] | None) -> dict:
+def _recipe(spec: str | None, task: str) -> Path | None:
+    """``--config``: a YAML path, or the name of a shipped config (``geofm configs``)."""
+    from geofm.packaged import resolve_config
+
+    return None if spec is None else resolve_config(spec, task)
+
+
+def _cmd_configs(a: argparse.Namespace) -> int:
+    from geofm.packaged import find_config, list_configs
+
+    if a.name:
+        path = find_config(a.name).path
+        print(f"# {path}", file=sys.stderr)
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+        return 0
+    shown = [c for c in list_configs() if a.task in (None, c.task)]
+    width = max(len(c.name) for c in shown)
+    print(f"{'name':<{width}}  {'task':<8}  description")
+    for c in shown:
+        print(f"{c.name:<{width}}  {c.task:<8}  {c.description}")
+    print("\nuse one: geofm pretrain --config reben_s1s2.tiny   (a tiny twin: a few steps on "
+          "the embedded sample)\ncopy one to edit: geofm configs reben_s1s2 > my_recipe.yaml")
+    return 0
+
+
+def _config(defaults: dict, path: str | Path | None, flags: dict,
+            sets: list[str] | None) -> dict:
     from geofm.tasks.config import apply_overrides, check_keys, check_values, load_yaml, merge
 
     cfg = merge(defaults, {})
@@ -210,7 +236,7 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
     from geofm.tasks.config import FINETUNE_DEFAULTS
     from geofm.tasks.finetune import run_finetune
 
-    cfg = _config(FINETUNE_DEFAULTS, a.config, {
+    cfg = _config(FINETUNE_DEFAULTS, _recipe(a.config, "finetune"), {
         "init": a.init, "data.store": a.data, "task": a.task, "head.kind": a.probe,
         "head.freeze": a.freeze, "head.unfreeze_last": a.unfreeze_last,
         "optim.layer_decay": a.layer_decay, "optim.lr": a.lr, "trainer.max_steps": a.max_steps,
@@ -246,7 +272,7 @@ def _cmd_align(a: argparse.Namespace) -> int:
     from geofm.tasks.align import run_align
     from geofm.tasks.config import ALIGN_DEFAULTS
 
-    cfg = _config(ALIGN_DEFAULTS, a.config, {
+    cfg = _config(ALIGN_DEFAULTS, _recipe(a.config, "align"), {
         "init": a.init, "data.store": a.data, "data.bands": a.bands, "data.split": a.split,
         "text.model": a.text_model, "text.locked": False if a.unlock_text else None,
         "optim.lr": a.lr, "optim.freeze_encoder": True if a.freeze_encoder else None,
@@ -381,9 +407,15 @@ def _add_step_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", help="Lightning checkpoint to resume (checkpoints/last.ckpt)")
 
 
+_EXAMPLE_CONFIG = {"pretrain": "reben_s1s2", "finetune": "reben_multilabel",
+                   "align": "reben_align"}
+
+
 def _add_config_options(p: argparse.ArgumentParser, kind: str) -> None:
     """``--config``, ``--output``, ``--set`` and ``--quiet`` of a configured training run."""
-    p.add_argument("--config", help=f"YAML config (configs/{kind}/*.yaml)")
+    p.add_argument("--config", metavar="NAME|PATH",
+                   help=f"YAML config: a file, or a shipped {kind} config's name (e.g. "
+                   f"{_EXAMPLE_CONFIG[kind]}; 'geofm configs' lists them)")
     p.add_argument("--output", help=f"output directory (default runs/{kind})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -642,6 +674,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=17)
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=_cmd_export)
+
+    cf = sub.add_parser(
+        "configs", help="list the shipped run configs (recipes), or print one",
+        description="The run configs that ship with geofm, by name: pass a name to --config of "
+        "pretrain, finetune or align instead of a path.",
+        epilog="examples:\n  geofm configs\n  geofm configs --task finetune\n"
+        "  geofm configs reben_s1s2 > my_recipe.yaml   # copy one to edit\n"
+        "  geofm pretrain --config reben_s1s2.tiny       # a few steps on the embedded sample",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cf.add_argument("name", nargs="?", help="print this config's YAML (e.g. reben_s1s2)")
+    cf.add_argument("--task", choices=("pretrain", "finetune", "align"),
+                    help="list only this command's configs (default: all)")
+    cf.set_defaults(func=_cmd_configs)
     return p
 
 

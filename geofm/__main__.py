@@ -1,0 +1,7 @@
+"""``python -m geofm``: the ``geofm`` command."""
+
+import sys
+
+from geofm.cli import main
+
+sys.exit(main())
