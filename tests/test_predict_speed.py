@@ -10,7 +10,9 @@ exactly (tolerance 0), and float outputs to the last bit.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -174,13 +176,21 @@ def test_first_argmax_is_numpys_argmax() -> None:
 
 def test_reader_handles_are_closed_with_the_source(holes: Path) -> None:
     predictor = per_pixel_predictor()
+    opened: list[Any] = []
     with open_source([holes]) as source:
+        reopen = source._reopen
+        assert reopen is not None
+
+        def recording(stack: ExitStack) -> Any:
+            opened.append(reopen(stack))
+            return opened[-1]
+
+        source._reopen = recording
         plan = plan_bands(predictor, source.labels, source=source.name)
         grid = TileGrid.build(source.height, source.width, (64, 64), 16, (1, 1))
         assert sum(len(b.where) for b in read_batches(source, plan, grid, 4, threads=3)) > 0
-        handles = list(source._handles._exit_callbacks)
-        assert handles  # the pool's threads read through handles of their own
-    assert source._handles._exit_callbacks == type(source._handles._exit_callbacks)()
+        assert len(opened) == 3 and not any(ds.closed for ds in opened)  # one per thread
+    assert all(ds.closed for ds in opened)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
