@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[all,dev]"
+	# The onnxruntime QGIS Deepness installs (≤ 1.17, numpy 1.x), kept apart for the export test.
+	$(PY) -m pip install -q --upgrade --target $(VENV)/ort117 onnxruntime==1.17.3 "numpy<2"
 	touch $(STAMP)
 
 demo: install

@@ -392,11 +392,18 @@ def _cmd_query(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from geofm.export import export_onnx
+    from geofm.export import export_onnx, read_metadata
 
     out = export_onnx(a.model, a.onnx, tile_size=a.tile_size, opset=a.opset,
-                      overwrite=a.overwrite)
+                      overwrite=a.overwrite, bands=a.bands)
+    meta = read_metadata(out)
+    used = {int(v.split()[1]) for v in meta["geofm_bands_used"].values()}  # "band 3 (B03)"
+    order = ", ".join(f"{i} {b}" + ("" if i in used else " (unused)")
+                      for i, b in enumerate(meta["geofm_bands"], start=1))
     print(f"wrote {out} (QGIS Deepness plugin metadata included)")
+    print(f"raster bands, in this order: {order}")
+    if meta.get("geofm_bands_missing"):
+        print(f"model bands the rasters lack: {', '.join(meta['geofm_bands_missing'])}")
     return 0
 
 
@@ -671,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
     x.add_argument("--onnx", required=True, help="output .onnx path")
     x.add_argument("--tile-size", type=int, help="tile side in px (default: the model's)")
+    x.add_argument("--bands", help="the bands of the rasters it will run on, in their order "
+                   "(B01,B02,... or a set: s2, s2l2a, ...); Deepness feeds bands by position "
+                   "(default: the checkpoint's bands)")
     x.add_argument("--opset", type=int, default=17)
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=_cmd_export)
@@ -712,18 +722,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    import signal
+    from geofm.signals import handle_signals
 
-    # A terminated run unwinds like Ctrl-C, so temporary outputs are removed on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGINT and SIGTERM unwind the command, so temporary outputs are removed on the way out.
     try:
-        return int(args.func(args))
+        with handle_signals():
+            return int(args.func(args))
     except GeofmError as e:
         print(f"geofm: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("geofm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        code = int(getattr(e, "exit_code", 130))
+        name = "SIGTERM" if code == 143 else "Ctrl-C"
+        print(f"geofm: stopped by {name}", file=sys.stderr)
+        return _exit_now(code) if argv is None else code
+
+
+def _exit_now(code: int) -> int:
+    """Exit at once when a model call is still running in a worker thread (it cannot be
+    interrupted, and finishing it would take as long as the call); else return ``code``."""
+    import threading
+
+    if any(t.is_alive() and t.name.startswith("geofm-") for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 ``geofm export MODEL --onnx OUT.onnx`` writes one self-contained graph::
 
-    image  [N, C, T, T] float32   raw pixel values, bands in the checkpoint's order
+    image  [N, C, T, T] float32   raw pixel values, the raster's bands by position
     scores [N, K, T, T] float32   per-class probabilities (or regression values)
 
-``N`` is dynamic; ``C`` is fixed to the checkpoint's band list (metadata ``geofm_bands``), ``T``
-to the tile size. The checkpoint's normalisation ``(x − mean) / std`` is part of the graph, and
-so is the last activation: softmax over classes (segmentation, classification), sigmoid
+``N`` is dynamic; ``C`` is fixed to the band list (metadata ``geofm_bands``): the checkpoint's
+bands in order, or with ``--bands`` the bands of the rasters it will run on, in their order
+(the graph picks the model's bands among them and ignores the rest), ``T`` to the tile size.
+The checkpoint's normalisation ``(x − mean) / std`` is part of the graph, and so is the last
+activation: softmax over classes (segmentation, classification), sigmoid
 (multi-label), none (regression). Scene models (multi-label, classification) give one score
 vector per tile, repeated over the tile's pixels so that every model has the same output
 layout. For ChannelViT the band list is fixed at export: the band embeddings are folded into
@@ -38,16 +40,25 @@ Metadata (``ModelProto.metadata_props``; every value is JSON text, as Deepness p
 ``seg_thresh``              ``0.0`` (Segmentor: plain argmax, as ``geofm predict``)
 ``seg_small_segment``       ``0`` (Segmentor: no morphological clean-up)
 ``reg_output_scaling``      ``1.0`` (Regressor)
-``geofm_bands``             band names of the ``C`` inputs, in order
+``geofm_bands``             band names of the ``C`` inputs, in order: raster band ``i`` must
+                            be ``geofm_bands[i - 1]``
+``geofm_bands_used``        ``{model band: "band i (name)"}``: the input feeding each model band
+``geofm_bands_missing``     model bands the ``--bands`` rasters lack (band-token models only)
 ``geofm_version``           geofm version that exported the model
 ``geofm_task``              the finetuned task
 ``geofm_model``             architecture name (``vit_tiny``, ``channelvit_small``, ...)
-``geofm_normalization``     ``{"mean": [...], "std": [...]}`` applied inside the graph
+``geofm_normalization``     ``{"mean": [...], "std": [...]}`` applied inside the graph, per
+                            model band of ``geofm_bands_used``
 ``geofm_class_colors``      ``["#rrggbb", ...]`` per class (when the checkpoint has them)
 ``geofm_checkpoint``        file name of the exported checkpoint
 ==========================  ======================================================================
 
-In Deepness, map the raster's bands to the model inputs in ``geofm_bands`` order.
+Deepness feeds the raster's bands by position: the raster's band ``i`` goes to input channel
+``i``. Give the raster its bands in ``geofm_bands`` order (``gdal_translate -b``, a virtual
+raster), or export with ``--bands`` naming the raster's bands as they are.
+
+The file has the oldest ONNX IR version of its opset (IR 8 for the default opset 17), so that
+onnxruntime 1.13 and newer loads it; Deepness installs onnxruntime 1.17 or older.
 """
 
 from __future__ import annotations
@@ -60,7 +71,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -70,6 +81,9 @@ from geofm.checkpoint import read_header
 from geofm.errors import GeofmError
 from geofm.extras import require
 from geofm.models.finetuner import SCENE_TASKS, task_scores
+
+if TYPE_CHECKING:
+    from geofm.predict.band_plan import BandPlan
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
@@ -98,21 +112,27 @@ class ExportModule(nn.Module):
         std: Normalisation standard deviation per band.
         task: The finetuned task (decides the final activation).
         tile: Tile size ``(H, W)``; scene scores are repeated over it.
+        select: Input channel feeding each of ``bands`` (default: channel ``i`` feeds band
+            ``i``); the other input channels are ignored.
     """
 
     def __init__(self, model: nn.Module, bands: Sequence[str], mean: Sequence[float],
-                 std: Sequence[float], task: str, tile: tuple[int, int]) -> None:
+                 std: Sequence[float], task: str, tile: tuple[int, int],
+                 select: Sequence[int] | None = None) -> None:
         super().__init__()
         self.model = model
         self.bands = list(bands)
         self.task = task
         self.tile = tile
+        self.select = None if select is None else [int(i) for i in select]
         c = len(self.bands)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
 
     def forward(self, image: Tensor) -> Tensor:
         """``[N, C, H, W]`` raw values → ``[N, K, H, W]`` scores."""
+        if self.select is not None and self.select != list(range(image.shape[1])):
+            image = image[:, self.select]  # [N, C_model, H, W]
         logits = self.model((image - self.mean) / self.std, self.bands)
         scores = task_scores(self.task, logits)
         if scores.ndim == 2:  # scene task: [N, K] → [N, K, H, W]
@@ -148,14 +168,16 @@ def export_tile_size(header: dict[str, Any], tile_size: int | None = None) -> in
     return int(tile_size)
 
 
-def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = ""
-                      ) -> dict[str, str]:
+def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = "",
+                      plan: BandPlan | None = None) -> dict[str, str]:
     """The ONNX metadata of an export: Deepness's keys and geofm's own, values as JSON.
 
     Args:
         header: Checkpoint header of a finetuned model.
         tile: Tile size of the exported input.
         checkpoint: Name of the checkpoint file, recorded as ``geofm_checkpoint``.
+        plan: The raster bands the export takes (``bands=``), matched to the model's; default
+            the checkpoint's bands in order.
 
     Returns:
         ``{key: json_text}`` (see the module documentation for the keys).
@@ -170,6 +192,15 @@ def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = ""
         names = [f"{'target' if task == 'regression' else 'class'}_{i}"
                  for i in range(num_outputs)]
     norm = header.get("normalization") or {}
+    mean = [float(v) for v in norm.get("mean", [0.0] * len(bands))]
+    std = [float(v) for v in norm.get("std", [1.0] * len(bands))]
+    used = {b: f"band {i + 1} ({b})" for i, b in enumerate(bands)}
+    missing: list[str] = []
+    if plan is not None:
+        bands = input_band_names(plan)
+        mean, std = [float(v) for v in plan.mean], [float(v) for v in plan.std]
+        used = plan.mapping()
+        missing = list(plan.missing)
     meta: dict[str, Any] = {
         "model_type": "Segmentor" if task in SEGMENTOR_TASKS else "Regressor",
         "class_names": {str(i): name for i, name in enumerate(names)},
@@ -186,14 +217,59 @@ def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = ""
     else:
         meta["reg_output_scaling"] = 1.0
     meta.update(
-        geofm_bands=bands, geofm_version=__version__, geofm_task=task,
+        geofm_bands=bands, geofm_bands_used=used, geofm_version=__version__, geofm_task=task,
         geofm_model=str(header["model"]["name"]),
-        geofm_normalization={"mean": [float(v) for v in norm.get("mean", [0.0] * len(bands))],
-                             "std": [float(v) for v in norm.get("std", [1.0] * len(bands))]},
-        geofm_checkpoint=checkpoint)
+        geofm_normalization={"mean": mean, "std": std}, geofm_checkpoint=checkpoint)
+    if missing:
+        meta["geofm_bands_missing"] = missing
     if header.get("class_colors"):
         meta["geofm_class_colors"] = list(header["class_colors"])
     return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def input_band_names(plan: BandPlan) -> list[str]:
+    """The raster bands of an export in input order: registry names where the label is a known
+    band (``S2.B10``), else the label."""
+    from geofm.predict.band_plan import canonical_band
+
+    names = []
+    for label in plan.labels:
+        names.append(canonical_band(label, plan.bands) or label)
+    return names
+
+
+def export_bands(model: nn.Module, header: dict[str, Any], bands: str | Sequence[str],
+                 source: str | Path | None = None) -> BandPlan:
+    """Match the raster bands ``bands`` (names in the raster's order, or a set name such as
+    ``"s2"``) to a finetuned model's bands, as ``geofm predict --bands`` does.
+
+    Raises:
+        BandError: A name is unknown, or a fixed-band model's bands are missing.
+    """
+    from geofm.bands import BAND_SETS
+    from geofm.predict.band_plan import plan_bands
+    from geofm.predict.model import Predictor
+
+    if isinstance(bands, str):
+        labels = (list(BAND_SETS[bands.strip().lower()]) if bands.strip().lower() in BAND_SETS
+                  else [b.strip() for b in bands.split(",") if b.strip()])
+    else:
+        labels = [str(b) for b in bands]
+    return plan_bands(Predictor(model, header), labels, source=source)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of an exported ONNX model, values parsed from JSON."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    out: dict[str, Any] = {}
+    for prop in proto.metadata_props:
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except ValueError:
+            out[prop.key] = prop.value
+    return out
 
 
 def _trace(module: ExportModule, example: Tensor) -> Any:
@@ -247,7 +323,8 @@ def _verify(data: bytes, module: ExportModule, mean: np.ndarray, std: np.ndarray
 
 
 def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int | None = None,
-                opset: int = 17, overwrite: bool = False, verify: bool = True) -> Path:
+                opset: int = 17, overwrite: bool = False, verify: bool = True,
+                bands: str | Sequence[str] | None = None) -> Path:
     """Export a finetuned geofm model to ONNX for Deepness (QGIS) and onnxruntime.
 
     The graph takes raw pixel values ``[N, C, T, T]`` (float32, bands in the checkpoint's
@@ -270,6 +347,13 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
         opset: ONNX opset, 17 (read by onnxruntime 1.13 and newer) or later.
         overwrite: Replace an existing ``out_path``.
         verify: Compare onnxruntime's output with torch's on a random batch before writing.
+        bands: The bands of the rasters the model will be run on, in the rasters' order
+            (``"B01,B02,..."``, a set such as ``"s2"``, or a list). The graph then takes
+            exactly those bands, by position, as Deepness feeds them: bands the model does not
+            use are ignored inside the graph, and a band-token model (ChannelViT) predicts
+            without the model bands the rasters lack (a fixed-band model needs them all).
+            Default: the checkpoint's bands in its order. Either way the order is written to
+            the metadata ``geofm_bands``.
 
     Returns:
         ``out_path``.
@@ -277,7 +361,8 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     Raises:
         GeofmError: ``out_path`` exists (without ``overwrite``) or cannot be written, the
             checkpoint is missing or not a finetuned geofm model, a bad tile size or opset,
-            the model cannot be traced, or the exported graph disagrees with torch.
+            ``bands`` that do not fit the model, the model cannot be traced, or the exported
+            graph disagrees with torch.
 
     Example:
         >>> from geofm.export import export_onnx
@@ -290,10 +375,13 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
         require("onnxruntime", "onnx")
 
     from geofm.inference import load_finetuned
-    from geofm.io.cog import OutputTransaction, check_output
+    from geofm.io.cog import OutputTransaction, check_output, remove_stale_temporaries
+    from geofm.io.outputs import require_suffix
 
-    out = Path(out_path)
+    bands_in = bands
+    out = require_suffix(out_path, (".onnx",), "an ONNX model")
     check_output(out, overwrite, [Path(model_path)])
+    remove_stale_temporaries(out)
     header = read_header(model_path)
     if header.get("kind") != "finetune":
         raise GeofmError(f"is a {header.get('kind', 'unknown')} checkpoint, not a finetuned "
@@ -310,10 +398,20 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     norm = header.get("normalization") or {}
     mean = np.asarray(norm.get("mean", [0.0] * len(bands)), dtype=np.float32)
     std = np.asarray(norm.get("std", [1.0] * len(bands)), dtype=np.float32)
-    module = ExportModule(model, bands, mean.tolist(), std.tolist(), header["task"],
-                          (tile, tile)).eval()
+    plan = None
+    if bands_in is not None:
+        plan = export_bands(model, header, bands_in, source="--bands (bands=)")
+        channels = len(plan.labels)
+        module = ExportModule(model, plan.bands, plan.mean.tolist(), plan.std.tolist(),
+                              header["task"], (tile, tile), select=plan.sources).eval()
+        # Typical raw values per input channel (for the trace and the check); unused: 0 ± 1.
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+        mean[plan.sources], std[plan.sources] = plan.mean, plan.std
+    else:
+        module = ExportModule(model, bands, mean.tolist(), std.tolist(), header["task"],
+                              (tile, tile)).eval()
     example = torch.from_numpy(np.broadcast_to(mean[None, :, None, None],
-                                               (2, len(bands), tile, tile)).copy())
+                                               (2, len(mean), tile, tile)).copy())
     try:
         proto = _trace(module, example)
         if opset != EXPORT_OPSET:
@@ -323,13 +421,16 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     except Exception as e:
         raise GeofmError(f"cannot export the model to ONNX ({_first_line(e)})",
                          model_path) from None
+    # The oldest IR version that has the opset: onnxruntime refuses files whose IR version is
+    # newer than it knows (1.17, which QGIS Deepness installs, stops at IR 9), whatever the ops.
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), True)
     for node in proto.graph.node:  # the exporter's per-node stack traces and source paths
         del node.metadata_props[:]
     del proto.metadata_props[:]
-    for key, value in deepness_metadata(header, tile, Path(model_path).name).items():
+    for key, value in deepness_metadata(header, tile, Path(model_path).name, plan).items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = (f"geofm {header['task']} model {header['model']['name']}: raw "
-                        f"{len(bands)}-band tiles {tile}×{tile} → {OUTPUT_NAME}")
+                        f"{len(mean)}-band tiles {tile}×{tile} → {OUTPUT_NAME}")
     if proto.ByteSize() >= MAX_PROTO_BYTES:
         raise GeofmError(f"the model is too large for a single ONNX file "
                          f"({proto.ByteSize() / 2**30:.1f} GiB, protobuf's limit is 2 GiB)",
@@ -341,7 +442,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
         raise GeofmError(f"the exported graph is invalid ({_first_line(e)})",
                          model_path) from None
     if verify:
-        diff = _verify(data, module, mean, std, len(bands), tile)
+        diff = _verify(data, module, mean, std, len(mean), tile)
         log.info("onnxruntime vs torch: max difference %.2e", diff)
         if not diff <= VERIFY_TOLERANCE:
             raise GeofmError(f"the exported graph disagrees with torch (max difference "

@@ -64,8 +64,9 @@ def _write(report: dict[str, Any], output: Path, markdown: str) -> dict[str, Any
 def _out_path(model_path: str | Path, output: str | Path | None, name: str) -> Path:
     if output is None:
         return Path(model_path).parent / f"{name}.json"
-    out = Path(output)
-    return out if out.suffix == ".json" else out.with_suffix(".json")
+    from geofm.io.outputs import require_suffix
+
+    return require_suffix(output, (".json",), "a JSON report (with a .md beside it)")
 
 
 def zeroshot(model_path: str | Path, store_path: str | Path, split: str | None = "test",
@@ -87,6 +88,7 @@ def zeroshot(model_path: str | Path, store_path: str | Path, split: str | None =
     Returns:
         The report dict, with ``output`` and ``markdown`` paths.
     """
+    out = _out_path(model_path, output, f"zeroshot_{split or 'all'}")
     if isinstance(templates, (str, Path)):
         templates, source = load_templates(templates), f"file {templates}"
     elif templates is not None:
@@ -114,7 +116,6 @@ def zeroshot(model_path: str | Path, store_path: str | Path, split: str | None =
         "classes": store.classes,
         "metrics": metrics,
     }
-    out = _out_path(model_path, output, f"zeroshot_{split or 'all'}")
     return _write(report, out, _zeroshot_markdown(report))
 
 
@@ -141,6 +142,7 @@ def retrieval(model_path: str | Path, store_path: str | Path, split: str | None 
     Returns:
         The report dict, with ``output`` and ``markdown`` paths.
     """
+    out = _out_path(model_path, output, f"retrieval_{split or 'all'}")
     model, header = _load(model_path)
     store = open_store(store_path)
     recorded = header.get("captions") or {}
@@ -172,7 +174,6 @@ def retrieval(model_path: str | Path, store_path: str | Path, split: str | None 
         "seeds": {**base["seeds"], "evaluation_captions": provenance.get("seed")},
         "metrics": metrics,
     }
-    out = _out_path(model_path, output, f"retrieval_{split or 'all'}")
     return _write(report, out, _retrieval_markdown(report))
 
 

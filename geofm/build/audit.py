@@ -236,8 +236,10 @@ def split_map_png(lon: Any, lat: Any, split: Any, out_png: str | Path, title: st
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    from geofm.io.outputs import require_suffix
+
+    out = require_suffix(out_png, (".png",), "a PNG image")
     lon_a, lat_a, codes, names = _inputs(lon, lat, split)
-    out = Path(out_png)
     if not out.parent.exists():
         raise GeofmError("output folder does not exist", path=out.parent)
     labels = [*names, ""]  # code -1 is the last entry: excluded

@@ -10,9 +10,10 @@ A prediction is written in three steps:
    ``average`` for scores and values) and the ghost header that marks ``LAYOUT=COG``. The
    colour table, band descriptions, scale/offset, tags and the per-dataset mask survive the
    copy.
-3. Everything lives under hidden temporary names (``.out.tif.<token>.part.tif``) in the output
-   directory until :meth:`OutputTransaction.commit` renames the sidecars and then the raster
-   into place, so the output path holds either nothing or a complete file.
+3. Everything lives under hidden temporary names
+   (``.out.tif.geofm-tmp-<host>-<pid>-<token>.part.tif``) in the output directory until
+   :meth:`OutputTransaction.commit` renames the sidecars and then the raster into place, so
+   the output path holds either nothing or a complete file.
 
 Class names go where GDAL and QGIS look for them: GDAL category names and a thematic raster
 attribute table in the PAM sidecar ``out.tif.aux.xml`` (the GeoTIFF format has no slot for
@@ -23,10 +24,13 @@ names and colours) that QGIS loads with the raster. The colour table is inside t
 from __future__ import annotations
 
 import colorsys
+import glob
 import math
 import os
+import re
+import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -40,6 +44,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from geofm.errors import GeofmError
+from geofm.io.space import is_disk_full
 
 BLOCK_SIZE = 256
 """Tile size of the COG, in pixels."""
@@ -128,6 +133,8 @@ class TempRaster:
         try:
             self.ds = rasterio.open(path, "w", **profile)
         except (rasterio.errors.RasterioError, OSError) as e:
+            if is_disk_full(e):
+                raise
             raise GeofmError(f"cannot create the output ({_first_line(e)})", label or path,
                              "check the directory is writable and has space") from None
         for i, text in enumerate(descriptions, start=1):
@@ -185,6 +192,8 @@ def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False,
         with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):  # overviews on every core too
             rasterio.shutil.copy(src, dst, driver="COG", **options)
     except (rasterio.errors.RasterioError, OSError) as e:
+        if is_disk_full(e):
+            raise  # the caller knows how much space the outputs need
         raise GeofmError(f"cannot write the Cloud-Optimized GeoTIFF ({_first_line(e)})",
                          label or dst, "check the directory is writable and has space") from None
 
@@ -333,13 +342,50 @@ def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> No
                          "choose a writable location")
 
 
+TEMP_TAG = "geofm-tmp"
+"""Marks geofm's temporary files: ``.<name>.geofm-tmp-<host>-<pid>-<token>.<kind><suffix>``."""
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_TEMP_NAME = re.compile(rf"\.{TEMP_TAG}-([A-Za-z0-9]+)-(\d+)-[0-9a-f]{{8}}\.")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove temporary files of ``final`` left by a run that was killed (``kill -9``, power
+    loss): those named for this host whose process no longer exists.
+
+    Files of a run still going, or written from another host (a shared filesystem), are kept.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for path in final.parent.glob(f".{glob.escape(final.name)}.{TEMP_TAG}-*"):
+        match = _TEMP_NAME.search(path.name[len(final.name) + 1:])
+        if not match or match.group(1) != _HOST or _pid_alive(int(match.group(2))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 class OutputTransaction:
     """Files written under hidden temporary names and renamed into place together.
 
     Temporary files sit in the directory of their final path, named with a leading ``.`` so
-    they stay out of sight (``.out.tif.<token>.part.tif`` becomes ``out.tif``;
-    ``.out.tif.<token>.tmp.tif`` is an intermediate), and are removed if anything fails
-    (including ``KeyboardInterrupt``).
+    they stay out of sight and with the host and process id so that a later run can tell a
+    killed run's leftovers (:func:`remove_stale_temporaries`):
+    ``.out.tif.geofm-tmp-<host>-<pid>-<token>.part.tif`` becomes ``out.tif``;
+    ``...tmp.tif`` is an intermediate. They are removed if anything fails (including
+    ``KeyboardInterrupt`` and :class:`geofm.signals.Interrupted`).
     Files staged for the output are renamed in the order staged by :meth:`commit`; stage the
     main raster last so it appears only when its sidecars are in place.
 
@@ -354,9 +400,12 @@ class OutputTransaction:
         self._staged: list[tuple[Path, Path]] = []
         self._scratch: list[Path] = []
         self.committed = False
+        self.checks: list[Callable[[], None]] = []
+        """Called by :meth:`commit` before renaming anything; raise to abandon the outputs."""
 
     def _name(self, final: Path, kind: str, suffix: str) -> Path:
-        return final.parent / f".{final.name}.{self._token}.{kind}{suffix}"
+        return (final.parent
+                / f".{final.name}.{TEMP_TAG}-{_HOST}-{os.getpid()}-{self._token}.{kind}{suffix}")
 
     def stage(self, final: Path, suffix: str = "") -> Path:
         """A temporary path that :meth:`commit` renames to ``final``."""
@@ -372,7 +421,10 @@ class OutputTransaction:
         return tmp
 
     def commit(self, remove: Sequence[Path] = ()) -> None:
-        """Delete stale files of an earlier output (``remove``), then rename staged files."""
+        """Run :attr:`checks`, delete stale files of an earlier output (``remove``), then
+        rename staged files."""
+        for check in self.checks:
+            check()
         for stale in remove:
             stale.unlink(missing_ok=True)
         for tmp, final in self._staged:

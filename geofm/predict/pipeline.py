@@ -66,6 +66,8 @@ def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
 
 
 _END = object()
+ABANDON_SECONDS = 1.0
+"""How long an interrupted run waits for a model call in progress before leaving it behind."""
 
 
 def read_batches(source: Source, plan: BandPlan, grid: TileGrid, batch_size: int, *,
@@ -198,14 +200,30 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
     bar = tqdm(total=grid.num_tiles, unit="tile", desc="predict", disable=not progress,
                leave=False)
 
-    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+    # Each thread sets its event when it ends; the calling thread waits on the events, not
+    # with Thread.join: a signal interrupting join() can mark a running thread as stopped
+    # (Python before 3.13), and its files could then be closed under it.
+    ended: dict[str, threading.Event] = {}
+
+    def guarded(fn: Callable[[], None], name: str) -> Callable[[], None]:
+        event = ended.setdefault(name, threading.Event())
+
         def run() -> None:
             try:
                 fn()
             except BaseException as e:
                 errors.append(e)
                 stop.set()
+            finally:
+                event.set()
         return run
+
+    def wait(names: Sequence[str], seconds: float | None = None) -> None:
+        deadline = None if seconds is None else time.monotonic() + seconds
+        for name in names:
+            while not ended[name].wait(0.1):
+                if deadline is not None and time.monotonic() > deadline:
+                    return
 
     lock = threading.Lock()
     finished = threading.Condition(lock)
@@ -247,6 +265,10 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
                     return
                 seq, batch = item
                 out = infer(pred, batch)
+                if len(predictors) == 1:  # in order already: straight to the writer
+                    if not _put(to_writer, out, stop):
+                        return
+                    continue
                 with finished:
                     done[seq] = out
                     finished.notify_all()
@@ -280,41 +302,44 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
         for row, col, values, ok in blender.finish() if blender else ():
             sink.write(row, col, values, ok)
 
-    threads = [threading.Thread(target=guarded(reader), name="geofm-read", daemon=True),
-               threading.Thread(target=guarded(writer), name="geofm-write", daemon=True)]
-    workers = [threading.Thread(target=guarded(device_worker(p)), name=f"geofm-{p.device}",
-                                daemon=True) for p in predictors] if len(predictors) > 1 else []
+    # The model runs in worker threads (one per device), so the calling thread only waits and
+    # hands batches on in order: Ctrl-C and SIGTERM reach it within a fraction of a second even
+    # while a model call is running.
+    names = [f"geofm-{p.device}-{i}" for i, p in enumerate(predictors)]
+    threads = [threading.Thread(target=guarded(reader, "geofm-read"), name="geofm-read",
+                                daemon=True),
+               threading.Thread(target=guarded(writer, "geofm-write"), name="geofm-write",
+                                daemon=True)]
+    workers = [threading.Thread(target=guarded(device_worker(p), name), name=name, daemon=True)
+               for p, name in zip(predictors, names)]
     for t in (*threads, *workers):
         t.start()
     try:
-        if not workers:
-            while True:
-                item = _get(to_model, stop)
-                if item is None or item is _END:
-                    break
-                if not _put(to_writer, infer(predictors[0], item[1]), stop):
-                    break
-        else:
-            next_seq = 0
-            while not stop.is_set():
-                with finished:
-                    while (next_seq not in done and not stop.is_set()
-                           and any(w.is_alive() for w in workers)):
-                        finished.wait(0.1)
-                    batch = done.pop(next_seq, None)
-                if batch is None:
-                    break  # every device finished and nothing is left in order
-                if not _put(to_writer, batch, stop):
-                    break
-                next_seq += 1
+        next_seq = 0
+        if len(workers) == 1:
+            wait(names)
+        while len(workers) > 1 and not stop.is_set():
+            with finished:
+                while (next_seq not in done and not stop.is_set()
+                       and any(w.is_alive() for w in workers)):
+                    finished.wait(0.1)
+                batch = done.pop(next_seq, None)
+            if batch is None:
+                break  # every device finished and nothing is left in order
+            if not _put(to_writer, batch, stop):
+                break
+            next_seq += 1
         _put(to_writer, _END, stop)
+        wait(["geofm-read", "geofm-write", *names])
     except BaseException:
         stop.set()
-        raise
-    finally:
-        for t in (*threads, *workers):
-            t.join()
+        # Reader and writer stop within one read or write; a model call cannot be
+        # interrupted, so its thread is left to finish on its own (it touches no file).
+        wait(["geofm-read", "geofm-write"])
+        wait(names, ABANDON_SECONDS)
         bar.close()
+        raise
+    bar.close()
     if errors:
         raise errors[0]
     stats.seconds = time.perf_counter() - start

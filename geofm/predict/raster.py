@@ -24,21 +24,27 @@ from geofm.io.cog import (
     check_output,
     class_dtype,
     class_rgb,
+    remove_stale_temporaries,
     write_category_sidecar,
     write_cog,
     write_qml,
     write_ramp_qml,
 )
+from geofm.io.outputs import require_suffix
+from geofm.io.space import DiskSpace
 from geofm.predict.band_plan import plan_bands
 from geofm.predict.model import Predictor
 from geofm.predict.pipeline import run_pipeline
-from geofm.predict.settings import GDAL_CACHE_BYTES, SCENE_TASKS
+from geofm.predict.settings import GDAL_CACHE_BYTES, MAX_TILE_TOKENS, SCENE_TASKS
 from geofm.predict.similarity import query_texts, value_ranges
 from geofm.predict.sinks import FileSink
 from geofm.predict.sources import _input_paths, open_source
 from geofm.predict.tiling import TileGrid
 
 log = logging.getLogger(__name__)
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+"""Extensions accepted for the rasters ``predict_raster`` writes."""
 
 
 def resolve_mode(predictor: Predictor, embed: bool, query: bool = False) -> str:
@@ -61,12 +67,22 @@ def resolve_mode(predictor: Predictor, embed: bool, query: bool = False) -> str:
 
 
 def build_grid(predictor: Predictor, mode: str, height: int, width: int,
-               tile: int | Sequence[int] | None, overlap: int | None) -> TileGrid:
+               tile: int | Sequence[int] | None, overlap: int | None,
+               channels: int | None = None) -> TileGrid:
     """The tile grid for ``mode`` (tile and overlap checked against the patch size).
 
+    A requested tile larger than the raster is shrunk to the raster (rounded up to the patch
+    size, never below the model's own tile), with a warning: one tile then covers the raster.
+    A tile is refused when it would make more than :data:`MAX_TILE_TOKENS` tokens.
+
+    Args:
+        channels: Input bands fed to the model (band-token models make one token per band and
+            patch); default the checkpoint's band count.
+
     Raises:
-        GeofmError: The tile is not a multiple of the patch size, or the overlap is negative,
-            too large, or (embeddings, queries) not a multiple of the patch size.
+        GeofmError: The tile is not a multiple of the patch size, makes too many tokens, or
+            the overlap is negative, too large, or (embeddings, queries) not a multiple of
+            the patch size.
     """
     p = predictor.patch_size
     if tile is None:
@@ -78,6 +94,9 @@ def build_grid(predictor: Predictor, mode: str, height: int, width: int,
     if th <= 0 or tw <= 0 or th % p or tw % p:
         raise GeofmError(f"tile {th}×{tw} is not a positive multiple of the model's patch "
                          f"size {p}", hint=f"use e.g. tile={max(p, th // p * p)}")
+    if tile is not None:
+        th, tw = _clamp_tile((th, tw), (height, width), predictor.tile_size, p)
+    _check_tokens((th, tw), p, (channels or len(predictor.bands)) if predictor.flexible else 1)
     if mode == "scene":
         return TileGrid.build(height, width, (th, tw), 0, (th, tw))
     patch_grid = mode in ("embed", "query")
@@ -93,6 +112,30 @@ def build_grid(predictor: Predictor, mode: str, height: int, width: int,
                          hint="embeddings and similarities sit on the patch grid")
     factor = (p, p) if patch_grid else (1, 1)
     return TileGrid.build(height, width, (th, tw), overlap, factor)
+
+
+def _clamp_tile(tile: tuple[int, int], raster: tuple[int, int], model_tile: tuple[int, int],
+                patch: int) -> tuple[int, int]:
+    """``tile`` shrunk to the raster (rounded up to ``patch``, at least ``model_tile``)."""
+    out = tuple(min(t, max(m, -(-r // patch) * patch))
+                for t, r, m in zip(tile, raster, model_tile))
+    if out != tile:
+        log.warning("tile %d×%d is larger than the %d×%d raster; using %d×%d", *tile, *raster,
+                    *out)
+    return out[0], out[1]
+
+
+def _check_tokens(tile: tuple[int, int], patch: int, per_patch: int) -> None:
+    """Refuse a tile that makes more than :data:`MAX_TILE_TOKENS` tokens."""
+    th, tw = tile
+    tokens = per_patch * (th // patch) * (tw // patch)
+    if tokens <= MAX_TILE_TOKENS:
+        return
+    side = int((MAX_TILE_TOKENS / per_patch) ** 0.5) * patch  # the largest square tile
+    what = f"{per_patch} bands × " if per_patch > 1 else ""
+    raise GeofmError(f"tile {th}×{tw} makes {tokens} tokens per tile ({what}"
+                     f"{th // patch}×{tw // patch} patches), more than {MAX_TILE_TOKENS}",
+                     hint=f"use a tile of at most {max(side, patch)} px")
 
 
 def output_names(predictor: Predictor, mode: str) -> list[str]:
@@ -220,7 +263,7 @@ def predict_raster(
 
     t_start = time.perf_counter()
     texts = None if query is None else query_texts(query)
-    output = Path(output)
+    output = require_suffix(output, GEOTIFF_SUFFIXES, "a GeoTIFF")
     paths = _input_paths(inputs)
     check_output(output, overwrite, paths)
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
@@ -237,10 +280,14 @@ def predict_raster(
             raise GeofmError(f"vector output needs a class raster, but the {task} output has "
                              "none", hint="drop --vector or use a segmentation or "
                              "classification model")
-        vector = Path(vector)
+        vector = require_suffix(vector, (".gpkg",), "a GeoPackage")
         check_output(vector, overwrite, paths)
     if batch_size < 1:
         raise GeofmError(f"batch_size must be at least 1, got {batch_size}")
+    for path in (output, Path(f"{output}.aux.xml"), qml_path(output), probabilities_path(output),
+                 Path(f"{probabilities_path(output)}.aux.xml"), vector):
+        if path is not None:
+            remove_stale_temporaries(path)
     devices = [d.strip() for d in device.split(",")] if isinstance(device, str) else list(device)
     if not devices or not all(devices):
         raise GeofmError(f"no device in {device!r}", hint="e.g. cpu, cuda, cuda:0,cuda:1")
@@ -251,12 +298,15 @@ def predict_raster(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), \
             open_source(paths, bands=bands, gsd_m=predictor.gsd_m,
                         resample=resample_to_model_gsd) as source, \
-            OutputTransaction() as tx:
+            OutputTransaction() as tx, DiskSpace(output) as space:
         plan = plan_bands(predictor, source.labels, source=source.name, sensor=source.sensor)
         log.info("%s", plan.summary())
-        grid = build_grid(predictor, mode, source.height, source.width, tile, overlap)
+        grid = build_grid(predictor, mode, source.height, source.width, tile, overlap,
+                          len(plan.bands))
         names = output_names(predictor, mode)
         channels = len(names)
+        space.needed = _needed_bytes(grid.out_shape, product, channels, probabilities)
+        tx.checks.append(lambda: space.reserve(0))
         tags = {
             "GEOFM_MODEL": predictor.model_name, "GEOFM_CHECKPOINT": predictor.name,
             "GEOFM_VERSION": __version__, "GEOFM_TASK": task,
@@ -275,7 +325,8 @@ def predict_raster(
                  if probabilities else None)
         try:
             stats = run_pipeline(predictors, source, plan, grid, mode,
-                                 FileSink(product, main, probs, nodata), channels=channels,
+                                 FileSink(product, main, probs, nodata,
+                                          check=space.reserve), channels=channels,
                                  batch_size=batch_size, progress=progress)
         finally:
             main.close()
@@ -295,6 +346,8 @@ def predict_raster(
                 probs_tmp = _warp_back(probs_tmp, tx.scratch(probabilities_path(output),
                                                              ".grid.tif"),
                                        source.native_grid, smooth)
+        space.reserve(int(1.5 * sum(p.stat().st_size for p in (main_tmp, probs_tmp)
+                                    if p.exists())))  # the COG copies
         result = _publish(tx, output, main_tmp, probs_tmp if probs else None, product, names,
                           rgb, vector, min_area, overwrite)
     seconds = time.perf_counter() - t_start
@@ -308,14 +361,32 @@ def predict_raster(
     return result
 
 
+def class_name_tags(names: Sequence[str]) -> dict[str, str]:
+    """Band metadata naming each class value of a class raster: ``CLASS_<value>=<name>``."""
+    return {f"CLASS_{i}": name for i, name in enumerate(names)}
+
+
+def _needed_bytes(shape: tuple[int, int], product: str, channels: int, probabilities: bool
+                  ) -> int:
+    """The most disk space the rasters of a prediction take at once: the uncompressed
+    temporary file and its COG copy with overviews (a third more) side by side."""
+    per_pixel = {"classes": 1 if channels <= 255 else 2, "scores": channels}.get(
+        product, 4 * channels) + (channels if probabilities else 0)
+    return int(shape[0] * shape[1] * per_pixel * (1 + 4 / 3))
+
+
 def _temp_raster(path: Path, product: str, names: list[str],
                  rgb: list[tuple[int, int, int]], spec: dict[str, Any]) -> TempRaster:
     """The temporary GeoTIFF of one product (see :func:`predict_raster` for the layouts)."""
     k = len(names)
     if product == "classes":
         dtype, nodata = class_dtype(k)
-        return TempRaster(path, count=1, dtype=dtype, nodata=nodata, descriptions=["class"],
-                          colormap={i: (*c, 255) for i, c in enumerate(rgb)}, **spec)
+        raster = TempRaster(path, count=1, dtype=dtype, nodata=nodata, descriptions=["class"],
+                            colormap={i: (*c, 255) for i, c in enumerate(rgb)}, **spec)
+        # Inside the TIFF (GDAL_METADATA tag): the names travel with the file copied alone;
+        # GDAL's category names and attribute table can only live in the .aux.xml sidecar.
+        raster.ds.update_tags(1, **class_name_tags(names))
+        return raster
     if product == "scores":
         return TempRaster(path, count=k, dtype="uint8", mask=True, descriptions=names,
                           scales=[1 / 255] * k, **spec)
@@ -366,6 +437,8 @@ def _warp_back(src: Path, dst: Path, target: tuple[CRS | None, Affine, int, int]
         masked = MaskFlags.per_dataset in ds.mask_flag_enums[0]
         with rasterio.open(dst, "w", **profile) as out:
             out.update_tags(**ds.tags())
+            for band in range(1, ds.count + 1):
+                out.update_tags(band, **ds.tags(band))
             out.descriptions = ds.descriptions
             out.scales, out.offsets = ds.scales, ds.offsets
             if ds.colorinterp[0].name == "palette":

@@ -23,3 +23,7 @@ _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "In
                "float64": "Float64"}
 
 
+MAX_TILE_TOKENS = 16384
+"""Most tokens one tile may make: ``(tile/patch)²`` patches, times the bands for band-token
+models (ChannelViT). Attention costs grow with the square of the tokens; a tile past this is
+refused with the largest tile that fits."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -77,16 +78,21 @@ class FileSink:
         main: Writer of the main file.
         probabilities: Writer of the per-class probability file (class products only).
         class_nodata: Nodata value of the class raster.
+        check: Called with the bytes about to be written (at most) before each write; raises
+            to stop the run (a full disk).
     """
 
     def __init__(self, product: str, main: TempRaster, probabilities: TempRaster | None,
-                 class_nodata: int = 255) -> None:
+                 class_nodata: int = 255, check: Callable[[int], None] | None = None) -> None:
         self.product = product
         self.main = main
         self.probabilities = probabilities
         self.class_nodata = class_nodata
+        self.check = check
 
     def write(self, row: int, col: int, values: Tensor, valid: Tensor) -> None:
+        if self.check is not None:
+            self.check(self._bytes(values))
         if self.product == "classes":
             dtype = self.main.ds.dtypes[0]
             self.main.write(row, col, classes_of(values, valid, dtype, self.class_nodata)[None])
@@ -96,6 +102,14 @@ class FileSink:
             self.main.write(row, col, quantize(values, valid), _host(valid))
         else:
             self.main.write(row, col, float_values(values, valid))
+
+
+    def _bytes(self, values: Tensor) -> int:
+        """Uncompressed bytes the files receive for ``values [K, n, m]``."""
+        k, n, m = values.shape
+        per_pixel = {"classes": 1 if self.main.ds.dtypes[0] == "uint8" else 2,
+                     "scores": k}.get(self.product, 4 * k)
+        return n * m * (per_pixel + (k if self.probabilities is not None else 0))
 
 
 class ArraySink:
