@@ -62,18 +62,19 @@ class FinetuneTask(L.LightningModule):
         warmup_steps: Linear warm-up steps.
         max_steps: Total steps (cosine decay).
         seed: Base seed of per-step randomness.
+        hcs: Hierarchical Channel Sampling on every training batch.
     """
 
     def __init__(self, encoder_name: str, encoder_config: dict[str, Any], bands: list[str],
                  task: str, head: str, num_outputs: int, freeze: str = "frozen",
                  unfreeze_last: int = 0, lr: float = 1e-3, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_steps: int = 5, max_steps: int = 100,
-                 seed: int = 0):
+                 seed: int = 0, hcs: bool = False):
         super().__init__()
         self.save_hyperparameters()
         encoder = create_model(encoder_name, **encoder_config)
         self.model = Finetuner(encoder, task=task, head=head, num_outputs=num_outputs,
-                               freeze=freeze, unfreeze_last=unfreeze_last)
+                               freeze=freeze, unfreeze_last=unfreeze_last, hcs=hcs)
         self._val: list[tuple[Tensor, Tensor]] = []
         self.val_metrics: dict[str, Any] = {}
 
@@ -177,7 +178,7 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         num_outputs, freeze=head["freeze"], unfreeze_last=head["unfreeze_last"],
         lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         layer_decay=float(opt["layer_decay"]), warmup_steps=opt["warmup_steps"],
-        max_steps=tr["max_steps"], seed=tr["seed"])
+        max_steps=tr["max_steps"], seed=tr["seed"], hcs=bool(head.get("hcs", False)))
     task.model.encoder.load_state_dict(state, strict=True)
     if task_name == "regression":
         targets = dm.store.read(dm.store.split_indices(data["train_split"]),
@@ -207,7 +208,7 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         "kind": "finetune",
         "task": task_name,
         "head": {"kind": kind, "freeze": head["freeze"], "unfreeze_last": head["unfreeze_last"],
-                 "num_outputs": num_outputs},
+                 "num_outputs": num_outputs, "hcs": bool(head.get("hcs", False))},
         "model": header["model"],
         "bands": dm.band_names,
         "band_info": band_info([store], dm.band_names),
