@@ -48,8 +48,9 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from torch import nn
 
-from geofm.errors import GeofmError
+from geofm.errors import GeofmError, GeofmWarning
 from geofm.io.cog import class_dtype
+from geofm.levels import detect_levels
 from geofm.predict import (
     ArraySink,
     BandPlan,
@@ -67,6 +68,7 @@ from geofm.predict import (
     run_pipeline,
     sensor_hint,
 )
+from geofm.predict.checks import check_source
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:
@@ -123,8 +125,12 @@ class DataArraySource:
         self.name = str(da.name or "DataArray")
         if self.crs is None:
             warnings.warn(f"{self.name}: the input has no CRS; the output keeps its pixel grid "
-                          "without georeferencing", UserWarning, stacklevel=4)
-        self.sensor = sensor_hint({k: v for k, v in da.attrs.items() if isinstance(v, str)})
+                          "without georeferencing", GeofmWarning, stacklevel=4)
+        texts = {k: v for k, v in da.attrs.items() if isinstance(v, str)}
+        self.sensor = sensor_hint(texts)
+        self.levels = detect_levels([*texts.values(), str(da.encoding.get("source", ""))])
+        self.res_m = _array_res_m(da, self.crs)
+        self.resampled = False
         nodata = da.rio.nodata
         self.nodata = None if nodata is None or np.isnan(nodata) else float(nodata)
         self.labels = (list(band_labels(bands, self.count)) if bands is not None
@@ -141,6 +147,17 @@ class DataArraySource:
         if self.nodata is not None:
             bad |= (data == np.float32(self.nodata)).any(axis=0)
         return bad
+
+
+def _array_res_m(da: xr.DataArray, crs: CRS | None) -> float | None:
+    """A DataArray's pixel size in metres, ``None`` when its CRS is not projected."""
+    if crs is None or not crs.is_projected:
+        return None
+    try:
+        res_x = abs(float(da.rio.resolution()[0]))
+    except Exception:  # one row or column: rioxarray cannot tell the spacing
+        return None
+    return res_x * float(crs.linear_units_factor[1])
 
 
 def _image_batch(x: Any) -> tuple[np.ndarray, bool]:
@@ -259,7 +276,7 @@ class Model:
     def predict(self, x: str | Path | xr.DataArray, *, bands: str | Sequence[str] | None = None,
                 probabilities: bool = False, tile: int | Sequence[int] | None = None,
                 overlap: int | None = None, batch_size: int = 8,
-                progress: bool = False) -> xr.DataArray:
+                progress: bool = False, strict: bool = False) -> xr.DataArray:
         """Predict over a raster or DataArray, tile by tile with blended overlaps.
 
         Args:
@@ -271,6 +288,9 @@ class Model:
             overlap: Pixels shared by neighbouring tiles (default: a quarter tile).
             batch_size: Tiles per model call.
             progress: Show a progress bar.
+            strict: Refuse an input at another resolution or processing level than the
+                model's (otherwise a :class:`~geofm.errors.GeofmWarning`, as on the command
+                line).
 
         Returns:
             Segmentation/classification: class indices ``(y, x)`` (uint8, nodata 255) named
@@ -293,11 +313,13 @@ class Model:
             ['Arable land', 'Coastal wetlands', 'Marine waters']
         """
         return self._run(x, bands=bands, embed=False, probabilities=probabilities, tile=tile,
-                         overlap=overlap, batch_size=batch_size, progress=progress)
+                         overlap=overlap, batch_size=batch_size, progress=progress,
+                         strict=strict)
 
     def embed(self, x: str | Path | xr.DataArray, *, bands: str | Sequence[str] | None = None,
               tile: int | Sequence[int] | None = None, overlap: int | None = None,
-              batch_size: int = 8, progress: bool = False) -> xr.DataArray:
+              batch_size: int = 8, progress: bool = False,
+              strict: bool = False) -> xr.DataArray:
         """Patch embeddings of the encoder: one ``D``-vector per ``patch × patch`` pixels.
 
         Args:
@@ -307,6 +329,8 @@ class Model:
             overlap: Pixels shared by neighbouring tiles (a multiple of the patch size).
             batch_size: Tiles per model call.
             progress: Show a progress bar.
+            strict: Refuse an input at another resolution or processing level than the
+                model's (otherwise a :class:`~geofm.errors.GeofmWarning`).
 
         Returns:
             float32 ``(band, y, x)`` with ``D`` bands on the patch grid (its transform is the
@@ -320,7 +344,8 @@ class Model:
             >>> features = emb.stack(pixel=("y", "x")).T.values  # [pixels, D]  # doctest: +SKIP
         """
         return self._run(x, bands=bands, embed=True, probabilities=False, tile=tile,
-                         overlap=overlap, batch_size=batch_size, progress=progress)
+                         overlap=overlap, batch_size=batch_size, progress=progress,
+                         strict=strict)
 
     def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Embed texts in the image–text space (aligned models).
@@ -345,7 +370,7 @@ class Model:
 
     def encode_image(self, x: str | Path | xr.DataArray | np.ndarray | torch.Tensor, *,
                      bands: str | Sequence[str] | None = None,
-                     batch_size: int = 32) -> np.ndarray:
+                     batch_size: int = 32, strict: bool = False) -> np.ndarray:
         """Embed whole images in the image–text space (aligned models).
 
         Each image is normalised with the checkpoint's statistics (its bands matched by name),
@@ -358,6 +383,8 @@ class Model:
                 values ``[C, H, W]`` (one image) or ``[B, C, H, W]`` (numpy or torch).
             bands: Names of the bands in order (required for arrays).
             batch_size: Images per model call.
+            strict: Refuse a raster or DataArray at another resolution or processing level
+                than the model's (otherwise a :class:`~geofm.errors.GeofmWarning`).
 
         Returns:
             float32 L2-normalised ``[E]`` for one image, ``[B, E]`` for a batch.
@@ -377,6 +404,7 @@ class Model:
         if isinstance(x, str | Path | xr.DataArray | xr.Dataset):
             with self._source(x, bands) as source:
                 plan = plan_bands(pred, source.labels, source=source.name, sensor=source.sensor)
+                check_source(pred, source, plan, strict=strict)
                 window = Window(0, 0, source.width, source.height)
                 raw = source.read(plan.sources, window)[None]  # [1, C, H, W]
                 bad = source.invalid(raw[0], plan.sources, window)[None]  # [1, H, W]
@@ -406,7 +434,7 @@ class Model:
     def query(self, x: str | Path | xr.DataArray, text: str | Sequence[str], *,
               bands: str | Sequence[str] | None = None, tile: int | Sequence[int] | None = None,
               overlap: int | None = None, batch_size: int = 8,
-              progress: bool = False) -> xr.DataArray:
+              progress: bool = False, strict: bool = False) -> xr.DataArray:
         """Where a raster looks like ``text``: the cosine similarity of every patch with it.
 
         Tiles are encoded with the image tower (one projected embedding per patch), compared
@@ -421,6 +449,8 @@ class Model:
             overlap: Pixels shared by neighbouring tiles (a multiple of the patch size).
             batch_size: Tiles per model call.
             progress: Show a progress bar.
+            strict: Refuse an input at another resolution or processing level than the
+                model's (otherwise a :class:`~geofm.errors.GeofmWarning`).
 
         Returns:
             float32 similarity in ``[-1, 1]`` on the patch grid (the input's CRS, its
@@ -441,7 +471,8 @@ class Model:
         """
         texts = query_texts(text)
         da = self._run(x, bands=bands, embed=False, probabilities=False, tile=tile,
-                       overlap=overlap, batch_size=batch_size, progress=progress, texts=texts)
+                       overlap=overlap, batch_size=batch_size, progress=progress, texts=texts,
+                       strict=strict)
         if isinstance(text, str):
             da = da.isel(band=0, drop=True)
             da.attrs["long_name"] = texts[0]
@@ -486,7 +517,7 @@ class Model:
     def _run(self, x: str | Path | xr.DataArray, *, bands: str | Sequence[str] | None,
              embed: bool, probabilities: bool, tile: int | Sequence[int] | None,
              overlap: int | None, batch_size: int, progress: bool,
-             texts: list[str] | None = None) -> xr.DataArray:
+             texts: list[str] | None = None, strict: bool = False) -> xr.DataArray:
         pred = self.predictor
         mode = resolve_mode(pred, embed, texts is not None)
         if texts is not None:
@@ -494,6 +525,7 @@ class Model:
         task = {"embed": "embedding", "query": "similarity"}.get(mode, self.task)
         with self._source(x, bands) as source:
             plan = plan_bands(pred, source.labels, source=source.name, sensor=source.sensor)
+            check_source(pred, source, plan, strict=strict)
             grid = build_grid(pred, mode, source.height, source.width, tile, overlap)
             names = output_names(pred, mode)
             channels = len(names)

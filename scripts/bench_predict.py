@@ -23,16 +23,29 @@ GeoTIFFs with band descriptions (UTM 18N, 10 m).
    tiles, 32 px overlap), reporting ``ru_maxrss`` and the RSS before predicting.
    ``rss_8k_over_2k`` = peak RSS at the largest size ÷ at the smallest (1.0: flat).
 
+3. **Host pipeline** (``--host-only``, alone): the whole of ``predict_raster`` with a null
+   model (a 19-class segmentation predictor whose model is a channel gather, so the model costs
+   one copy) on a ``--host-size`` (default 2,048²) DEFLATE-tiled input, in a fresh process
+   pinned to one CPU and in one using all of them, ``--rounds`` paired rounds each against the
+   same run's **I/O floor**: reading the pipeline's windows (one thread) and writing a plain
+   tiled GeoTIFF of the class map's size with GDAL. Reports ``host_cpu_s_per_mpx`` (CPU
+   seconds of the process, all threads, per megapixel; all cores), ``host_mpx_per_s_1`` and
+   ``host_mpx_per_s_all`` (best wall-clock throughput) and ``host_over_io_floor`` (median of
+   floor time ÷ pipeline time per round, all cores; goal ≥ 0.7). Run it against another
+   checkout's code with ``PYTHONPATH=<checkout> python <checkout>/scripts/bench_predict.py``.
+
 Usage::
 
     .venv/bin/python scripts/bench_predict.py                 # ~4 min on 2 cores
     .venv/bin/python scripts/bench_predict.py --size 256 --rounds 1 \
         --rss-sizes 1024 2048                                  # a quick run
+    .venv/bin/python scripts/bench_predict.py --rss-only --rss-sizes 2048 8192
+    .venv/bin/python scripts/bench_predict.py --host-only     # ~2 min on 2 cores
 
 Output ends with ``RESULT predict_efficiency=<model-only ÷ end-to-end time>`` (and the same for
 the test encoder), ``RESULT rss_8k_over_2k=<peak RSS ratio>``, ``RESULT predict_px_per_s=...``
 (end to end, each encoder) and ``RESULT predict_tiny_px_per_s=...`` (largest size, tiny
-per-pixel model).
+per-pixel model); with ``--host-only``, the four ``host_*`` results instead.
 """
 
 from __future__ import annotations
@@ -61,6 +74,7 @@ SHARED = REPO.parent / "shared" / "data" / "sentinel2_l1c"
 SCENE = REPO / "datasets" / "sentinel2_l1c" / "s2_l1c_13band_10m_256px.tif"
 BANDS = ("B02", "B03", "B04", "B08")
 CLASSES = 19
+HOST_OVERLAP = 32
 
 
 def source_pixels() -> tuple[np.ndarray, str]:
@@ -78,12 +92,15 @@ def source_pixels() -> tuple[np.ndarray, str]:
         return ds.read(index), f"{SCENE.relative_to(REPO)} (256×256 px)"
 
 
-def make_raster(path: Path, size: int, pixels: np.ndarray) -> Path:
+def make_raster(path: Path, size: int, pixels: np.ndarray, compress: str | None = None
+                ) -> Path:
     """An N × N GeoTIFF repeating ``pixels``, written in bands of 512 rows."""
     _, h, w = pixels.shape
     profile = {"driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint16",
                "crs": "EPSG:32618", "transform": Affine(10, 0, 400000, 0, -10, 4200000),
                "tiled": True, "blockxsize": 512, "blockysize": 512}
+    if compress:
+        profile["compress"] = compress
     reps = (1, -(-512 // h) + 1, -(-size // w))
     strip = np.tile(pixels, reps)  # [4, ≥ 512 + h, ≥ size]
     with rasterio.open(path, "w", **profile) as ds:
@@ -141,6 +158,110 @@ def tiny_predictor() -> Any:
               "classes": [f"class {i}" for i in range(CLASSES)], "tile_size": [256, 256],
               "patch_size": 8, "gsd_m": 10.0, "model": {"name": "pixel_mlp"}}
     return Predictor(PixelModel(), header, "pixel_mlp")
+
+
+def null_predictor(classes: int = CLASSES) -> Any:
+    """A segmentation predictor whose model is a channel gather: output ``k`` is input band
+    ``k mod C``. The model costs one copy, so a run measures the host pipeline; the class map
+    keeps the input's structure (the argmax of the four bands)."""
+    from geofm.predict import Predictor
+
+    class Null(Predictor):
+        def outputs(self, images: Tensor, bands: Any, mode: str) -> Tensor:
+            index = torch.arange(classes, device=images.device) % images.shape[1]
+            return images[:, index]  # [B, K, H, W]
+
+    header = {"kind": "finetune", "task": "segmentation", "bands": [f"S2.{b}" for b in BANDS],
+              "normalization": {"mean": [1000.0] * 4, "std": [600.0] * 4},
+              "classes": [f"class {i}" for i in range(classes)], "tile_size": [256, 256],
+              "patch_size": 8, "gsd_m": 10.0, "model": {"name": "null"}}
+    return Null(nn.Identity(), header, "null")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (GDAL's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def io_floor(raster: Path, out: Path) -> float:
+    """Seconds to read the pipeline's windows (one thread, float32, its GDAL cache) and write
+    a plain tiled GeoTIFF of the class map's size: the I/O a prediction cannot avoid."""
+    from geofm.predict import GDAL_CACHE_BYTES, build_grid
+
+    t0 = time.perf_counter()
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(raster) as ds:
+        grid = build_grid(null_predictor(), "pixel", ds.height, ds.width, None, HOST_OVERLAP)
+        th, tw = grid.tile
+        for panel in grid.panels:
+            for y in grid.rows:
+                for j in panel.cols:
+                    x = grid.cols[j]
+                    window = rasterio.windows.Window(x, y, min(tw, ds.width - x),
+                                                     min(th, ds.height - y))
+                    ds.read(window=window, out_dtype="float32")
+        profile = {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": 1,
+                   "dtype": "uint8", "crs": ds.crs, "transform": ds.transform, "tiled": True,
+                   "blockxsize": 256, "blockysize": 256}
+        block = np.zeros((1, 256, ds.width), np.uint8)
+        with rasterio.open(out, "w", **profile) as dst:
+            for row in range(0, ds.height, 256):
+                n = min(256, ds.height - row)
+                dst.write(block[:, :n], window=((row, row + n), (0, ds.width)))
+    return time.perf_counter() - t0
+
+
+def host_child(raster: Path, workdir: Path, cores: int, rounds: int) -> None:
+    """Pipeline with the null model and the I/O floor, paired round by round, on ``cores``
+    CPUs (the process is pinned before torch and GDAL start their threads); prints JSON."""
+    from geofm.predict import predict_raster
+
+    predictor = null_predictor()
+    runs: dict[str, list[tuple[float, float]]] = {"host": [], "floor": []}
+    for r in range(rounds):
+        for step in ("host", "floor") if r % 2 == 0 else ("floor", "host"):
+            out = workdir / f"host_{cores}_{r}_{step}.tif"
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            if step == "host":
+                predict_raster(predictor, raster, out, overlap=HOST_OVERLAP, batch_size=8,
+                               progress=False)
+            else:
+                io_floor(raster, out)
+            runs[step].append((time.perf_counter() - t0, cpu_seconds() - c0))
+            out.unlink()
+    print(json.dumps(runs))
+
+
+def host_only(args: argparse.Namespace, pixels: np.ndarray, workdir: Path) -> None:
+    """Section 3 alone: host pipeline throughput with 1 and all cores against the I/O floor."""
+    size = args.host_size
+    raster = make_raster(workdir / f"host_{size}.tif", size, pixels, compress="deflate")
+    mpx = size * size / 1e6
+    cores_all = len(os.sched_getaffinity(0))
+    print(f"\n3. host pipeline: null model (channel gather), 19 classes, 256 px tiles, overlap "
+          f"{HOST_OVERLAP}, batch 8, {size}² px DEFLATE input, class map COG; "
+          f"{args.rounds} paired rounds per core count", flush=True)
+    results = {}
+    for cores in sorted({1, cores_all}):
+        load = os.getloadavg()
+        out = subprocess.run(
+            [sys.executable, __file__, "--host-child", str(raster), str(workdir), str(cores),
+             str(args.rounds)], check=True, capture_output=True, text=True)
+        runs = json.loads(out.stdout.strip().splitlines()[-1])
+        host = min(w for w, _ in runs["host"])
+        floor = min(w for w, _ in runs["floor"])
+        ratios = [f[0] / h[0] for h, f in zip(runs["host"], runs["floor"])]
+        cpu = statistics.median(c for _, c in runs["host"])
+        results[cores] = {"rate": mpx / host, "ratio": statistics.median(ratios),
+                          "cpu": cpu / mpx}
+        print(f"  {cores} core(s) (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}): "
+              f"best pipeline {host:.2f} s ({mpx / host:.2f} Mpx/s, median CPU {cpu:.2f} s = "
+              f"{cpu / mpx:.3f} s/Mpx), best I/O floor {floor:.2f} s; floor ÷ pipeline per "
+              "round " + ", ".join(f"{r:.3f}" for r in ratios), flush=True)
+    print(f"\nRESULT host_cpu_s_per_mpx={results[cores_all]['cpu']:.3f}")
+    print(f"RESULT host_mpx_per_s_1={results[1]['rate']:.3f}")
+    print(f"RESULT host_mpx_per_s_all={results[cores_all]['rate']:.3f}")
+    print(f"RESULT host_over_io_floor={results[cores_all]['ratio']:.3f}")
 
 
 def rss_mib() -> float:
@@ -224,11 +345,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="device of the efficiency runs")
     parser.add_argument("--rss-sizes", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--rss-only", action="store_true",
+                        help="only the peak-memory runs (section 2)")
+    parser.add_argument("--host-only", action="store_true",
+                        help="only the host pipeline with a null model against the I/O floor")
+    parser.add_argument("--host-size", type=int, default=2048,
+                        help="raster side of the host-only run (px)")
     parser.add_argument("--rss-child", nargs=2, metavar=("RASTER", "OUT"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--host-child", nargs=4, metavar=("RASTER", "DIR", "CORES", "ROUNDS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         rss_child(Path(args.rss_child[0]), Path(args.rss_child[1]))
+        return
+    if args.host_child:
+        cores = int(args.host_child[2])
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+        torch.set_num_threads(cores)
+        host_child(Path(args.host_child[0]), Path(args.host_child[1]), cores,
+                   int(args.host_child[3]))
         return
 
     print(f"torch {torch.__version__}, rasterio {rasterio.__version__} "
@@ -236,13 +372,20 @@ def main() -> None:
     pixels, origin = source_pixels()
     print(f"pixels from {origin}")
     workdir = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    if args.host_only:
+        try:
+            host_only(args, pixels, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     try:
-        print("\n1. efficiency: segmentation head, 19 classes, 128 px tiles, overlap 32, "
-              f"batch 8, device {args.device}", flush=True)
+        print("\n1. efficiency: " + ("skipped (--rss-only)" if args.rss_only else
+                                      "segmentation head, 19 classes, 128 px tiles, overlap "
+                                      f"32, batch 8, device {args.device}"), flush=True)
         ratios: dict[str, float] = {}
         rates: dict[str, float] = {}
         raster = make_raster(workdir / f"s2_{args.size}.tif", args.size, pixels)
-        for model in (args.model, args.test_model):
+        for model in () if args.rss_only else (args.model, args.test_model):
             print(f" {model}, {args.size}² px, {args.rounds} rounds "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
             eff = efficiency(raster, workdir, args.rounds, model, args.device)
@@ -280,11 +423,14 @@ def main() -> None:
               f"for {rows[-1][0] ** 2 / rows[0][0] ** 2:.0f}× the pixels")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\nRESULT predict_efficiency={ratios[args.model]:.3f}")
-    print(f"RESULT predict_efficiency_{args.test_model}={ratios[args.test_model]:.3f}")
+    print()
+    if not args.rss_only:
+        print(f"RESULT predict_efficiency={ratios[args.model]:.3f}")
+        print(f"RESULT predict_efficiency_{args.test_model}={ratios[args.test_model]:.3f}")
     print(f"RESULT rss_8k_over_2k={rss_ratio:.3f}")
-    print(f"RESULT predict_px_per_s={rates[args.model]:.0f}")
-    print(f"RESULT predict_px_per_s_{args.test_model}={rates[args.test_model]:.0f}")
+    if not args.rss_only:
+        print(f"RESULT predict_px_per_s={rates[args.model]:.0f}")
+        print(f"RESULT predict_px_per_s_{args.test_model}={rates[args.test_model]:.0f}")
     print(f"RESULT predict_tiny_px_per_s={rows[-1][2]:.0f}")
 
 

@@ -61,7 +61,8 @@ def test_a_path_wins_over_a_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("spec,task,needle", [
-    ("nope", "pretrain", "shipped pretrain configs: modis_toa14, modis_toa14.tiny"),
+    ("nope", "pretrain", "shipped pretrain configs: channelvit_paper, channelvit_paper.tiny, "
+     "modis_toa14"),
     ("reben_align", "pretrain", "run it with 'geofm align --config reben_align'"),
     ("finetune/reben_multilabel", "align", "geofm finetune --config reben_multilabel"),
     ("/no/such/reben_s1s2.yaml", "pretrain", "the shipped config of that name is "

@@ -1,9 +1,14 @@
 """Captions for image–text alignment, written from a store's labels and reference maps.
 
-RemoteCLIP turned detection and segmentation annotations into captions with templates
-(Box-to-Caption, Mask-to-Box) but named one category per caption and did not publish its
-templates. Here every caption names several classes, and the templates and seed are stored with
-the captions so results can be reproduced.
+RemoteCLIP turned detection and segmentation annotations into captions by rules: Mask-to-Box
+first turns each segmentation class's regions into boxes, then Box-to-Caption writes captions
+from the boxes' classes, counts (exact small numbers, vague quantifiers such as "many", "lots
+of", "a quantity of" for large ones) and coarse locations ("in the middle", "at the edge"); one
+caption may name several classes ("4 large vehicles, a small vehicle and 5 planes at the edge of
+the picture", in the release's ``assets/figure-2.png``). Its exact rules and templates were not
+published, so they cannot be reproduced here. geofm's captions follow the same idea from a
+store's multi-labels and reference maps, and store their templates and seed with the captions so
+results can be reproduced.
 
 Three kinds of caption:
 

@@ -75,6 +75,7 @@ from geofm.errors import BuildError, GeofmError
 from geofm.io.schema import BUILD_DIR, SHARD_CHIPS
 from geofm.io.space import reporting_full_disk
 from geofm.io.writer import StoreSpec, completed_regions, create_store, finalize_store, write_region
+from geofm.levels import BUILDER_LEVELS
 
 if TYPE_CHECKING:
     from pyhdf.SD import SD
@@ -467,5 +468,6 @@ def build_modis(
     task = _RegionTask(out, chip, shard_chips)
     run_regions(task, todo, scheduler=scheduler, workers=workers, desc="modis", progress=progress,
                 output=out)
-    finalize_store(out, {"split": split_attrs})
+    finalize_store(out, {"split": split_attrs,
+                         "processing_levels": BUILDER_LEVELS["modis"]})
     return out

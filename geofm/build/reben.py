@@ -37,6 +37,7 @@ from geofm.errors import BuildError, GeofmError
 from geofm.io.raster import BandRead, read_band
 from geofm.io.schema import MASK_IGNORE, SHARD_CHIPS
 from geofm.io.writer import StoreSpec, completed_regions, create_store, finalize_store, write_region
+from geofm.levels import BUILDER_LEVELS
 
 S2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 S1_BANDS = ("VV", "VH")
@@ -280,5 +281,6 @@ def build_reben(
     run_regions(task, todo, scheduler=scheduler, workers=workers, desc="reben", progress=progress,
                 output=out)
     finalize_store(out, {"split": {"method": "reben-official",
-                                   "params": {"source": "metadata.parquet split column"}}})
+                                   "params": {"source": "metadata.parquet split column"}},
+                         "processing_levels": BUILDER_LEVELS["reben"]})
     return out

@@ -4,11 +4,12 @@ A prediction is written in three steps:
 
 1. :class:`TempRaster` fills a tiled, ZSTD-compressed GeoTIFF window by window as prediction
    finishes them (GDAL's block cache, capped by the caller, holds the partly written blocks of
-   the current band of rows).
-2. :func:`write_cog` copies it through GDAL's COG driver: 256 × 256 tiles, DEFLATE, internal
-   overviews (``mode`` for class rasters, ``average`` for scores and values) and the ghost
-   header that marks ``LAYOUT=COG``. The colour table, band descriptions, scale/offset, tags and
-   the per-dataset mask survive the copy.
+   the current band of rows; blocks are compressed on every core).
+2. :func:`write_cog` copies it through GDAL's COG driver (compression and overviews on every
+   core): 256 × 256 tiles, DEFLATE, internal overviews (``mode`` for class rasters,
+   ``average`` for scores and values) and the ghost header that marks ``LAYOUT=COG``. The
+   colour table, band descriptions, scale/offset, tags and the per-dataset mask survive the
+   copy.
 3. Everything lives under hidden temporary names
    (``.out.tif.geofm-tmp-<host>-<pid>-<token>.part.tif``) in the output directory until
    :meth:`OutputTransaction.commit` renames the sidecars and then the raster into place, so
@@ -125,7 +126,7 @@ class TempRaster:
             "driver": "GTiff", "height": height, "width": width, "count": count,
             "dtype": dtype, "crs": crs, "transform": transform, "nodata": nodata,
             "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE,
-            "compress": "zstd", "zstd_level": 1,
+            "compress": "zstd", "zstd_level": 1, "num_threads": "all_cpus",
             "interleave": "pixel" if count > 1 else "band", "photometric": "minisblack",
             "bigtiff": "if_safer",
         }
@@ -188,7 +189,8 @@ def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False,
     else:
         options["overviews"] = "NONE"
     try:
-        rasterio.shutil.copy(src, dst, driver="COG", **options)
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):  # overviews on every core too
+            rasterio.shutil.copy(src, dst, driver="COG", **options)
     except (rasterio.errors.RasterioError, OSError) as e:
         if is_disk_full(e):
             raise  # the caller knows how much space the outputs need

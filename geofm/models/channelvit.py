@@ -8,7 +8,9 @@ physical description (:class:`~geofm.models.band_embedding.BandEmbedding`), so t
 any registered band, in any number and order.
 
 Token order is band-major: token ``t`` is band ``t // N`` at patch ``t % N`` (``N`` patches).
-With no class token and mean pooling, the pooled output does not depend on the band order.
+With no class token and mean pooling (geofm's default), the pooled output does not depend on the
+band order. The paper's model has a class token and a learned position table shared across bands:
+``class_token=True, pos_embed="learned", img_size=...`` builds that.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ class ChannelViT(TokenEncoder):
         drop_path_rate: Stochastic depth at the last block (linear ramp).
         band_offsets: Learn a per-band offset for ``bands`` on top of the physical embedding.
             Without it every band, seen or not, is embedded from its physics alone.
+        class_token: Prepend a learned class token, as the paper's model does; pooled
+            features are then its output (the paper classifies from it).
+        pos_embed: ``"sincos"`` (geofm: fixed, any grid) or ``"learned"`` (the paper: a learned
+            table shared across bands, for the grid of ``img_size``, bicubically
+            interpolated for other grids).
+        img_size: Chip side (or ``(H, W)``) of the learned position table.
     """
 
     band_tokens = True
@@ -54,8 +62,12 @@ class ChannelViT(TokenEncoder):
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
         band_offsets: bool = True,
+        class_token: bool = False,
+        pos_embed: str = "sincos",
+        img_size: int | Sequence[int] | None = None,
     ) -> None:
-        super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
+        super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
+                         class_token, pos_embed, img_size)
         self.bands = canonical_bands(bands)
         self.model_config: dict[str, Any] = {
             "bands": list(self.bands),
@@ -66,6 +78,7 @@ class ChannelViT(TokenEncoder):
             "mlp_ratio": mlp_ratio,
             "drop_path_rate": drop_path_rate,
             "band_offsets": band_offsets,
+            **self.layout_config(),
         }
         self.patch_embed = nn.Linear(patch_size**2, embed_dim)
         self.band_embed = BandEmbedding(embed_dim, known_bands=self.bands if band_offsets else ())

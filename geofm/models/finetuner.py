@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geofm.errors import GeofmError
+from geofm.models.hcs import hierarchical_channel_sampling
 from geofm.models.heads import Head, InputKind, LayerNorm2d, create_head, head_input_kind
 from geofm.models.vit import TokenEncoder
 
@@ -41,7 +42,8 @@ _NO_DECAY_MODULES = (
     nn.Embedding,
     LayerNorm2d,
 )
-_TOKEN_NAMES = frozenset({"pos_embed", "cls_token", "mask_token", "queries"})
+_TOKEN_NAMES = frozenset({"pos_embed", "pos_embed_table", "cls_pos_embed", "cls_token",
+                          "mask_token", "queries"})
 
 
 class Finetuner(nn.Module):
@@ -66,6 +68,10 @@ class Finetuner(nn.Module):
         head_kwargs: Extra head arguments (``{"num_queries": 8}``, ``{"hidden": 256}``).
         freeze: One of :data:`FREEZE_MODES`.
         unfreeze_last: Number of trailing blocks to train with ``freeze="partial"``.
+        hcs: Hierarchical Channel Sampling on every training forward pass
+            (:mod:`geofm.models.hcs`), as ChannelViT's supervised training does: a ChannelViT
+            sees a random subset of the bands, a plain ViT gets the others zero-filled and the
+            kept ones rescaled. Evaluation always sees every band.
 
     Attributes:
         config: JSON-serialisable arguments (all but the encoder) that rebuild this model.
@@ -85,6 +91,7 @@ class Finetuner(nn.Module):
         head_kwargs: Mapping[str, Any] | None = None,
         freeze: str = "full",
         unfreeze_last: int = 0,
+        hcs: bool = False,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -136,7 +143,9 @@ class Finetuner(nn.Module):
             "head_kwargs": dict(head_kwargs or {}),
             "freeze": freeze,
             "unfreeze_last": unfreeze_last,
+            "hcs": hcs,
         }
+        self.hcs = hcs
         if task == "regression":
             # Outputs are standardised targets mapped back to target units, so the head starts
             # near the targets' mean instead of 0 (set from the training split's statistics).
@@ -204,6 +213,9 @@ class Finetuner(nn.Module):
             images: ``[B, C, H, W]``, normalised as in pretraining.
             bands: Band names, length ``C``.
         """
+        if self.hcs and self.training:
+            images, bands, _ = hierarchical_channel_sampling(
+                images, bands, drop=self.encoder.band_tokens)
         features = self.head_inputs(images, bands)
         if self.input_kind == "patches":
             out = self.head(features, self.encoder.grid_size(images))  # [B, K, H, W]

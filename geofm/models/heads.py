@@ -129,7 +129,7 @@ class AttentiveProbe(Head):
     Args:
         dim: Token width ``D``.
         num_outputs: Number of outputs ``K``.
-        num_queries: Learned queries ``M``.
+        num_queries: Learned queries ``M`` (32, the reference implementation's default).
         num_heads: Heads ``H``; ``D`` must be divisible by ``H``.
         value_dim: Pooled width ``D_v``; default ``D``. Must be divisible by ``M · H``.
         dropout: Dropout on the pooled features before the classifier.
@@ -141,7 +141,7 @@ class AttentiveProbe(Head):
         self,
         dim: int,
         num_outputs: int,
-        num_queries: int = 4,
+        num_queries: int = 32,
         num_heads: int = 1,
         value_dim: int | None = None,
         dropout: float = 0.0,

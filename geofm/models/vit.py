@@ -10,6 +10,11 @@ compute scales with the kept count). Downstream heads use :meth:`TokenEncoder.fo
 Positions are fixed 2-D sine-cosine embeddings computed for whatever patch grid the input has, so
 one model serves 120 × 120 reBEN chips (patch 8: 15 × 15 patches) and 128 × 128 MODIS chips
 (16 × 16) without interpolation. Height and width must be multiples of the patch size.
+
+Two options restore the original ViT / ChannelViT layout: ``pos_embed="learned"`` (a learned
+table for the grid of ``img_size``, bicubically interpolated for other grids, as DINO and
+ChannelViT do) and ``class_token=True`` (a learned token prepended before the blocks; pooled
+features are then its output instead of the mean of the patch tokens).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -98,10 +104,34 @@ class TokenEncoder(nn.Module, abc.ABC):
         num_heads: int,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
+        class_token: bool = False,
+        pos_embed: str = "sincos",
+        img_size: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.embed_dim = embed_dim
+        if pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+        self.pos_kind = pos_embed
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed_table: nn.Parameter | None = None
+        self.cls_pos_embed: nn.Parameter | None = None
+        self.pos_grid: tuple[int, int] | None = None
+        if pos_embed == "learned":
+            if img_size is None:
+                raise ValueError("learned position embeddings need img_size (the chip side)")
+            size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+            if len(size) != 2 or size[0] % patch_size or size[1] % patch_size:
+                raise ValueError(f"img_size {img_size} is not a multiple of patch {patch_size}")
+            self.pos_grid = (size[0] // patch_size, size[1] // patch_size)
+            table = torch.zeros(self.pos_grid[0] * self.pos_grid[1], embed_dim)
+            self.pos_embed_table = nn.Parameter(nn.init.trunc_normal_(table, std=0.02))
+            if class_token:
+                self.cls_pos_embed = nn.Parameter(
+                    nn.init.trunc_normal_(torch.zeros(1, embed_dim), std=0.02))
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
@@ -134,6 +164,13 @@ class TokenEncoder(nn.Module, abc.ABC):
 
     def pos_embed(self, grid: tuple[int, int], like: Tensor) -> Tensor:
         """Position embedding ``[N, D]`` for ``grid`` on ``like``'s device and dtype."""
+        if self.pos_embed_table is not None and self.pos_grid is not None:
+            table = self.pos_embed_table.to(like.dtype)  # [N0, D]
+            if tuple(grid) == self.pos_grid:
+                return table
+            g = table.reshape(1, *self.pos_grid, -1).permute(0, 3, 1, 2)  # [1, D, h0, w0]
+            g = F.interpolate(g.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+            return g.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(like.dtype)
         key = (grid, like.device, like.dtype)
         if key not in self._pos_cache:
             emb = sincos_pos_embed(self.embed_dim, grid)
@@ -183,24 +220,37 @@ class TokenEncoder(nn.Module, abc.ABC):
 
     # --- encoding ----------------------------------------------------------------------------
 
-    def forward_tokens(self, tokens: Tensor, keep_idx: Tensor | None = None) -> Tensor:
+    def forward_tokens(
+        self, tokens: Tensor, keep_idx: Tensor | None = None, with_class: bool = False
+    ) -> Tensor:
         """Encode tokens, optionally only those at ``keep_idx``.
 
         Args:
             tokens: ``[B, T, D]`` from :meth:`tokenize`.
             keep_idx: Optional ``[B, K]`` long indices into ``T``; the tokens are gathered
                 before the first block, so the cost scales with ``K``.
+            with_class: Return the class token's output in front (only for an encoder built
+                with ``class_token``; otherwise ignored).
 
         Returns:
-            ``[B, K, D]`` (``K = T`` without ``keep_idx``), after the final LayerNorm.
+            ``[B, K, D]`` (``K = T`` without ``keep_idx``), after the final LayerNorm;
+            ``[B, 1 + K, D]`` with ``with_class`` and a class token.
         """
         if keep_idx is not None:
             tokens = torch.gather(
                 tokens, 1, keep_idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
             )  # [B, K, D]
+        if self.cls_token is not None:
+            cls = self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1)  # [B, 1, D]
+            if self.cls_pos_embed is not None:
+                cls = cls + self.cls_pos_embed.to(tokens.dtype)
+            tokens = torch.cat([cls, tokens], dim=1)  # [B, 1 + K, D]
         for block in self.blocks:
             tokens = block(tokens)
-        return self.norm(tokens)
+        tokens = self.norm(tokens)
+        if self.cls_token is not None and not with_class:
+            return tokens[:, 1:]
+        return tokens
 
     @abc.abstractmethod
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
@@ -208,9 +258,18 @@ class TokenEncoder(nn.Module, abc.ABC):
         ...
 
     def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
-        """Mean-pooled features ``[B, D]`` over all tokens."""
+        """Pooled features ``[B, D]``: the class token's output, or the mean over all tokens
+        for an encoder without one."""
         tokens = self.tokenize(images, bands)  # [B, T, D]
+        if self.cls_token is not None:
+            return self.forward_tokens(tokens, with_class=True)[:, 0]  # [B, D]
         return self.forward_tokens(tokens).mean(dim=1)  # [B, D]
+
+    def layout_config(self) -> dict[str, Any]:
+        """The class-token and position-embedding settings, for ``model_config``."""
+        return {"class_token": self.cls_token is not None, "pos_embed": self.pos_kind,
+                "img_size": None if self.pos_grid is None else
+                [self.pos_grid[0] * self.patch_size, self.pos_grid[1] * self.patch_size]}
 
     def forward(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Pooled features ``[B, D]``; see :meth:`forward_features`."""
@@ -233,6 +292,9 @@ class ViT(TokenEncoder):
         num_heads: Attention heads.
         mlp_ratio: MLP hidden width over ``D``.
         drop_path_rate: Stochastic depth at the last block (linear ramp).
+        class_token: Prepend a learned class token (MAE's ViT); pooled features are its output.
+        pos_embed: ``"sincos"`` (fixed, any grid) or ``"learned"`` (needs ``img_size``).
+        img_size: Chip side (or ``(H, W)``) the learned position table is made for.
     """
 
     def __init__(
@@ -244,8 +306,12 @@ class ViT(TokenEncoder):
         num_heads: int = 3,
         mlp_ratio: float = 4.0,
         drop_path_rate: float = 0.0,
+        class_token: bool = False,
+        pos_embed: str = "sincos",
+        img_size: int | Sequence[int] | None = None,
     ) -> None:
-        super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate)
+        super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
+                         class_token, pos_embed, img_size)
         self.bands = canonical_bands(bands)
         self.model_config: dict[str, Any] = {
             "bands": list(self.bands),
@@ -255,6 +321,7 @@ class ViT(TokenEncoder):
             "num_heads": num_heads,
             "mlp_ratio": mlp_ratio,
             "drop_path_rate": drop_path_rate,
+            **self.layout_config(),
         }
         self.patch_embed = nn.Linear(len(self.bands) * patch_size**2, embed_dim)
         self.apply(init_weights)

@@ -14,7 +14,7 @@ from geofm.errors import GeofmError
 from geofm.models.vit import TokenEncoder
 from geofm.objectives.common import MaskedImageObjective, ObjectiveOutput
 from geofm.objectives.mae import MAE
-from geofm.objectives.selective_mae import SelectiveMAE, psts_schedule
+from geofm.objectives.selective_mae import SelectiveMAE, psts_schedule, released_psts_schedule
 from geofm.objectives.simmim import SimMIM
 
 _OBJECTIVES: dict[str, type[MaskedImageObjective]] = {
@@ -60,4 +60,5 @@ __all__ = [
     "create_objective",
     "list_objectives",
     "psts_schedule",
+    "released_psts_schedule",
 ]

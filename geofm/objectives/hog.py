@@ -98,3 +98,85 @@ def hog_richness(hist: Tensor, eps: float = 1e-2) -> Tensor:
     mean = score.mean(dim=1, keepdim=True)
     std = score.std(dim=1, keepdim=True) if score.shape[1] > 1 else torch.ones_like(mean)
     return (score - mean) / (std + 1e-6)
+
+
+def released_hog_features(
+    images: Tensor, patch_size: int, num_bins: int = 9, per_band: bool = False
+) -> Tensor:
+    """Per-token HOG vectors exactly as SelectiveMAE's released ``HOGLayerC`` computes them.
+
+    The released layer (``models_selectivemae.py``, ``nbins=9, pool=8, norm_out=True``):
+    reflect-pad by one pixel; Sobel gradients per band; magnitude weighted by a 16 × 16 Gaussian
+    window (σ = 8, summing to one) tiled over the image; orientation
+    ``atan2(gx, gy) / π · bins``, floored, modulo ``bins``; magnitudes summed into 8 × 8-pixel
+    cells; each cell's histogram L2-normalised; a token's vector is the concatenation of its
+    cells' histograms over all bands (``C · bins · (p / 8)²`` values). With ``per_band`` (a
+    band-token encoder) each (band, patch) token gets its own band's cells only.
+
+    Args:
+        images: ``[B, C, H, W]``, finite; ``H`` and ``W`` multiples of ``patch_size`` (the
+            Gaussian tiling is cropped where they are not multiples of 16).
+        patch_size: Token side ``p``, a multiple of 8.
+        num_bins: Orientation bins.
+        per_band: One vector per (band, patch) token, band-major, instead of per patch.
+
+    Returns:
+        ``[B, N, C · bins · (p/8)²]``, or ``[B, C · N, bins · (p/8)²]`` with ``per_band``.
+    """
+    cell, window = 8, 16
+    b, c, h, w = images.shape
+    if patch_size % cell or h % patch_size or w % patch_size:
+        raise ValueError(
+            f"released HOG scoring needs a patch size that is a multiple of 8 and chips whose "
+            f"sides are multiples of it, got patch {patch_size} and {h}×{w} chips"
+        )
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        x = F.pad(images.detach().float(), (1, 1, 1, 1), mode="reflect")
+        sobel = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]],
+                             device=x.device)
+        kx = sobel.view(1, 1, 3, 3).repeat(c, 1, 1, 1)
+        ky = kx.transpose(2, 3)
+        gx = F.conv2d(x, kx, groups=c)  # [B, C, H, W]
+        gy = F.conv2d(x, ky, groups=c)
+        magnitude = torch.stack([gx, gy], dim=-1).norm(dim=-1)
+        phase = torch.atan2(gx, gy) / math.pi * num_bins
+        n = torch.arange(window, dtype=torch.float32, device=x.device)
+        g1 = torch.exp(-0.5 * ((n - n.mean()) / (window // 2)) ** 2)
+        gkern = g1[:, None] * g1[None, :]
+        gkern = gkern / gkern.sum()
+        # The release tiles the window over 224-px images (a multiple of 16); other sizes take
+        # the tiling cropped to the image.
+        tiles = gkern.repeat(-(-h // window), -(-w // window))[:h, :w]
+        magnitude = magnitude * tiles
+        hist = magnitude.new_zeros(b, c, num_bins, h, w)
+        hist.scatter_add_(2, (phase.floor().long() % num_bins).unsqueeze(2),
+                          magnitude.unsqueeze(2))
+        hist = hist.reshape(b, c, num_bins, h // cell, cell, w // cell, cell).sum(dim=(4, 6))
+        hist = F.normalize(hist, p=2, dim=2)  # [B, C, K, H/8, W/8]
+        u = patch_size // cell
+        gh, gw = h // patch_size, w // patch_size
+        hist = hist.reshape(b, c, num_bins, gh, u, gw, u)
+        if per_band:
+            hist = hist.permute(0, 1, 3, 5, 2, 4, 6)  # [B, C, gh, gw, K, u, u]
+            return hist.reshape(b, c * gh * gw, num_bins * u * u)
+        hist = hist.permute(0, 3, 5, 1, 2, 4, 6)  # [B, gh, gw, C, K, u, u]
+        return hist.reshape(b, gh * gw, c * num_bins * u * u)
+
+
+def released_hog_scores(features: Tensor) -> Tensor:
+    """SelectiveMAE's released token logits: each token's HOG vector standardised, then averaged.
+
+    A standardised vector has mean zero by construction, so every logit is zero up to float
+    rounding (about 1e-8) and ``softmax`` of them is uniform: the released code in effect draws
+    visible tokens and reconstruction targets at random. Non-finite values become 0 as in the
+    release (``nan_to_num``).
+
+    Args:
+        features: ``[B, T, F]`` from :func:`released_hog_features`.
+
+    Returns:
+        ``[B, T]`` logits.
+    """
+    mean = features.mean(dim=-1, keepdim=True)
+    var = features.var(dim=-1, keepdim=True)
+    return torch.nan_to_num(((features - mean) / (var + 1e-6) ** 0.5).mean(dim=-1))

@@ -1,17 +1,22 @@
 """Streaming tiled prediction over rasters: the engine behind ``geofm predict`` and the API.
 
 The raster is cut into overlapping tiles of the model's input size on a fixed grid. A reader
-thread reads tile windows with rasterio, checks nodata and normalises them with the
-checkpoint's statistics; the calling thread runs the model on batches; a writer thread blends
-the tile outputs with a 2-D Hann window and writes finished rows. Bounded queues link the three,
-so reading and writing overlap with inference and nothing waits on the whole raster.
+thread reads tile windows with rasterio on a pool of up to :data:`READ_THREADS` threads (one
+dataset handle each), checks nodata and normalises them with the checkpoint's statistics; the
+calling thread runs the model on batches; a writer thread blends the tile outputs with a 2-D
+Hann window on the model's device (torch: on a GPU the outputs never leave it, only finished
+class maps or 8-bit scores do) and writes finished rows, GDAL compressing them on every core.
+Bounded queues link the three, so reading and writing overlap with inference and nothing waits
+on the whole raster. The blend is the same float32 multiply, add and divide on every device,
+so maps are bit-identical to a plain numpy blend.
 
 Memory. The blender keeps one band of output rows the height of a tile (``K × tile_h × W``
 float32 for ``K`` output channels over a width ``W`` of at most :data:`PANEL_PIXELS`; wider
 rasters are processed in vertical panels, see :class:`TileGrid`); rows are written as soon as
-no later tile can touch them. Queues hold at most four batches, and GDAL's block cache is capped
-at :data:`GDAL_CACHE_BYTES` while predicting. Peak memory therefore depends on tile size, batch
-size and the panel width, not on the raster's size.
+no later tile can touch them. Queues hold at most four batches, the reader pool at most one tile
+per thread (plus one), and GDAL's block cache is capped at :data:`GDAL_CACHE_BYTES` while
+predicting. Peak memory therefore depends on tile size, batch size, reader threads and the
+panel width, not on the raster's size.
 
 Output grids. Pixel tasks (segmentation, regression) predict every input pixel: the output has
 the input's CRS, transform, width and height. Scene tasks (multi-label, classification) give one
@@ -66,6 +71,7 @@ from geofm.predict.settings import (
     GDAL_CACHE_BYTES,
     PANEL_PIXELS,
     QUEUE_BATCHES,
+    READ_THREADS,
     SCENE_TASKS,
 )
 from geofm.predict.similarity import query_texts, value_ranges
@@ -96,6 +102,7 @@ __all__ = [
     "GDAL_CACHE_BYTES",
     "PANEL_PIXELS",
     "QUEUE_BATCHES",
+    "READ_THREADS",
     "SCENE_TASKS",
     "ArraySink",
     "BandPlan",

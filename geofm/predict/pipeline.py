@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,7 +21,7 @@ from rasterio.windows import Window
 
 from geofm.predict.band_plan import BandPlan
 from geofm.predict.model import Predictor
-from geofm.predict.settings import GDAL_CACHE_BYTES, QUEUE_BATCHES
+from geofm.predict.settings import GDAL_CACHE_BYTES, QUEUE_BATCHES, READ_THREADS
 from geofm.predict.sinks import Sink
 from geofm.predict.sources import Source
 from geofm.predict.tiling import Batch, Blender, TileGrid, hann_window
@@ -65,42 +70,96 @@ ABANDON_SECONDS = 1.0
 """How long an interrupted run waits for a model call in progress before leaving it behind."""
 
 
-def read_batches(source: Source, plan: BandPlan, grid: TileGrid, batch_size: int
-                 ) -> Iterator[Batch]:
+def read_batches(source: Source, plan: BandPlan, grid: TileGrid, batch_size: int, *,
+                 threads: int | None = None) -> Generator[Batch, None, None]:
     """Normalised tiles in panel and raster order, batched; all-nodata tiles are skipped.
 
     Pixels that are nodata or NaN in any used band, and padding beyond the raster edge, are
-    set to 0 (the band mean after normalisation) and marked invalid.
+    set to 0 (the band mean after normalisation) and marked invalid. Sources that can be read
+    from several threads (``source.concurrent_reads``) are read and normalised by a pool of
+    ``threads`` (default :func:`read_threads`), at most one tile per thread (plus one) ahead of
+    the batch being assembled; batches come out in the same order either way.
     """
-    th, tw = grid.tile
-    fy, fx = grid.factor
-    oh, ow = grid.out_tile
-    mean = plan.mean[:, None, None]
-    std = plan.std[:, None, None]
+    windows = [(p, r, y, grid.cols[j]) for p, panel in enumerate(grid.panels)
+               for r, y in enumerate(grid.rows) for j in panel.cols]
+    workers = 1
+    if getattr(source, "concurrent_reads", False):
+        workers = read_threads() if threads is None else max(1, threads)
+        source.reserve(workers)  # type: ignore[attr-defined]
+    load = partial(_load_tile, source, plan, grid)
+    tiles = map(load, windows) if workers == 1 else _ordered_map(load, windows, workers)
     images: list[np.ndarray] = []
     valids: list[np.ndarray] = []
     where: list[tuple[int, int, int, int]] = []
-    for p, panel in enumerate(grid.panels):
-        for r, y in enumerate(grid.rows):
-            for x in (grid.cols[j] for j in panel.cols):
-                h, w = min(th, grid.height - y), min(tw, grid.width - x)
-                window = Window(x, y, w, h)
-                raw = source.read(plan.sources, window)  # [C, h, w]
-                bad = source.invalid(raw, plan.sources, window)  # [h, w]
-                if bad.all():
-                    continue
-                tile = np.zeros((len(plan.sources), th, tw), np.float32)  # [C, th, tw]
-                tile[:, :h, :w] = np.where(bad, np.float32(0), (raw - mean) / std)
-                ok = np.zeros((th, tw), bool)
-                ok[:h, :w] = ~bad
-                images.append(tile)
-                valids.append(ok.reshape(oh, fy, ow, fx).any(axis=(1, 3)))
-                where.append((p, r, y, x))
-                if len(images) == batch_size:
-                    yield Batch(np.stack(images), np.stack(valids), where)
-                    images, valids, where = [], [], []
+    for place, tile in zip(windows, tiles):
+        if tile is None:
+            continue
+        images.append(tile[0])
+        valids.append(tile[1])
+        where.append(place)
+        if len(images) == batch_size:
+            batch = Batch(np.stack(images), np.stack(valids), where)
+            images, valids, where = [], [], []  # let the tiles go while the batch waits
+            yield batch
     if images:
         yield Batch(np.stack(images), np.stack(valids), where)
+
+
+def read_threads() -> int:
+    """Reader threads: one per CPU this process may use, at most :data:`READ_THREADS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cpus = os.cpu_count() or 1
+    return max(1, min(READ_THREADS, cpus))
+
+
+def _load_tile(source: Source, plan: BandPlan, grid: TileGrid,
+               place: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """One tile ``[C, th, tw]`` normalised and its valid output cells ``[oh, ow]``, or
+    ``None`` if it is all nodata. The source's memory is written only if its reads return new
+    arrays (``source.owned_reads``)."""
+    _, _, y, x = place
+    th, tw = grid.tile
+    h, w = min(th, grid.height - y), min(tw, grid.width - x)
+    window = Window(x, y, w, h)
+    raw = source.read(plan.sources, window)  # [C, h, w]
+    bad = source.invalid(raw, plan.sources, window)  # [h, w]
+    if bad.all():
+        return None
+    full = h == th and w == tw
+    if full and getattr(source, "owned_reads", False):
+        tile = inner = raw  # a new array: normalised in place
+    else:
+        tile = (np.empty if full else np.zeros)((len(plan.sources), th, tw), np.float32)
+        inner = tile[:, :h, :w]  # [C, h, w]
+    np.subtract(raw, plan.mean[:, None, None], out=inner)
+    np.divide(inner, plan.std[:, None, None], out=inner)
+    np.copyto(inner, np.float32(0), where=bad)
+    if full and grid.factor == (1, 1):
+        return tile, ~bad
+    ok = np.zeros((th, tw), bool)
+    ok[:h, :w] = ~bad
+    (oh, ow), (fy, fx) = grid.out_tile, grid.factor
+    return tile, ok.reshape(oh, fy, ow, fx).any(axis=(1, 3))
+
+
+def _ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` on a pool of ``workers`` threads, in order, at most ``workers + 1``
+    results ahead of the consumer; pending work is cancelled when the consumer stops."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="geofm-read")
+    pending: deque[Future[Any]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, plan: BandPlan,
@@ -130,8 +189,10 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
 
     start = time.perf_counter()
     stats = RunStats(tiles=grid.num_tiles)
-    weight = (np.ones(grid.out_tile, np.float32) if mode == "scene"
-              else hann_window(*grid.out_tile))
+    predictors = [predictor] if isinstance(predictor, Predictor) else list(predictor)
+    blend_device = predictors[0].device
+    weight = torch.from_numpy(np.ones(grid.out_tile, np.float32) if mode == "scene"
+                              else hann_window(*grid.out_tile)).to(blend_device)
     stop = threading.Event()
     errors: list[BaseException] = []
     to_model: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
@@ -164,22 +225,29 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
                 if deadline is not None and time.monotonic() > deadline:
                     return
 
-    predictors = [predictor] if isinstance(predictor, Predictor) else list(predictor)
     lock = threading.Lock()
     finished = threading.Condition(lock)
     done: dict[int, Any] = {}
 
+    if getattr(source, "concurrent_reads", False):
+        source.reserve(read_threads())  # type: ignore[attr-defined]  # here: cheaper to open
+
     def reader() -> None:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-            for seq, batch in enumerate(read_batches(source, plan, grid, batch_size)):
+        # closing(): a stopped run cancels the pool's pending reads before the reader ends.
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), \
+                closing(read_batches(source, plan, grid, batch_size)) as batches:
+            for seq, batch in enumerate(batches):
                 if not _put(to_model, (seq, batch), stop):
                     return
         _put(to_model, _END, stop)
 
     def infer(pred: Predictor, batch: Any) -> Any:
         t0 = time.perf_counter()
-        images = torch.from_numpy(batch.images).to(pred.device)
-        batch.outputs = pred.outputs(images, plan.bands, mode).cpu().numpy()
+        images = torch.from_numpy(batch.images).to(pred.device)  # [B, C, th, tw]
+        # Outputs stay on the device: the writer blends them there.
+        batch.outputs = pred.outputs(images, plan.bands, mode)  # [B, K, oh, ow]
+        if batch.outputs.device.type == "cuda":  # the time above is the launch only
+            torch.cuda.current_stream(batch.outputs.device).synchronize()
         batch.images = np.empty(0, np.float32)  # the writer needs outputs only
         with lock:
             stats.model_seconds += time.perf_counter() - t0
@@ -207,6 +275,10 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
         return run
 
     def writer() -> None:
+        with torch.inference_mode():  # model outputs are inference tensors, weighted in place
+            blend()
+
+    def blend() -> None:
         blender: Blender | None = None
         while True:
             item = _get(to_writer, stop)
@@ -214,16 +286,19 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
                 return
             if item is _END:
                 break
-            for (p, r, y, x), out, valid in zip(item.where, item.outputs, item.valid):
+            outputs = item.outputs.to(blend_device)  # [B, K, oh, ow]
+            valids = torch.from_numpy(item.valid).to(blend_device)  # [B, oh, ow]
+            for (p, r, y, x), out, valid in zip(item.where, outputs, valids):
                 if blender is None or blender.panel is not grid.panels[p]:
                     for row, col, values, ok in blender.finish() if blender else ():
                         sink.write(row, col, values, ok)
                     blender = None  # free one panel's accumulator before making the next
-                    blender = Blender(grid, grid.panels[p], channels, weight)
+                    blender = Blender(grid, grid.panels[p], channels, weight, blend_device)
                     stats.accumulator_bytes = max(stats.accumulator_bytes, blender.nbytes)
                 for row, col, values, ok in blender.add(r, y, x, out, valid):
                     sink.write(row, col, values, ok)
             bar.update(len(item.where))
+            del item, outputs, valids, out, valid  # not held while waiting for the next batch
         for row, col, values, ok in blender.finish() if blender else ():
             sink.write(row, col, values, ok)
 

@@ -33,6 +33,7 @@ from geofm.io.cog import (
 from geofm.io.outputs import require_suffix
 from geofm.io.space import DiskSpace
 from geofm.predict.band_plan import plan_bands
+from geofm.predict.checks import check_source
 from geofm.predict.model import Predictor
 from geofm.predict.pipeline import run_pipeline
 from geofm.predict.settings import GDAL_CACHE_BYTES, MAX_TILE_TOKENS, SCENE_TASKS
@@ -182,6 +183,7 @@ def predict_raster(
     overlap: int | None = None,
     batch_size: int = 8,
     resample_to_model_gsd: bool = False,
+    strict: bool = False,
     overwrite: bool = False,
     device: str | Sequence[str] = "cpu",
     progress: bool = True,
@@ -238,6 +240,9 @@ def predict_raster(
         batch_size: Tiles per model call.
         resample_to_model_gsd: Warp the input to the model's resolution first (when they
             differ by more than 5 %).
+        strict: Refuse an input at another resolution or processing level than the model's
+            (by default a :class:`~geofm.errors.GeofmWarning`; see
+            :func:`~geofm.predict.checks.check_source`).
         overwrite: Replace an existing output.
         device: Torch device (``"cpu"``, ``"cuda"``), or several (``["cuda:0", "cuda:1"]`` or
             ``"cuda:0,cuda:1"``): one model replica per device, tiles shared among them.
@@ -303,6 +308,7 @@ def predict_raster(
                         resample=resample_to_model_gsd) as source, \
             OutputTransaction() as tx, DiskSpace(output) as space:
         plan = plan_bands(predictor, source.labels, source=source.name, sensor=source.sensor)
+        check_source(predictor, source, plan, strict=strict)
         log.info("%s", plan.summary())
         grid = build_grid(predictor, mode, source.height, source.width, tile, overlap,
                           len(plan.bands))

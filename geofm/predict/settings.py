@@ -6,6 +6,8 @@ GDAL_CACHE_BYTES = 64 * 2**20
 """GDAL block cache while predicting (reads of overlapping windows, partly written blocks)."""
 QUEUE_BATCHES = 2
 """Batches each queue may hold: the reader and the writer run at most this far ahead/behind."""
+READ_THREADS = 8
+"""Most threads reading and normalising input windows at once (fewer on fewer CPUs)."""
 PANEL_PIXELS = 4096
 """Rasters wider than this many input pixels are blended in vertical panels of this width."""
 FINISH_COLUMNS = 1024

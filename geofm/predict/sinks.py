@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from geofm.io.cog import (
     TempRaster,
@@ -16,23 +18,56 @@ from geofm.io.cog import (
 class Sink(Protocol):
     """Where finished output goes."""
 
-    def write(self, row: int, col: int, values: np.ndarray, valid: np.ndarray) -> None:
-        """Blended ``values [K, n, m]`` and ``valid [n, m]`` at output ``(row, col)``."""
+    def write(self, row: int, col: int, values: Tensor, valid: Tensor) -> None:
+        """Blended ``values [K, n, m]`` and ``valid [n, m]`` (on the blending device) at output
+        ``(row, col)``; ``values`` may be reused after the call returns."""
         ...
 
 
-def classes_of(values: np.ndarray, valid: np.ndarray, dtype: str, nodata: int) -> np.ndarray:
-    """Argmax class ``[n, m]`` of scores ``[K, n, m]``, ``nodata`` where invalid."""
-    out = values.argmax(axis=0).astype(dtype)
-    out[~valid] = nodata
-    return out
+def classes_of(values: Tensor, valid: Tensor, dtype: str, nodata: int) -> np.ndarray:
+    """Argmax class ``[n, m]`` of scores ``[K, n, m]``, ``nodata`` where invalid.
+
+    The first maximum wins (a NaN counts as the maximum), as with ``numpy.argmax``. On a GPU
+    the argmax runs there and only the class map is copied to the host.
+    """
+    if values.device.type == "cpu":
+        out = first_argmax(values.numpy()).astype(dtype, copy=False)
+        out[~valid.numpy()] = nodata
+        return out
+    index = values.argmax(dim=0).masked_fill_(~valid, nodata)  # [n, m] int64
+    small = torch.uint8 if dtype == "uint8" else torch.int32
+    return index.to(small).cpu().numpy().astype(dtype, copy=False)
 
 
-def quantize(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Scores in ``[0, 1]`` as uint8 ``0–255`` (scale 1/255), 0 where invalid."""
-    out = np.rint(np.clip(scores, 0.0, 1.0) * 255.0).astype(np.uint8)
-    out[:, ~valid] = 0
-    return out
+def first_argmax(values: np.ndarray) -> np.ndarray:
+    """``numpy.argmax(values, axis=0)`` of ``[K, n, m]`` as uint8 (uint16 past 256 channels).
+
+    A running maximum over the channels, each a contiguous plane: two to three times faster
+    than ``argmax`` over the first axis, which walks the channels with a stride.
+    """
+    best = values[0].copy()  # [n, m]
+    index = np.zeros(best.shape, np.uint8 if len(values) <= 256 else np.uint16)
+    better = np.empty(best.shape, bool)
+    for k in range(1, len(values)):
+        np.greater(values[k], best, out=better)
+        np.maximum(best, values[k], out=best)  # NaN propagates: such pixels are fixed below
+        np.putmask(index, better, k)
+    nan = np.isnan(best)
+    if nan.any():
+        index[nan] = np.isnan(values[:, nan]).argmax(axis=0)
+    return index
+
+
+def quantize(scores: Tensor, valid: Tensor) -> np.ndarray:
+    """Scores in ``[0, 1]`` as uint8 ``0–255`` (scale 1/255, half to even), 0 where invalid."""
+    out = scores.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)  # [K, n, m]
+    return out.masked_fill_(~valid, 0).cpu().numpy()
+
+
+def float_values(values: Tensor, valid: Tensor) -> np.ndarray:
+    """``values [K, n, m]`` as float32 on the host, NaN where invalid."""
+    nan = torch.tensor(float("nan"), dtype=torch.float32, device=values.device)
+    return torch.where(valid, values.float(), nan).cpu().numpy()
 
 
 class FileSink:
@@ -55,23 +90,21 @@ class FileSink:
         self.class_nodata = class_nodata
         self.check = check
 
-    def write(self, row: int, col: int, values: np.ndarray, valid: np.ndarray) -> None:
+    def write(self, row: int, col: int, values: Tensor, valid: Tensor) -> None:
         if self.check is not None:
             self.check(self._bytes(values))
         if self.product == "classes":
             dtype = self.main.ds.dtypes[0]
             self.main.write(row, col, classes_of(values, valid, dtype, self.class_nodata)[None])
             if self.probabilities is not None:
-                self.probabilities.write(row, col, quantize(values, valid), valid)
+                self.probabilities.write(row, col, quantize(values, valid), _host(valid))
         elif self.product == "scores":
-            self.main.write(row, col, quantize(values, valid), valid)
+            self.main.write(row, col, quantize(values, valid), _host(valid))
         else:
-            out = values.astype(np.float32, copy=True)
-            out[:, ~valid] = np.nan
-            self.main.write(row, col, out)
+            self.main.write(row, col, float_values(values, valid))
 
 
-    def _bytes(self, values: np.ndarray) -> int:
+    def _bytes(self, values: Tensor) -> int:
         """Uncompressed bytes the files receive for ``values [K, n, m]``."""
         k, n, m = values.shape
         per_pixel = {"classes": 1 if self.main.ds.dtypes[0] == "uint8" else 2,
@@ -98,14 +131,16 @@ class ArraySink:
         self.array = (np.full(shape, class_nodata, self.dtype) if classes
                       else np.full((channels, *shape), np.nan, np.float32))
 
-    def write(self, row: int, col: int, values: np.ndarray, valid: np.ndarray) -> None:
+    def write(self, row: int, col: int, values: Tensor, valid: Tensor) -> None:
         n, m = values.shape[1:]
         if self.classes:
             self.array[row:row + n, col:col + m] = classes_of(values, valid, self.dtype,
                                                               self.class_nodata)
         else:
-            out = values.copy()
-            out[:, ~valid] = np.nan
-            self.array[:, row:row + n, col:col + m] = out
+            self.array[:, row:row + n, col:col + m] = float_values(values, valid)
+
+
+def _host(valid: Tensor) -> np.ndarray:
+    return valid.cpu().numpy()
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from xml.etree import ElementTree as ET
@@ -19,7 +21,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geofm.errors import GeofmError
+from geofm.errors import GeofmError, GeofmWarning
+from geofm.levels import detect_levels
 from geofm.predict.band_plan import band_labels, sensor_hint
 from geofm.predict.settings import _GDAL_TYPES
 
@@ -35,6 +38,9 @@ class Source(Protocol):
     labels: list[str | None]
     sensor: str | None
     name: str
+    res_m: float | None  # pixel size in metres (None: unknown or not projected)
+    resampled: bool  # already warped to the model's pixel size
+    levels: dict[str, str]  # processing level per sensor from the metadata
 
     def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
         """``[C, h, w]`` float32 of 0-based bands ``indexes`` in ``window`` (inside bounds)."""
@@ -48,21 +54,46 @@ class Source(Protocol):
 class RasterSource:
     """Bands of a rasterio dataset (GeoTIFF, VRT, band stack or warped view).
 
+    A rasterio dataset must not be used from two threads at once; given ``reopen``, every
+    thread other than the one that made the source reads through its own handle (opened on
+    first use, closed by :meth:`close`), so windows can be read in parallel.
+
     Args:
         ds: An open dataset.
         name: The input's name for messages.
         labels: One name per band (descriptions, file names or ``bands=``).
         sensor: Sensor key from the metadata.
         native: The dataset ``ds`` was warped from, if any.
+        res_m: The input's pixel size in metres (``None``: not in a projected CRS).
+        levels: Processing level per sensor named by its metadata (``{"S2": "L1C"}``).
+        reopen: Opens another handle on the same view, registering what it opened on the
+            given stack (``None``: reads stay in one thread at a time).
 
     Attributes:
         native_grid: ``(crs, transform, height, width)`` of the unwarped input when ``ds`` is
             a warped view, else ``None``.
+        concurrent_reads: Whether :meth:`read` and :meth:`invalid` may run in several threads
+            at once.
+        owned_reads: :meth:`read` returns a new array each time (the caller may modify it).
     """
 
+    owned_reads = True
+
     def __init__(self, ds: Any, name: str, labels: list[str | None], sensor: str | None,
-                 native: Any = None) -> None:
+                 native: Any = None, res_m: float | None = None,
+                 levels: dict[str, str] | None = None,
+                 reopen: Callable[[ExitStack], Any] | None = None) -> None:
         self.ds = ds
+        self.res_m = res_m
+        self.resampled = native is not None
+        self.levels = levels or {}
+        self.concurrent_reads = reopen is not None
+        self._reopen = reopen
+        self._owner = threading.get_ident()
+        self._local = threading.local()
+        self._handles = ExitStack()
+        self._spare: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self.native_grid: tuple[CRS | None, Affine, int, int] | None = (
             None if native is None
             else (native.crs, native.transform, native.height, native.width))
@@ -76,9 +107,52 @@ class RasterSource:
         flags = ds.mask_flag_enums[0] if ds.count else []
         self._dataset_mask = any(f in (MaskFlags.per_dataset, MaskFlags.alpha) for f in flags)
 
+    def reserve(self, count: int) -> None:
+        """Have ``count`` spare handles ready for the next threads that read.
+
+        A thread's first open sets up its GDAL environment and PROJ context (tens of
+        milliseconds); in a thread that has them (the one that opened the source) a handle
+        takes a millisecond.
+        """
+        if self._reopen is None:
+            return
+        while self._spare.qsize() < count:
+            self._spare.put(self._open_handle())
+
+    def _open_handle(self) -> Any:
+        # Warning filters are process-wide, hence the lock. Opening inside an Env keeps the
+        # handle from holding one of its own, which only the opening thread could close.
+        assert self._reopen is not None
+        with self._lock, warnings.catch_warnings(), rasterio.Env():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            try:
+                return self._reopen(self._handles)
+            except RasterioError as e:
+                raise GeofmError(f"cannot read the raster ({_first_line(e)})", self.name,
+                                 "the file was moved or changed while predicting") from None
+
+    def _dataset(self) -> Any:
+        """This thread's handle."""
+        if self._reopen is None or threading.get_ident() == self._owner:
+            return self.ds
+        ds = getattr(self._local, "ds", None)
+        if ds is None:
+            try:
+                ds = self._spare.get_nowait()
+            except queue.Empty:
+                ds = self._open_handle()
+            self._local.ds = ds
+        return ds
+
+    def close(self) -> None:
+        """Close the handles opened for other threads (the main dataset is the caller's)."""
+        with self._lock:
+            self._handles.close()
+
     def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
         try:
-            return self.ds.read([i + 1 for i in indexes], window=window, out_dtype="float32")
+            return self._dataset().read([i + 1 for i in indexes], window=window,
+                                        out_dtype="float32")
         except RasterioError as e:
             raise GeofmError(f"cannot read the raster ({_first_line(e)})", self.name,
                              "the file is corrupt or truncated") from None
@@ -90,7 +164,7 @@ class RasterSource:
             if nd is not None and not math.isnan(nd):
                 bad |= data[k] == np.float32(nd)
         if self._dataset_mask:
-            bad |= self.ds.read_masks(indexes[0] + 1, window=window) == 0
+            bad |= self._dataset().read_masks(indexes[0] + 1, window=window) == 0
         return bad
 
 
@@ -217,30 +291,39 @@ def open_source(paths: Sequence[Path], *, bands: str | Sequence[str] | None = No
         else:
             doc, labels, tags = _stack_vrt(paths)
             ds = _open_vrt(doc, name)
+    target: Path | str = paths[0] if len(paths) == 1 else doc
     view = ds
+    warp: dict[str, Any] = {}
     try:
         if bands is not None:
             labels = list(band_labels(bands, ds.count))
         if ds.crs is None:
             warnings.warn(f"{name}: the input has no CRS; the output keeps its pixel grid "
-                          "without georeferencing", UserWarning, stacklevel=3)
+                          "without georeferencing", GeofmWarning, stacklevel=3)
+        # The resolution is checked against the model with the bands (predict.checks).
         res = _input_res_m(ds)
-        if gsd_m and res and abs(res / gsd_m - 1) > 0.05:
-            if resample:
-                transform, width, height = _model_grid(ds, gsd_m, name)
-                view = WarpedVRT(ds, crs=ds.crs, transform=transform, width=width,
-                                 height=height, resampling=Resampling.average if res < gsd_m
-                                 else Resampling.bilinear)
-            else:
-                warnings.warn(f"{name}: the input's pixels are {res:g} m but the model was "
-                              f"trained at {gsd_m:g} m; pass --resample-to-model-gsd "
-                              "(resample_to_model_gsd=True) to warp it first", UserWarning,
-                              stacklevel=3)
+        if gsd_m and res and abs(res / gsd_m - 1) > 0.05 and resample:
+            transform, width, height = _model_grid(ds, gsd_m, name)
+            warp = {"crs": ds.crs, "transform": transform, "width": width,
+                    "height": height, "resampling": Resampling.average if res < gsd_m
+                    else Resampling.bilinear}
+            view = WarpedVRT(ds, **warp)
         elif resample and gsd_m is None:
             warnings.warn("the checkpoint records no ground sampling distance; predicting at "
-                          "the input's resolution", UserWarning, stacklevel=3)
-        yield RasterSource(view, name, labels, sensor_hint(tags),
-                           native=ds if view is not ds else None)
+                          "the input's resolution", GeofmWarning, stacklevel=3)
+        levels = detect_levels([*(str(v) for v in tags.values()), *(p.name for p in paths)])
+
+        def reopen(stack: ExitStack) -> Any:
+            handle = stack.enter_context(rasterio.open(target))
+            return stack.enter_context(WarpedVRT(handle, **warp)) if warp else handle
+
+        source = RasterSource(view, name, labels, sensor_hint(tags),
+                              native=ds if view is not ds else None, res_m=res, levels=levels,
+                              reopen=reopen)
+        try:
+            yield source
+        finally:
+            source.close()
     finally:
         if view is not ds:
             view.close()

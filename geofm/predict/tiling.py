@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from affine import Affine
 
 from geofm.predict.settings import FINISH_COLUMNS, PANEL_PIXELS
@@ -151,17 +152,19 @@ class Batch:
         images: ``[B, C, th, tw]`` normalised float32.
         valid: ``[B, oh, ow]`` output cells with at least one valid input pixel.
         where: ``(panel index, tile row index, row offset, column offset)`` per tile.
-        outputs: ``[B, K, oh, ow]`` model outputs, filled by the model stage.
+        outputs: ``[B, K, oh, ow]`` model outputs on the model's device, filled by the model
+            stage.
     """
 
     images: np.ndarray
     valid: np.ndarray
     where: list[tuple[int, int, int, int]]
-    outputs: np.ndarray | None = None
+    outputs: torch.Tensor | None = None
 
 
-Rows = tuple[int, int, np.ndarray, np.ndarray]
-"""Finished output: ``(first row, first column, values [K, n, m], valid [n, m])``."""
+Rows = tuple[int, int, torch.Tensor, torch.Tensor]
+"""Finished output: ``(first row, first column, values [K, n, m], valid [n, m])``, tensors on
+the blending device; ``values`` is a view of the accumulator, valid until the next item."""
 
 
 class Blender:
@@ -170,49 +173,58 @@ class Blender:
     Tiles must arrive in raster order (row by row, left to right). Rows above the current tile
     row's top can no longer change, so they are released as soon as a tile of a later tile
     row arrives; the accumulator spans one tile's height of output rows and the panel's
-    columns.
+    columns. It lives on ``device`` (the model's), so model outputs are blended where they were
+    computed and only finished rows travel; the arithmetic is the same float32 multiply, add
+    and divide on every device (bit-identical to the same steps in numpy).
 
     Args:
         grid: The tile grid.
         panel: The panel blended.
         channels: Output channels ``K``.
         weight: Per-tile weight ``[oh, ow]``.
+        device: Where the accumulator lives (default: the CPU).
     """
 
-    def __init__(self, grid: TileGrid, panel: Panel, channels: int, weight: np.ndarray
+    def __init__(self, grid: TileGrid, panel: Panel, channels: int,
+                 weight: np.ndarray | torch.Tensor, device: torch.device | str = "cpu"
                  ) -> None:
         self.grid = grid
         self.panel = panel
-        self.weight = weight
+        self.device = torch.device(device)
+        self.weight = torch.as_tensor(weight, dtype=torch.float32, device=self.device)
         height, width = grid.out_tile[0], panel.span[1] - panel.span[0]
-        self.acc = np.zeros((channels, height, width), np.float32)  # [K, A, span]
-        self.wsum = np.zeros((height, width), np.float32)  # [A, span]
-        self.valid = np.zeros((height, width), bool)  # [A, span]
+        zeros = {"dtype": torch.float32, "device": self.device}
+        self.acc = torch.zeros((channels, height, width), **zeros)  # [K, A, span]
+        self.wsum = torch.zeros((height, width), **zeros)  # [A, span]
+        self.valid = torch.zeros((height, width), dtype=torch.bool, device=self.device)
         self.top = 0
         self.current = 0
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the accumulator (fixed by tile size and panel width)."""
-        return self.acc.nbytes + self.wsum.nbytes + self.valid.nbytes
+        return sum(t.numel() * t.element_size() for t in (self.acc, self.wsum, self.valid))
 
-    def add(self, tile_row: int, row: int, col: int, out: np.ndarray, valid: np.ndarray
-            ) -> Iterator[Rows]:
+    def add(self, tile_row: int, row: int, col: int, out: torch.Tensor | np.ndarray,
+            valid: torch.Tensor | np.ndarray) -> Iterator[Rows]:
         """Add one tile's output ``[K, oh, ow]`` at input offset ``(row, col)``.
+
+        The tile's values are weighted in place (it is not used afterwards).
 
         Yields:
             The output this tile's arrival finished (iterate to the end: the tile is added
             after the last item).
         """
         yield from self._advance(tile_row)
+        out = torch.as_tensor(out).to(self.device)
+        valid = torch.as_tensor(valid).to(self.device)
         fy, fx = self.grid.factor
         out_h = self.grid.out_shape[0]
         r0, c0 = row // fy - self.top, col // fx - self.panel.span[0]
         n = min(out.shape[1], out_h - self.top - r0)
         m = min(out.shape[2], self.acc.shape[2] - c0)
         w = self.weight[:n, :m]
-        weighted = np.multiply(out[:, :n, :m], w, out=out[:, :n, :m])  # the tile is done with
-        self.acc[:, r0:r0 + n, c0:c0 + m] += weighted
+        self.acc[:, r0:r0 + n, c0:c0 + m] += out[:, :n, :m].mul_(w)  # [K, n, m]
         self.wsum[r0:r0 + n, c0:c0 + m] += w
         self.valid[r0:r0 + n, c0:c0 + m] |= valid[:n, :m]
 
@@ -229,18 +241,20 @@ class Blender:
             n = end - self.top
             if n <= 0:
                 continue
-            # In column chunks, so the finished values never take more than a chunk's memory.
+            # In column chunks, each divided in place: these rows are released and reset below,
+            # so finishing them allocates nothing as large as the accumulator.
             for c in range(a, b, FINISH_COLUMNS):
                 d = min(b, c + FINISH_COLUMNS)
                 wsum = self.wsum[:n, c:d]
-                values = self.acc[:, :n, c:d] / np.maximum(wsum, np.float32(1e-12))  # [K, n, m]
-                yield self.top, self.panel.span[0] + c, values, self.valid[:n, c:d] & (wsum > 0)
-            self.acc[:, :-n] = self.acc[:, n:]
-            self.acc[:, -n:] = 0
-            self.wsum[:-n] = self.wsum[n:]
-            self.wsum[-n:] = 0
-            self.valid[:-n] = self.valid[n:]
-            self.valid[-n:] = False
+                valid = self.valid[:n, c:d] & (wsum > 0)
+                values = self.acc[:, :n, c:d].div_(wsum.clamp_min_(1e-12))  # [K, n, m]
+                yield self.top, self.panel.span[0] + c, values, valid
+            keep = self.acc.shape[1] - n
+            if keep > 0:  # source and target rows may overlap: copy through a clone
+                self.acc[:, :keep] = self.acc[:, n:].clone()
+                self.wsum[:keep] = self.wsum[n:].clone()
+                self.valid[:keep] = self.valid[n:].clone()
+            self.acc[:, max(keep, 0):] = 0
+            self.wsum[max(keep, 0):] = 0
+            self.valid[max(keep, 0):] = False
             self.top = end
-
-

@@ -42,6 +42,7 @@ from geofm.data.mixed import MixedChips
 from geofm.errors import GeofmError
 from geofm.inference import load_encoder, store_bands_for
 from geofm.io.store import band_info
+from geofm.levels import checkpoint_levels, store_levels
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
@@ -309,7 +310,7 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                 "trainer": {**tr, "precision": precision}}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     trainer = fit_steps(task, dm, tr, out, [_DataRecord(out, data["split"])], progress,
-                        cfg.get("resume"))
+                        cfg.get("resume"), label="align")
     loss = trainer.callback_metrics.get("train/loss")
     result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step,
                               "final_loss": float(loss) if loss is not None else float("nan"),
@@ -321,6 +322,8 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
             "model": header["model"],
             "bands": dm.band_names,
             "band_info": band_info([store], dm.band_names),
+            "processing_levels": {**checkpoint_levels(init_header),
+                                  **store_levels(store.attrs)},
             "normalization": {"mean": dm.normalize.mean.tolist(),
                               "std": dm.normalize.std.tolist()},
             "patch_size": int(encoder.patch_size),

@@ -30,6 +30,7 @@ def step_trainer(max_steps: int, checkpoint_every_n_steps: int) -> dict[str, Any
         "log_every_n_steps": 5,
         "checkpoint_every_n_steps": checkpoint_every_n_steps,
         "seed": 0,
+        "logger": "csv",  # or tensorboard: event files in <output>/tensorboard, beside the CSV
     }
 
 
@@ -45,12 +46,16 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         "split": "train",
         "batch_size": 3,
         "num_workers": 0,
+        "normalization": "stats",  # or satvision: SatVision-TOA's fixed MODIS scaling
     },
     "model": {"name": "channelvit_tiny", "kwargs": {"depth": 4}},
     "objective": {"name": "selective_mae",
                   "kwargs": {"hcs": True, "decoder_dim": 128, "decoder_depth": 2,
                              "decoder_heads": 4}},
-    "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "warmup_steps": 10, "betas": [0.9, 0.95]},
+    "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "warmup_steps": 10, "betas": [0.9, 0.95],
+              # none: lr as given; batch: lr × global batch / 256 (MAE); selective_mae: also
+              # × kept_ratio / (1 − visible_ratio), the released SelectiveMAE rule
+              "lr_scaling": "none"},
     "trainer": {
         **step_trainer(max_steps=120, checkpoint_every_n_steps=50),
         "compile": False,  # torch.compile the transformer blocks (worth it on GPUs)
@@ -275,10 +280,12 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
         "batch_size": 8,
         "num_workers": 0,
     },
-    "head": {"kind": None, "freeze": "frozen", "unfreeze_last": 0},  # kind None: by task
+    # kind None: by task; hcs: Hierarchical Channel Sampling on every training batch
+    "head": {"kind": None, "freeze": "frozen", "unfreeze_last": 0, "hcs": False},
     "optim": {"lr": 1.0e-3, "weight_decay": 0.05, "layer_decay": 0.75, "warmup_steps": 5},
     "trainer": {"max_steps": 100, "accelerator": "auto", "devices": 1, "precision": None,
-                "log_every_n_steps": 5, "val_every_n_steps": 50, "seed": 0},
+                "log_every_n_steps": 5, "val_every_n_steps": 50, "seed": 0,
+                "logger": "csv"},  # or tensorboard (event files beside metrics.csv)
     "output": "runs/finetune",
 }
 

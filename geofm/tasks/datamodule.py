@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from geofm.bands import BAND_SETS
 from geofm.data.dataset import ChipDataset, collate_samples
 from geofm.data.mixed import MixedChips, StoreBatchSampler
+from geofm.data.satvision import NORMALIZATIONS, satvision_stats
 from geofm.data.transforms import Normalize
 from geofm.errors import BandError, GeofmError, StoreError
 from geofm.io.stats import pooled_stats
@@ -200,6 +201,8 @@ class MixedChipDataModule(L.LightningDataModule):
         arrays: Store arrays to read (pretraining: ``["image", "valid"]``).
         weights: Relative share of batches per store (default: by chip count; see
             :class:`StoreBatchSampler`).
+        normalization: ``"stats"`` (z-score with the stores' pooled statistics) or
+            ``"satvision"`` (SatVision-TOA's fixed scaling, :mod:`geofm.data.satvision`).
     """
 
     shards_itself = True
@@ -214,8 +217,12 @@ class MixedChipDataModule(L.LightningDataModule):
         seed: int = 0,
         arrays: Sequence[str] | None = None,
         weights: Sequence[float] | None = None,
+        normalization: str = "stats",
     ):
         super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise GeofmError(f"unknown data.normalization {normalization!r}",
+                             hint=f"use one of {', '.join(NORMALIZATIONS)}")
         if len(bands) != len(stores):
             raise StoreError(f"{len(bands)} band selections for {len(stores)} stores",
                              hint="give one --bands for all stores or one per --data")
@@ -230,9 +237,12 @@ class MixedChipDataModule(L.LightningDataModule):
             self.stores.append(store)
             self.store_bands.append([store.bands[i] for i in index])
         self.band_names = list(dict.fromkeys(b for names in self.store_bands for b in names))
-        pooled = pooled_stats([(s.stats, s.bands) for s in self.stores], self.band_names)
-        self.normalize = Normalize(self.band_names, pooled.mean.astype(np.float32),
-                                   pooled.std.astype(np.float32))
+        if normalization == "satvision":
+            self.normalize = Normalize(self.band_names, *satvision_stats(self.band_names))
+        else:
+            pooled = pooled_stats([(s.stats, s.bands) for s in self.stores], self.band_names)
+            self.normalize = Normalize(self.band_names, pooled.mean.astype(np.float32),
+                                       pooled.std.astype(np.float32))
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.split = split

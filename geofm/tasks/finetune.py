@@ -15,20 +15,22 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
 from geofm.inference import encoder_state, store_bands_for
 from geofm.io.store import band_info
+from geofm.levels import checkpoint_levels, store_levels
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
 from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
 from geofm.tasks.config import FINETUNE_DEFAULTS, check_config
 from geofm.tasks.datamodule import ChipDataModule
+from geofm.tasks.loggers import run_loggers
 from geofm.tasks.pretrain import check_writable
+from geofm.tasks.progress import StepProgress
 from geofm.tasks.quiet import quiet_lightning
 from geofm.tasks.schedule import adamw, warmup_cosine
 
@@ -62,18 +64,19 @@ class FinetuneTask(L.LightningModule):
         warmup_steps: Linear warm-up steps.
         max_steps: Total steps (cosine decay).
         seed: Base seed of per-step randomness.
+        hcs: Hierarchical Channel Sampling on every training batch.
     """
 
     def __init__(self, encoder_name: str, encoder_config: dict[str, Any], bands: list[str],
                  task: str, head: str, num_outputs: int, freeze: str = "frozen",
                  unfreeze_last: int = 0, lr: float = 1e-3, weight_decay: float = 0.05,
                  layer_decay: float = 0.75, warmup_steps: int = 5, max_steps: int = 100,
-                 seed: int = 0):
+                 seed: int = 0, hcs: bool = False):
         super().__init__()
         self.save_hyperparameters()
         encoder = create_model(encoder_name, **encoder_config)
         self.model = Finetuner(encoder, task=task, head=head, num_outputs=num_outputs,
-                               freeze=freeze, unfreeze_last=unfreeze_last)
+                               freeze=freeze, unfreeze_last=unfreeze_last, hcs=hcs)
         self._val: list[tuple[Tensor, Tensor]] = []
         self.val_metrics: dict[str, Any] = {}
 
@@ -87,7 +90,9 @@ class FinetuneTask(L.LightningModule):
         if not torch.isfinite(loss):
             raise GeofmError(f"non-finite loss at step {self.global_step}",
                              hint="lower the learning rate")
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        b = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -177,7 +182,7 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         num_outputs, freeze=head["freeze"], unfreeze_last=head["unfreeze_last"],
         lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         layer_decay=float(opt["layer_decay"]), warmup_steps=opt["warmup_steps"],
-        max_steps=tr["max_steps"], seed=tr["seed"])
+        max_steps=tr["max_steps"], seed=tr["seed"], hcs=bool(head.get("hcs", False)))
     task.model.encoder.load_state_dict(state, strict=True)
     if task_name == "regression":
         targets = dm.store.read(dm.store.split_indices(data["train_split"]),
@@ -194,9 +199,9 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         precision=tr["precision"] or "32-true", log_every_n_steps=tr["log_every_n_steps"],
         val_check_interval=min(tr["val_every_n_steps"], tr["max_steps"]),
         check_val_every_n_epoch=None,
-        logger=CSVLogger(out, name="", version=""), num_sanity_val_steps=0,
-        callbacks=[select, *([TQDMProgressBar()] if progress else [])],
-        enable_progress_bar=progress, enable_model_summary=False)
+        logger=run_loggers(out, tr.get("logger")), num_sanity_val_steps=0,
+        callbacks=[select, *([StepProgress("finetune")] if progress else [])],
+        enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(task, datamodule=dm)
     best = select.best_model_path
     if best:
@@ -207,10 +212,11 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         "kind": "finetune",
         "task": task_name,
         "head": {"kind": kind, "freeze": head["freeze"], "unfreeze_last": head["unfreeze_last"],
-                 "num_outputs": num_outputs},
+                 "num_outputs": num_outputs, "hcs": bool(head.get("hcs", False))},
         "model": header["model"],
         "bands": dm.band_names,
         "band_info": band_info([store], dm.band_names),
+        "processing_levels": {**checkpoint_levels(header), **store_levels(store.attrs)},
         "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
         "classes": store.classes if task_name != "regression" else store.attrs["target_names"],
         "class_colors": store.class_colors if task_name != "regression" else [],
@@ -228,4 +234,5 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     }
     ckpt = save_checkpoint(out / "finetune.safetensors", task.model.state_dict(), new_header)
     return {"output": str(out), "checkpoint": str(ckpt), "steps": trainer.global_step,
-            "val_metrics": task.val_metrics, "selected_on": f"{data['val_split']}:{primary}"}
+            "val_metrics": task.val_metrics,
+            "selected_on": f"{data['val_split']}:{primary}" if data["val_split"] else None}

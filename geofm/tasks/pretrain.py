@@ -35,6 +35,7 @@ from geofm.checkpoint import save_checkpoint
 from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, band_info
+from geofm.levels import merged_levels, store_levels
 from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.packaged import sample_store
@@ -42,7 +43,7 @@ from geofm.tasks.config import PRETRAIN_DEFAULTS, check_config
 from geofm.tasks.datamodule import MixedChipDataModule, band_specs
 from geofm.tasks.probe import KnnProbe, open_probe_store
 from geofm.tasks.quiet import quiet_lightning
-from geofm.tasks.schedule import adamw, warmup_cosine
+from geofm.tasks.schedule import LR_SCALINGS, adamw, scaled_lr, warmup_cosine
 from geofm.tasks.trainer import (
     compile_blocks,
     fit_steps,
@@ -73,6 +74,8 @@ class PretrainTask(L.LightningModule):
         seed: Base seed of the per-step randomness.
         compile: Compile the encoder's and decoder's transformer blocks
             (:func:`~geofm.tasks.trainer.compile_blocks`).
+        lr_scaling: How ``lr`` becomes the rate used (:func:`~geofm.tasks.schedule.scaled_lr`).
+        batch_size: Images per step on one rank (for ``lr_scaling``).
     """
 
     def __init__(
@@ -89,6 +92,8 @@ class PretrainTask(L.LightningModule):
         max_steps: int = 100,
         seed: int = 0,
         compile: bool = False,
+        lr_scaling: str = "none",
+        batch_size: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -156,6 +161,17 @@ class PretrainTask(L.LightningModule):
             self.log(f"train/loss_store{i}", means[i], batch_size=b, sync_dist=False)
         self._store_sums.zero_()
 
+    def effective_lr(self) -> float:
+        """The peak learning rate after ``lr_scaling`` (global batch: all ranks, with gradient
+        accumulation)."""
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        return scaled_lr(float(self.hparams.lr), self.hparams.lr_scaling,
+                         self.hparams.batch_size * world * accumulate,
+                         getattr(self.objective, "kept_ratio", None),
+                         getattr(self.objective, "visible_ratio", None))
+
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []
         for name, p in self.named_parameters():
@@ -165,7 +181,7 @@ class PretrainTask(L.LightningModule):
         opt = adamw(
             [{"params": decay, "weight_decay": self.hparams.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}],
-            self._trainer, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+            self._trainer, lr=self.effective_lr(), betas=tuple(self.hparams.betas))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -263,13 +279,22 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     common = {"batch_size": data["batch_size"], "num_workers": data["num_workers"],
               "seed": tr["seed"], "arrays": ["image", "valid"]}
     dm = MixedChipDataModule(stores, specs, split=data["split"], weights=data["weights"],
-                             **common)
+                             normalization=data.get("normalization") or "stats", **common)
+    lr_scaling = opt.get("lr_scaling") or "none"
+    if lr_scaling not in LR_SCALINGS:
+        raise GeofmError(f"unknown optim.lr_scaling {lr_scaling!r}",
+                         hint=f"use one of {', '.join(LR_SCALINGS)}")
+    if lr_scaling == "selective_mae" and cfg["objective"]["name"] != "selective_mae":
+        raise GeofmError("optim.lr_scaling: selective_mae scales by the selective_mae "
+                         f"objective's ratios, but the objective is {cfg['objective']['name']}",
+                         hint="use lr_scaling: batch or none")
     task = PretrainTask(
         cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {}),
         cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
         dm.band_names, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
-        max_steps=tr["max_steps"], seed=tr["seed"], compile=bool(tr.get("compile", False)))
+        max_steps=tr["max_steps"], seed=tr["seed"], compile=bool(tr.get("compile", False)),
+        lr_scaling=lr_scaling, batch_size=data["batch_size"])
     served, opened = dm.store_bands, dm.stores
     check_chip_sizes(stores, opened, task.encoder.patch_size)
     if not task.encoder.band_tokens and len({frozenset(b) for b in served}) > 1:
@@ -299,8 +324,10 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                                       "std": dm.normalize.std.tolist()}}
         probe = KnnProbe(open_probe_store(cfg["probe"]), cfg["probe"], contract, out)
         callbacks.append(probe)
-    trainer = fit_steps(task, dm, tr, out, callbacks, progress, cfg.get("resume"))
-    result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step}
+    trainer = fit_steps(task, dm, tr, out, callbacks, progress, cfg.get("resume"),
+                        label="pretrain")
+    result: dict[str, Any] = {"output": str(out), "steps": trainer.global_step,
+                              "lr": task.effective_lr()}
     loss = trainer.callback_metrics.get("train/loss")
     result["final_loss"] = float(loss) if loss is not None else float("nan")
     weights = gathered_state(trainer, "objective")  # every rank: FSDP gathers the shards
@@ -320,9 +347,11 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                           "config": cfg["objective"].get("kwargs") or {}},
             "bands": dm.band_names,
             "band_info": band_info(opened, dm.band_names),
+            "processing_levels": merged_levels(store_levels(s.attrs) for s in opened),
             "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
             "data": records[0] if len(records) == 1 else {"stores": records},
             "train": {"steps": trainer.global_step, "final_loss": result["final_loss"],
+                      "lr": task.effective_lr(), "lr_scaling": lr_scaling,
                       "precision": precision, "world_size": trainer.world_size,
                       "probe": None if probe is None else probe.record},
         }

@@ -14,6 +14,16 @@ _IRRELEVANT = (
     # Mid-epoch resumes are exact: the step runs' StoreBatchSampler skips what the restored
     # epoch consumed (geofm.tasks.datamodule.sharded_loader).
     r".*resuming from a checkpoint that ended before the epoch ended.*",
+    # Frozen encoders and locked text towers are in eval mode on purpose.
+    r".*module\(s\) in eval mode at the start of training.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    # A finetune run without a validation split validates nothing, on purpose.
+    r".*Total length of .* across ranks is zero.*",
+    # Validation metrics leave classes without positives out of macro averages (geofm.metrics).
+    r".*No positive samples found in target.*",
+    # Resuming into another --output: Lightning's note on its own checkpoint bookkeeping.
+    r".*The dirpath has changed from .*",
+    r".*The `srun` command is available on your system but is not used.*",
 )
 
 

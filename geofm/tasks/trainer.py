@@ -2,7 +2,9 @@
 
 Both runs train for ``max_steps`` without validation, checkpoint every
 ``checkpoint_every_n_steps`` into ``<output>/checkpoints`` (``last.ckpt`` for ``--resume``), log
-to ``<output>/metrics.csv`` and default to bf16-mixed precision on a GPU.
+to ``<output>/metrics.csv`` (and TensorBoard with ``trainer.logger: tensorboard``), show
+their progress as global step / max steps on stderr (:class:`~geofm.tasks.progress.StepProgress`)
+and default to bf16-mixed precision on a GPU.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
@@ -25,7 +27,9 @@ from geofm.safeload import (
     torch_load,
 )
 from geofm.tasks.checkpoint_io import AtomicCheckpointIO
+from geofm.tasks.loggers import run_loggers
 from geofm.tasks.metrics_log import ResumingCSVLogger
+from geofm.tasks.progress import StepProgress
 
 
 def resolve_precision(trainer_cfg: dict[str, Any]) -> str:
@@ -36,7 +40,7 @@ def resolve_precision(trainer_cfg: dict[str, Any]) -> str:
 
 def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
               trainer_cfg: dict[str, Any], output: Path, callbacks: list[Callback],
-              progress: bool, resume: str | None) -> L.Trainer:
+              progress: bool, resume: str | None, label: str = "train") -> L.Trainer:
     """Train ``task`` for ``trainer_cfg["max_steps"]`` steps and return the trainer.
 
     Args:
@@ -44,13 +48,14 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
         datamodule: Its data.
         trainer_cfg: The config's ``trainer`` section (``max_steps``, ``accelerator``,
             ``devices``, ``num_nodes``, ``strategy``, ``precision``, ``gradient_clip_val``,
-            ``log_every_n_steps``, ``checkpoint_every_n_steps``).
+            ``log_every_n_steps``, ``checkpoint_every_n_steps``, ``logger``).
         output: Run directory.
         callbacks: Run-specific callbacks (checkpointing and the progress bar are added).
-        progress: Show a progress bar.
+        progress: Show the run's progress on stderr.
         resume: Lightning checkpoint to resume from. It is read without running any of its
             pickle (:func:`check_resume`) before Lightning sees it, and Lightning loads it
             weights-only too.
+        label: The run's name in the progress lines.
 
     Raises:
         GeofmError: The resume checkpoint is missing, unreadable, refused or from another
@@ -62,15 +67,16 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
     tr = trainer_cfg
     ckpt = ModelCheckpoint(dirpath=output / "checkpoints", save_last=True, save_top_k=-1,
                            every_n_train_steps=tr["checkpoint_every_n_steps"])
-    extra: list[Callback] = [TQDMProgressBar(refresh_rate=1)] if progress else []
+    extra: list[Callback] = [StepProgress(label)] if progress else []
+    loggers = run_loggers(output, tr.get("logger"),
+                          ResumingCSVLogger(output, keep_before=start if own else None))
     try:
         trainer = L.Trainer(
             max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
             num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=resolve_precision(tr),
             gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
-            logger=ResumingCSVLogger(output, keep_before=start if own else None),
-            callbacks=[ckpt, *callbacks, *extra], plugins=[AtomicCheckpointIO()],
-            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+            logger=loggers, callbacks=[ckpt, *callbacks, *extra], plugins=[AtomicCheckpointIO()],
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, deterministic=False,
             # A datamodule that deals its batches to the ranks itself keeps its own sampler.
             use_distributed_sampler=not getattr(datamodule, "shards_itself", False))
