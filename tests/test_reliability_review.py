@@ -33,9 +33,11 @@ def _geofm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def _one_line(run: subprocess.CompletedProcess[str]) -> str:
     assert run.returncode == 2, (run.returncode, run.stderr)
     assert "Traceback" not in run.stderr, run.stderr
+    # Warnings about the input (an L1C scene) may come first; the error is one last line.
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("geofm: error: "), run.stderr
-    return lines[0]
+    assert lines[-1].startswith("geofm: error: "), run.stderr
+    assert all(ln.startswith("geofm: warning: ") for ln in lines[:-1]), run.stderr
+    return lines[-1]
 
 
 @pytest.mark.parametrize("overlap", ["-1", "-40", "1000"])
