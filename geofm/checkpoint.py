@@ -93,6 +93,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise GeofmError("checkpoint not found", p)
+    if p.is_dir():
+        raise GeofmError("is a folder, not a checkpoint file", p,
+                         "pass a geofm checkpoint (*.safetensors)")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}

@@ -69,3 +69,11 @@ def test_export_bands_count_is_refused_as_for_predict(multilabel: Path, tmp_path
     assert "takes the input's band names in order, not a count" in line
     assert ("must be at least 1" in line) == (int(count) < 1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_of_a_folder_names_it(tmp_path: Path) -> None:
+    # A folder once gave the OS's "No such device (os error 19)".
+    (tmp_path / "model").mkdir()
+    run = _geofm("export", "model", "--onnx", "model.onnx", cwd=tmp_path)
+    assert "model: is a folder, not a checkpoint file" in _one_line(run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
