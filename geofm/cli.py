@@ -209,8 +209,14 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     if "checkpoint" not in result:  # another rank of a distributed run: rank 0 reports
         return 0
     print(f"pretrained {result['steps']} steps, final loss {result['final_loss']:.4f}")
-    print(f"outputs in {result['output']}: pretrain.safetensors (checkpoint), config.yaml, "
-          "metrics.csv, previews/, checkpoints/last.ckpt")
+    out = Path(result["output"])
+    # Only what the run wrote: a run shorter than the log interval writes no metrics.csv.
+    listed = [shown for shown, rel in (
+        ("pretrain.safetensors (checkpoint)", "pretrain.safetensors"),
+        ("config.yaml", "config.yaml"), ("metrics.csv", "metrics.csv"),
+        ("previews/", "previews"), ("checkpoints/last.ckpt", "checkpoints/last.ckpt"))
+        if (out / rel).exists()]
+    print(f"outputs in {result['output']}: {', '.join(listed)}")
     return 0
 
 

@@ -77,3 +77,17 @@ def test_export_of_a_folder_names_it(tmp_path: Path) -> None:
     run = _geofm("export", "model", "--onnx", "model.onnx", cwd=tmp_path)
     assert "model: is a folder, not a checkpoint file" in _one_line(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_pretrain_lists_only_the_outputs_it_wrote(reben_store: Path, tmp_path: Path) -> None:
+    # Two steps log nothing at the default interval: metrics.csv was announced but absent.
+    run = _geofm("pretrain", "--data", str(reben_store), "--model", "vit_test", "--max-steps",
+                 "2", "--batch-size", "4", "--output", "run", "--quiet",
+                 "--set", "trainer.accelerator=cpu", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    listed = run.stdout.strip().splitlines()[-1]
+    assert listed.startswith("outputs in run: pretrain.safetensors (checkpoint)"), run.stdout
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+    assert "metrics.csv" not in listed
+    for name in ("config.yaml", "checkpoints/last.ckpt"):
+        assert name in listed and (tmp_path / "run" / name).exists()
