@@ -92,7 +92,10 @@ class _Guarded:
         try:
             return self.task(region)
         except GeofmError as e:
-            return _Failed(e)
+            # distributed installs tblib's reducers for exception classes it has seen, which
+            # would send the cause and traceback along; the caller needs the line alone.
+            e.__cause__ = e.__context__ = None
+            return _Failed(e.with_traceback(None))
         except Exception as e:
             if is_disk_full(e):
                 return _Failed(disk_full_error(self.output or os.getcwd()))
