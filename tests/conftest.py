@@ -36,3 +36,16 @@ def store_copy(reben_store: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "copy.zarr"
     shutil.copytree(reben_store, dst)
     return dst
+
+
+def one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    """Run the CLI in-process and check it failed with exit 2 and one line holding ``needles``."""
+    from geofm.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err

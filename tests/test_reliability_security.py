@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import geofm
-from geofm.cli import main
 from geofm.errors import GeofmError
 from geofm.models.openclip import load_open_clip
 from geofm.models.text import TextTower
 from geofm.tasks.config import ALIGN_DEFAULTS, PRETRAIN_DEFAULTS, apply_overrides, merge
 from geofm.tasks.pretrain import run_pretrain
 
+from .conftest import one_line_error
 from .trained import pretrain_tiny
 
 pytestmark = pytest.mark.reliability
@@ -64,15 +64,6 @@ def _poisoned(genuine: Path, tmp_path: Path) -> tuple[Path, Path]:
     return evil, marker
 
 
-def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
 
 def test_resume_never_runs_a_payload_pretrain(genuine: Path, reben_store: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +72,7 @@ def test_resume_never_runs_a_payload_pretrain(genuine: Path, reben_store: Path, 
             "--max-steps", "2", "--output", str(tmp_path / "o"), "--set", "model.kwargs={}",
             "--set", "objective.kwargs={hcs: false, decoder_dim: 32, decoder_depth: 1, "
             "decoder_heads: 2}", "--set", "trainer.accelerator=cpu"]
-    err = _one_line_error([*base, "--resume", str(evil)], capsys, str(evil),
+    err = one_line_error([*base, "--resume", str(evil)], capsys, str(evil),
                           "refused the resume checkpoint", "posix.system")
     assert "weights_only" not in err and not marker.exists()
     with pytest.raises(GeofmError, match="refused the resume checkpoint") as info:
@@ -91,13 +82,13 @@ def test_resume_never_runs_a_payload_pretrain(genuine: Path, reben_store: Path, 
     # A plain pickle (not a torch zip) with the payload is refused unread too.
     raw = tmp_path / "raw.ckpt"
     raw.write_bytes(pickle.dumps({"state_dict": Payload(marker)}))
-    _one_line_error([*base, "--resume", str(raw)], capsys, "cannot read the resume checkpoint")
+    one_line_error([*base, "--resume", str(raw)], capsys, "cannot read the resume checkpoint")
     assert not marker.exists()
     # Forcing torch's default back to unrestricted loading changes nothing: geofm asks for
     # weights-only loading explicitly.
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     try:
-        _one_line_error([*base, "--resume", str(evil)], capsys, "refused")
+        one_line_error([*base, "--resume", str(evil)], capsys, "refused")
     finally:
         del os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"]
     assert not marker.exists()
@@ -131,7 +122,7 @@ def test_resume_never_runs_a_payload_align(genuine: Path, pretrained: Path, rebe
             "--split", "all", "--max-steps", "1", "--batch-size", "6", "--output",
             str(tmp_path / "a"), "--set", "data.crop=64", "--set", "model.embed_dim=64",
             "--set", "trainer.accelerator=cpu"]
-    err = _one_line_error([*base, "--resume", str(evil)], capsys, str(evil), "refused")
+    err = one_line_error([*base, "--resume", str(evil)], capsys, str(evil), "refused")
     assert "weights_only" not in err and not marker.exists()
     cfg = apply_overrides(merge(ALIGN_DEFAULTS, {}), [
         f"init={pretrained}", f"data.store={reben_store}", f"output={tmp_path / 'b'}",
@@ -186,7 +177,7 @@ def test_open_clip_folder_with_a_payload_is_one_clear_error(
         with pytest.raises(GeofmError, match="geofm does not load") as info:
             load(folder)
         assert str(folder) in str(info.value) and "weights_only" not in str(info.value)
-    err = _one_line_error(["zeroshot", str(folder), "--data", str(reben_store)], capsys,
+    err = one_line_error(["zeroshot", str(folder), "--data", str(reben_store)], capsys,
                           str(folder), "geofm does not load")
     assert "weights_only" not in err
     # A state-dict file with a payload is refused the same way.

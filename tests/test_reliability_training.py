@@ -30,6 +30,8 @@ from geofm.tasks.config import (
 )
 from geofm.tasks.pretrain import run_pretrain
 
+from .conftest import one_line_error
+
 pytestmark = pytest.mark.reliability
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,15 +48,6 @@ def _cfg(store: Path, out: Path, *sets: str) -> dict:
         "data.split=null", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
         "previews=0", *sets])
 
-
-def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture
@@ -124,7 +117,7 @@ def test_pretrain_settings_fail_before_training(setting: str, needle: str, reben
             *TINY, "--set", setting]
     if setting.startswith("objective."):
         argv += ["--objective", "mae"]
-    _one_line_error(argv, capsys, needle)
+    one_line_error(argv, capsys, needle)
     if not setting.startswith("objective."):  # the Python API checks the same settings
         with pytest.raises(GeofmError, match=re.escape(needle)):
             run_pretrain(_cfg(reben_store, tmp_path / "api", setting), progress=False)
@@ -138,7 +131,7 @@ def test_pretrain_settings_fail_before_training(setting: str, needle: str, reben
 def test_pretrain_flags_fail_before_training(flag: list[str], needle: str, reben_store: Path,
                                              tmp_path: Path, no_fit: None,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    _one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output",
+    one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output",
                      str(tmp_path / "o"), *flag], capsys, needle)
 
 
@@ -157,7 +150,7 @@ def test_finetune_settings_fail_before_training(args: list[str], needle: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from geofm.tasks.finetune import run_finetune
 
-    _one_line_error(["finetune", "--init", str(pretrained), "--data", str(reben_store),
+    one_line_error(["finetune", "--init", str(pretrained), "--data", str(reben_store),
                      "--quiet", "--output", str(tmp_path / "o"), *args], capsys, needle)
     key, value = (args[1].split("=") if args[0] == "--set" else
                   ({"--lr": "optim.lr", "--layer-decay": "optim.layer_decay",
@@ -184,7 +177,7 @@ def test_align_settings_fail_before_training(setting: str, needle: str, pretrain
                                              capsys: pytest.CaptureFixture[str]) -> None:
     from geofm.tasks.align import run_align
 
-    _one_line_error(["align", "--init", str(pretrained), "--data", str(reben_store), "--quiet",
+    one_line_error(["align", "--init", str(pretrained), "--data", str(reben_store), "--quiet",
                      "--output", str(tmp_path / "o"), "--set", setting], capsys, needle)
     cfg = apply_overrides(merge(ALIGN_DEFAULTS, {}), [
         f"init={pretrained}", f"data.store={reben_store}", f"output={tmp_path / 'api'}",
@@ -201,17 +194,17 @@ def test_band_counts_must_be_at_least_one(count: str, reben_store: Path, pretrai
                                           capsys: pytest.CaptureFixture[str]) -> None:
     need = f"the band count must be at least 1, got {count}"
     out = str(tmp_path / "o")
-    _one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output", out,
+    one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output", out,
                      f"--bands={count}"], capsys, need)
-    _one_line_error(["pretrain", "--data", str(reben_store), "--data", str(reben_store),
+    one_line_error(["pretrain", "--data", str(reben_store), "--data", str(reben_store),
                      "--quiet", "--output", out, f"--bands={count}", "--bands=3"], capsys, need)
-    _one_line_error(["align", "--init", str(pretrained), "--data", str(reben_store), "--quiet",
+    one_line_error(["align", "--init", str(pretrained), "--data", str(reben_store), "--quiet",
                      "--output", out, f"--bands={count}"], capsys, need)
-    _one_line_error(["finetune", "--init", str(pretrained), "--data", str(reben_store),
+    one_line_error(["finetune", "--init", str(pretrained), "--data", str(reben_store),
                      "--quiet", "--output", out, "--set", f"data.bands={count}"], capsys, need)
-    _one_line_error(["predict", str(pretrained), str(S2_SCENE), "-o",
+    one_line_error(["predict", str(pretrained), str(S2_SCENE), "-o",
                      str(tmp_path / "emb.tif"), "--embed", f"--bands={count}"], capsys, need)
-    _one_line_error(["query", str(aligned), str(S2_SCENE), "forest", "-o",
+    one_line_error(["query", str(aligned), str(S2_SCENE), "forest", "-o",
                      str(tmp_path / "q.tif"), f"--bands={count}"], capsys, need)
 
 
@@ -292,7 +285,7 @@ def test_full_disk_while_checkpointing_is_one_line(reben_store: Path, tmp_path: 
 
     monkeypatch.setattr(checkpoint_io, "write_bytes", fills_up)
     out = tmp_path / "o"
-    _one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output", str(out),
+    one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output", str(out),
                      *TINY, "--max-steps", "3", "--set", "trainer.checkpoint_every_n_steps=1"],
                     capsys, str(out), "disk full while writing the run's checkpoints",
                     "needs about", "MB free", "left")
@@ -339,7 +332,7 @@ def test_real_full_disk_during_pretraining(reben_store: Path, small_disk: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     # Each Lightning checkpoint of the tiny model is about 0.7 MB: the second does not fit.
     out = small_disk / "run"
-    _one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output", str(out),
+    one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output", str(out),
                      *TINY, "--max-steps", "3", "--set", "trainer.checkpoint_every_n_steps=1"],
                     capsys, str(out), "disk full while writing", "needs about", "left")
     assert not (out / "pretrain.safetensors").exists()
