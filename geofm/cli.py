@@ -71,7 +71,7 @@ def _ratios(text: str) -> tuple[float, float, float]:
 
 
 def _cmd_build_reben(a: argparse.Namespace) -> int:
-    from geofm.build.reben import build_reben
+    from geofm.builders.reben import build_reben
 
     _prepare_output(Path(a.out), a.overwrite)
     out = build_reben(a.src, a.out, scheduler=a.scheduler, workers=a.workers, limit=a.limit,
@@ -81,7 +81,7 @@ def _cmd_build_reben(a: argparse.Namespace) -> int:
 
 
 def _cmd_build_modis(a: argparse.Namespace) -> int:
-    from geofm.build.modis import build_modis
+    from geofm.builders.modis import build_modis
 
     _prepare_output(Path(a.out), a.overwrite)
     cutoffs = tuple(a.time_cutoffs.split(",")) if a.time_cutoffs else None
@@ -96,7 +96,7 @@ def _cmd_build_modis(a: argparse.Namespace) -> int:
 def _cmd_build_opticalrs(a: argparse.Namespace) -> int:
     import shutil
 
-    from geofm.build.opticalrs import build_opticalrs
+    from geofm.builders.opticalrs import build_opticalrs
 
     scan = Path(str(a.out) + ".scan")
     if a.overwrite and scan.exists():
@@ -106,7 +106,7 @@ def _cmd_build_opticalrs(a: argparse.Namespace) -> int:
                           hash_radius=a.hash_radius, min_size=a.min_size, min_std=a.min_std,
                           max_nodata=a.max_nodata, scheduler=a.scheduler, workers=a.workers,
                           progress=not a.quiet)
-    from geofm.build.opticalrs_report import unreadable_note
+    from geofm.builders.opticalrs_report import unreadable_note
 
     note = unreadable_note(json.loads((Path(out) / "report.json").read_text()))
     if note:
@@ -135,7 +135,7 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
 
 
 def _cmd_split(a: argparse.Namespace) -> int:
-    from geofm.build.split_store import split_store
+    from geofm.curation.split_store import split_store
     from geofm.io.store import open_store
 
     store = open_store(a.store)
@@ -146,7 +146,7 @@ def _cmd_split(a: argparse.Namespace) -> int:
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    from geofm.build.split_store import audit_store
+    from geofm.curation.split_store import audit_store
     from geofm.io.store import open_store
 
     store = open_store(a.store)
@@ -192,8 +192,8 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
-    from geofm.tasks.config import PRETRAIN_DEFAULTS
-    from geofm.tasks.pretrain import run_pretrain
+    from geofm.training.config import PRETRAIN_DEFAULTS
+    from geofm.training.pretrain import run_pretrain
 
     cfg = _config(PRETRAIN_DEFAULTS, _recipe(a.config, "pretrain"), {
         "data.store": _one_or_list(a.data or [], str),
@@ -224,7 +224,7 @@ def _store_bands(text: str) -> object:
     """One store's ``--bands`` among several: a count, a named set, or its band names as a list
     (so that one name is not read as one name for every store)."""
     from geofm.bands import BAND_SETS
-    from geofm.tasks.config import parse_value
+    from geofm.training.config import parse_value
 
     value = parse_value(text)
     if isinstance(value, str) and value.lower() not in BAND_SETS:
@@ -266,7 +266,7 @@ def _cmd_configs(a: argparse.Namespace) -> int:
 
 def _config(defaults: dict, path: str | Path | None, flags: dict,
             sets: list[str] | None) -> dict:
-    from geofm.tasks.config import apply_overrides, check_keys, check_values, load_yaml, merge
+    from geofm.training.config import apply_overrides, check_keys, check_values, load_yaml, merge
 
     cfg = merge(defaults, {})
     if path:
@@ -280,8 +280,8 @@ def _config(defaults: dict, path: str | Path | None, flags: dict,
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:
-    from geofm.tasks.config import FINETUNE_DEFAULTS
-    from geofm.tasks.finetune import run_finetune
+    from geofm.training.config import FINETUNE_DEFAULTS
+    from geofm.training.finetune import run_finetune
 
     cfg = _config(FINETUNE_DEFAULTS, _recipe(a.config, "finetune"), {
         "init": a.init, "data.store": a.data, "task": a.task, "head.kind": a.probe,
@@ -317,7 +317,7 @@ def _cmd_plot(a: argparse.Namespace) -> int:
 
 
 def _cmd_caption(a: argparse.Namespace) -> int:
-    from geofm.build.captions import caption_store, write_captions
+    from geofm.curation.captions import caption_store, write_captions
     from geofm.io.store import open_store
 
     store = open_store(a.store)
@@ -333,8 +333,8 @@ def _cmd_caption(a: argparse.Namespace) -> int:
 
 
 def _cmd_align(a: argparse.Namespace) -> int:
-    from geofm.tasks.align import run_align
-    from geofm.tasks.config import ALIGN_DEFAULTS
+    from geofm.training.align import run_align
+    from geofm.training.config import ALIGN_DEFAULTS
 
     cfg = _config(ALIGN_DEFAULTS, _recipe(a.config, "align"), {
         "init": a.init, "data.store": a.data, "data.bands": a.bands, "data.split": a.split,
@@ -354,7 +354,7 @@ def _cmd_align(a: argparse.Namespace) -> int:
 
 
 def _cmd_zeroshot(a: argparse.Namespace) -> int:
-    from geofm.alignment import zeroshot
+    from geofm.evaluation.aligned import zeroshot
 
     r = zeroshot(a.model, a.data, split=a.split, templates=a.templates, output=a.output)
     m = r["metrics"]
@@ -368,7 +368,7 @@ def _cmd_zeroshot(a: argparse.Namespace) -> int:
 
 
 def _cmd_retrieval(a: argparse.Namespace) -> int:
-    from geofm.alignment import retrieval
+    from geofm.evaluation.aligned import retrieval
 
     r = retrieval(a.model, a.data, split=a.split, output=a.output, seed=a.seed,
                   per_chip=a.per_chip)
@@ -396,7 +396,7 @@ def _duplicate_summary(r: dict) -> str:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from geofm.evaluate import evaluate, knn_evaluate
+    from geofm.evaluation.finetuned import evaluate, knn_evaluate
 
     if a.knn:
         r = knn_evaluate(a.model, a.data, split=a.split, train_split=a.train_split, k=a.k,
@@ -540,7 +540,7 @@ def _add_config_options(p: argparse.ArgumentParser, kind: str, defaults: dict) -
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``geofm`` argument parser with every subcommand."""
-    from geofm.tasks.config import ALIGN_DEFAULTS, FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS
+    from geofm.training.config import ALIGN_DEFAULTS, FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS
 
     fmt = HelpFormatter
     p = argparse.ArgumentParser(

@@ -376,9 +376,9 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     if verify:
         require("onnxruntime", "onnx")
 
-    from geofm.inference import load_finetuned
     from geofm.io.cog import OutputTransaction, check_output, remove_stale_temporaries
     from geofm.io.outputs import require_suffix
+    from geofm.loading import load_finetuned
 
     bands_in = bands
     out = require_suffix(out_path, (".onnx",), "an ONNX model")

@@ -178,7 +178,7 @@ def _built_from(store: Path, src: Path) -> bool:
     """Whether ``store`` is a complete store of this geofm's schema built from ``src``."""
     import pandas as pd
 
-    from geofm.build.reben import fingerprint
+    from geofm.builders.reben import fingerprint
     from geofm.io.store import open_store
 
     try:
@@ -208,7 +208,7 @@ def sample_store(cache: str | Path | None = None, quiet: bool = False) -> Path:
     Raises:
         GeofmError: The sample is missing from the install, or the cache is not writable.
     """
-    from geofm.build.reben import build_reben
+    from geofm.builders.reben import build_reben
 
     src = sample_source()
     if not (src / "metadata.parquet").is_file():

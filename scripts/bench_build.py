@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from _reben_synth import make_reben_tree, tree_bytes, warm_page_cache  # noqa: E402
 from torchgeo.datasets import BigEarthNetV2  # noqa: E402
 
-from geofm.build.reben import build_reben  # noqa: E402
+from geofm.builders.reben import build_reben  # noqa: E402
 from geofm.io.store import open_store  # noqa: E402
 
 

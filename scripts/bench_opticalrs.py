@@ -10,7 +10,7 @@ BLAS/GDAL single-threaded):
 
   (0) the baseline: decode only, every band of every image (``rasterio`` ``read()``, the decoder
       the builder uses);
-  (a) the builder's scan of every image (:func:`geofm.build.opticalrs.scan_image`: decode, RGB,
+  (a) the builder's scan of every image (:func:`geofm.builders.opticalrs.scan_image`: decode, RGB,
       8-bit conversion, nodata and contrast tests, perceptual hash, SHA-1 of all pixels, chip
       layout with per-chip tests);
   (b) deduplication of those hashes (index, clusters), and of ``--dedup-n`` random 64-bit hashes
@@ -54,8 +54,8 @@ import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 from rasterio.errors import NotGeoreferencedWarning  # noqa: E402
 
-from geofm.build.dedup import cluster_labels, duplicate_edges, near_duplicate_pairs  # noqa: E402
-from geofm.build.opticalrs import Params, Source, build_opticalrs, scan_image  # noqa: E402
+from geofm.builders.opticalrs import Params, Source, build_opticalrs, scan_image  # noqa: E402
+from geofm.curation.dedup import cluster_labels, duplicate_edges, near_duplicate_pairs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 S2_SCENE = REPO / "datasets" / "sentinel2_l1c" / "s2_l1c_13band_10m_256px.tif"

@@ -158,7 +158,7 @@ def time_pairs(pairs: dict[str, tuple[Callable[[], object], Callable[[], object]
 
 
 def _sample_store(root: Path) -> Path:
-    from geofm.tasks.pretrain import sample_store
+    from geofm.training.pretrain import sample_store
 
     return sample_store(root)
 
@@ -166,7 +166,7 @@ def _sample_store(root: Path) -> Path:
 def selection_stats(store: Path) -> dict[str, dict[str, float]]:
     """Entropy of the token distribution and flat-token shares, per scoring, on the sample."""
     from geofm.objectives.hog import hog_histograms
-    from geofm.tasks.datamodule import ChipDataModule
+    from geofm.training.datamodule import ChipDataModule
 
     dm = ChipDataModule(store, bands=RGB, batch_size=64, train_split=None, seed=0)
     images = torch.cat([b["image"] for b in dm.train_dataloader()])  # [N, 3, 120, 120]
@@ -202,8 +202,8 @@ def knn_curve(store: Path, steps: int, every: int, root: Path) -> dict[str, list
     """A short pretraining per scoring with the kNN probe; the probe rows per scoring."""
     import csv
 
-    from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, merge
-    from geofm.tasks.pretrain import run_pretrain
+    from geofm.training.config import PRETRAIN_DEFAULTS, apply_overrides, merge
+    from geofm.training.pretrain import run_pretrain
 
     curves: dict[str, list[dict]] = {}
     for scoring in ("richness", "released"):

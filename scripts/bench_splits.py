@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 import pyproj  # noqa: E402
 import scipy  # noqa: E402
 
-from geofm.build.audit import leakage_audit  # noqa: E402
-from geofm.build.splits import block_split, reben_tile_split  # noqa: E402
+from geofm.curation.audit import leakage_audit  # noqa: E402
+from geofm.curation.splits import block_split, reben_tile_split  # noqa: E402
 
 CHIP_M = 1200.0
 CHIPS_PER_SIDE = 91  # floor(109,800 m / 1,200 m), as in reBEN

@@ -15,7 +15,7 @@ S2_SCENE = REPO / "datasets" / "sentinel2_l1c" / "s2_l1c_13band_10m_256px.tif"
 @pytest.fixture(scope="session")
 def reben_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample built once per session (synchronous scheduler); treat as read-only."""
-    from geofm.build.reben import build_reben
+    from geofm.builders.reben import build_reben
 
     out = tmp_path_factory.mktemp("stores") / "reben_mini.zarr"
     build_reben(REBEN_MINI, out, scheduler="synchronous", progress=False)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
-from geofm.inference import load_aligned
+from geofm.loading import load_aligned
 from geofm.models import create_model
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import DEFAULT_TEXT_MODEL, TextTower

@@ -12,13 +12,13 @@ import yaml
 from safetensors.torch import load_file
 
 import geofm
-from geofm.alignment import retrieval, zeroshot
-from geofm.build.captions import write_captions
 from geofm.cli import main
+from geofm.curation.captions import write_captions
 from geofm.errors import GeofmError
-from geofm.inference import load_aligned
-from geofm.tasks.align import pick_caption, random_crop, run_align, training_captions
-from geofm.tasks.config import ALIGN_DEFAULTS, apply_overrides, merge
+from geofm.evaluation.aligned import retrieval, zeroshot
+from geofm.loading import load_aligned
+from geofm.training.align import pick_caption, random_crop, run_align, training_captions
+from geofm.training.config import ALIGN_DEFAULTS, apply_overrides, merge
 
 from .synthetic import make_store
 from .trained import pretrain_tiny
@@ -179,10 +179,10 @@ def test_one_captioned_chip_is_refused(pretrained: Path, store_copy: Path, tmp_p
 
 def test_temperature_is_bounded_on_the_parameter(pretrained: Path, reben_store: Path,
                                                  tmp_path: Path) -> None:
-    from geofm.inference import load_encoder
+    from geofm.loading import load_encoder
     from geofm.models.align import AlignModel
     from geofm.models.text import TextTower
-    from geofm.tasks.align import AlignTask
+    from geofm.training.align import AlignTask
 
     encoder, _ = load_encoder(pretrained)
     model = AlignModel(encoder, TextTower.from_source(), embed_dim=8, max_logit_scale=100.0)

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 import geofm
-from geofm.alignment import (
+from geofm.checkpoint import save_checkpoint
+from geofm.cli import main
+from geofm.errors import GeofmError
+from geofm.evaluation.aligned import (
     duplicate_check,
     expected_random_ap,
     load_templates,
@@ -18,9 +21,6 @@ from geofm.alignment import (
     zeroshot,
     zeroshot_metrics,
 )
-from geofm.checkpoint import save_checkpoint
-from geofm.cli import main
-from geofm.errors import GeofmError
 from geofm.io.writer import StoreSpec, create_store, finalize_store, write_region
 from geofm.models import create_model
 from geofm.models.align import AlignModel, save_aligned

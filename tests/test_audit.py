@@ -1,4 +1,4 @@
-"""Tests for geofm.build.audit: leakage audit against brute force, and the split map."""
+"""Tests for geofm.curation.audit: leakage audit against brute force, and the split map."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geofm.build import audit
-from geofm.build.audit import leakage_audit, split_map_png
+from geofm.curation import audit
+from geofm.curation.audit import leakage_audit, split_map_png
 from geofm.errors import GeofmError
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import geofm
-from geofm.build import captions as C
+from geofm.curation import captions as C
 from geofm.io.schema import CHIP_TABLE
 from geofm.io.store import validate_store
 

@@ -62,7 +62,7 @@ def test_each_command_has_examples(name: str, parser: argparse.ArgumentParser) -
 
 
 def test_defaults_shown_are_the_config_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    from geofm.tasks.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS
+    from geofm.training.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS
 
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])

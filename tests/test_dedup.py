@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from PIL import Image
 
-from geofm.build.dedup import (
+from geofm.curation.dedup import (
     cluster_labels,
     duplicate_edges,
     hamming,

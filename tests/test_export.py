@@ -18,10 +18,10 @@ from geofm import export
 from geofm.checkpoint import read_header
 from geofm.errors import GeofmError
 from geofm.export import deepness_metadata, export_onnx, export_tile_size
-from geofm.inference import load_finetuned
+from geofm.loading import load_finetuned
 from geofm.models.finetuner import task_scores
-from geofm.tasks.config import FINETUNE_DEFAULTS, apply_overrides, merge
-from geofm.tasks.finetune import run_finetune
+from geofm.training.config import FINETUNE_DEFAULTS, apply_overrides, merge
+from geofm.training.finetune import run_finetune
 
 from .trained import pretrain_tiny
 

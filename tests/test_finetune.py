@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 import geofm
 from geofm.cli import main
-from geofm.evaluate import evaluate, knn_evaluate
-from geofm.inference import encoder_state, load_finetuned
+from geofm.evaluation.finetuned import evaluate, knn_evaluate
 from geofm.io.writer import StoreSpec, create_store, finalize_store, write_region
-from geofm.tasks.config import FINETUNE_DEFAULTS, apply_overrides, merge
-from geofm.tasks.finetune import run_finetune
+from geofm.loading import encoder_state, load_finetuned
+from geofm.training.config import FINETUNE_DEFAULTS, apply_overrides, merge
+from geofm.training.finetune import run_finetune
 
 from .synthetic import make_store
 from .trained import pretrain_tiny
@@ -171,7 +171,7 @@ def test_bad_input(pretrained: dict[str, Path], reben_store: Path, tmp_path: Pat
 @pytest.mark.parametrize("name", ["reben_multilabel", "reben_segmentation"])
 def test_finetune_config_twins_run(name: str, pretrained: dict[str, Path], reben_store: Path,
                                    tmp_path: Path) -> None:
-    from geofm.tasks.config import load_yaml
+    from geofm.training.config import load_yaml
 
     repo = Path(__file__).resolve().parents[1]
     full = load_yaml(repo / "configs" / "finetune" / f"{name}.yaml")

@@ -53,8 +53,8 @@ def test_hog_scores_match_on_cpu_and_gpu(strongest_band: bool) -> None:
 
 
 def _pretrain(tmp_path: Path, name: str, strategy: str, *sets: str) -> dict:
-    from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, merge
-    from geofm.tasks.pretrain import run_pretrain
+    from geofm.training.config import PRETRAIN_DEFAULTS, apply_overrides, merge
+    from geofm.training.pretrain import run_pretrain
 
     store = make_store(tmp_path / "store.zarr", S1S2, n=16, size=64)
     cfg = apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
@@ -66,7 +66,7 @@ def _pretrain(tmp_path: Path, name: str, strategy: str, *sets: str) -> dict:
 
 @pytest.mark.parametrize("strategy", ["auto", "ddp", "compiled"])
 def test_pretraining_on_gpu_defaults_to_bf16_mixed(tmp_path: Path, strategy: str) -> None:
-    from geofm.inference import load_encoder
+    from geofm.loading import load_encoder
 
     if strategy == "compiled":  # the default strategy with compiled transformer blocks
         result = _pretrain(tmp_path, strategy, "auto", "trainer.compile=true")
@@ -86,7 +86,7 @@ def test_two_store_pretraining_with_a_probe_on_gpu(tmp_path: Path, reben_store: 
     fp32 offline evaluation of the saved checkpoint."""
     import pandas as pd
 
-    from geofm.evaluate import knn_evaluate
+    from geofm.evaluation.finetuned import knn_evaluate
 
     modis = make_store(tmp_path / "modis.zarr", list(BAND_SETS["modis14"]), n=8, size=64)
     result = _pretrain(tmp_path, "two", "auto", f"data.store=[{reben_store}, {modis}]",

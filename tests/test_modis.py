@@ -20,9 +20,9 @@ from pyhdf.SD import SD
 from shapely.geometry import Point
 
 import geofm
-from geofm.build.modis import BandCal, build_modis, calibrate, chip_origins, footprint_polygon
-from geofm.build.modis_constants import EMISSIVE_COEFFICIENTS
-from geofm.build.splits import block_split
+from geofm.builders.modis import BandCal, build_modis, calibrate, chip_origins, footprint_polygon
+from geofm.builders.modis_constants import EMISSIVE_COEFFICIENTS
+from geofm.curation.splits import block_split
 from geofm.data import ChipDataset
 from geofm.errors import BuildError
 from geofm.io.store import validate_store
@@ -276,7 +276,7 @@ def test_time_split_by_cutoffs_and_by_whole_days(src: Path, tmp_path: Path) -> N
 KILL_SCRIPT = """
 import os, signal, sys
 import zarr
-import geofm.build.modis as m
+import geofm.builders.modis as m
 done = []
 original = m.write_region
 def write_then_die(*a, **k):

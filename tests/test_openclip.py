@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from geofm.errors import BandError, GeofmError
-from geofm.inference import load_aligned
+from geofm.loading import load_aligned
 from geofm.models.openclip import RGB_BANDS, OpenCLIPAlign, load_open_clip
 from geofm.models.text import TextTower
 

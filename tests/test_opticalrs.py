@@ -31,8 +31,8 @@ from rasterio.windows import Window
 from shapely.geometry import Point
 
 import geofm
-from geofm.build import opticalrs, opticalrs_pixels
-from geofm.build.opticalrs import build_opticalrs, chip_offsets, grid_shape
+from geofm.builders import opticalrs, opticalrs_pixels
+from geofm.builders.opticalrs import build_opticalrs, chip_offsets, grid_shape
 from geofm.errors import BuildError, StoreError
 from geofm.io.schema import REQUIRED_COLUMNS
 from geofm.io.store import validate_store
@@ -289,7 +289,7 @@ def test_deterministic(collection: Path, built: Path, tmp_path: Path) -> None:
 
 KILL_SCRIPT = """
 import os, signal, sys
-import geofm.build.opticalrs as o
+import geofm.builders.opticalrs as o
 done = []
 original = o.write_region
 def write_then_die(*a, **k):

@@ -167,7 +167,7 @@ def test_missing_extras_on_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp
                  str(tmp_path / "m.onnx")]) == 2
     assert _last_error(capsys).endswith("pip install 'geofm[onnx]'")
 
-    for name in [m for m in sys.modules if m.startswith("geofm.build.modis")]:
+    for name in [m for m in sys.modules if m.startswith("geofm.builders.modis")]:
         monkeypatch.delitem(sys.modules, name)  # imported again, without pyhdf
     monkeypatch.setitem(sys.modules, "pyhdf", None)
     monkeypatch.setitem(sys.modules, "pyhdf.SD", None)

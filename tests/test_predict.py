@@ -230,7 +230,7 @@ def test_segmentation_cog_as_gdal_and_qgis_read_it(trained: dict[str, Path],
     assert_same_grid(out)
     info = assert_cog(out, levels=2)
     band = info["bands"][0]
-    from geofm.build.reben_classes import CLASS_COLORS, CLASS_NAMES
+    from geofm.builders.reben_classes import CLASS_COLORS, CLASS_NAMES
 
     assert band["type"] == "Byte" and band["noDataValue"] == 255
     assert band["colorInterpretation"] == "Palette"

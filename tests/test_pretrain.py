@@ -16,8 +16,8 @@ from geofm.checkpoint import load_checkpoint, read_header
 from geofm.cli import main
 from geofm.models import create_model
 from geofm.objectives import create_objective
-from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
-from geofm.tasks.pretrain import run_pretrain
+from geofm.training.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
+from geofm.training.pretrain import run_pretrain
 
 from .synthetic import make_store
 
@@ -40,7 +40,7 @@ def _losses(out: Path) -> list[float]:
 
 def _zero_prediction_loss(store: Path) -> float:
     """MSE of predicting 0 for every normalised valid pixel of the store's chips."""
-    from geofm.tasks.datamodule import ChipDataModule
+    from geofm.training.datamodule import ChipDataModule
 
     dm = ChipDataModule(store, bands="s1s2", batch_size=64, num_workers=0, train_split=None,
                         seed=0)
@@ -126,7 +126,7 @@ def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path,
 def test_compiled_blocks_train_like_eager_ones(reben_store: Path, tmp_path: Path) -> None:
     from torch._dynamo.utils import counters
 
-    from geofm.tasks.trainer import compile_blocks
+    from geofm.training.trainer import compile_blocks
 
     encoder = create_model("channelvit_test", bands=["S2.B02", "S2.B03"], depth=12,
                            drop_path_rate=0.1)
@@ -250,7 +250,7 @@ def test_bad_input(reben_store: Path, store_copy: Path, tmp_path: Path, capsys) 
 
 
 def test_knn_probe_scores_the_features_during_training(reben_store: Path, tmp_path: Path) -> None:
-    from geofm.evaluate import knn_evaluate
+    from geofm.evaluation.finetuned import knn_evaluate
 
     out = tmp_path / "probed"
     result = run_pretrain(_cfg(reben_store, out, "trainer.max_steps=5",
@@ -263,9 +263,9 @@ def test_knn_probe_scores_the_features_during_training(reben_store: Path, tmp_pa
     assert last["step"] == 5 and last["split"] == "test"
     assert (last["k"], last["train_split"], last["task"]) == (3, "train", "multilabel")
     # At most max_chips of each split, the same seeded subset each time.
-    from geofm.evaluate import knn_metrics
-    from geofm.inference import load_encoder
+    from geofm.evaluation.finetuned import knn_metrics
     from geofm.io.store import open_store
+    from geofm.loading import load_encoder
 
     encoder, contract = load_encoder(result["checkpoint"])
     small = knn_metrics(encoder, contract, open_store(reben_store), split="test", k=3,

@@ -15,12 +15,12 @@ from geofm.bands import BAND_SETS
 from geofm.checkpoint import load_checkpoint
 from geofm.cli import main
 from geofm.data.mixed import MixedChips, StoreBatchSampler
-from geofm.inference import store_bands_for
 from geofm.io.stats import BandStats, pooled_stats
 from geofm.io.store import open_store
+from geofm.loading import store_bands_for
 from geofm.models import create_model
-from geofm.tasks.datamodule import MixedChipDataModule, band_specs
-from geofm.tasks.pretrain import run_pretrain
+from geofm.training.datamodule import MixedChipDataModule, band_specs
+from geofm.training.pretrain import run_pretrain
 
 from .synthetic import make_store
 from .test_pretrain import REPO, _cfg, _fails, _losses, ddp_pretrain
@@ -229,7 +229,7 @@ def test_default_bands_of_a_store_for_a_checkpoint(modis_store: Path) -> None:
 
 def test_multisensor_config_twin_runs(reben_store: Path, modis_store: Path,
                                       tmp_path: Path) -> None:
-    from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
+    from geofm.training.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
 
     full = load_yaml(REPO / "configs" / "pretrain" / "multisensor.yaml")
     tiny = load_yaml(REPO / "configs" / "pretrain" / "multisensor.tiny.yaml")
@@ -297,7 +297,7 @@ def test_weighted_mixed_run(reben_store: Path, modis_store: Path, tmp_path: Path
 def test_restored_position_follows_lightnings_loop_state() -> None:
     from types import SimpleNamespace
 
-    from geofm.tasks.datamodule import restored_position
+    from geofm.training.datamodule import restored_position
 
     def trainer(epoch: int, started: int, processed: int, ready: int) -> SimpleNamespace:
         epochs = SimpleNamespace(started=started, processed=processed)

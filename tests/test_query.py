@@ -23,7 +23,7 @@ import geofm
 from geofm.api import Model
 from geofm.cli import main
 from geofm.errors import GeofmError
-from geofm.inference import load_aligned, load_encoder
+from geofm.loading import load_aligned, load_encoder
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import TextTower
 from geofm.predict import predict_raster, query_raster

@@ -16,8 +16,8 @@ import zarr
 from shapely.geometry import Point
 
 import geofm
-from geofm.build.reben import build_reben
-from geofm.build.reben_classes import CLASS_COLORS, CLASS_NAMES, CLC_TO_CLASS
+from geofm.builders.reben import build_reben
+from geofm.builders.reben_classes import CLASS_COLORS, CLASS_NAMES, CLC_TO_CLASS
 
 from .conftest import REBEN_MINI
 
@@ -106,7 +106,7 @@ def _same_store(a: Path, b: Path) -> None:
 KILL_SCRIPT = """
 import os, signal, sys
 import geofm.io.writer as w
-import geofm.build.reben as r
+import geofm.builders.reben as r
 done = []
 original = w.write_region
 def write_then_die(*a, **k):

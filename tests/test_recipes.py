@@ -22,9 +22,9 @@ from geofm.objectives.selective_mae import (
     progressive_selection,
     released_psts_schedule,
 )
-from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
-from geofm.tasks.pretrain import run_pretrain
-from geofm.tasks.schedule import scaled_lr
+from geofm.training.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
+from geofm.training.pretrain import run_pretrain
+from geofm.training.schedule import scaled_lr
 
 from .synthetic import make_store
 
@@ -40,7 +40,7 @@ def _one_thread() -> None:
 
 def _sample_rgb(reben_store: Path, n: int = 4) -> torch.Tensor:
     """``n`` real reBEN chips' red, green and blue bands, z-scored per band."""
-    from geofm.tasks.datamodule import ChipDataModule
+    from geofm.training.datamodule import ChipDataModule
 
     dm = ChipDataModule(reben_store, bands=["S2.B04", "S2.B03", "S2.B02"], batch_size=n,
                         train_split=None, seed=0)

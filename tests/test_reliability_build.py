@@ -72,7 +72,7 @@ def _not_complete(out: Path) -> None:
 
 
 def _error_classes() -> list[type[GeofmError]]:
-    import geofm.tasks.pretrain  # noqa: F401 - defines a GeofmError of its own
+    import geofm.training.pretrain  # noqa: F401 - defines a GeofmError of its own
 
     found, todo = [], [GeofmError]
     while todo:
@@ -130,7 +130,7 @@ def test_a_task_error_travels_without_its_cause_under_tblib() -> None:
     import distributed.utils  # noqa: F401 - installs tblib's reducers
     from tblib import pickling_support
 
-    from geofm.build.runner import _Guarded
+    from geofm.builders.runner import _Guarded
 
     pickling_support.install()
     failed = _Guarded(_raise_replacing, None)(3)
@@ -141,7 +141,7 @@ def test_a_task_error_travels_without_its_cause_under_tblib() -> None:
 
 def test_error_from_a_dask_worker_keeps_its_class(tmp_path: Path) -> None:
     """The runner on a real local cluster hands back the worker's error as it was raised."""
-    from geofm.build.runner import run_regions
+    from geofm.builders.runner import run_regions
 
     with pytest.raises(BuildError) as info:
         run_regions(_FailingTask(str(tmp_path / "x.tif")), [0, 1, 2], workers=2, progress=False)
@@ -196,7 +196,7 @@ def test_reben_bad_band_same_line_as_synchronous(case: str, workers: str | None,
 def test_reben_failure_among_many_regions_is_quiet(reben_copy: Path, tmp_path: Path) -> None:
     """One bad region of six while others run: no warning about cancelled or killed tasks."""
     _band(reben_copy, "B8A").write_bytes(b"")
-    code = ("import sys; from geofm.cli import main; import geofm.build.reben as r; "
+    code = ("import sys; from geofm.cli import main; import geofm.builders.reben as r; "
             "f = r.build_reben; r.build_reben = lambda *a, **k: f(*a, **k, shard_chips=1); "
             "sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -223,7 +223,7 @@ def test_bad_engine_settings_refused_before_writing(tmp_path: Path) -> None:
 def test_unreachable_scheduler_is_one_error() -> None:
     import dask
 
-    from geofm.build.runner import run_regions
+    from geofm.builders.runner import run_regions
 
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
             pytest.raises(GeofmError, match=r"cannot reach the Dask scheduler at tcp://127\.0\."):
@@ -386,7 +386,7 @@ def test_enospc_anywhere_in_writing_is_one_line(tmp_path: Path, monkeypatch) -> 
     """Without a small disk to mount: the file system's ENOSPC, raised by zarr's writes."""
     import zarr.storage
 
-    from geofm.build.reben import build_reben
+    from geofm.builders.reben import build_reben
 
     async def full(*a: object, **k: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

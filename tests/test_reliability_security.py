@@ -14,8 +14,8 @@ import geofm
 from geofm.errors import GeofmError
 from geofm.models.openclip import load_open_clip
 from geofm.models.text import TextTower
-from geofm.tasks.config import ALIGN_DEFAULTS, PRETRAIN_DEFAULTS, apply_overrides, merge
-from geofm.tasks.pretrain import run_pretrain
+from geofm.training.config import ALIGN_DEFAULTS, PRETRAIN_DEFAULTS, apply_overrides, merge
+from geofm.training.pretrain import run_pretrain
 
 from .conftest import one_line_error
 from .trained import pretrain_tiny
@@ -102,7 +102,7 @@ def test_lightning_loads_resume_checkpoints_weights_only(genuine: Path, reben_st
                                                          tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Even past geofm's own check, Lightning's load in fit(ckpt_path=...) runs no payload.
-    import geofm.tasks.trainer as trainer
+    import geofm.training.trainer as trainer
 
     evil, marker = _poisoned(genuine, tmp_path)
     monkeypatch.setattr(trainer, "check_resume", lambda task, path: None)
@@ -115,7 +115,7 @@ def test_lightning_loads_resume_checkpoints_weights_only(genuine: Path, reben_st
 def test_resume_never_runs_a_payload_align(genuine: Path, pretrained: Path, reben_store: Path,
                                            tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from geofm.tasks.align import run_align
+    from geofm.training.align import run_align
 
     evil, marker = _poisoned(genuine, tmp_path)
     base = ["align", "--init", str(pretrained), "--data", str(reben_store), "--quiet",
@@ -137,7 +137,7 @@ def test_sharded_resume_folder_is_read_with_an_allow_list(tmp_path: Path) -> Non
     import torch.distributed.checkpoint as dcp
 
     from geofm.safeload import RefusedPickle, read_sharded_index
-    from geofm.tasks.trainer import check_resume
+    from geofm.training.trainer import check_resume
 
     folder = tmp_path / "sharded.ckpt"
     with pytest.warns(UserWarning):  # one process, no process group

@@ -21,14 +21,14 @@ import torch
 from geofm.checkpoint import save_checkpoint
 from geofm.cli import main
 from geofm.errors import GeofmError
-from geofm.tasks.config import (
+from geofm.training.config import (
     ALIGN_DEFAULTS,
     FINETUNE_DEFAULTS,
     PRETRAIN_DEFAULTS,
     apply_overrides,
     merge,
 )
-from geofm.tasks.pretrain import run_pretrain
+from geofm.training.pretrain import run_pretrain
 
 from .conftest import one_line_error
 
@@ -70,7 +70,7 @@ def pretrained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="module")
 def aligned(pretrained: Path, reben_store: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from geofm.tasks.align import run_align
+    from geofm.training.align import run_align
 
     cfg = apply_overrides(merge(ALIGN_DEFAULTS, {}), [
         f"init={pretrained}", f"data.store={reben_store}",
@@ -148,7 +148,7 @@ def test_finetune_settings_fail_before_training(args: list[str], needle: str,
                                                 pretrained: Path, reben_store: Path,
                                                 tmp_path: Path, no_fit: None,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from geofm.tasks.finetune import run_finetune
+    from geofm.training.finetune import run_finetune
 
     one_line_error(["finetune", "--init", str(pretrained), "--data", str(reben_store),
                      "--quiet", "--output", str(tmp_path / "o"), *args], capsys, needle)
@@ -175,7 +175,7 @@ def test_finetune_settings_fail_before_training(args: list[str], needle: str,
 def test_align_settings_fail_before_training(setting: str, needle: str, pretrained: Path,
                                              reben_store: Path, tmp_path: Path, no_fit: None,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from geofm.tasks.align import run_align
+    from geofm.training.align import run_align
 
     one_line_error(["align", "--init", str(pretrained), "--data", str(reben_store), "--quiet",
                      "--output", str(tmp_path / "o"), "--set", setting], capsys, needle)
@@ -270,7 +270,7 @@ def test_outputs_get_the_users_umask(reben_store: Path, tmp_path: Path, umask022
 def test_full_disk_while_checkpointing_is_one_line(reben_store: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import geofm.tasks.checkpoint_io as checkpoint_io
+    import geofm.training.checkpoint_io as checkpoint_io
 
     write = checkpoint_io.write_bytes
     calls = []

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from geofm.cli import main
 from geofm.errors import GeofmError
 from geofm.plot import plot_run, run_curves
-from geofm.tasks.progress import StepProgress, format_seconds, metrics_text
+from geofm.training.progress import StepProgress, format_seconds, metrics_text
 from geofm.viz import GREY, preview_panels, reconstruction_preview, stretch
 
 

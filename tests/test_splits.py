@@ -1,4 +1,4 @@
-"""Tests for geofm.build.splits: reBEN tile rule, spatial blocks, regions, polygons."""
+"""Tests for geofm.curation.splits: reBEN tile rule, spatial blocks, regions, polygons."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pyproj
 import pytest
 
-from geofm.build.splits import (
+from geofm.curation.splits import (
     _ease2_parallel_scale,
     block_split,
     mgrs_tile_origin,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geofm.tasks.config import PRETRAIN_DEFAULTS, apply_overrides, merge
-from geofm.tasks.pretrain import run_pretrain
+from geofm.training.config import PRETRAIN_DEFAULTS, apply_overrides, merge
+from geofm.training.pretrain import run_pretrain
 
 
 def pretrain_tiny(store: Path, out: Path, model: str, steps: int = 2) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 
 from geofm.bands import BAND_SETS, get_band, is_count, match_by_wavelength, resolve_bands
 from geofm.errors import BandError
-from geofm.inference import match_bands
+from geofm.loading import match_bands
 from geofm.predict.model import Predictor
 from geofm.predict.settings import _SENSOR_HINTS
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from geofm.errors import GeofmError
-from geofm.inference import is_channel_flexible, load_encoder, load_finetuned
+from geofm.loading import is_channel_flexible, load_encoder, load_finetuned
 
 
 class Predictor:
@@ -64,7 +64,7 @@ class Predictor:
         """Load a finetuned checkpoint, an aligned image–text one (embeddings and queries; also
         published open_clip / RemoteCLIP weights), or a pretrained one (embeddings only)."""
         from geofm.checkpoint import read_header
-        from geofm.inference import is_open_clip_source, load_aligned
+        from geofm.loading import is_open_clip_source, load_aligned
 
         if is_open_clip_source(path):
             module, header = load_aligned(path)

@@ -35,23 +35,28 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from geofm.alignment import ZEROSHOT_TEMPLATES, captions_for, check_templates, load_templates
 from geofm.checkpoint import read_header
 from geofm.data.dataset import ChipDataset
 from geofm.data.mixed import MixedChips
 from geofm.errors import GeofmError
-from geofm.inference import load_encoder, store_bands_for
+from geofm.evaluation.aligned import (
+    ZEROSHOT_TEMPLATES,
+    captions_for,
+    check_templates,
+    load_templates,
+)
 from geofm.io.store import band_info
 from geofm.levels import checkpoint_levels, store_levels
+from geofm.loading import load_encoder, store_bands_for
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
-from geofm.tasks.config import ALIGN_DEFAULTS, check_config
-from geofm.tasks.datamodule import ChipDataModule, sharded_loader
-from geofm.tasks.pretrain import check_writable
-from geofm.tasks.quiet import quiet_lightning
-from geofm.tasks.schedule import adamw, warmup_cosine
-from geofm.tasks.trainer import fit_steps, gathered_state, resolve_precision
+from geofm.training.config import ALIGN_DEFAULTS, check_config
+from geofm.training.datamodule import ChipDataModule, sharded_loader
+from geofm.training.pretrain import check_writable
+from geofm.training.quiet import quiet_lightning
+from geofm.training.schedule import adamw, warmup_cosine
+from geofm.training.trainer import fit_steps, gathered_state, resolve_precision
 
 
 def training_captions(store: Any, captions: Sequence[Sequence[str]], split: str | None
@@ -256,7 +261,7 @@ def _check_crop(crop: int | None, patch_size: int, chip: tuple[int, int]) -> int
 
 def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     """Align a pretrained encoder with a text tower (see
-    :data:`geofm.tasks.config.ALIGN_DEFAULTS`).
+    :data:`geofm.training.config.ALIGN_DEFAULTS`).
 
     Returns:
         ``{"output", "checkpoint", "steps", "final_loss", "num_chips", "captions"}``

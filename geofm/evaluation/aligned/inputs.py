@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from geofm.build.captions import caption_name, caption_store
+from geofm.curation.captions import caption_name, caption_store
 from geofm.data.dataset import ChipDataset, collate_samples
 from geofm.data.transforms import Normalize
 from geofm.errors import GeofmError
-from geofm.inference import is_channel_flexible, match_bands
 from geofm.io.store import ChipStore
+from geofm.loading import is_channel_flexible, match_bands
 
 ZEROSHOT_TEMPLATES: tuple[str, ...] = (
     "a satellite image of {}",
@@ -103,7 +103,7 @@ def captions_for(store: ChipStore, seed: int = 0, per_chip: int = 1
     if not store.classes or not ({"label", "mask"} & set(store.arrays)):
         raise GeofmError("the store has neither captions nor labels to make them from",
                          store.path, "caption a labelled store with 'geofm caption STORE'")
-    from geofm.build.captions import DEFAULT_TEMPLATES, TEMPLATE_SETS
+    from geofm.curation.captions import DEFAULT_TEMPLATES, TEMPLATE_SETS
 
     caps = caption_store(store, seed=seed, per_chip=per_chip)
     tset = TEMPLATE_SETS[DEFAULT_TEMPLATES]

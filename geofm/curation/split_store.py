@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from geofm.build.audit import leakage_audit, split_map_png
-from geofm.build.splits import block_split, polygon_split, reben_tile_split, region_split
+from geofm.curation.audit import leakage_audit, split_map_png
+from geofm.curation.splits import block_split, polygon_split, reben_tile_split, region_split
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore
 

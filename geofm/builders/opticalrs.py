@@ -45,7 +45,7 @@ Choices:
   lies between ``min_size`` (default half a chip) and the chip are upsampled (bilinear) so that
   side equals the chip, keeping the aspect ratio, and then sliced the same way. Chips that are
   mostly nodata or near-constant by the image rules are left out (counted in the report).
-* **Deduplication** is per source image, across all sources (:mod:`geofm.build.dedup`): exact
+* **Deduplication** is per source image, across all sources (:mod:`geofm.curation.dedup`): exact
   duplicates share the SHA-1 of their 8-bit RGB pixels, near duplicates are within
   ``hash_radius`` bits of 64-bit perceptual hash (default 4: re-encoding and rescaling of the
   real test scenes move 0 bits, different scenes 16 or more; at 13 M evenly spread hashes it
@@ -97,8 +97,7 @@ from rasterio.windows import Window
 from shapely.geometry import Polygon
 
 from geofm.bands import BAND_SETS
-from geofm.build.dedup import cluster_labels, duplicate_edges, hamming, phash64
-from geofm.build.opticalrs_manifest import (
+from geofm.builders.opticalrs_manifest import (
     PREVIEW_PX,
     STRIP_ROWS,
     WHOLE_PIXELS,
@@ -107,7 +106,7 @@ from geofm.build.opticalrs_manifest import (
     fingerprint,
     list_images,
 )
-from geofm.build.opticalrs_pixels import (
+from geofm.builders.opticalrs_pixels import (
     _Excluded,
     _Layout,
     _layout,
@@ -121,8 +120,9 @@ from geofm.build.opticalrs_pixels import (
     chip_offsets,
     grid_shape,
 )
-from geofm.build.opticalrs_report import _write_parquet_atomic, _write_report, build_report
-from geofm.build.runner import check_engine, close_quietly, run_regions, start_local_cluster
+from geofm.builders.opticalrs_report import _write_parquet_atomic, _write_report, build_report
+from geofm.builders.runner import check_engine, close_quietly, run_regions, start_local_cluster
+from geofm.curation.dedup import cluster_labels, duplicate_edges, hamming, phash64
 from geofm.errors import BuildError, StoreError
 from geofm.io.schema import SHARD_CHIPS
 from geofm.io.space import reporting_full_disk
@@ -573,7 +573,7 @@ def build_opticalrs(
         min_size: Shorter side below which pretrain images are too small (default chip // 2).
         min_std: Largest per-band standard deviation (0–255) of near-constant content.
         max_nodata: Nodata fraction above which an image or chip is left out.
-        scheduler: Dask scheduler (see :func:`geofm.build.runner.run_regions`).
+        scheduler: Dask scheduler (see :func:`geofm.builders.runner.run_regions`).
         workers: Local worker processes.
         batch_images: Images per scan task.
         shard_chips: Chips per shard (and per write task).

@@ -31,8 +31,8 @@ from rasterio.enums import Resampling
 from shapely.geometry import Polygon
 
 from geofm.bands import BAND_SETS
-from geofm.build.reben_classes import CLASS_COLORS, CLASS_NAMES, clc_lookup
-from geofm.build.runner import check_engine, run_regions
+from geofm.builders.reben_classes import CLASS_COLORS, CLASS_NAMES, clc_lookup
+from geofm.builders.runner import check_engine, run_regions
 from geofm.errors import BuildError, GeofmError
 from geofm.io.raster import BandRead, read_band
 from geofm.io.schema import MASK_IGNORE, SHARD_CHIPS
@@ -241,7 +241,7 @@ def build_reben(
     Args:
         src: reBEN root (holding ``metadata.parquet``).
         out: Output ``.zarr`` path; an unfinished build of the same inputs there is resumed.
-        scheduler: Dask scheduler (see :func:`geofm.build.runner.run_regions`).
+        scheduler: Dask scheduler (see :func:`geofm.builders.runner.run_regions`).
         workers: Local worker processes.
         shard_chips: Chips per shard (and per build task).
         limit: Build only the first ``limit`` patches (by patch id).

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from geofm.alignment.inputs import (
+from geofm.data.dataset import ChipDataset
+from geofm.errors import GeofmError
+from geofm.evaluation.aligned.inputs import (
     ZEROSHOT_TEMPLATES,
     captions_for,
     check_templates,
@@ -20,15 +22,13 @@ from geofm.alignment.inputs import (
     split_dataset,
     text_embeddings,
 )
-from geofm.alignment.leakage import DUPLICATE_RADIUS, duplicate_check
-from geofm.alignment.metrics import RECALL_KS, retrieval_metrics, zeroshot_metrics
-from geofm.data.dataset import ChipDataset
-from geofm.errors import GeofmError
+from geofm.evaluation.aligned.leakage import DUPLICATE_RADIUS, duplicate_check
+from geofm.evaluation.aligned.metrics import RECALL_KS, retrieval_metrics, zeroshot_metrics
 from geofm.io.store import ChipStore, open_store
 
 
 def _load(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from geofm.inference import load_aligned
+    from geofm.loading import load_aligned
 
     model, header = load_aligned(model_path)
     return model.eval(), header

@@ -11,8 +11,8 @@ from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-from geofm.build import modis_constants as mc
-from geofm.build.modis_granule import _SIDE_POINTS, Granule, _open_hdf, _read, _select
+from geofm.builders import modis_constants as mc
+from geofm.builders.modis_granule import _SIDE_POINTS, Granule, _open_hdf, _read, _select
 from geofm.errors import BuildError
 
 

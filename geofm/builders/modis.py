@@ -13,7 +13,7 @@ Output: ``float32`` chips of the 14 bands of ``BAND_SETS["modis14"]`` and a ``va
 - Emissive bands 21, 27-33: radiance ``radiance_scales[i] × (SI − radiance_offsets[i])``
   (W m⁻² sr⁻¹ µm⁻¹), then brightness temperature by the inverse Planck function at the band's
   effective central wavelength, with the band's temperature correction for the platform (see
-  :mod:`geofm.build.modis_constants`). A pixel whose radiance is not positive has no
+  :mod:`geofm.builders.modis_constants`). A pixel whose radiance is not positive has no
   brightness temperature and is invalid.
 - A scaled integer outside the SDS's ``valid_range`` (at most 0-32767), equal to its
   ``_FillValue``, or any L1B flag value (65535 fill, 65534 L1A DN missing, 65533 saturated,
@@ -29,7 +29,7 @@ MultiPolygon. A swath has no affine transform, so ``transform`` holds six NaN an
 ``EPSG:4326``; ``native_x``/``native_y`` repeat the centroid's longitude/latitude.
 
 Splits are computed from the plan before any pixel is read, so every task writes its final
-rows: ``blocks`` (spatial blocks of :func:`geofm.build.splits.block_split` on chip centroids,
+rows: ``blocks`` (spatial blocks of :func:`geofm.curation.splits.block_split` on chip centroids,
 default) or ``time`` (by the UTC date of the granule start: explicit cut-off dates, or whole
 days in time order filled into train, validation, test by the ratios).
 """
@@ -49,15 +49,15 @@ import numpy as np
 import pandas as pd
 
 from geofm.bands import BAND_SETS, modis_band
-from geofm.build import modis_constants as mc
-from geofm.build.modis_geometry import (
+from geofm.builders import modis_constants as mc
+from geofm.builders.modis_geometry import (
     GeoGrid,
     _day_night,
     _sample_positions,
     chip_origins,
     footprint_polygon,
 )
-from geofm.build.modis_granule import (
+from geofm.builders.modis_granule import (
     CHIP,
     SPLIT_METHODS,
     BandCal,
@@ -69,8 +69,8 @@ from geofm.build.modis_granule import (
     match_geolocation,
     read_granule,
 )
-from geofm.build.runner import check_engine, run_regions
-from geofm.build.splits import SPLIT_NAMES, block_split
+from geofm.builders.runner import check_engine, run_regions
+from geofm.curation.splits import SPLIT_NAMES, block_split
 from geofm.errors import BuildError, GeofmError
 from geofm.io.schema import BUILD_DIR, SHARD_CHIPS
 from geofm.io.space import reporting_full_disk
@@ -410,7 +410,7 @@ def build_modis(
         seed: Block shuffle seed.
         time_cutoffs: ``(validation_from, test_from)`` dates for ``time``: granules starting
             before the first are train, before the second validation, the rest test.
-        scheduler: Dask scheduler (see :func:`geofm.build.runner.run_regions`).
+        scheduler: Dask scheduler (see :func:`geofm.builders.runner.run_regions`).
         workers: Local worker processes.
         shard_chips: Chips per shard (and per build task).
         progress: Show a progress bar.

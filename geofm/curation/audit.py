@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from geofm.build.splits import SPLIT_NAMES
+from geofm.curation.splits import SPLIT_NAMES
 from geofm.errors import GeofmError
 
 __all__ = ["EARTH_RADIUS_KM", "leakage_audit", "split_map_png"]

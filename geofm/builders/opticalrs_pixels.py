@@ -18,7 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from geofm.bands import BANDS
-from geofm.build.opticalrs_manifest import _RGB, PERCENTILES, Params, Source
+from geofm.builders.opticalrs_manifest import _RGB, PERCENTILES, Params, Source
 
 # ---------------------------------------------------------------------------------------------
 # Reading RGB

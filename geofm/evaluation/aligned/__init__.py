@@ -13,20 +13,20 @@ images into training in exactly this way).
 
 from __future__ import annotations
 
-from geofm.alignment.inputs import (
+from geofm.evaluation.aligned.inputs import (
     ZEROSHOT_TEMPLATES,
     captions_for,
     check_templates,
     load_templates,
 )
-from geofm.alignment.leakage import DUPLICATE_RADIUS, chip_hashes, duplicate_check
-from geofm.alignment.metrics import (
+from geofm.evaluation.aligned.leakage import DUPLICATE_RADIUS, chip_hashes, duplicate_check
+from geofm.evaluation.aligned.metrics import (
     RECALL_KS,
     expected_random_ap,
     retrieval_metrics,
     zeroshot_metrics,
 )
-from geofm.alignment.reports import retrieval, zeroshot
+from geofm.evaluation.aligned.reports import retrieval, zeroshot
 
 __all__ = [
     "DUPLICATE_RADIUS",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from geofm.build import modis_constants as mc
+from geofm.builders import modis_constants as mc
 from geofm.errors import BuildError
 from geofm.extras import require
 

@@ -3,7 +3,7 @@
 Both runs train for ``max_steps`` without validation, checkpoint every
 ``checkpoint_every_n_steps`` into ``<output>/checkpoints`` (``last.ckpt`` for ``--resume``), log
 to ``<output>/metrics.csv`` (and TensorBoard with ``trainer.logger: tensorboard``), show
-their progress as global step / max steps on stderr (:class:`~geofm.tasks.progress.StepProgress`)
+their progress as global step / max steps on stderr (:class:`~geofm.training.progress.StepProgress`)
 and default to bf16-mixed precision on a GPU.
 """
 
@@ -26,10 +26,10 @@ from geofm.safeload import (
     refused_global,
     torch_load,
 )
-from geofm.tasks.checkpoint_io import AtomicCheckpointIO
-from geofm.tasks.loggers import run_loggers
-from geofm.tasks.metrics_log import ResumingCSVLogger
-from geofm.tasks.progress import StepProgress
+from geofm.training.checkpoint_io import AtomicCheckpointIO
+from geofm.training.loggers import run_loggers
+from geofm.training.metrics_log import ResumingCSVLogger
+from geofm.training.progress import StepProgress
 
 
 def resolve_precision(trainer_cfg: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ _IRRELEVANT = (
     r".*Experiment logs directory .* exists and is not empty.*",
     r".*does not have many workers which may be a bottleneck.*",
     # Mid-epoch resumes are exact: the step runs' StoreBatchSampler skips what the restored
-    # epoch consumed (geofm.tasks.datamodule.sharded_loader).
+    # epoch consumed (geofm.training.datamodule.sharded_loader).
     r".*resuming from a checkpoint that ended before the epoch ended.*",
     # Frozen encoders and locked text towers are in eval mode on purpose.
     r".*module\(s\) in eval mode at the start of training.*",

@@ -20,19 +20,19 @@ from torch import Tensor
 
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
-from geofm.inference import encoder_state, store_bands_for
 from geofm.io.store import band_info
 from geofm.levels import checkpoint_levels, store_levels
+from geofm.loading import encoder_state, store_bands_for
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
 from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
-from geofm.tasks.config import FINETUNE_DEFAULTS, check_config
-from geofm.tasks.datamodule import ChipDataModule
-from geofm.tasks.loggers import run_loggers
-from geofm.tasks.pretrain import check_writable
-from geofm.tasks.progress import StepProgress
-from geofm.tasks.quiet import quiet_lightning
-from geofm.tasks.schedule import adamw, warmup_cosine
+from geofm.training.config import FINETUNE_DEFAULTS, check_config
+from geofm.training.datamodule import ChipDataModule
+from geofm.training.loggers import run_loggers
+from geofm.training.pretrain import check_writable
+from geofm.training.progress import StepProgress
+from geofm.training.quiet import quiet_lightning
+from geofm.training.schedule import adamw, warmup_cosine
 
 
 def batch_targets(task: str, batch: dict[str, Any]) -> Tensor:
@@ -146,7 +146,7 @@ def _check_task(task: str, dm: ChipDataModule) -> int:
 
 
 def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Finetune as configured (see :data:`geofm.tasks.config.FINETUNE_DEFAULTS`).
+    """Finetune as configured (see :data:`geofm.training.config.FINETUNE_DEFAULTS`).
 
     Returns:
         ``{"output", "checkpoint", "steps", "val_metrics", "selected_on"}``.

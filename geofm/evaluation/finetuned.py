@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from geofm.build.split_store import audit_store
+from geofm.curation.split_store import audit_store
 from geofm.data.dataset import ChipDataset, collate_samples
 from geofm.data.transforms import Normalize
 from geofm.errors import GeofmError
-from geofm.inference import is_channel_flexible, load_finetuned, match_bands
 from geofm.io.store import ChipStore, open_store
+from geofm.loading import is_channel_flexible, load_finetuned, match_bands
 from geofm.metrics import PRIMARY, per_class_table, task_metrics
-from geofm.tasks.finetune import batch_targets
+from geofm.training.finetune import batch_targets
 
 
 @torch.no_grad()
@@ -157,7 +157,7 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
     Returns:
         ``{"metrics", "k", "temperature", "train_split", "split", "num_train", "num_query"}``.
     """
-    from geofm.inference import load_encoder
+    from geofm.loading import load_encoder
 
     encoder, header = load_encoder(model_path)
     return knn_metrics(encoder, header, open_store(store_path), split, train_split, k,

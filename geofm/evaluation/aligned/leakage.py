@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from geofm.build.dedup import hamming, near_duplicate_pairs, phash64
+from geofm.curation.dedup import hamming, near_duplicate_pairs, phash64
 from geofm.io.store import ChipStore, open_store
 from geofm.viz import composite_bands, stretch
 
@@ -20,7 +20,7 @@ MAX_LISTED = 50
 
 
 def chip_hashes(store: ChipStore, indices: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """64-bit pHashes (:func:`geofm.build.dedup.phash64`) of chips rendered as RGB composites.
+    """64-bit pHashes (:func:`geofm.curation.dedup.phash64`) of chips rendered as RGB composites.
 
     The composite is the store's true-colour bands where it has them (else the first three
     bands, or VV/VH/VV for radar), each chip stretched 2–98 % to 8 bits.

@@ -106,7 +106,7 @@ class Params:
 
 
 def _manifest_error(manifest: Path, message: str, hint: str | None = None) -> BuildError:
-    return BuildError(message, manifest, hint or "see geofm.build.opticalrs for the format")
+    return BuildError(message, manifest, hint or "see geofm.builders.opticalrs for the format")
 
 
 def _parse_bands(value: Any, where: str, manifest: Path) -> tuple[str | int, ...] | None:

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geofm.build.opticalrs_manifest import CHIP_REASONS, REASONS, Params, Source
+from geofm.builders.opticalrs_manifest import CHIP_REASONS, REASONS, Params, Source
 
 # ---------------------------------------------------------------------------------------------
 # Report

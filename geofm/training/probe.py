@@ -3,7 +3,7 @@
 A masked-image-modelling loss says how well pixels are reconstructed, not how useful the
 features are. With ``probe.store`` set, the pretraining run scores the encoder's frozen
 features every ``probe.every_n_steps`` steps (and before the first and after the last) with
-the DINO-style weighted kNN vote of :func:`geofm.evaluate.knn_metrics`: up to
+the DINO-style weighted kNN vote of :func:`geofm.evaluation.finetuned.knn_metrics`: up to
 ``probe.max_chips`` ``train_split`` chips of a labelled store vote for the labels of up to as
 many of its ``split`` chips (the same seeded subsets every time). Nothing is trained on the
 labels. Rows go to ``probe.csv`` in the run directory; the last one also goes into the
@@ -22,8 +22,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from geofm.errors import GeofmError
-from geofm.inference import is_channel_flexible, match_bands
 from geofm.io.store import ChipStore, open_valid_store
+from geofm.loading import is_channel_flexible, match_bands
 
 
 def open_probe_store(cfg: dict[str, Any]) -> ChipStore:
@@ -78,7 +78,7 @@ class KnnProbe(Callback):
         self.rows: list[dict[str, Any]] = []
 
     def _probe(self, trainer: L.Trainer, task: L.LightningModule) -> None:
-        from geofm.evaluate import knn_metrics
+        from geofm.evaluation.finetuned import knn_metrics
 
         step = trainer.global_step
         if self.rows and self.rows[-1]["step"] == step:

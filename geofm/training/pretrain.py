@@ -10,7 +10,7 @@
   ``data.store``'s order: the store's mean over all ranks' batches since the last row);
 - ``previews/step_*.png``: input / visible tokens / reconstruction composites;
 - ``probe.csv`` with ``probe.store`` set: kNN scores of the features during training
-  (:mod:`geofm.tasks.probe`).
+  (:mod:`geofm.training.probe`).
 
 Every step's randomness (masking, channel sampling, drop-path) comes from a seed derived from
 ``(seed, global_step)``, so a resumed run takes exactly the step an uninterrupted one would.
@@ -39,12 +39,12 @@ from geofm.levels import merged_levels, store_levels
 from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.packaged import sample_store
-from geofm.tasks.config import PRETRAIN_DEFAULTS, check_config
-from geofm.tasks.datamodule import MixedChipDataModule, band_specs
-from geofm.tasks.probe import KnnProbe, open_probe_store
-from geofm.tasks.quiet import quiet_lightning
-from geofm.tasks.schedule import LR_SCALINGS, adamw, scaled_lr, warmup_cosine
-from geofm.tasks.trainer import (
+from geofm.training.config import PRETRAIN_DEFAULTS, check_config
+from geofm.training.datamodule import MixedChipDataModule, band_specs
+from geofm.training.probe import KnnProbe, open_probe_store
+from geofm.training.quiet import quiet_lightning
+from geofm.training.schedule import LR_SCALINGS, adamw, scaled_lr, warmup_cosine
+from geofm.training.trainer import (
     compile_blocks,
     fit_steps,
     gathered_state,
@@ -73,8 +73,8 @@ class PretrainTask(L.LightningModule):
         max_steps: Total steps (cosine decay to 0 at the end).
         seed: Base seed of the per-step randomness.
         compile: Compile the encoder's and decoder's transformer blocks
-            (:func:`~geofm.tasks.trainer.compile_blocks`).
-        lr_scaling: How ``lr`` becomes the rate used (:func:`~geofm.tasks.schedule.scaled_lr`).
+            (:func:`~geofm.training.trainer.compile_blocks`).
+        lr_scaling: How ``lr`` becomes the rate used (:func:`~geofm.training.schedule.scaled_lr`).
         batch_size: Images per step on one rank (for ``lr_scaling``).
     """
 
@@ -256,10 +256,10 @@ def check_chip_sizes(paths: list[str | Path], stores: list[ChipStore], patch_siz
 
 
 def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Pretrain an encoder as configured (see :data:`geofm.tasks.config.PRETRAIN_DEFAULTS`).
+    """Pretrain an encoder as configured (see :data:`geofm.training.config.PRETRAIN_DEFAULTS`).
 
     ``data.store`` may list several stores: a band-token encoder then trains on all of them,
-    each batch from one store (:class:`~geofm.tasks.datamodule.MixedChipDataModule`), and the
+    each batch from one store (:class:`~geofm.training.datamodule.MixedChipDataModule`), and the
     checkpoint's band contract is the union of their bands.
 
     Returns:

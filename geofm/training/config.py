@@ -17,7 +17,7 @@ from geofm.errors import GeofmError
 
 
 def step_trainer(max_steps: int, checkpoint_every_n_steps: int) -> dict[str, Any]:
-    """The ``trainer`` section that :func:`geofm.tasks.trainer.fit_steps` reads (pretraining and
+    """The ``trainer`` section that :func:`geofm.training.trainer.fit_steps` reads (pretraining and
     alignment)."""
     return {
         "max_steps": max_steps,

@@ -1,1 +1,0 @@
-"""Dataset builders (one module per source), splits, audits and deduplication."""

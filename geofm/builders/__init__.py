@@ -1,0 +1,1 @@
+"""Dataset builders, one module per source (reBEN, MODIS, OpticalRS), and the Dask runner."""
