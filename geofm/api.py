@@ -48,6 +48,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from torch import nn
 
+from geofm.card import ModelCard
 from geofm.errors import GeofmError, GeofmWarning
 from geofm.io.cog import class_dtype
 from geofm.levels import detect_levels
@@ -193,7 +194,7 @@ class Model:
 
     Args:
         predictor: The loaded model (see :func:`load`); or build one from a module and its
-            checkpoint header with :meth:`from_module`.
+            model card with :meth:`from_module`.
 
     Attributes:
         task: ``"segmentation"``, ``"regression"``, ``"multilabel"``, ``"classification"``, or
@@ -203,27 +204,30 @@ class Model:
         class_colors: ``#rrggbb`` per class.
         tile_size: Input tile size ``(rows, cols)`` it was trained on.
         gsd_m: Ground sampling distance it was trained at, in metres.
-        header: The full checkpoint header.
+        card: The model card (:class:`~geofm.card.ModelCard`).
     """
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
 
     @classmethod
-    def from_module(cls, module: nn.Module, header: dict[str, Any], name: str = "") -> Model:
-        """Wrap a model built in Python and the header describing it (bands, normalisation,
-        task, classes), as a checkpoint header would.
+    def from_module(cls, module: nn.Module, card: ModelCard, name: str = "") -> Model:
+        """Wrap a model built in Python and the card describing it (band contract, task,
+        classes), as a checkpoint's card would.
 
         Example (runs as is from the repository root, with an untrained network):
             >>> from geofm.models import create_model
             >>> from geofm.models.finetuner import Finetuner
             >>> bands = ["S2.B02", "S2.B03", "S2.B04", "S2.B08"]
             >>> net = Finetuner(create_model("channelvit_test", bands=bands), "segmentation", 3)
-            >>> header = {"kind": "finetune", "task": "segmentation", "bands": bands,
-            ...           "classes": ["water", "marsh", "land"], "tile_size": [128, 128],
-            ...           "normalization": {"mean": [1000.0] * 4, "std": [500.0] * 4},
-            ...           "model": {"name": "channelvit_test"}}
-            >>> model = Model.from_module(net, header)
+            >>> from geofm.card import Architecture, BandContract, ModelCard, TaskSpec
+            >>> card = ModelCard(
+            ...     kind="finetune", architecture=Architecture("channelvit_test"),
+            ...     contract=BandContract(tuple(bands), (1000.0,) * 4, (500.0,) * 4,
+            ...                           flexible=True),
+            ...     tile_size=(128, 128), classes=("water", "marsh", "land"),
+            ...     task=TaskSpec(task="segmentation", head="segmentation", num_outputs=3))
+            >>> model = Model.from_module(net, card)
             >>> model
             Model(channelvit_test, segmentation, 4 bands, 3 classes)
             >>> out = model.predict("datasets/sentinel2_l1c/s2_l1c_13band_10m_256px.tif")
@@ -233,7 +237,7 @@ class Model:
             >>> sorted(set(out.values.ravel().tolist())) <= [0, 1, 2]
             True
         """
-        return cls(Predictor(module, header, name))
+        return cls(Predictor(module, card, name))
 
     @property
     def task(self) -> str | None:
@@ -260,8 +264,9 @@ class Model:
         return self.predictor.gsd_m
 
     @property
-    def header(self) -> dict[str, Any]:
-        return self.predictor.header
+    def card(self) -> ModelCard:
+        """The model card: band contract, task, classes, geometry and provenance."""
+        return self.predictor.card
 
     def to(self, device: str) -> Model:
         """Move to ``device`` (``"cpu"``, ``"cuda"``) and return ``self``."""

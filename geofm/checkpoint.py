@@ -1,18 +1,10 @@
-"""geofm checkpoints: weights in safetensors, everything else in a JSON header.
+"""geofm checkpoints: weights in safetensors, the model card in a JSON header.
 
-One file, ``*.safetensors``. Its metadata holds a key ``geofm`` with a JSON document::
-
-    {
-      "format": "geofm-checkpoint", "format_version": 1, "geofm_version": "0.1.0",
-      "kind": "pretrain" | "finetune" | ...,
-      "model": {"name": "channelvit_tiny", "config": {...}},
-      "bands": [...], "band_info": [...],            # the band contract
-      "normalization": {"mean": [...], "std": [...]},
-      "objective": {...}, "classes": [...], "class_colors": [...],
-      "data": {"store": ..., "split": ..., "split_method": ..., "num_chips": ...},
-              # a pretraining run on several stores: {"stores": [{...one such record...}]}
-      "train": {...}
-    }
+One file, ``*.safetensors``. Its metadata holds a key ``geofm`` with a JSON document: the
+:class:`~geofm.card.ModelCard` (:meth:`~geofm.card.ModelCard.to_header`) plus ``format``,
+``format_version`` and ``geofm_version``. Reading goes through
+:meth:`~geofm.card.ModelCard.from_header`, which also reads the version-1 headers of older
+checkpoints.
 
 Loading reads tensors and JSON only: no pickled code is ever executed.
 """
@@ -22,29 +14,26 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from geofm.card import CARD_VERSION, FORMAT, ModelCard
 from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
 from geofm.filemode import apply_umask
 
-FORMAT = "geofm-checkpoint"
-FORMAT_VERSION = 1
-
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
-                    header: dict[str, Any]) -> Path:
+                    card: ModelCard) -> Path:
     """Write weights and header atomically (temporary name, then rename), readable as the
     user's umask allows (``0644`` under umask ``022``).
 
     Args:
         path: Output ``.safetensors`` path.
         state_dict: Tensors to store (made contiguous; shared storage is copied).
-        header: The JSON header (``format`` fields are added).
+        card: The model card, written as the JSON header.
 
     Raises:
         GeofmError: The disk is full (the temporary file is removed, ``path`` is untouched).
@@ -52,8 +41,8 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
     from geofm import __version__
 
     path = Path(path)
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "geofm_version": __version__,
-            **header}
+    full = {"format": FORMAT, "format_version": CARD_VERSION, "geofm_version": __version__,
+            **card.to_header()}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     tmp = path.with_name(path.name + ".tmp")
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -82,8 +71,8 @@ def is_geofm_checkpoint(path: str | Path) -> bool:
         return False
 
 
-def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a geofm checkpoint, without loading weights.
+def read_card(path: str | Path) -> ModelCard:
+    """The model card of a geofm checkpoint, without loading weights.
 
     Raises:
         GeofmError: Missing file, not safetensors, or not a geofm checkpoint.
@@ -104,25 +93,26 @@ def read_header(path: str | Path) -> dict[str, Any]:
                          "pass a geofm checkpoint (*.safetensors)") from None
     if "geofm" not in meta:
         raise GeofmError("is a safetensors file but not a geofm checkpoint", p)
-    header = json.loads(meta["geofm"])
-    if header.get("format") != FORMAT:
+    try:
+        header = json.loads(meta["geofm"])
+    except json.JSONDecodeError:
+        raise GeofmError("the checkpoint's header is not valid JSON", p,
+                         "the file is damaged; copy it again") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise GeofmError("is not a geofm checkpoint", p)
-    if header.get("format_version", 0) > FORMAT_VERSION:
-        raise GeofmError(f"checkpoint format {header['format_version']} is newer than this "
-                         f"geofm reads ({FORMAT_VERSION})", p, "upgrade geofm")
-    return header
+    return ModelCard.from_header(header, p)
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and header of a geofm checkpoint (CPU tensors).
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
+    """Weights and model card of a geofm checkpoint (CPU tensors).
 
     Raises:
         GeofmError: Missing, unreadable or truncated file, or not a geofm checkpoint.
     """
-    header = read_header(path)
+    card = read_card(path)
     try:
         weights = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise GeofmError(f"cannot read the checkpoint's weights ({str(e).splitlines()[0]})",
                          path, "the file is damaged or incomplete; copy it again") from None
-    return weights, header
+    return weights, card

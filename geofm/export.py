@@ -77,7 +77,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from geofm.checkpoint import read_header
+from geofm.card import ModelCard
+from geofm.checkpoint import read_card
 from geofm.errors import GeofmError
 from geofm.extras import require
 from geofm.models.finetuner import SCENE_TASKS, task_scores
@@ -145,20 +146,20 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def export_tile_size(header: dict[str, Any], tile_size: int | None = None) -> int:
+def export_tile_size(card: ModelCard, tile_size: int | None = None) -> int:
     """The square tile size of the export.
 
     Args:
-        header: Checkpoint header (``tile_size``, ``patch_size``).
+        card: The model's card (tile and patch size).
         tile_size: Requested size; default the checkpoint's training tile (its shorter side)
             rounded to the nearest multiple of the patch size.
 
     Raises:
         GeofmError: ``tile_size`` is not a positive multiple of the patch size.
     """
-    patch = int(header.get("patch_size") or header["model"]["config"].get("patch_size", 1))
+    patch = int(card.patch_size or card.architecture.config.get("patch_size", 1))
     if tile_size is None:
-        size = header.get("tile_size") or [16 * patch]
+        size = card.tile_size or (16 * patch,)
         side = min(int(v) for v in size)
         return max(patch, round(side / patch) * patch)
     if tile_size <= 0 or tile_size % patch:
@@ -168,12 +169,12 @@ def export_tile_size(header: dict[str, Any], tile_size: int | None = None) -> in
     return int(tile_size)
 
 
-def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = "",
+def deepness_metadata(card: ModelCard, tile: int, checkpoint: str = "",
                       plan: BandPlan | None = None) -> dict[str, str]:
     """The ONNX metadata of an export: Deepness's keys and geofm's own, values as JSON.
 
     Args:
-        header: Checkpoint header of a finetuned model.
+        card: The card of a finetuned model.
         tile: Tile size of the exported input.
         checkpoint: Name of the checkpoint file, recorded as ``geofm_checkpoint``.
         plan: The raster bands the export takes (``bands=``), matched to the model's; default
@@ -184,16 +185,15 @@ def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = "",
     """
     from geofm import __version__
 
-    task = header["task"]
-    bands = list(header["bands"])
-    num_outputs = int(header["head"]["num_outputs"])
-    names = list(header.get("classes") or [])
+    assert card.task is not None  # the caller checked the card is a finetuned model's
+    task = card.task.task
+    bands = list(card.bands)
+    num_outputs = card.task.num_outputs
+    names = list(card.classes)
     if len(names) != num_outputs:
         names = [f"{'target' if task == 'regression' else 'class'}_{i}"
                  for i in range(num_outputs)]
-    norm = header.get("normalization") or {}
-    mean = [float(v) for v in norm.get("mean", [0.0] * len(bands))]
-    std = [float(v) for v in norm.get("std", [1.0] * len(bands))]
+    mean, std = list(card.contract.mean), list(card.contract.std)
     used = {b: f"band {i + 1} ({b})" for i, b in enumerate(bands)}
     missing: list[str] = []
     if plan is not None:
@@ -210,20 +210,20 @@ def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = "",
         "standardization_mean": [0.0] * len(bands),
         "standardization_std": [1.0 / 255.0] * len(bands),
     }
-    if header.get("gsd_m"):
-        meta["resolution"] = float(header["gsd_m"]) * 100.0
+    if card.gsd_m:
+        meta["resolution"] = float(card.gsd_m) * 100.0
     if meta["model_type"] == "Segmentor":
         meta.update(seg_thresh=0.0, seg_small_segment=0)
     else:
         meta["reg_output_scaling"] = 1.0
     meta.update(
         geofm_bands=bands, geofm_bands_used=used, geofm_version=__version__, geofm_task=task,
-        geofm_model=str(header["model"]["name"]),
+        geofm_model=card.architecture.name,
         geofm_normalization={"mean": mean, "std": std}, geofm_checkpoint=checkpoint)
     if missing:
         meta["geofm_bands_missing"] = missing
-    if header.get("class_colors"):
-        meta["geofm_class_colors"] = list(header["class_colors"])
+    if card.class_colors:
+        meta["geofm_class_colors"] = list(card.class_colors)
     return {k: json.dumps(v) for k, v in meta.items()}
 
 
@@ -238,7 +238,7 @@ def input_band_names(plan: BandPlan) -> list[str]:
     return names
 
 
-def export_bands(model: nn.Module, header: dict[str, Any], bands: str | Sequence[str],
+def export_bands(model: nn.Module, card: ModelCard, bands: str | Sequence[str],
                  source: str | Path | None = None) -> BandPlan:
     """Match the raster bands ``bands`` (names in the raster's order, or a set name such as
     ``"s2"``) to a finetuned model's bands, as ``geofm predict --bands`` does.
@@ -257,7 +257,7 @@ def export_bands(model: nn.Module, header: dict[str, Any], bands: str | Sequence
                   else [b.strip() for b in bands.split(",") if b.strip()])
     else:
         labels = [str(b) for b in bands]
-    return plan_bands(Predictor(model, header), labels, source=source)
+    return plan_bands(Predictor(model, card), labels, source=source)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -384,33 +384,29 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     out = require_suffix(out_path, (".onnx",), "an ONNX model")
     check_output(out, overwrite, [Path(model_path)])
     remove_stale_temporaries(out)
-    header = read_header(model_path)
-    if header.get("kind") != "finetune":
-        raise GeofmError(f"is a {header.get('kind', 'unknown')} checkpoint, not a finetuned "
-                         "model", model_path, "finetune it first with 'geofm finetune'")
-    if "task" not in header or "head" not in header:
-        raise GeofmError("finetuned checkpoint without its task or head description",
-                         model_path, "finetune it again with this geofm version")
+    card = read_card(model_path)
+    card.require("finetune", model_path, "finetune it first with 'geofm finetune'")
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
         raise GeofmError(f"opset {opset} is not supported; use {MIN_OPSET} to {newest}")
-    tile = export_tile_size(header, tile_size)
-    model, header = load_finetuned(model_path)
-    bands = list(header["bands"])
-    norm = header.get("normalization") or {}
-    mean = np.asarray(norm.get("mean", [0.0] * len(bands)), dtype=np.float32)
-    std = np.asarray(norm.get("std", [1.0] * len(bands)), dtype=np.float32)
+    tile = export_tile_size(card, tile_size)
+    model, card = load_finetuned(model_path)
+    assert card.task is not None
+    task = card.task.task
+    bands = list(card.bands)
+    mean = np.asarray(card.contract.mean, dtype=np.float32)
+    std = np.asarray(card.contract.std, dtype=np.float32)
     plan = None
     if bands_in is not None:
-        plan = export_bands(model, header, bands_in, source="--bands (bands=)")
+        plan = export_bands(model, card, bands_in, source="--bands (bands=)")
         channels = len(plan.labels)
         module = ExportModule(model, plan.bands, plan.mean.tolist(), plan.std.tolist(),
-                              header["task"], (tile, tile), select=plan.sources).eval()
+                              task, (tile, tile), select=plan.sources).eval()
         # Typical raw values per input channel (for the trace and the check); unused: 0 ± 1.
         mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
         mean[plan.sources], std[plan.sources] = plan.mean, plan.std
     else:
-        module = ExportModule(model, bands, mean.tolist(), std.tolist(), header["task"],
+        module = ExportModule(model, bands, mean.tolist(), std.tolist(), task,
                               (tile, tile)).eval()
     example = torch.from_numpy(np.broadcast_to(mean[None, :, None, None],
                                                (2, len(mean), tile, tile)).copy())
@@ -429,9 +425,9 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     for node in proto.graph.node:  # the exporter's per-node stack traces and source paths
         del node.metadata_props[:]
     del proto.metadata_props[:]
-    for key, value in deepness_metadata(header, tile, Path(model_path).name, plan).items():
+    for key, value in deepness_metadata(card, tile, Path(model_path).name, plan).items():
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = (f"geofm {header['task']} model {header['model']['name']}: raw "
+    proto.doc_string = (f"geofm {task} model {card.architecture.name}: raw "
                         f"{len(mean)}-band tiles {tile}×{tile} → {OUTPUT_NAME}")
     if proto.ByteSize() >= MAX_PROTO_BYTES:
         raise GeofmError(f"the model is too large for a single ONNX file "

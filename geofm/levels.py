@@ -57,25 +57,6 @@ def merged_levels(levels: Iterable[Mapping[str, str]]) -> dict[str, str]:
     return {k: v for k, v in out.items() if k not in clash}
 
 
-def checkpoint_levels(header: Mapping[str, Any]) -> dict[str, str]:
-    """The levels a checkpoint's model was trained on (``{}`` where unknown).
-
-    Headers written before levels were recorded are recognised by a reBEN training store.
-    """
-    levels = header.get("processing_levels")
-    if isinstance(levels, dict):
-        return {str(k): str(v) for k, v in levels.items()}
-    sources = [header.get("data"), (header.get("encoder_source") or {}).get("data")]
-    for data in sources:
-        records = (data.get("stores") if isinstance(data, dict) and "stores" in data
-                   else [data])
-        for record in records or []:
-            if isinstance(record, dict) and "reben" in " ".join(
-                    str(record.get(k, "")) for k in ("store", "split_method")).lower():
-                return dict(BUILDER_LEVELS["reben"])
-    return {}
-
-
 def detect_levels(texts: Iterable[str]) -> dict[str, str]:
     """Sentinel-2 processing level named by an input's metadata values or file name.
 

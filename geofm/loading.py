@@ -1,31 +1,29 @@
-"""Loading geofm checkpoints as ready models, and matching their bands to data.
+"""Loading models: one loader per card kind, and :func:`load_model` to pick among them.
 
-Shared by evaluation, prediction and the analyst API: one place decides which bands of a store
-or raster a model uses, so a band mismatch is the same clear error everywhere.
+Shared by evaluation, prediction, export and the analyst API. Band matching and normalisation
+belong to the card's :class:`~geofm.card.BandContract`, so a band mismatch is the same clear
+error everywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from geofm.bands import match_by_wavelength
-from geofm.checkpoint import is_geofm_checkpoint, load_checkpoint
-from geofm.errors import BandError, GeofmError
+from geofm.card import Architecture, ModelCard
+from geofm.checkpoint import is_geofm_checkpoint, load_checkpoint, read_card
+from geofm.errors import GeofmError
 from geofm.models import create_model
 from geofm.models.align import AlignModel
 from geofm.models.openclip import load_open_clip
 from geofm.models.text import TextTower
 
 
-def encoder_from_header(header: dict[str, Any]) -> nn.Module:
-    """An untrained encoder with the checkpoint's architecture and band contract."""
-    model = header["model"]
-    return create_model(model["name"], **model["config"])
+def build_encoder(architecture: Architecture) -> nn.Module:
+    """An untrained encoder of ``architecture`` (the card's registered name and config)."""
+    return create_model(architecture.name, **architecture.config)
 
 
 def encoder_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -33,56 +31,19 @@ def encoder_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The pretrained (or finetuned) encoder of a geofm checkpoint, in eval mode."""
-    weights, header = load_checkpoint(path)
-    enc = encoder_from_header(header)
+def load_encoder(path: str | Path) -> tuple[nn.Module, ModelCard]:
+    """The pretrained (or finetuned, or aligned) encoder of a geofm checkpoint, in eval mode."""
+    weights, card = load_checkpoint(path)
+    enc = build_encoder(card.architecture)
     state = encoder_state(weights)
     if not state:
         raise GeofmError("checkpoint holds no encoder weights", path)
     enc.load_state_dict(state, strict=True)
-    return enc.eval(), header
+    return enc.eval(), card
 
 
-def is_channel_flexible(header: dict[str, Any]) -> bool:
-    """True for encoders that accept any subset of bands (one token per band: ChannelViT)."""
-    return header["model"]["name"].startswith("channelvit")
-
-
-def match_bands(model_bands: Sequence[str], available: Sequence[str], flexible: bool,
-                source: str | Path | None = None) -> list[str]:
-    """The model bands to feed, in the model's order, from what ``available`` offers.
-
-    A channel-flexible model takes every model band present (by name, else by wavelength) and
-    needs at least one; any other model needs all of them.
-
-    Returns:
-        The available band names to read, aligned to the model bands they stand for.
-
-    Raises:
-        BandError: Bands are missing (listed in the message).
-    """
-    avail = list(available)
-    direct = [b for b in model_bands if b in avail]
-    if len(direct) == len(model_bands):
-        return list(model_bands)
-    if not flexible:
-        missing = [b for b in model_bands if b not in avail]
-        raise BandError(f"the model needs bands {', '.join(missing)} that the data lacks "
-                        f"(data has {', '.join(avail)})", source,
-                        "use data with those bands or a channel-flexible (channelvit) model")
-    if direct:
-        return direct
-    by_wl = match_by_wavelength(list(model_bands), avail)
-    matched = [v for v in by_wl.values() if v is not None]
-    if not matched:
-        raise BandError(f"none of the data's bands ({', '.join(avail)}) match the model's "
-                        f"({', '.join(model_bands)}) by name or wavelength", source)
-    return list(dict.fromkeys(matched))
-
-
-def store_bands_for(header: dict[str, Any], store: str | Path) -> list[str]:
-    """The bands of the chip store ``store`` to train a checkpoint's encoder on, when none are
+def store_bands_for(card: ModelCard, store: str | Path) -> list[str]:
+    """The bands of the chip store ``store`` to train a card's encoder on, when none are
     named: every model band for a fixed-band model, the ones the store has for a band-token
     model (a ChannelViT pretrained on several sensors finetunes on one of them).
 
@@ -91,11 +52,10 @@ def store_bands_for(header: dict[str, Any], store: str | Path) -> list[str]:
     """
     from geofm.io.store import open_store
 
-    names = open_store(store).bands
-    return match_bands(header["bands"], names, is_channel_flexible(header), store)
+    return card.contract.match(open_store(store).bands, store)
 
 
-def load_finetuned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_finetuned(path: str | Path) -> tuple[nn.Module, ModelCard]:
     """A finetuned model (encoder + head) of a geofm checkpoint, in eval mode.
 
     Raises:
@@ -103,15 +63,13 @@ def load_finetuned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     from geofm.models.finetuner import Finetuner
 
-    weights, header = load_checkpoint(path)
-    if header.get("kind") != "finetune":
-        raise GeofmError(f"is a {header.get('kind', 'unknown')} checkpoint, not a finetuned "
-                         "model", path, "finetune it first with 'geofm finetune'")
-    head = header["head"]
-    model = Finetuner(encoder_from_header(header), task=header["task"], head=head["kind"],
-                      num_outputs=head["num_outputs"], freeze="full")
+    weights, card = load_checkpoint(path)
+    card.require("finetune", path, "finetune it first with 'geofm finetune'")
+    assert card.task is not None  # a finetune card always has one
+    model = Finetuner(build_encoder(card.architecture), task=card.task.task,
+                      head=card.task.head, num_outputs=card.task.num_outputs, freeze="full")
     model.load_state_dict(weights, strict=True)
-    return model.eval(), header
+    return model.eval(), card
 
 
 def is_open_clip_source(path: str | Path) -> bool:
@@ -124,11 +82,11 @@ def is_open_clip_source(path: str | Path) -> bool:
     return p.suffix.lower() == ".safetensors" and p.is_file() and not is_geofm_checkpoint(p)
 
 
-def load_aligned(path: str | Path) -> tuple[AlignModel, dict[str, Any]]:
+def load_aligned(path: str | Path) -> tuple[AlignModel, ModelCard]:
     """An image–text model of a geofm align checkpoint, in eval mode.
 
     The encoder and projections come from the checkpoint; the text tower is rebuilt from the
-    header's ``text`` entry (its weights are stored only when it was trained unlocked). A
+    card's text source (its weights are stored only when it was trained unlocked). A
     published open_clip / RemoteCLIP state dict (``.pt``, ``.pth``, ``.bin``) or open_clip folder
     is loaded with :func:`geofm.models.openclip.load_open_clip` (architecture read from the
     weights, Sentinel-2 RGB bands).
@@ -138,21 +96,35 @@ def load_aligned(path: str | Path) -> tuple[AlignModel, dict[str, Any]]:
     """
     if is_open_clip_source(path):
         return load_open_clip(Path(path))
-    weights, header = load_checkpoint(path)
-    kind = header.get("kind", "unknown")
-    if kind != "align":
-        raise GeofmError(f"has no text tower (it is a {kind} checkpoint)", path,
+    weights, card = load_checkpoint(path)
+    if card.kind != "align" or card.text is None:
+        raise GeofmError(f"has no text tower (it is a {card.kind} checkpoint)", path,
                          "align it with 'geofm align'")
-    settings = header.get("align") or {}
-    text_info = header.get("text") or settings.get("text") or {}
-    text = TextTower.from_header(text_info)
-    model = AlignModel(encoder_from_header(header), text,
-                       embed_dim=int(settings["embed_dim"]),
-                       init_temperature=float(settings.get("init_temperature", 0.07)),
-                       max_logit_scale=float(settings.get("max_logit_scale", 100.0)))
+    spec = card.text
+    text = TextTower.from_record(dict(spec.source))
+    model = AlignModel(build_encoder(card.architecture), text, embed_dim=spec.embed_dim,
+                       init_temperature=spec.init_temperature,
+                       max_logit_scale=spec.max_logit_scale)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not (text.locked and k.startswith("text."))]
     if missing or unexpected:
         raise GeofmError(f"align checkpoint does not fit its model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})", path)
-    return model.eval(), header
+    return model.eval(), card
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
+    """Any model geofm reads, by its card's kind: a finetuned model (encoder + head), an
+    image–text model (geofm align checkpoints and published open_clip / RemoteCLIP weights), or
+    an encoder (pretrained checkpoints), in eval mode.
+
+    This is the one place that picks the loader.
+    """
+    if is_open_clip_source(path):
+        return load_aligned(path)
+    kind = read_card(path).kind
+    if kind == "finetune":
+        return load_finetuned(path)
+    if kind == "align":
+        return load_aligned(path)
+    return load_encoder(path)

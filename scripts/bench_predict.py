@@ -116,6 +116,7 @@ def geofm_checkpoint(path: Path, model: str = "channelvit_test") -> Path:
     """A ``model`` + segmentation-head checkpoint on the four bands (random weights: speed
     does not depend on them)."""
     from geofm.bands import bands_info
+    from geofm.card import ModelCard
     from geofm.checkpoint import save_checkpoint
     from geofm.models import create_model
     from geofm.models.finetuner import Finetuner
@@ -132,7 +133,7 @@ def geofm_checkpoint(path: Path, model: str = "channelvit_test") -> Path:
               "normalization": {"mean": [1000.0] * 4, "std": [600.0] * 4},
               "classes": [f"class {i}" for i in range(CLASSES)], "class_colors": [],
               "tile_size": [128, 128], "patch_size": 8, "gsd_m": 10.0}
-    return save_checkpoint(path, finetuner.state_dict(), header)
+    return save_checkpoint(path, finetuner.state_dict(), ModelCard.from_header(header))
 
 
 class PixelModel(nn.Module):
@@ -150,20 +151,23 @@ class PixelModel(nn.Module):
 
 
 def tiny_predictor() -> Any:
+    from geofm.card import ModelCard
     from geofm.predict import Predictor
 
     torch.manual_seed(0)
     header = {"kind": "finetune", "task": "segmentation", "bands": [f"S2.{b}" for b in BANDS],
+              "head": {"kind": "segmentation", "num_outputs": CLASSES},
               "normalization": {"mean": [1000.0] * 4, "std": [600.0] * 4},
               "classes": [f"class {i}" for i in range(CLASSES)], "tile_size": [256, 256],
               "patch_size": 8, "gsd_m": 10.0, "model": {"name": "pixel_mlp"}}
-    return Predictor(PixelModel(), header, "pixel_mlp")
+    return Predictor(PixelModel(), ModelCard.from_header(header), "pixel_mlp")
 
 
 def null_predictor(classes: int = CLASSES) -> Any:
     """A segmentation predictor whose model is a channel gather: output ``k`` is input band
     ``k mod C``. The model costs one copy, so a run measures the host pipeline; the class map
     keeps the input's structure (the argmax of the four bands)."""
+    from geofm.card import ModelCard
     from geofm.predict import Predictor
 
     class Null(Predictor):
@@ -172,10 +176,11 @@ def null_predictor(classes: int = CLASSES) -> Any:
             return images[:, index]  # [B, K, H, W]
 
     header = {"kind": "finetune", "task": "segmentation", "bands": [f"S2.{b}" for b in BANDS],
+              "head": {"kind": "segmentation", "num_outputs": classes},
               "normalization": {"mean": [1000.0] * 4, "std": [600.0] * 4},
               "classes": [f"class {i}" for i in range(classes)], "tile_size": [256, 256],
               "patch_size": 8, "gsd_m": 10.0, "model": {"name": "null"}}
-    return Null(nn.Identity(), header, "null")
+    return Null(nn.Identity(), ModelCard.from_header(header), "null")
 
 
 def cpu_seconds() -> float:

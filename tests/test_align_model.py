@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geofm.card import BandContract
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
 from geofm.loading import load_aligned
 from geofm.models import create_model
-from geofm.models.align import AlignModel, save_aligned
+from geofm.models.align import AlignModel, aligned_card, save_aligned
 from geofm.models.text import DEFAULT_TEXT_MODEL, TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
 
@@ -68,7 +69,7 @@ def test_forward_scale_and_header() -> None:
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
     assert math.isclose(model.scale().item(), 100.0, rel_tol=1e-5)
-    assert model.header() == {"embed_dim": 24, "init_temperature": 0.07, "max_logit_scale": 100.0,
+    assert model.settings() == {"embed_dim": 24, "init_temperature": 0.07, "max_logit_scale": 100.0,
                               "text": {"name": "hash", "kind": "hf", "dim": 16, "locked": True}}
 
 
@@ -92,16 +93,18 @@ def test_align_checkpoint_round_trip_with_bundled_text(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = AlignModel(create_model("channelvit_test", bands=BANDS), TextTower.from_source(),
                        embed_dim=16, init_temperature=0.1)
-    path = save_aligned(tmp_path / "align.safetensors", model,
-                        {"bands": BANDS, "classes": ["Forest"], "templates": ["a photo of {}"]})
+    card = aligned_card(model, BandContract(tuple(BANDS), (0.0,) * 4, (1.0,) * 4),
+                        classes=("Forest",), templates=["a photo of {}"])
+    path = save_aligned(tmp_path / "align.safetensors", model, card)
     weights, _ = load_checkpoint(path)
     assert not [k for k in weights if k.startswith("text.")]  # locked: rebuilt by name
-    loaded, header = load_aligned(path)
-    assert header["kind"] == "align" and header["classes"] == ["Forest"]
-    assert header["align"]["embed_dim"] == 16 and header["align"]["init_temperature"] == 0.1
-    assert header["text"] == {"name": DEFAULT_TEXT_MODEL, "kind": "hf", "dim": 384,
-                              "locked": True}
-    assert header["model"]["name"] == "channelvit_test"
+    loaded, card = load_aligned(path)
+    assert card.kind == "align" and card.classes == ("Forest",)
+    assert card.text is not None and card.text.templates == ("a photo of {}",)
+    assert card.text.embed_dim == 16 and card.text.init_temperature == 0.1
+    assert card.text.source == {"name": DEFAULT_TEXT_MODEL, "kind": "hf", "dim": 384,
+                                "locked": True}
+    assert card.architecture.name == "channelvit_test"
     assert not loaded.training and loaded.text.locked
     images = torch.randn(2, 4, 16, 16)
     with torch.no_grad():
@@ -120,10 +123,11 @@ def test_unlocked_text_weights_are_saved(tmp_path: Path) -> None:
                        TextTower.from_source(folder, locked=False), embed_dim=8)
     with torch.no_grad():
         model.text.backend.model.embeddings.word_embeddings.weight.add_(1.0)
-    path = save_aligned(tmp_path / "align.safetensors", model, {"bands": BANDS})
+    path = save_aligned(tmp_path / "align.safetensors", model,
+                        aligned_card(model, BandContract(tuple(BANDS), (0.0,) * 4, (1.0,) * 4)))
     assert any(k.startswith("text.backend.model.") for k in load_checkpoint(path)[0])
-    loaded, header = load_aligned(path)
-    assert header["text"]["locked"] is False and not loaded.text.locked
+    loaded, card = load_aligned(path)
+    assert card.text is not None and not card.text.locked and not loaded.text.locked
     torch.testing.assert_close(loaded.encode_text(["a lake"]),
                                model.eval().encode_text(["a lake"]))
 

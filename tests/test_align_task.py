@@ -57,10 +57,10 @@ def test_alignment_learns_the_real_sample(pretrained: Path, reben_store: Path,
     assert r["steps"] == 25 and r["num_chips"] == 6 and r["captions"]["source"] == "labels"
     weights = load_file(r["checkpoint"])
     assert not any(k.startswith("text.") for k in weights)  # locked tower: rebuilt on load
-    header = load_aligned(r["checkpoint"])[1]
-    assert header["kind"] == "align" and header["text"]["locked"]
-    assert header["train"]["split"] is None and header["captions"]["seed"] == 0
-    assert header["templates"] and header["bands"] == geofm.open_store(reben_store).bands
+    card = load_aligned(r["checkpoint"])[1]
+    assert card.kind == "align" and card.text is not None and card.text.locked
+    assert card.provenance.data["split"] is None and card.text.captions["seed"] == 0
+    assert card.text.templates and list(card.bands) == geofm.open_store(reben_store).bands
 
     ret = retrieval(r["checkpoint"], reben_store, split="all")
     m = ret["metrics"]
@@ -99,8 +99,9 @@ def test_only_training_captions_train(pretrained: Path, store_copy: Path, tmp_pa
     assert "captions from store (seed 5)" in capsys.readouterr().out
     seen = json.loads((out / "data_rank0.json").read_text())
     assert seen["chip_indices"] == np.flatnonzero(splits == "train").tolist()
-    header = load_aligned(out / "align.safetensors")[1]
-    assert header["captions"]["source"] == "store" and header["train"]["split"] == "train"
+    card = load_aligned(out / "align.safetensors")[1]
+    assert card.text is not None and card.text.captions["source"] == "store"
+    assert card.provenance.data["split"] == "train"
 
 
 def test_caption_choice_and_crops_are_seeded() -> None:
@@ -123,8 +124,9 @@ def test_tiny_config_twin_runs(pretrained: Path, reben_store: Path, tmp_path: Pa
     assert main(["align", "--config", str(cfg), "--init", str(pretrained), "--data",
                  str(reben_store), "--output", str(out), "--quiet"]) == 0
     assert (out / "config.yaml").exists() and (out / "metrics.csv").exists()
-    model, header = load_aligned(out / "align.safetensors")
-    assert header["train"]["steps"] == 3 and header["captions"]["per_chip"] == 2
+    model, card = load_aligned(out / "align.safetensors")
+    assert card.provenance.training["steps"] == 3
+    assert card.text is not None and card.text.captions["per_chip"] == 2
     assert model.embed_dim == 32
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import geofm
+from geofm.card import BandContract, Provenance
 from geofm.checkpoint import save_checkpoint
 from geofm.cli import main
 from geofm.errors import GeofmError
@@ -23,7 +24,7 @@ from geofm.evaluation.aligned import (
 )
 from geofm.io.writer import StoreSpec, create_store, finalize_store, write_region
 from geofm.models import create_model
-from geofm.models.align import AlignModel, save_aligned
+from geofm.models.align import AlignModel, aligned_card, save_aligned
 from geofm.models.text import TextTower
 
 from .synthetic import make_store
@@ -48,14 +49,14 @@ def align_ckpt(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     encoder = create_model("vit_test", bands=store.bands)
     model = AlignModel(encoder, TextTower.from_source(), embed_dim=16)
     mean, std = store.band_stats()
-    header = {"model": {"name": "vit_test", "config": encoder.model_config},
-              "bands": store.bands,
-              "normalization": {"mean": mean.tolist(), "std": std.tolist()},
-              "patch_size": 8, "tile_size": [120, 120], "classes": store.classes,
-              "templates": ["a satellite image of {}"],
-              "captions": {"source": "labels", "seed": 3, "per_chip": 2},
-              "train": {"store": str(reben_store), "split": "train", "seed": 0}}
-    return save_aligned(tmp_path_factory.mktemp("align") / "align.safetensors", model, header)
+    card = aligned_card(
+        model, BandContract(tuple(store.bands), tuple(mean.tolist()), tuple(std.tolist())),
+        templates=["a satellite image of {}"],
+        captions={"source": "labels", "seed": 3, "per_chip": 2},
+        patch_size=8, tile_size=(120, 120), classes=tuple(store.classes),
+        provenance=Provenance(data={"store": str(reben_store), "split": "train"},
+                              training={"seed": 0}))
+    return save_aligned(tmp_path_factory.mktemp("align") / "align.safetensors", model, card)
 
 
 def test_retrieval_recall_follows_remoteclip_protocol() -> None:

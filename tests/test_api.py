@@ -17,6 +17,7 @@ from affine import Affine
 import geofm
 from geofm.api import Model, load
 from geofm.bands import bands_info
+from geofm.card import ModelCard
 from geofm.checkpoint import save_checkpoint
 from geofm.errors import BandError, GeofmError
 from geofm.models import create_model
@@ -112,7 +113,8 @@ def test_pretrained_encoder_embeds_but_does_not_predict(small: Path, tmp_path: P
               "bands": RGBN, "band_info": bands_info(RGBN),
               "normalization": {"mean": [1000.0] * 4, "std": [500.0] * 4}}
     path = save_checkpoint(tmp_path / "pre.safetensors",
-                           {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, header)
+                           {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+                           ModelCard.from_header(header))
     model = load(path)
     assert model.task is None and repr(model) == "Model(channelvit_test, encoder, 4 bands)"
     with pytest.raises(GeofmError, match="embed"):

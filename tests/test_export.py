@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 import geofm
 from geofm import export
-from geofm.checkpoint import read_header
+from geofm.card import Architecture, BandContract, ModelCard
+from geofm.checkpoint import read_card
 from geofm.errors import GeofmError
 from geofm.export import deepness_metadata, export_onnx, export_tile_size
 from geofm.loading import load_finetuned
@@ -83,13 +84,13 @@ def exported(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFact
 
 def _torch_scores(checkpoint: Path, raw: np.ndarray) -> np.ndarray:
     """The reference: the finetuned model on normalised input, as inference uses it."""
-    model, header = load_finetuned(checkpoint)
-    norm = header["normalization"]
-    mean = np.asarray(norm["mean"], np.float32)[None, :, None, None]
-    std = np.asarray(norm["std"], np.float32)[None, :, None, None]
+    model, card = load_finetuned(checkpoint)
+    assert card.task is not None
+    mean = np.asarray(card.contract.mean, np.float32)[None, :, None, None]
+    std = np.asarray(card.contract.std, np.float32)[None, :, None, None]
     with torch.no_grad():
-        logits = model(torch.from_numpy((raw - mean) / std), header["bands"])
-        scores = task_scores(header["task"], logits).numpy()
+        logits = model(torch.from_numpy((raw - mean) / std), list(card.bands))
+        scores = task_scores(card.task.task, logits).numpy()
     if scores.ndim == 2:
         scores = np.broadcast_to(scores[:, :, None, None], (*scores.shape, *raw.shape[2:]))
     return scores
@@ -111,8 +112,9 @@ def _metadata(path: Path) -> dict[str, str]:
 def test_onnxruntime_matches_torch(name: str, exported: dict[str, Path],
                                    checkpoints: dict[str, Path], reben_store: Path) -> None:
     path, ckpt = exported[name], checkpoints[name]
-    header = read_header(ckpt)
-    bands, k = header["bands"], header["head"]["num_outputs"]
+    card = read_card(ckpt)
+    assert card.task is not None
+    bands, k = list(card.bands), card.task.num_outputs
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == 17
@@ -127,18 +129,17 @@ def test_onnxruntime_matches_torch(name: str, exported: dict[str, Path],
     assert isinstance(out.shape[0], str) and out.shape[1:] == [k, tile, tile]
 
     chip = _real_chip(reben_store, bands, tile)  # a real chip, batch of one
-    norm = header["normalization"]
     rng = np.random.default_rng(1)
     noise = rng.standard_normal((2, len(bands), tile, tile))
-    batch = (np.asarray(norm["mean"])[None, :, None, None]
-             + np.asarray(norm["std"])[None, :, None, None] * noise).astype(np.float32)
+    batch = (np.asarray(card.contract.mean)[None, :, None, None]
+             + np.asarray(card.contract.std)[None, :, None, None] * noise).astype(np.float32)
     for raw in (chip, batch):
         got = session.run(None, {"image": raw})[0]
         want = _torch_scores(ckpt, raw)
         assert got.shape == want.shape == (len(raw), k, tile, tile)
         np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
     sums = got.sum(axis=1)
-    if header["task"] == "segmentation":  # softmax over classes
+    if card.task.task == "segmentation":  # softmax over classes
         np.testing.assert_allclose(sums, 1.0, atol=1e-5)
     else:  # multi-label: independent sigmoids, one value per tile
         assert not np.allclose(sums, 1.0, atol=1e-3)
@@ -166,12 +167,12 @@ def test_deepness_preprocessing_feeds_raw_values(exported: dict[str, Path],
 
 def test_metadata_keys_and_values(exported: dict[str, Path],
                                   checkpoints: dict[str, Path]) -> None:
-    header = read_header(checkpoints["cvit_seg"])
+    card = read_card(checkpoints["cvit_seg"])
     meta = _metadata(exported["cvit_seg"])
     values = {key: json.loads(text) for key, text in meta.items()}  # every value is JSON
-    c = len(header["bands"])
+    c = len(card.bands)
     assert values["model_type"] == "Segmentor"
-    assert values["class_names"] == {str(i): n for i, n in enumerate(header["classes"])}
+    assert values["class_names"] == {str(i): n for i, n in enumerate(card.classes)}
     assert values["class_names"]["0"] == "Urban fabric" and len(values["class_names"]) == 19
     assert values["resolution"] == pytest.approx(1000.0)  # 10 m = 1000 cm/px
     assert values["tile_size"] == values["tiles_size"] == 120
@@ -179,13 +180,13 @@ def test_metadata_keys_and_values(exported: dict[str, Path],
     assert values["standardization_mean"] == [0.0] * c
     assert values["standardization_std"] == pytest.approx([1 / 255] * c)
     assert values["seg_thresh"] == 0.0 and values["seg_small_segment"] == 0
-    assert values["geofm_bands"] == header["bands"]
+    assert values["geofm_bands"] == list(card.bands)
     assert values["geofm_version"] == geofm.__version__
     assert values["geofm_task"] == "segmentation"
     assert values["geofm_model"] == "channelvit_test"
-    for key in ("mean", "std"):
-        assert values["geofm_normalization"][key] == pytest.approx(header["normalization"][key])
-    assert values["geofm_class_colors"] == header["class_colors"]
+    assert values["geofm_normalization"]["mean"] == pytest.approx(card.contract.mean)
+    assert values["geofm_normalization"]["std"] == pytest.approx(card.contract.std)
+    assert values["geofm_class_colors"] == list(card.class_colors)
     assert values["geofm_checkpoint"] == "finetune.safetensors"
 
     vit = {k: json.loads(v) for k, v in _metadata(exported["vit_seg"]).items()}
@@ -199,30 +200,34 @@ def test_metadata_keys_and_values(exported: dict[str, Path],
 
 
 def test_metadata_of_other_tasks(checkpoints: dict[str, Path]) -> None:
-    header = read_header(checkpoints["vit_seg"])
-    reg = {**copy.deepcopy(header), "task": "regression", "classes": ["ndvi"],
-           "head": {**header["head"], "num_outputs": 1}}
+    card = read_card(checkpoints["vit_seg"])
+    assert card.task is not None
+    reg = card.with_(task=dataclasses.replace(card.task, task="regression", num_outputs=1),
+                     classes=("ndvi",))
     meta = {k: json.loads(v) for k, v in deepness_metadata(reg, 120).items()}
     assert meta["model_type"] == "Regressor" and meta["class_names"] == {"0": "ndvi"}
     assert meta["tiles_overlap"] == 25 and meta["reg_output_scaling"] == 1.0
-    cls = {**copy.deepcopy(header), "task": "classification", "classes": None, "gsd_m": None}
+    cls = card.with_(task=dataclasses.replace(card.task, task="classification"), classes=(),
+                     gsd_m=None)
     meta = {k: json.loads(v) for k, v in deepness_metadata(cls, 120).items()}
     assert meta["model_type"] == "Segmentor" and meta["tiles_overlap"] == 0
     assert meta["class_names"]["18"] == "class_18" and "resolution" not in meta
 
 
 def test_tile_size() -> None:
-    header = {"tile_size": [120, 120], "patch_size": 8, "model": {"config": {}}}
-    assert export_tile_size(header) == 120
-    assert export_tile_size({**header, "tile_size": [122, 122]}) == 120
-    assert export_tile_size({**header, "tile_size": [130, 126]}) == 128
-    assert export_tile_size({**header, "tile_size": [3, 3]}) == 8
-    assert export_tile_size({**header, "tile_size": None}) == 128
-    assert export_tile_size(header, 256) == 256
+    card = ModelCard(kind="finetune", architecture=Architecture("vit_test"),
+                     contract=BandContract(("S2.B02",), (0.0,), (1.0,)), tile_size=(120, 120),
+                     patch_size=8)
+    assert export_tile_size(card) == 120
+    assert export_tile_size(card.with_(tile_size=(122, 122))) == 120
+    assert export_tile_size(card.with_(tile_size=(130, 126))) == 128
+    assert export_tile_size(card.with_(tile_size=(3, 3))) == 8
+    assert export_tile_size(card.with_(tile_size=None)) == 128
+    assert export_tile_size(card, 256) == 256
     with pytest.raises(GeofmError, match="not a positive multiple of the model's patch size 8"):
-        export_tile_size(header, 100)
+        export_tile_size(card, 100)
     with pytest.raises(GeofmError, match="positive multiple"):
-        export_tile_size(header, 0)
+        export_tile_size(card, 0)
 
 
 def test_bad_checkpoints_and_arguments(checkpoints: dict[str, Path], tmp_path: Path) -> None:

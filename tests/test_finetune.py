@@ -81,9 +81,10 @@ def test_multilabel_overfits_and_frozen_encoder_is_untouched(
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), k  # bit-identical
-    _, header = load_finetuned(r["checkpoint"])
-    assert header["classes"][0] == "Urban fabric" and header["class_colors"][0] == "#e6004d"
-    assert header["tile_size"] == [120, 120] and header["selection"]["metric"] == "map_macro"
+    _, card = load_finetuned(r["checkpoint"])
+    assert card.classes[0] == "Urban fabric" and card.class_colors[0] == "#e6004d"
+    assert card.tile_size == (120, 120) and card.task is not None
+    assert card.task.selection["metric"] == "map_macro"
 
 
 def test_classification_overfits(pretrained: dict[str, Path], reben_store: Path,

@@ -76,8 +76,8 @@ def test_pretraining_on_gpu_defaults_to_bf16_mixed(tmp_path: Path, strategy: str
     assert cfg["trainer"]["precision"] == "bf16-mixed"
     metrics = (tmp_path / strategy / "metrics.csv").read_text()
     assert "train/images_per_s" in metrics
-    encoder, header = load_encoder(result["checkpoint"])
-    assert header["bands"] == S1S2
+    encoder, card = load_encoder(result["checkpoint"])
+    assert list(card.bands) == S1S2
     assert all(torch.isfinite(p).all() for p in encoder.parameters())
 
 
@@ -103,6 +103,7 @@ def test_two_store_pretraining_with_a_probe_on_gpu(tmp_path: Path, reben_store: 
 
 def test_prediction_on_cuda_matches_cpu_and_mixes_devices(tmp_path: Path) -> None:
     from geofm.bands import bands_info
+    from geofm.card import ModelCard
     from geofm.checkpoint import save_checkpoint
     from geofm.models.finetuner import Finetuner
     from geofm.predict import predict_raster
@@ -119,7 +120,8 @@ def test_prediction_on_cuda_matches_cpu_and_mixes_devices(tmp_path: Path) -> Non
               "normalization": {"mean": [1000.0] * 4, "std": [600.0] * 4},
               "classes": [f"c{i}" for i in range(5)], "class_colors": [],
               "tile_size": [64, 64], "patch_size": 8, "gsd_m": 10.0}
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), header)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(),
+                           ModelCard.from_header(header))
     rng = np.random.default_rng(0)
     raster = tmp_path / "in.tif"
     profile = {"driver": "GTiff", "width": 300, "height": 260, "count": 4, "dtype": "uint16",

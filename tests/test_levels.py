@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -12,17 +13,19 @@ import rioxarray
 from affine import Affine
 
 from geofm import load
+from geofm.card import ModelCard
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.cli import main
 from geofm.errors import GeofmError, GeofmWarning
-from geofm.levels import checkpoint_levels, detect_levels, merged_levels, store_levels
+from geofm.levels import detect_levels, merged_levels, store_levels
 
 from .test_predict import RGBN, SCENE, crop, make_checkpoint, write_like
 
 
 def _with_levels(path: Path, levels: dict[str, str]) -> Path:
-    weights, header = load_checkpoint(path)
-    return save_checkpoint(path, weights, {**header, "processing_levels": levels})
+    weights, card = load_checkpoint(path)
+    contract = dataclasses.replace(card.contract, processing_levels=levels)
+    return save_checkpoint(path, weights, card.with_(contract=contract))
 
 
 @pytest.fixture(scope="module")
@@ -51,20 +54,23 @@ def test_levels_from_metadata_stores_and_headers() -> None:
     assert store_levels({"provenance": {"builder": "opticalrs"}}) == {}
     assert merged_levels([{"S2": "L2A"}, {"S2": "L1C", "MODIS": "L1B"}]) == {"MODIS": "L1B"}
     # Checkpoints written before levels were recorded: known by their reBEN store.
-    assert checkpoint_levels({"data": {"store": "outputs/reben_mini.zarr"}})["S2"] == "L2A"
-    assert checkpoint_levels({"data": {"stores": [{"store": "a.zarr"}]}}) == {}
+    old = {"format": "geofm-checkpoint", "format_version": 1, "kind": "pretrain",
+           "model": {"name": "vit_test"}, "bands": ["S2.B02"]}
+    levels = [ModelCard.from_header({**old, "data": data}).contract.processing_levels
+              for data in ({"store": "outputs/reben_mini.zarr"}, {"stores": [{"store": "a"}]})]
+    assert levels[0]["S2"] == "L2A" and levels[1] == {}
 
 
 def test_built_reben_store_and_its_checkpoint_record_the_level(reben_store: Path,
                                                                tmp_path: Path) -> None:
-    from geofm.checkpoint import read_header
+    from geofm.checkpoint import read_card
     from geofm.io.store import open_store
 
     from .trained import pretrain_tiny
 
     assert open_store(reben_store).attrs["processing_levels"] == {"S2": "L2A", "S1": "GRD"}
     ckpt = pretrain_tiny(reben_store, tmp_path / "run", "vit_test", steps=1)
-    assert read_header(ckpt)["processing_levels"] == {"S2": "L2A", "S1": "GRD"}
+    assert read_card(ckpt).contract.processing_levels == {"S2": "L2A", "S1": "GRD"}
 
 
 def test_api_warns_on_l1c_input_for_an_l2a_model_and_strict_refuses(

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from geofm.card import ModelCard
 from geofm.errors import BandError, GeofmError
 from geofm.loading import load_aligned
 from geofm.models.openclip import RGB_BANDS, OpenCLIPAlign, load_open_clip
@@ -46,11 +47,10 @@ def reflectance(size: int, batch: int = 2) -> torch.Tensor:
     return torch.rand(batch, 3, size, size) * 6000.0  # [B, 3, H, W]
 
 
-def header_normalise(dn: torch.Tensor, header: dict) -> torch.Tensor:
-    """What geofm's data pipeline does with a checkpoint header."""
-    norm = header["normalization"]
-    return (dn - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(
-        1, 3, 1, 1)
+def card_normalise(dn: torch.Tensor, card: ModelCard) -> torch.Tensor:
+    """What geofm's data pipeline does with a model card's band contract."""
+    mean, std = card.contract.normalization(list(card.bands))
+    return (dn - torch.from_numpy(mean).view(1, 3, 1, 1)) / torch.from_numpy(std).view(1, 3, 1, 1)
 
 
 def clip_input(dn: torch.Tensor) -> torch.Tensor:
@@ -58,10 +58,10 @@ def clip_input(dn: torch.Tensor) -> torch.Tensor:
     return ((dn / 3000.0).clamp(0, 1) - MEAN) / STD
 
 
-def assert_matches_open_clip(model: OpenCLIPAlign, header: dict, clip, size: int) -> None:
+def assert_matches_open_clip(model: OpenCLIPAlign, card: ModelCard, clip, size: int) -> None:
     dn = reflectance(size)
     with torch.no_grad():
-        ours = model.encode_image(header_normalise(dn, header), RGB_BANDS)
+        ours = model.encode_image(card_normalise(dn, card), RGB_BANDS)
         theirs = clip.encode_image(clip_input(dn), normalize=True)
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
         tokens = open_clip.tokenizer.SimpleTokenizer()(TEXTS)
@@ -82,14 +82,14 @@ def test_state_dict_files_match_open_clip(vit, tmp_path: Path, layout: str) -> N
     else:
         path = tmp_path / "tiny.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    model, header = load_open_clip(path)
+    model, card = load_open_clip(path)
     assert isinstance(model, OpenCLIPAlign) and not model.training and model.text.locked
-    assert header["kind"] == "open_clip" and header["bands"] == list(RGB_BANDS)
-    assert header["normalization"]["mean"] == pytest.approx([3000 * m for m in
+    assert card.kind == "open_clip" and card.bands == tuple(RGB_BANDS)
+    assert card.contract.mean == pytest.approx([3000 * m for m in
                                                              open_clip.OPENAI_DATASET_MEAN])
-    assert header["patch_size"] == 8 and header["tile_size"] == [32, 32]
-    assert header["text"]["kind"] == "open_clip" and header["align"]["embed_dim"] == 16
-    assert_matches_open_clip(model, header, vit, 32)
+    assert card.patch_size == 8 and card.tile_size == (32, 32) and card.text is not None
+    assert card.text.source["kind"] == "open_clip" and card.text.embed_dim == 16
+    assert_matches_open_clip(model, card, vit, 32)
 
 
 def test_named_arch_and_open_clip_folder(vit, tmp_path: Path) -> None:
@@ -98,17 +98,17 @@ def test_named_arch_and_open_clip_folder(vit, tmp_path: Path) -> None:
     open_clip.add_model_config(cfg_file)
     path = tmp_path / "tiny.pt"
     torch.save(vit.state_dict(), path)
-    model, header = load_open_clip(path, arch="geofm-tiny-vit")
-    assert header["text"]["arch"] == "geofm-tiny-vit"
-    assert_matches_open_clip(model, header, vit, 32)
+    model, card = load_open_clip(path, arch="geofm-tiny-vit")
+    assert card.text is not None and card.text.source["arch"] == "geofm-tiny-vit"
+    assert_matches_open_clip(model, card, vit, 32)
 
     folder = tmp_path / "hf_style"
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": VIT_CFG}))
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()},
               str(folder / "open_clip_model.safetensors"))
-    model, header = load_open_clip(folder)
-    assert_matches_open_clip(model, header, vit, 32)
+    model, card = load_open_clip(folder)
+    assert_matches_open_clip(model, card, vit, 32)
     text = TextTower.from_source(folder)  # an open_clip folder replaces the text tower
     assert text.source == {"name": str(folder.resolve()), "kind": "open_clip", "dim": 16}
     with torch.no_grad():
@@ -119,8 +119,8 @@ def test_named_arch_and_open_clip_folder(vit, tmp_path: Path) -> None:
 def test_bands_in_any_order_and_wrong_bands(vit, tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.save(vit.state_dict(), path)
-    model, header = load_open_clip(path)
-    x = header_normalise(reflectance(32), header)
+    model, card = load_open_clip(path)
+    x = card_normalise(reflectance(32), card)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(x.flip(1), ["S2.B02", "S2.B03", "S2.B04"]),
                                    model.encode_image(x, RGB_BANDS))
@@ -131,10 +131,10 @@ def test_bands_in_any_order_and_wrong_bands(vit, tmp_path: Path) -> None:
 def test_patch_features_follow_maskclip(vit, tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.save(vit.state_dict(), path)
-    model, header = load_open_clip(path)
+    model, card = load_open_clip(path)
     dn = reflectance(32)
     with torch.no_grad():
-        patches = model.encode_patches(header_normalise(dn, header), RGB_BANDS)
+        patches = model.encode_patches(card_normalise(dn, card), RGB_BANDS)
         assert patches.shape == (2, 16, 4, 4)
         # Reference: open_clip's own blocks; the last one with a diagonal attention mask.
         v = vit.visual
@@ -146,7 +146,7 @@ def test_patch_features_follow_maskclip(vit, tmp_path: Path) -> None:
         ref = F.normalize(v.ln_post(x[:, 1:]) @ v.proj, dim=-1)  # [B, N, E]
         torch.testing.assert_close(patches.flatten(2).transpose(1, 2), ref, atol=1e-5,
                                    rtol=1e-4)
-        bigger = model.encode_patches(header_normalise(reflectance(48), header), RGB_BANDS)
+        bigger = model.encode_patches(card_normalise(reflectance(48), card), RGB_BANDS)
     assert bigger.shape == (2, 16, 6, 6) and torch.isfinite(bigger).all()
     with pytest.raises(GeofmError, match="not a multiple of the patch size 8"):
         model.encode_patches(torch.zeros(1, 3, 30, 30), RGB_BANDS)
@@ -156,11 +156,11 @@ def test_resnet_towers(tmp_path: Path) -> None:
     rn = tiny_clip(RN_CFG)
     path = tmp_path / "RemoteCLIP-RN-tiny.pt"
     torch.save(rn.state_dict(), path)
-    model, header = load_aligned(path)  # dispatches to load_open_clip
-    assert header["patch_size"] == 32 and header["tile_size"] == [64, 64]
-    assert_matches_open_clip(model, header, rn, 64)
+    model, card = load_aligned(path)  # dispatches to load_open_clip
+    assert card.patch_size == 32 and card.tile_size == (64, 64)
+    assert_matches_open_clip(model, card, rn, 64)
     with torch.no_grad():
-        patches = model.encode_patches(header_normalise(reflectance(64), header), RGB_BANDS)
+        patches = model.encode_patches(card_normalise(reflectance(64), card), RGB_BANDS)
     assert patches.shape == (2, 16, 2, 2)
     torch.testing.assert_close(patches.norm(dim=1), torch.ones(2, 2, 2))
 

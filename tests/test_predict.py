@@ -22,6 +22,7 @@ from affine import Affine
 from torch import Tensor, nn
 
 from geofm.bands import BAND_SETS, bands_info
+from geofm.card import ModelCard
 from geofm.checkpoint import save_checkpoint
 from geofm.errors import BandError, GeofmError
 from geofm.io.cog import overview_count
@@ -60,7 +61,7 @@ def make_checkpoint(path: Path, task: str = "segmentation", *, bands: list[str] 
         "class_colors": ["#e6004d", "#80ff00", "#00a600", "#80f2e6", "#e6f2ff"][:classes],
         "tile_size": [tile, tile], "patch_size": encoder.patch_size, "gsd_m": 10.0,
     }
-    return save_checkpoint(path, module.state_dict(), header)
+    return save_checkpoint(path, module.state_dict(), ModelCard.from_header(header))
 
 
 class Echo(nn.Module):
@@ -96,13 +97,15 @@ def echo_predictor(task: str = "regression", outputs: int = 1, *, tile: int = 64
                    fail_after: int | None = None, ramp: bool = False) -> Predictor:
     """A fixed-band (B02, B03, B04, B08) model around :class:`Echo`."""
     header = {"kind": "finetune", "task": task, "bands": RGBN,
+              "head": {"kind": "segmentation", "num_outputs": outputs},
               "normalization": {"mean": [1000.0, 900.0, 800.0, 2000.0],
                                 "std": [500.0, 400.0, 300.0, 1000.0]},
               "classes": [f"class {i}" for i in range(outputs)],
               "class_colors": ["#e6004d", "#80ff00", "#00a600", "#80f2e6"][:outputs],
               "tile_size": [tile, tile], "patch_size": 8, "gsd_m": 10.0,
               "model": {"name": "echo"}}
-    return Predictor(Echo(outputs, fail_after, ramp), header, "echo.safetensors")
+    return Predictor(Echo(outputs, fail_after, ramp), ModelCard.from_header(header),
+                     "echo.safetensors")
 
 
 def crop(dst: Path, size: int, bands: list[int] | None = None) -> Path:
@@ -197,12 +200,12 @@ def assert_cog(path: Path, levels: int) -> dict[str, Any]:
 def trained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Briefly trained checkpoints from the real sample (shared with the ONNX and CLI tests):
     a ChannelViT pretrained on S1 + S2 and its segmentation finetune."""
-    from geofm.checkpoint import read_header
+    from geofm.checkpoint import read_card
 
     from .test_export import finetuned_checkpoints
 
     ckpts = finetuned_checkpoints(reben_store, tmp_path_factory.getbasetemp() / "finetuned")
-    pretrained = Path(read_header(ckpts["cvit_seg"])["encoder_source"]["checkpoint"])
+    pretrained = Path(read_card(ckpts["cvit_seg"]).provenance.encoder_source["checkpoint"])
     return {"pretrain": pretrained, "segmentation": ckpts["cvit_seg"]}
 
 

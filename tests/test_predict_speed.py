@@ -21,6 +21,7 @@ import torch
 from rasterio.windows import Window
 from torch import Tensor, nn
 
+from geofm.card import ModelCard
 from geofm.predict import (
     Predictor,
     TileGrid,
@@ -53,11 +54,12 @@ class PerPixel(nn.Module):
 
 def per_pixel_predictor(tile: int = 64) -> Predictor:
     header = {"kind": "finetune", "task": "segmentation", "bands": RGBN,
+              "head": {"kind": "segmentation", "num_outputs": CLASSES},
               "normalization": {"mean": [1000.0, 900.0, 800.0, 2000.0],
                                 "std": [500.0, 400.0, 300.0, 1000.0]},
               "classes": [f"class {i}" for i in range(CLASSES)], "tile_size": [tile, tile],
               "patch_size": 8, "gsd_m": 10.0, "model": {"name": "per_pixel"}}
-    return Predictor(PerPixel(), header, "per_pixel.safetensors")
+    return Predictor(PerPixel(), ModelCard.from_header(header), "per_pixel.safetensors")
 
 
 def reference(predictor: Predictor, path: Path, overlap: int, channels: int

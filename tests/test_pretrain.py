@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from geofm.checkpoint import load_checkpoint, read_header
+from geofm.checkpoint import load_checkpoint, read_card
 from geofm.cli import main
 from geofm.models import create_model
 from geofm.objectives import create_objective
@@ -60,11 +60,11 @@ def test_loss_decreases_on_the_real_sample(reben_store: Path, tmp_path: Path) ->
     assert len(losses) == 80 and result["steps"] == 80
     assert sum(losses[-5:]) / 5 < 0.85 * _zero_prediction_loss(reben_store)
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
-    header = read_header(result["checkpoint"])
-    assert header["bands"] == [f"S2.{b}" for b in ("B01", "B02", "B03", "B04", "B05", "B06",
+    card = read_card(result["checkpoint"])
+    assert list(card.bands) == [f"S2.{b}" for b in ("B01", "B02", "B03", "B04", "B05", "B06",
                                                    "B07", "B08", "B8A", "B09", "B11", "B12")] \
         + ["S1.VV", "S1.VH"]
-    assert len(header["normalization"]["mean"]) == 14
+    assert len(card.contract.mean) == 14
     assert (tmp_path / "run" / "previews").glob("*.png")
     assert (tmp_path / "run" / "config.yaml").exists()
 
@@ -98,12 +98,13 @@ def test_pretraining_reads_only_pixels_and_validity(reben_store: Path, tmp_path:
 def test_checkpoint_rebuilds_the_model(reben_store: Path, tmp_path: Path) -> None:
     result = run_pretrain(_cfg(reben_store, tmp_path / "r", "trainer.max_steps=2"),
                           progress=False)
-    weights, header = load_checkpoint(result["checkpoint"])
-    enc = create_model(header["model"]["name"], **header["model"]["config"])
-    obj = create_objective(header["objective"]["name"], enc, **header["objective"]["config"])
+    weights, card = load_checkpoint(result["checkpoint"])
+    enc = create_model(card.architecture.name, **card.architecture.config)
+    objective = card.provenance.objective
+    obj = create_objective(objective["name"], enc, **objective["config"])
     obj.load_state_dict(weights, strict=True)
     x = torch.randn(1, 14, 120, 120)
-    assert torch.isfinite(enc(x, header["bands"])).all()
+    assert torch.isfinite(enc(x, list(card.bands))).all()
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -178,11 +179,11 @@ def test_ddp_two_cpu_ranks_split_the_data(reben_store: Path, tmp_path: Path) -> 
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["chip_indices"] and r1["chip_indices"]
     assert not set(r0["chip_indices"]) & set(r1["chip_indices"])  # disjoint shares
-    weights, header = load_checkpoint(out / "pretrain.safetensors")
-    assert header["train"]["world_size"] == 2
-    enc = create_model(header["model"]["name"], **header["model"]["config"])
-    create_objective(header["objective"]["name"], enc,
-                     **header["objective"]["config"]).load_state_dict(weights)
+    weights, card = load_checkpoint(out / "pretrain.safetensors")
+    assert card.provenance.training["world_size"] == 2
+    enc = create_model(card.architecture.name, **card.architecture.config)
+    objective = card.provenance.objective
+    create_objective(objective["name"], enc, **objective["config"]).load_state_dict(weights)
 
 
 @pytest.mark.parametrize("name,bands", [("reben_s1s2", None), ("modis_toa14", "modis14"),
@@ -199,7 +200,7 @@ def test_config_twins_run(name: str, bands: str | None, reben_store: Path, tmp_p
                           [f"data.store={store}", f"output={tmp_path / 'out'}"])
     result = run_pretrain(cfg, progress=False)
     assert result["steps"] == 3
-    assert read_header(result["checkpoint"])["model"]["name"] == tiny["model"]["name"]
+    assert read_card(result["checkpoint"]).architecture.name == tiny["model"]["name"]
 
 
 def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], needle: str) -> None:
@@ -258,8 +259,8 @@ def test_knn_probe_scores_the_features_during_training(reben_store: Path, tmp_pa
                                "probe.k=3", "probe.split=test"), progress=False)
     rows = pd.read_csv(out / "probe.csv")
     assert rows["step"].tolist() == [0, 2, 4, 5]  # before training, every 2 steps, at the end
-    _, header = load_checkpoint(result["checkpoint"])
-    last = header["train"]["probe"]
+    _, card = load_checkpoint(result["checkpoint"])
+    last = card.provenance.training["probe"]
     assert last["step"] == 5 and last["split"] == "test"
     assert (last["k"], last["train_split"], last["task"]) == (3, "train", "multilabel")
     # At most max_chips of each split, the same seeded subset each time.
@@ -267,8 +268,8 @@ def test_knn_probe_scores_the_features_during_training(reben_store: Path, tmp_pa
     from geofm.io.store import open_store
     from geofm.loading import load_encoder
 
-    encoder, contract = load_encoder(result["checkpoint"])
-    small = knn_metrics(encoder, contract, open_store(reben_store), split="test", k=3,
+    encoder, card = load_encoder(result["checkpoint"])
+    small = knn_metrics(encoder, card.contract, open_store(reben_store), split="test", k=3,
                         max_chips=2)
     assert (small["num_train"], small["num_query"]) == (2, 2)  # of 3 train and 2 test chips
     # The probe of the final encoder is what evaluating the saved checkpoint gives.

@@ -125,12 +125,12 @@ def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store:
     out = tmp_path / "mixed"
     result = run_pretrain(_mixed(reben_store, modis_store, out, "trainer.max_steps=10",
                                  "data.batch_size=2"), progress=False)
-    weights, header = load_checkpoint(result["checkpoint"])
+    weights, card = load_checkpoint(result["checkpoint"])
     union = list(BAND_SETS["s1s2"]) + list(BAND_SETS["modis14"])
-    assert header["bands"] == union
-    assert [b["name"] for b in header["band_info"]] == union
-    assert len(header["normalization"]["mean"]) == 28
-    assert [s["bands"] for s in header["data"]["stores"]] == [list(BAND_SETS["s1s2"]),
+    assert list(card.bands) == union
+    assert [b["name"] for b in card.contract.info] == union
+    assert len(card.contract.mean) == 28
+    assert [list(s["bands"]) for s in card.provenance.data["stores"]] == [list(BAND_SETS["s1s2"]),
                                                               list(BAND_SETS["modis14"])]
     seen = json.loads((out / "data_rank0.json").read_text())["chip_indices"]
     assert seen == list(range(10))  # two epochs of 5 batches: every chip of both stores
@@ -141,13 +141,13 @@ def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store:
     assert len(per_store[0]) == 6 and len(per_store[1]) == 4  # 3 + 2 batches, two epochs
     assert sorted([*per_store[0], *per_store[1]]) == sorted(losses)
     # Each sensor's bands run through the one encoder, with their learned band offsets.
-    enc = create_model(header["model"]["name"], **header["model"]["config"])
+    enc = create_model(card.architecture.name, **card.architecture.config)
     enc.load_state_dict({k[8:]: v for k, v in weights.items() if k.startswith("encoder.")})
     for bands, size in ((BAND_SETS["s1s2"], 120), (BAND_SETS["modis14"], 32)):
         assert torch.isfinite(enc(torch.randn(1, 14, size, size), list(bands))).all()
     assert enc.band_embed.known_bands == tuple(union)
     # Finetuning on one sensor's store takes that store's bands by default.
-    assert store_bands_for(header, modis_store) == list(BAND_SETS["modis14"])
+    assert store_bands_for(card, modis_store) == list(BAND_SETS["modis14"])
 
 
 @pytest.mark.parametrize("workers,every,step", [
@@ -204,8 +204,8 @@ def test_mixed_bad_input(reben_store: Path, modis_store: Path, tmp_path: Path,
              "channelvit_test", "--output", str(tmp_path / "names"), "--bands",
              "S2.B02,S2.B03", "--bands", "MODIS.B31"]
     assert main(names) == 0
-    _, header = load_checkpoint(tmp_path / "names" / "pretrain.safetensors")
-    assert [r["bands"] for r in header["data"]["stores"]] == [["S2.B02", "S2.B03"],
+    _, card = load_checkpoint(tmp_path / "names" / "pretrain.safetensors")
+    assert [list(r["bands"]) for r in card.provenance.data["stores"]] == [["S2.B02", "S2.B03"],
                                                               ["MODIS.B31"]]
     # A plain ViT pretrains on several stores that serve the same bands.
     same = ["pretrain", "--data", str(reben_store), "--data", str(reben_store), "--quiet",
@@ -239,8 +239,8 @@ def test_multisensor_config_twin_runs(reben_store: Path, modis_store: Path,
                           [f"data.store=[{reben_store}, {modis_store}]",
                            f"output={tmp_path / 'out'}"])
     result = run_pretrain(cfg, progress=False)
-    _, header = load_checkpoint(result["checkpoint"])
-    assert result["steps"] == 3 and len(header["bands"]) == 28
+    _, card = load_checkpoint(result["checkpoint"])
+    assert result["steps"] == 3 and len(card.bands) == 28
 
 
 def test_weights_share_the_batches_and_walk_through_each_store() -> None:
@@ -285,8 +285,8 @@ def test_weighted_mixed_run(reben_store: Path, modis_store: Path, tmp_path: Path
                                  "trainer.seed=4000000000"), progress=False)
     seen = json.loads((out / "data_rank0.json").read_text())["chip_indices"]
     assert len([i for i in seen if i < 6]) == 2 and [i for i in seen if i >= 6] == [6, 7, 8, 9]
-    _, header = load_checkpoint(result["checkpoint"])
-    assert [r["weight"] for r in header["data"]["stores"]] == [1.0, 3.0]
+    _, card = load_checkpoint(result["checkpoint"])
+    assert [r["weight"] for r in card.provenance.data["stores"]] == [1.0, 3.0]
     base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
             "--output", str(tmp_path / "o"), "--set", "data.split=null"]
     _fails([*base, "--data", str(modis_store), "--set", "data.weights=[1]"], capsys,

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from geofm.checkpoint import read_header
+from geofm.checkpoint import read_card
 from geofm.predict import predict_raster
 
 from .conftest import S2_SCENE
@@ -115,7 +115,7 @@ def prediction(reben_store: Path, tmp_path_factory: pytest.TempPathFactory
         dst.write(data)
         dst.descriptions = descriptions
     info = predict_raster(ckpt, scene, root / "landcover.tif", progress=False)
-    return {**info, "checkpoint": ckpt, "header": read_header(ckpt)}
+    return {**info, "checkpoint": ckpt, "card": read_card(ckpt)}
 
 
 def _marked_json(stdout: str) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def test_qgis_raster_statistics_match_numpy(prediction: dict[str, Any],
     assert results["SUM"] == pytest.approx(valid.sum(), rel=1e-12)
     assert results["MEAN"] == pytest.approx(valid.mean(), rel=1e-9)
     assert results["STD_DEV"] == pytest.approx(valid.std(ddof=1), rel=1e-6)
-    assert results["MAX"] < len(prediction["header"]["classes"])
+    assert results["MAX"] < len(prediction["card"].classes)
 
 
 @pytest.mark.skipif(not has_pyqgis(), reason="no qgis Python module for /usr/bin/python3")
@@ -166,8 +166,8 @@ def test_qgis_loads_style_colour_table_and_class_names(prediction: dict[str, Any
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     got = _marked_json(done.stdout)
 
-    header = prediction["header"]
-    names, colors = header["classes"], [c.lower() for c in header["class_colors"]]
+    card = prediction["card"]
+    names, colors = list(card.classes), [c.lower() for c in card.class_colors]
     expected = [[i, name, color, 255] for i, (name, color) in enumerate(zip(names, colors))]
     assert got["valid"] and got["size"] == [256, 256]
     with rasterio.open(S2_SCENE) as src:

@@ -21,10 +21,11 @@ from affine import Affine
 
 import geofm
 from geofm.api import Model
+from geofm.card import ModelCard
 from geofm.cli import main
 from geofm.errors import GeofmError
 from geofm.loading import load_aligned, load_encoder
-from geofm.models.align import AlignModel, save_aligned
+from geofm.models.align import AlignModel, aligned_card, save_aligned
 from geofm.models.text import TextTower
 from geofm.predict import predict_raster, query_raster
 
@@ -43,13 +44,12 @@ def checkpoints(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A pretrained ChannelViT (reBEN's 14 bands) and an untrained alignment of it."""
     root = tmp_path_factory.mktemp("query")
     pretrained = pretrain_tiny(reben_store, root / "pretrain", "channelvit_test")
-    encoder, header = load_encoder(pretrained)
+    encoder, card = load_encoder(pretrained)
     torch.manual_seed(0)
     align = AlignModel(encoder, TextTower.from_source(), embed_dim=16)
-    keep = ("model", "bands", "band_info", "normalization")
-    aligned = save_aligned(root / "align.safetensors", align, {
-        **{k: header[k] for k in keep}, "patch_size": PATCH, "tile_size": [TILE, TILE],
-        "gsd_m": 10.0, "classes": [], "templates": ["a satellite image of {}."]})
+    aligned = save_aligned(root / "align.safetensors", align, aligned_card(
+        align, card.contract, patch_size=PATCH, tile_size=(TILE, TILE), gsd_m=10.0,
+        templates=["a satellite image of {}."]))
     return {"pretrain": pretrained, "align": aligned}
 
 
@@ -80,17 +80,16 @@ def _scene_crop(dst: Path, size: int, nodata_block: tuple[slice, slice] | None =
     return write_like(S2_SCENE, dst, data, nodata=0)
 
 
-def _direct_similarity(align: AlignModel, header: dict[str, Any], raster: Path, text: str
+def _direct_similarity(align: AlignModel, card: ModelCard, raster: Path, text: str
                        ) -> np.ndarray:
     """``encode_patches`` · ``encode_text`` of one whole tile, normalised by hand."""
     with rasterio.open(raster) as ds:
         names = [f"S2.{d}" for d in ds.descriptions]
-        used = [b for b in header["bands"] if b in names]
+        used = [b for b in card.bands if b in names]
         raw = ds.read([names.index(b) + 1 for b in used]).astype(np.float32)  # [C, H, W]
-    norm = header["normalization"]
-    idx = [header["bands"].index(b) for b in used]
-    mean = np.asarray(norm["mean"], np.float32)[idx, None, None]
-    std = np.asarray(norm["std"], np.float32)[idx, None, None]
+    idx = [card.bands.index(b) for b in used]
+    mean = np.asarray(card.contract.mean, np.float32)[idx, None, None]
+    std = np.asarray(card.contract.std, np.float32)[idx, None, None]
     images = torch.from_numpy((raw - mean) / std)[None]  # [1, C, H, W]
     with torch.no_grad():
         patches = align.encode_patches(images, used)  # [1, E, H/p, W/p]
@@ -147,8 +146,8 @@ def test_patch_grid_of_an_odd_size_with_nodata(model: Model, tmp_path: Path) -> 
 def test_one_tile_equals_encode_patches_and_encode_text(model: Model, checkpoints: dict[str, Path],
                                                         tmp_path: Path) -> None:
     scene = _scene_crop(tmp_path / "tile.tif", TILE)
-    align, header = load_aligned(checkpoints["align"])
-    expected = _direct_similarity(align, header, scene, "salt marsh")  # [8, 8]
+    align, card = load_aligned(checkpoints["align"])
+    expected = _direct_similarity(align, card, scene, "salt marsh")  # [8, 8]
     info = query_raster(model.predictor, scene, "salt marsh", tmp_path / "sim.tif",
                         progress=False)
     assert info["tiles"] == 1
@@ -197,14 +196,13 @@ def test_encode_text_and_image(model: Model, checkpoints: dict[str, Path],
                                atol=1e-5)
     np.testing.assert_allclose(model.encode_image(rioxarray.open_rasterio(scene)), one,
                                atol=1e-5)
-    align, header = load_aligned(checkpoints["align"])
-    used = [b for b in header["bands"] if b.startswith("S2.") and b != "S2.B10"]
+    align, card = load_aligned(checkpoints["align"])
+    used = [b for b in card.bands if b.startswith("S2.") and b != "S2.B10"]
     with torch.no_grad():
-        norm = header["normalization"]
-        idx = [header["bands"].index(b) for b in used]
+        idx = [card.bands.index(b) for b in used]
         x = (raw[[names.index(b[3:]) for b in used]]
-             - np.asarray(norm["mean"], np.float32)[idx, None, None]) \
-            / np.asarray(norm["std"], np.float32)[idx, None, None]
+             - np.asarray(card.contract.mean, np.float32)[idx, None, None]) \
+            / np.asarray(card.contract.std, np.float32)[idx, None, None]
         direct = align.encode_image(torch.from_numpy(x)[None], used)[0].numpy()
     np.testing.assert_allclose(one, direct, atol=1e-5)
     cosine = texts @ one  # [2]

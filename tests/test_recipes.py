@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from geofm.bands import BAND_SETS
-from geofm.checkpoint import read_header
+from geofm.checkpoint import read_card
 from geofm.errors import BandError, GeofmError
 from geofm.models import create_model
 from geofm.models.finetuner import Finetuner
@@ -343,11 +343,11 @@ def test_paper_recipe_twins_run(name: str, bands: str | None, reben_store: Path,
                           [f"data.store={store}", f"output={tmp_path / 'out'}"])
     result = run_pretrain(cfg, progress=False)
     assert result["steps"] == 3
-    header = read_header(result["checkpoint"])
+    card = read_card(result["checkpoint"])
     if name == "selectivemae_paper":
-        assert header["train"]["lr"] == pytest.approx(1.5e-4 * 2 / 256 * 0.25 / 0.85)
-        assert header["model"]["config"]["class_token"] is True
+        assert card.provenance.training["lr"] == pytest.approx(1.5e-4 * 2 / 256 * 0.25 / 0.85)
+        assert card.architecture.config["class_token"] is True
     if name == "satvision_toa":
-        assert header["normalization"]["mean"][11] == pytest.approx(202.1759)
+        assert card.contract.mean[11] == pytest.approx(202.1759)
     if name == "channelvit_paper":
-        assert header["model"]["config"]["pos_embed"] == "learned"
+        assert card.architecture.config["pos_embed"] == "learned"

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from geofm.card import BandContract
 from geofm.curation.split_store import audit_store
 from geofm.data.dataset import ChipDataset, collate_samples
 from geofm.data.transforms import Normalize
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, open_store
-from geofm.loading import is_channel_flexible, load_finetuned, match_bands
+from geofm.loading import load_finetuned
 from geofm.metrics import PRIMARY, per_class_table, task_metrics
 from geofm.training.finetune import batch_targets
 
@@ -40,15 +41,11 @@ def _predict(model: torch.nn.Module, ds: ChipDataset, task: str, batch_size: int
 
 
 def _dataset(
-    store: ChipStore, split: str, bands: list[str], header: dict[str, Any],
+    store: ChipStore, split: str, bands: list[str], contract: BandContract,
     max_chips: int | None = None,
 ) -> ChipDataset:
-    mean = dict(zip(header["bands"], header["normalization"]["mean"]))
-    std = dict(zip(header["bands"], header["normalization"]["std"]))
-    # Bands the model did not see in finetuning (wavelength matches) use the store's statistics.
-    s_mean, s_std = store.band_stats(bands)
-    m = [mean.get(b, float(s_mean[i])) for i, b in enumerate(bands)]
-    s = [std.get(b, float(s_std[i])) for i, b in enumerate(bands)]
+    mean, std = contract.normalization(bands)  # as prediction normalises the same bands
+    m, s = mean.tolist(), std.tolist()
     indices = store.split_indices(split)
     if max_chips is not None and len(indices) > max_chips:  # a fixed random subset, in order
         indices = np.sort(np.random.default_rng(0).choice(indices, max_chips, replace=False))
@@ -74,15 +71,16 @@ def evaluate(model_path: str | Path, store_path: str | Path, split: str = "test"
     Returns:
         The report dict (also written as JSON).
     """
-    model, header = load_finetuned(model_path)
+    model, card = load_finetuned(model_path)
+    assert card.task is not None
     store = open_store(store_path)
-    task = header["task"]
-    flexible = is_channel_flexible(header)
-    bands = match_bands(header["bands"], store.bands, flexible, store.path)
-    ds = _dataset(store, split, bands, header)
+    task = card.task.task
+    flexible = card.flexible
+    bands = card.contract.match(store.bands, store.path)
+    ds = _dataset(store, split, bands, card.contract)
     if len(ds) == 0:
         raise GeofmError(f"split {split!r} is empty", store.path)
-    if task in ("multilabel", "classification") and store.classes != header["classes"]:
+    if task in ("multilabel", "classification") and store.classes != list(card.classes):
         raise GeofmError("the store's classes differ from the model's", store.path)
     outs, tgts = _predict(model, ds, task, batch_size)
     metrics = task_metrics(task, outs, tgts)
@@ -91,12 +89,12 @@ def evaluate(model_path: str | Path, store_path: str | Path, split: str = "test"
         "model": str(model_path), "store": str(store.path), "split": split,
         "num_chips": len(ds), "task": task, "bands_used": bands,
         "metrics": metrics, "primary_metric": primary,
-        "model_selection": f"on the {header['selection']['split']!r} split by "
-                           f"{header['selection']['metric']} only; the evaluated split never "
-                           "influenced training or selection",
+        "model_selection": f"on the {card.task.selection.get('split')!r} split by "
+                           f"{card.task.selection.get('metric')} only; the evaluated split "
+                           "never influenced training or selection",
         "split_method": store.attrs["split"],
         "leakage_audit": audit_store(store, distance_km=2.0),
-        "classes": header["classes"],
+        "classes": list(card.classes),
     }
     if flexible and len(bands) > 1:
         rng = np.random.default_rng(seed)
@@ -159,12 +157,12 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
     """
     from geofm.loading import load_encoder
 
-    encoder, header = load_encoder(model_path)
-    return knn_metrics(encoder, header, open_store(store_path), split, train_split, k,
+    encoder, card = load_encoder(model_path)
+    return knn_metrics(encoder, card.contract, open_store(store_path), split, train_split, k,
                        temperature, task, batch_size)
 
 
-def knn_metrics(encoder: torch.nn.Module, header: dict[str, Any], store: ChipStore,
+def knn_metrics(encoder: torch.nn.Module, contract: BandContract, store: ChipStore,
                 split: str = "test", train_split: str = "train", k: int = 20,
                 temperature: float = 0.07, task: str = "multilabel",
                 batch_size: int = 16, max_chips: int | None = None) -> dict[str, Any]:
@@ -172,7 +170,7 @@ def knn_metrics(encoder: torch.nn.Module, header: dict[str, Any], store: ChipSto
 
     Args:
         encoder: The encoder; it runs in eval mode, its mode is restored.
-        header: Its band contract: ``model.name``, ``bands`` and ``normalization``.
+        contract: Its band contract.
         store: A store with scene labels.
         max_chips: Use at most this many chips of each split (a fixed random subset).
 
@@ -183,10 +181,10 @@ def knn_metrics(encoder: torch.nn.Module, header: dict[str, Any], store: ChipSto
 
     if "label" not in store.arrays:
         raise GeofmError("kNN evaluation needs scene labels but the store has none", store.path)
-    bands = match_bands(header["bands"], store.bands, is_channel_flexible(header), store.path)
+    bands = contract.match(store.bands, store.path)
     feats = {}
     for name, sp in (("train", train_split), ("query", split)):
-        ds = _dataset(store, sp, bands, header, max_chips)
+        ds = _dataset(store, sp, bands, contract, max_chips)
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size,
                                              collate_fn=collate_samples)
         feats[name] = extract_features(encoder, loader, target_key="label")

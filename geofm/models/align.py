@@ -14,7 +14,7 @@ on the scale it scores whole images.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geofm.card import Architecture, BandContract, ModelCard, TextSpec
 from geofm.checkpoint import save_checkpoint
 from geofm.models.text import TextTower
 from geofm.models.vit import TokenEncoder
@@ -93,8 +94,8 @@ class AlignModel(nn.Module):
         """Image embeddings ``[B, E]``, text embeddings ``[T, E]`` and the logit scale ``[]``."""
         return self.encode_image(images, bands), self.encode_text(texts), self.scale()
 
-    def header(self) -> dict[str, Any]:
-        """The alignment settings for a checkpoint header."""
+    def settings(self) -> dict[str, Any]:
+        """The alignment settings the model card records (:class:`~geofm.card.TextSpec`)."""
         return {"embed_dim": self.embed_dim, "init_temperature": self.init_temperature,
                 "max_logit_scale": self.max_logit_scale,
                 "text": {**self.text.source, "locked": self.text.locked}}
@@ -119,7 +120,7 @@ def aligned_state(
 def save_aligned(
     path: str | Path,
     model: AlignModel,
-    header: dict[str, Any],
+    card: ModelCard,
     state: dict[str, Tensor] | None = None,
 ) -> Path:
     """Write an align checkpoint.
@@ -127,16 +128,26 @@ def save_aligned(
     Args:
         path: Output ``.safetensors`` path.
         model: The trained model.
-        header: The rest of the header (bands, normalization, classes, templates, captions,
-            train, ...). ``kind``, ``align`` and ``text`` are set from the model, and ``model``
-            from the encoder when absent.
+        card: The model card (kind ``align``, its :class:`~geofm.card.TextSpec` describing
+            ``model``'s text tower).
         state: The model's full state dict where the caller gathered it (sharded training).
     """
-    settings = model.header()
-    text = settings.pop("text")
-    full = {**header, "kind": "align", "align": settings, "text": text}
+    return save_checkpoint(path, aligned_state(model, state), card)
+
+
+def aligned_card(model: AlignModel, contract: BandContract, *,
+                 templates: Sequence[str] = (), captions: Mapping[str, Any] | None = None,
+                 **fields: Any) -> ModelCard:
+    """The card of an aligned model built in Python: its encoder's architecture, its text
+    tower and settings, and ``contract``; ``fields`` are further :class:`ModelCard` fields
+    (``classes``, ``tile_size``, ``provenance``, ...)."""
+    settings = model.settings()
     encoder = model.encoder
-    if "model" not in full and hasattr(encoder, "model_config"):
-        full["model"] = {"name": getattr(encoder, "model_name", type(encoder).__name__.lower()),
-                         "config": encoder.model_config}
-    return save_checkpoint(path, aligned_state(model, state), full)
+    text = TextSpec(embed_dim=int(settings["embed_dim"]), source=settings["text"],
+                    init_temperature=float(settings["init_temperature"]),
+                    max_logit_scale=float(settings["max_logit_scale"]),
+                    templates=tuple(templates), captions=dict(captions or {}))
+    return ModelCard(kind="align",
+                     architecture=Architecture(getattr(encoder, "model_name", ""),
+                                               getattr(encoder, "model_config", {})),
+                     contract=contract, text=text, **fields)

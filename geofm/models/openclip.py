@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
+from geofm.card import Architecture, BandContract, ModelCard, Provenance, TextSpec
 from geofm.errors import BandError, GeofmError
 from geofm.extras import require
 from geofm.models.align import AlignModel
@@ -386,14 +387,14 @@ class OpenCLIPAlign(AlignModel):
         self.text_proj = nn.Identity()
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
 
-    def header(self) -> dict[str, Any]:
-        """The alignment settings for a header (``text`` rebuilds the whole model)."""
-        return {**super().header(), "arch": self.text.source.get("arch")}
+    def settings(self) -> dict[str, Any]:
+        """The alignment settings (``text`` rebuilds the whole model)."""
+        return {**super().settings(), "arch": self.text.source.get("arch")}
 
 
 def load_open_clip(path: str | Path, arch: str | None = None,
                    bands: Sequence[str] = RGB_BANDS, stretch: float = RGB_STRETCH,
-                   quick_gelu: bool = False) -> tuple[OpenCLIPAlign, dict[str, Any]]:
+                   quick_gelu: bool = False) -> tuple[OpenCLIPAlign, ModelCard]:
     """A published open_clip / RemoteCLIP model from a local file, ready for geofm.
 
     Args:
@@ -405,9 +406,9 @@ def load_open_clip(path: str | Path, arch: str | None = None,
         quick_gelu: QuickGELU activations (OpenAI's original CLIP weights).
 
     Returns:
-        The model in eval mode (text tower locked) and a header: ``kind: "open_clip"``,
-        ``bands``, ``normalization`` (see the module docstring), ``model``, ``patch_size``,
-        ``tile_size``, ``align`` and ``text`` (as an align checkpoint's).
+        The model in eval mode (text tower locked) and its card: kind ``"open_clip"``, the RGB
+        band contract with the normalisation of the module docstring, patch and tile size,
+        and the text tower.
 
     Raises:
         GeofmError: Unreadable file or weights that do not fit ``arch``.
@@ -423,18 +424,19 @@ def load_open_clip(path: str | Path, arch: str | None = None,
     source = {"name": str(p), "kind": "open_clip", **({"arch": arch} if arch else {})}
     text = TextTower(OpenCLIPTextEncoder(clip, tokenizer), source, locked=True)
     model = OpenCLIPAlign(encoder, text, scale).eval()
-    settings = model.header()
-    header: dict[str, Any] = {
-        "kind": "open_clip",
-        "model": {"name": f"open_clip:{arch or 'custom'}",
-                  "config": {"arch": arch, "source": str(p), "quick_gelu": quick_gelu}},
-        "bands": list(encoder.bands),
-        "normalization": {"mean": [stretch * v for v in mean], "std": [stretch * v for v in std],
-                          "stretch": stretch, "clip": [0.0, 1.0]},
-        "patch_size": encoder.patch_size,
-        "tile_size": list(encoder.image_size),
-        "gsd_m": None,
-        "text": settings.pop("text"),
-        "align": settings,
-    }
-    return model, header
+    settings = model.settings()
+    card = ModelCard(
+        kind="open_clip",
+        architecture=Architecture(f"open_clip:{arch or 'custom'}",
+                                  {"arch": arch, "source": str(p), "quick_gelu": quick_gelu}),
+        contract=BandContract(bands=tuple(encoder.bands),
+                              mean=tuple(stretch * v for v in mean),
+                              std=tuple(stretch * v for v in std)),
+        tile_size=(int(encoder.image_size[0]), int(encoder.image_size[1])),
+        patch_size=int(encoder.patch_size),
+        text=TextSpec(embed_dim=int(settings["embed_dim"]), source=dict(settings["text"]),
+                      init_temperature=float(settings["init_temperature"]),
+                      max_logit_scale=float(settings["max_logit_scale"])),
+        provenance=Provenance(release={"source": str(p), "arch": arch, "stretch": stretch}),
+    )
+    return model, card

@@ -281,8 +281,8 @@ class TextTower(nn.Module):
                          path, hint="pass a Hugging Face or open_clip model folder")
 
     @classmethod
-    def from_header(cls, text: dict[str, Any], locked: bool | None = None) -> TextTower:
-        """Rebuild the tower a checkpoint header's ``text`` entry describes."""
+    def from_record(cls, text: dict[str, Any], locked: bool | None = None) -> TextTower:
+        """Rebuild the tower a model card's text source record describes."""
         lock = bool(text.get("locked", True)) if locked is None else locked
         return cls.from_source(text.get("name"), locked=lock, arch=text.get("arch"))
 

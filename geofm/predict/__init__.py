@@ -44,7 +44,6 @@ from geofm.predict.band_plan import (
     canonical_band,
     plan_bands,
     sensor_hint,
-    unit_conversion,
 )
 from geofm.predict.model import (
     Predictor,
@@ -136,7 +135,6 @@ __all__ = [
     "run_pipeline",
     "sensor_hint",
     "tile_offsets",
-    "unit_conversion",
     "value_ranges",
     "write_ramp_qml",
     "write_vector",

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from geofm.bands import BAND_SETS, get_band, is_count, match_by_wavelength, resolve_bands
+from geofm.bands import BAND_SETS, get_band, is_count, resolve_bands
 from geofm.errors import BandError
-from geofm.loading import match_bands
 from geofm.predict.model import Predictor
 from geofm.predict.settings import _SENSOR_HINTS
 
@@ -139,42 +138,13 @@ def plan_bands(predictor: Predictor, labels: Sequence[str | None], *,
         raise BandError(f"none of the input's bands ({', '.join(text)}) is a known band",
                         source, "name them with --bands (bands=) using names such as B02, red "
                         "or S2.B04")
-    used = match_bands(predictor.bands, list(available), predictor.flexible, source)
-    stands_for = {b: b for b in predictor.bands}
-    if any(u not in stands_for for u in used):
-        by_wl = match_by_wavelength(predictor.bands, list(available))
-        for model_band, data_band in by_wl.items():
-            if data_band is not None and data_band not in stands_for:
-                stands_for[data_band] = model_band
-    mean, std = [], []
-    for u in used:
-        i = predictor.bands.index(stands_for[u])
-        a, b = unit_conversion(u, stands_for[u])
-        # Normalising a·x + b with the model band's statistics, folded into one (x − m) / s.
-        mean.append((predictor.mean[i] - b) / a)
-        std.append(predictor.std[i] / a)
+    contract = predictor.card.contract
+    used = contract.match(list(available), source)
+    stands_for = contract.stands_for(used)
+    mean, std = contract.normalization(used)
     read = {available[u] for u in used}
     return BandPlan(
         bands=list(used), sources=[available[u] for u in used],
-        mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32), labels=text,
-        missing=[b for b in predictor.bands if b not in {stands_for[u] for u in used}],
+        mean=mean, std=std, labels=text,
+        missing=[b for b in predictor.bands if b not in set(stands_for.values())],
         ignored=[text[i] for i in range(len(text)) if i not in read])
-
-
-def unit_conversion(data_band: str, model_band: str) -> tuple[float, float]:
-    """``(a, b)`` with ``model value = a · data value + b`` for a band standing in for another.
-
-    Both are brought to their common physical unit with the registry's scale and offset
-    (Landsat Collection-2 digital numbers to reflectance, then to Sentinel-2's reflectance ×
-    10,000); bands of different units, or the same band, are passed through (``(1, 0)``).
-
-    >>> a, b = unit_conversion("L8.B4", "S2.B04")
-    >>> round(a, 3), round(b, 1)
-    (0.275, -2000.0)
-    """
-    d, m = get_band(data_band), get_band(model_band)
-    if d.name == m.name or d.unit != m.unit or not d.scale or not m.scale:
-        return 1.0, 0.0
-    return d.scale / m.scale, (d.offset - m.offset) / m.scale
-
-

@@ -15,7 +15,7 @@ from typing import Any
 
 from geofm.bands import get_band
 from geofm.errors import GeofmError, GeofmWarning
-from geofm.levels import checkpoint_levels, describe, level_mismatches
+from geofm.levels import describe, level_mismatches
 from geofm.predict.band_plan import BandPlan
 from geofm.predict.model import Predictor
 
@@ -44,7 +44,7 @@ def contract_problems(predictor: Predictor, source: Any, plan: BandPlan) -> list
             f"{gsd:g} m; warp it first (--resample-to-model-gsd, resample_to_model_gsd=True, "
             f"or DataArray.rio.reproject(resolution={gsd:g}))")
     sensors = [get_band(b).sensor for b in plan.bands]
-    for sensor, trained, given in level_mismatches(checkpoint_levels(predictor.header),
+    for sensor, trained, given in level_mismatches(predictor.card.contract.processing_levels,
                                                    getattr(source, "levels", None) or {},
                                                    sensors):
         name = SENSOR_NAMES.get(sensor, sensor)

@@ -5,55 +5,52 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from geofm.card import ModelCard
 from geofm.errors import GeofmError
-from geofm.loading import is_channel_flexible, load_encoder, load_finetuned
 
 
 class Predictor:
-    """A geofm model ready for tiled inference, with what its checkpoint header says.
+    """A geofm model ready for tiled inference, with what its model card says.
 
     Args:
         module: A finetuned model (``module(images, bands)`` → logits), a bare encoder with
             ``forward_patch_features`` (embeddings only), or an image–text model with
             ``encode_patches`` and ``encode_text`` (:class:`~geofm.models.align.AlignModel`:
             embeddings and text queries).
-        header: The checkpoint header (``task``, ``bands``, ``normalization``, ``classes``,
-            ``class_colors``, ``tile_size``, ``patch_size``, ``gsd_m``, ``model``).
+        card: The model card (band contract, task, classes, tile and patch size, GSD).
         name: Where the model came from (the checkpoint file name), for output tags.
 
     Attributes:
         task: ``"segmentation"``, ``"regression"``, ``"multilabel"``, ``"classification"``, or
             ``None`` for a pretrained-only encoder or an aligned image–text model.
-        bands: The checkpoint's band contract (canonical names).
+        bands: The card's band names (canonical).
         classes: Class (or regression target) names.
         texts: The texts a query predictor compares patches with (see :meth:`with_texts`).
         text_embedding: ``[T, E]`` L2-normalised embeddings of :attr:`texts` on
             :attr:`device`, or ``None``.
     """
 
-    def __init__(self, module: nn.Module, header: dict[str, Any], name: str = "") -> None:
+    def __init__(self, module: nn.Module, card: ModelCard, name: str = "") -> None:
         self.module = module.eval()
-        self.header = header
+        self.card = card
         self.name = name
-        self.task: str | None = header.get("task") if header.get("kind") == "finetune" else None
-        self.bands: list[str] = list(header["bands"])
-        self.classes: list[str] = list(header.get("classes") or [])
-        self.class_colors: list[str] = list(header.get("class_colors") or [])
-        norm = header.get("normalization") or {}
-        self.mean = np.asarray(norm.get("mean", [0.0] * len(self.bands)), dtype=np.float32)
-        self.std = np.asarray(norm.get("std", [1.0] * len(self.bands)), dtype=np.float32)
-        self.flexible = is_channel_flexible(header)
+        self.task: str | None = card.task.task if card.task is not None else None
+        self.bands: list[str] = list(card.bands)
+        self.classes: list[str] = list(card.classes)
+        self.class_colors: list[str] = list(card.class_colors)
+        self.mean = np.asarray(card.contract.mean, dtype=np.float32)
+        self.std = np.asarray(card.contract.std, dtype=np.float32)
+        self.flexible = card.flexible
         encoder = self.encoder
-        self.patch_size = int(header.get("patch_size") or getattr(encoder, "patch_size", 1))
+        self.patch_size = int(card.patch_size or getattr(encoder, "patch_size", 1))
         self.embed_dim = int(getattr(encoder, "embed_dim", 0))
-        self.gsd_m: float | None = header.get("gsd_m")
-        size = header.get("tile_size") or [16 * self.patch_size] * 2
+        self.gsd_m: float | None = card.gsd_m
+        size = card.tile_size or (16 * self.patch_size, 16 * self.patch_size)
         self.tile_size: tuple[int, int] = (int(size[0]), int(size[1]))
         self.device = torch.device("cpu")
         self.texts: list[str] = []
@@ -63,20 +60,10 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path) -> Predictor:
         """Load a finetuned checkpoint, an aligned image–text one (embeddings and queries; also
         published open_clip / RemoteCLIP weights), or a pretrained one (embeddings only)."""
-        from geofm.checkpoint import read_header
-        from geofm.loading import is_open_clip_source, load_aligned
+        from geofm.loading import load_model
 
-        if is_open_clip_source(path):
-            module, header = load_aligned(path)
-            return cls(module, header, Path(path).name)
-        header = read_header(path)
-        if header.get("kind") == "finetune":
-            module, header = load_finetuned(path)
-        elif header.get("kind") == "align":
-            module, header = load_aligned(path)
-        else:
-            module, header = load_encoder(path)
-        return cls(module, header, Path(path).name)
+        module, card = load_model(path)
+        return cls(module, card, Path(path).name)
 
     @property
     def encoder(self) -> nn.Module:
@@ -86,7 +73,7 @@ class Predictor:
     @property
     def model_name(self) -> str:
         """Registered architecture name (``channelvit_tiny``)."""
-        return str((self.header.get("model") or {}).get("name", type(self.encoder).__name__))
+        return self.card.architecture.name or type(self.encoder).__name__
 
     def to(self, device: str | torch.device) -> Predictor:
         """Move the model to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
@@ -102,7 +89,7 @@ class Predictor:
 
     def replica(self, device: str | torch.device) -> Predictor:
         """An independent copy of this predictor (and its query texts) on ``device``."""
-        twin = Predictor(copy.deepcopy(self.module), self.header, self.name)
+        twin = Predictor(copy.deepcopy(self.module), self.card, self.name)
         twin.texts, twin.text_embedding = list(self.texts), self.text_embedding
         return twin.to(device)
 
@@ -131,8 +118,7 @@ class Predictor:
             GeofmError: A pretrained or finetuned checkpoint (no text tower).
         """
         if not self.has_text:
-            kind = self.header.get("kind")
-            what = f"has no text tower (it is a {kind} checkpoint)" if kind else "has no text tower"
+            what = f"has no text tower (it is a {self.card.kind} checkpoint)"
             raise GeofmError(what, self.name or "the model", "align it with 'geofm align'")
 
     @torch.inference_mode()

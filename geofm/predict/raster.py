@@ -150,8 +150,8 @@ def output_names(predictor: Predictor, mode: str) -> list[str]:
         return list(predictor.texts)
     if mode == "embed":
         return [f"embedding_{i}" for i in range(predictor.embed_dim)]
-    count = int((predictor.header.get("head") or {}).get("num_outputs")
-                or len(predictor.classes) or 1)
+    spec = predictor.card.task
+    count = int(spec.num_outputs if spec is not None else len(predictor.classes) or 1)
     if len(predictor.classes) == count:
         return list(predictor.classes)
     return [f"output_{i}" for i in range(count)]

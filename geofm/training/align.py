@@ -3,7 +3,7 @@
 ``run_align(cfg)`` is what ``geofm align`` calls. It writes into ``cfg["output"]``:
 
 - ``align.safetensors``: the aligned model (image encoder, projections, temperature, and the
-  text tower's weights when it was unlocked) with a header recording the bands, normalisation,
+  text tower's weights when it was unlocked) with a model card recording the bands, normalisation,
   text tower, zero-shot templates, caption provenance and training data;
 - ``config.yaml`` (resolved), ``metrics.csv`` (loss, learning rate of each part, the scale
   ``exp(logit_scale)`` and image–text pairs/s per logged step);
@@ -35,7 +35,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from geofm.checkpoint import read_header
+from geofm.card import Provenance, TextSpec
+from geofm.checkpoint import read_card
 from geofm.data.dataset import ChipDataset
 from geofm.data.mixed import MixedChips
 from geofm.errors import GeofmError
@@ -45,12 +46,12 @@ from geofm.evaluation.aligned import (
     check_templates,
     load_templates,
 )
-from geofm.io.store import band_info
-from geofm.levels import checkpoint_levels, store_levels
+from geofm.levels import store_levels
 from geofm.loading import load_encoder, store_bands_for
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
+from geofm.training.cards import trained_contract
 from geofm.training.config import ALIGN_DEFAULTS, check_config
 from geofm.training.datamodule import ChipDataModule, sharded_loader
 from geofm.training.pretrain import check_writable
@@ -280,14 +281,14 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         raise GeofmError(f"data.batch_size is {data['batch_size']}: a contrastive batch needs "
                          "at least 2 image-text pairs", hint="use --batch-size 2 or more")
     out = Path(cfg["output"])
-    init_header = read_header(cfg["init"])
+    init_card = read_card(cfg["init"])
     given = cfg.get("templates")
     templates = (load_templates(given) if isinstance(given, (str, Path))
                  else check_templates(given or ZEROSHOT_TEMPLATES))
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     bands = data["bands"]  # a count of 0 is refused, not read as "unset"
     if bands is None:
-        bands = store_bands_for(init_header, data["store"])
+        bands = store_bands_for(init_card, data["store"])
     dm = _CaptionedChips(data["store"], bands=bands,
                          batch_size=data["batch_size"], num_workers=data["num_workers"],
                          train_split=data["split"], seed=tr["seed"])
@@ -301,7 +302,7 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                          "caption the store ('geofm caption') or choose another split")
     dm.keep(list(train_caps))
     check_writable(out)
-    encoder, header = load_encoder(cfg["init"])
+    encoder, _ = load_encoder(cfg["init"])
     text = TextTower.from_source(cfg["text"]["model"], locked=bool(cfg["text"]["locked"]))
     model = AlignModel(encoder.train(), text, embed_dim=int(cfg["model"]["embed_dim"]),
                        init_temperature=float(cfg["model"]["init_temperature"]))
@@ -322,33 +323,37 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                               "num_chips": len(train_caps), "captions": provenance}
     weights = gathered_state(trainer, "model")  # every rank: FSDP gathers the shards
     if trainer.is_global_zero:
-        new_header = {
-            "kind": "align",
-            "model": header["model"],
-            "bands": dm.band_names,
-            "band_info": band_info([store], dm.band_names),
-            "processing_levels": {**checkpoint_levels(init_header),
-                                  **store_levels(store.attrs)},
-            "normalization": {"mean": dm.normalize.mean.tolist(),
-                              "std": dm.normalize.std.tolist()},
-            "patch_size": int(encoder.patch_size),
-            "tile_size": list(store.chip_size),
-            "gsd_m": store.attrs.get("gsd_m"),
-            "classes": store.classes,
-            "class_colors": store.class_colors,
-            "templates": templates,
-            "captions": provenance,
-            "train": {"store": str(Path(store.path).resolve()), "split": data["split"],
-                      "seed": tr["seed"],
-                      "steps": trainer.global_step, "init": str(cfg["init"]),
-                      "init_kind": header.get("kind"), "num_chips": len(train_caps),
-                      "freeze_encoder": bool(opt["freeze_encoder"]), "crop": crop,
-                      "lr": float(opt["lr"]), "encoder_lr": float(opt["encoder_lr"]),
-                      "final_loss": result["final_loss"], "precision": precision,
-                      "world_size": trainer.world_size,
+        settings = model.settings()
+        card = init_card.with_(
+            kind="align",
+            contract=trained_contract(encoder, dm.band_names, dm.normalize, [store],
+                                      {**init_card.contract.processing_levels,
+                                       **store_levels(store.attrs)}),
+            patch_size=int(encoder.patch_size),
+            tile_size=tuple(store.chip_size),
+            gsd_m=store.attrs.get("gsd_m"),
+            classes=tuple(store.classes),
+            class_colors=tuple(store.class_colors),
+            task=None,
+            text=TextSpec(embed_dim=int(settings["embed_dim"]), source=settings["text"],
+                          init_temperature=float(settings["init_temperature"]),
+                          max_logit_scale=float(settings["max_logit_scale"]),
+                          templates=tuple(templates), captions=provenance),
+            provenance=Provenance(
+                data={"store": str(Path(store.path).resolve()), "split": data["split"],
                       "split_method": store.attrs["split"]["method"],
+                      "num_chips": len(train_caps),
                       "fingerprint": store.attrs["provenance"].get("fingerprint")},
-        }
-        path = save_aligned(out / "align.safetensors", model, new_header, weights)
+                training={"seed": tr["seed"], "steps": trainer.global_step,
+                          "init": str(cfg["init"]), "init_kind": init_card.kind,
+                          "freeze_encoder": bool(opt["freeze_encoder"]), "crop": crop,
+                          "lr": float(opt["lr"]), "encoder_lr": float(opt["encoder_lr"]),
+                          "final_loss": result["final_loss"], "precision": precision,
+                          "world_size": trainer.world_size},
+                encoder_source={"checkpoint": str(cfg["init"]), "kind": init_card.kind,
+                                "data": dict(init_card.provenance.data)},
+                release=init_card.provenance.release),
+        )
+        path = save_aligned(out / "align.safetensors", model, card, weights)
         result["checkpoint"] = str(path)
     return result

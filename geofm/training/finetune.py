@@ -1,7 +1,7 @@
 """Finetuning a pretrained encoder with a head, and the run API ``geofm finetune`` calls.
 
 Writes into ``cfg["output"]``: ``finetune.safetensors`` (the model selected on the validation
-split, with everything prediction needs in its header), ``config.yaml``, ``metrics.csv`` and
+split, with everything prediction needs in its model card), ``config.yaml``, ``metrics.csv`` and
 ``checkpoints/`` (Lightning state for resuming).
 """
 
@@ -18,14 +18,15 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
+from geofm.card import Provenance, TaskSpec
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
-from geofm.io.store import band_info
-from geofm.levels import checkpoint_levels, store_levels
+from geofm.levels import store_levels
 from geofm.loading import encoder_state, store_bands_for
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
 from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
+from geofm.training.cards import trained_contract
 from geofm.training.config import FINETUNE_DEFAULTS, check_config
 from geofm.training.datamodule import ChipDataModule
 from geofm.training.loggers import run_loggers
@@ -160,14 +161,14 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         raise GeofmError("no pretrained checkpoint given", hint="pass --init PRETRAINED")
     if not data.get("store"):
         raise GeofmError("no chip store given", hint="pass --data STORE")
-    weights, header = load_checkpoint(cfg["init"])
+    weights, init_card = load_checkpoint(cfg["init"])
     state = encoder_state(weights)
     if not state:
         raise GeofmError("checkpoint holds no encoder weights", cfg["init"])
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     bands = data["bands"]  # a count of 0 is refused, not read as "unset"
     if bands is None:
-        bands = store_bands_for(header, data["store"])
+        bands = store_bands_for(init_card, data["store"])
     dm = ChipDataModule(data["store"], bands=bands, batch_size=data["batch_size"],
                         num_workers=data["num_workers"], train_split=data["train_split"],
                         val_split=data["val_split"], seed=tr["seed"])
@@ -178,7 +179,8 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     kind = head["kind"] or ("segmentation" if task_name in ("segmentation", "regression")
                             else "linear")
     task = FinetuneTask(
-        header["model"]["name"], header["model"]["config"], dm.band_names, task_name, kind,
+        init_card.architecture.name, dict(init_card.architecture.config), dm.band_names,
+        task_name, kind,
         num_outputs, freeze=head["freeze"], unfreeze_last=head["unfreeze_last"],
         lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         layer_decay=float(opt["layer_decay"]), warmup_steps=opt["warmup_steps"],
@@ -208,31 +210,34 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     trainer.validate(task, datamodule=dm, verbose=False)
     store = dm.store
-    new_header = {
-        "kind": "finetune",
-        "task": task_name,
-        "head": {"kind": kind, "freeze": head["freeze"], "unfreeze_last": head["unfreeze_last"],
-                 "num_outputs": num_outputs, "hcs": bool(head.get("hcs", False))},
-        "model": header["model"],
-        "bands": dm.band_names,
-        "band_info": band_info([store], dm.band_names),
-        "processing_levels": {**checkpoint_levels(header), **store_levels(store.attrs)},
-        "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
-        "classes": store.classes if task_name != "regression" else store.attrs["target_names"],
-        "class_colors": store.class_colors if task_name != "regression" else [],
-        "tile_size": list(store.chip_size),
-        "patch_size": int(task.model.encoder.patch_size),
-        "gsd_m": store.attrs.get("gsd_m"),
-        "encoder_source": {"checkpoint": str(cfg["init"]), "kind": header.get("kind"),
-                           "data": header.get("data")},
-        "data": {"store": str(store.path), "train_split": data["train_split"],
-                 "val_split": data["val_split"], "split_method": store.attrs["split"]["method"],
-                 "fingerprint": store.attrs["provenance"].get("fingerprint")},
-        "selection": {"split": data["val_split"], "metric": primary,
-                      "best_checkpoint": Path(best).name if best else None},
-        "val_metrics": {k: v for k, v in task.val_metrics.items() if isinstance(v, float)},
-    }
-    ckpt = save_checkpoint(out / "finetune.safetensors", task.model.state_dict(), new_header)
+    is_regression = task_name == "regression"
+    card = init_card.with_(
+        kind="finetune",
+        contract=trained_contract(task.model.encoder, dm.band_names, dm.normalize, [store],
+                                  {**init_card.contract.processing_levels,
+                                   **store_levels(store.attrs)}),
+        tile_size=tuple(store.chip_size),
+        patch_size=int(task.model.encoder.patch_size),
+        gsd_m=store.attrs.get("gsd_m"),
+        classes=tuple(store.attrs["target_names"] if is_regression else store.classes),
+        class_colors=() if is_regression else tuple(store.class_colors),
+        task=TaskSpec(task=task_name, head=kind, num_outputs=num_outputs,
+                      freeze=head["freeze"], unfreeze_last=head["unfreeze_last"],
+                      hcs=bool(head.get("hcs", False)),
+                      selection={"split": data["val_split"], "metric": primary,
+                                 "best_checkpoint": Path(best).name if best else None},
+                      val_metrics={k: v for k, v in task.val_metrics.items()
+                                   if isinstance(v, float)}),
+        text=None,
+        provenance=Provenance(
+            data={"store": str(store.path), "train_split": data["train_split"],
+                  "val_split": data["val_split"], "split_method": store.attrs["split"]["method"],
+                  "fingerprint": store.attrs["provenance"].get("fingerprint")},
+            encoder_source={"checkpoint": str(cfg["init"]), "kind": init_card.kind,
+                            "data": dict(init_card.provenance.data)},
+            release=init_card.provenance.release),
+    )
+    ckpt = save_checkpoint(out / "finetune.safetensors", task.model.state_dict(), card)
     return {"output": str(out), "checkpoint": str(ckpt), "steps": trainer.global_step,
             "val_metrics": task.val_metrics,
             "selected_on": f"{data['val_split']}:{primary}" if data["val_split"] else None}

@@ -31,14 +31,16 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from geofm.card import Architecture, ModelCard, Provenance
 from geofm.checkpoint import save_checkpoint
 from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
-from geofm.io.store import ChipStore, band_info
+from geofm.io.store import ChipStore
 from geofm.levels import merged_levels, store_levels
 from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.packaged import sample_store
+from geofm.training.cards import trained_contract
 from geofm.training.config import PRETRAIN_DEFAULTS, check_config
 from geofm.training.datamodule import MixedChipDataModule, band_specs
 from geofm.training.probe import KnnProbe, open_probe_store
@@ -319,9 +321,7 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                          hint="leave probe.store unset and probe the checkpoint with "
                          "'geofm eval --knn', or train with --strategy ddp")
     if cfg["probe"]["store"]:
-        contract = {"model": {"name": task.encoder.model_name}, "bands": dm.band_names,
-                    "normalization": {"mean": dm.normalize.mean.tolist(),
-                                      "std": dm.normalize.std.tolist()}}
+        contract = trained_contract(task.encoder, dm.band_names, dm.normalize, opened, {})
         probe = KnnProbe(open_probe_store(cfg["probe"]), cfg["probe"], contract, out)
         callbacks.append(probe)
     trainer = fit_steps(task, dm, tr, out, callbacks, progress, cfg.get("resume"),
@@ -340,21 +340,20 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
              "fingerprint": store.attrs["provenance"].get("fingerprint")}
             | ({} if share is None else {"weight": float(share)})
             for path, store, names, share in zip(stores, opened, served, shares, strict=True)]
-        header = {
-            "kind": "pretrain",
-            "model": {"name": task.encoder.model_name, "config": task.encoder.model_config},
-            "objective": {"name": cfg["objective"]["name"],
-                          "config": cfg["objective"].get("kwargs") or {}},
-            "bands": dm.band_names,
-            "band_info": band_info(opened, dm.band_names),
-            "processing_levels": merged_levels(store_levels(s.attrs) for s in opened),
-            "normalization": {"mean": dm.normalize.mean.tolist(), "std": dm.normalize.std.tolist()},
-            "data": records[0] if len(records) == 1 else {"stores": records},
-            "train": {"steps": trainer.global_step, "final_loss": result["final_loss"],
-                      "lr": task.effective_lr(), "lr_scaling": lr_scaling,
-                      "precision": precision, "world_size": trainer.world_size,
-                      "probe": None if probe is None else probe.record},
-        }
+        card = ModelCard(
+            kind="pretrain",
+            architecture=Architecture(task.encoder.model_name, task.encoder.model_config),
+            contract=trained_contract(task.encoder, dm.band_names, dm.normalize, opened,
+                                      merged_levels(store_levels(s.attrs) for s in opened)),
+            provenance=Provenance(
+                data=records[0] if len(records) == 1 else {"stores": records},
+                objective={"name": cfg["objective"]["name"],
+                           "config": cfg["objective"].get("kwargs") or {}},
+                training={"steps": trainer.global_step, "final_loss": result["final_loss"],
+                          "lr": task.effective_lr(), "lr_scaling": lr_scaling,
+                          "precision": precision, "world_size": trainer.world_size,
+                          "probe": None if probe is None else probe.record}),
+        )
         result["checkpoint"] = str(save_checkpoint(out / "pretrain.safetensors",
-                                                   weights, header))
+                                                   weights, card))
     return result

@@ -7,7 +7,7 @@ the DINO-style weighted kNN vote of :func:`geofm.evaluation.finetuned.knn_metric
 ``probe.max_chips`` ``train_split`` chips of a labelled store vote for the labels of up to as
 many of its ``split`` chips (the same seeded subsets every time). Nothing is trained on the
 labels. Rows go to ``probe.csv`` in the run directory; the last one also goes into the
-checkpoint header (``train.probe``).
+model card (``provenance.training.probe``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from geofm.card import BandContract
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, open_valid_store
-from geofm.loading import is_channel_flexible, match_bands
 
 
 def open_probe_store(cfg: dict[str, Any]) -> ChipStore:
@@ -65,15 +65,15 @@ class KnnProbe(Callback):
     Args:
         store: The labelled store (:func:`open_probe_store`).
         cfg: The ``probe`` config section.
-        header: The run's band contract: ``model.name``, ``bands``, ``normalization``.
+        contract: The run's band contract.
         out_dir: Run directory (``probe.csv`` goes there).
     """
 
-    def __init__(self, store: ChipStore, cfg: dict[str, Any], header: dict[str, Any],
+    def __init__(self, store: ChipStore, cfg: dict[str, Any], contract: BandContract,
                  out_dir: Path):
         # The model's bands must be in the store, checked before training starts.
-        match_bands(header["bands"], store.bands, is_channel_flexible(header), store.path)
-        self.store, self.cfg, self.header = store, cfg, header
+        contract.match(store.bands, store.path)
+        self.store, self.cfg, self.contract = store, cfg, contract
         self.path = out_dir / "probe.csv"
         self.rows: list[dict[str, Any]] = []
 
@@ -87,7 +87,7 @@ class KnnProbe(Callback):
         with trainer.precision_plugin.forward_context(), warnings.catch_warnings():
             # A class absent from the scored chips has no AP; the metrics leave it out.
             warnings.filterwarnings("ignore", message="No positive samples")
-            r = knn_metrics(task.encoder, self.header, self.store, split=self.cfg["split"],
+            r = knn_metrics(task.encoder, self.contract, self.store, split=self.cfg["split"],
                             train_split=self.cfg["train_split"], k=self.cfg["k"],
                             task=self.cfg["task"], max_chips=self.cfg["max_chips"])
         row = {"step": step, **{k: float(v) for k, v in r["metrics"].items()
@@ -122,7 +122,7 @@ class KnnProbe(Callback):
 
     @property
     def record(self) -> dict[str, Any]:
-        """What the checkpoint header keeps: the settings and the last row."""
+        """What the model card keeps: the settings and the last row."""
         keep = ("split", "train_split", "k", "task", "max_chips")
         return {"store": str(self.cfg["store"]), **{k: self.cfg[k] for k in keep},
                 **(self.rows[-1] if self.rows else {})}

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from geofm.card import BandContract
 from geofm.curation.captions import caption_name, caption_store
 from geofm.data.dataset import ChipDataset, collate_samples
 from geofm.data.transforms import Normalize
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore
-from geofm.loading import is_channel_flexible, match_bands
 
 ZEROSHOT_TEMPLATES: tuple[str, ...] = (
     "a satellite image of {}",
@@ -57,18 +57,14 @@ def check_templates(templates: Sequence[str], source: str | Path | None = None) 
     return out
 
 
-def split_dataset(store: ChipStore, split: str | None, header: dict[str, Any]) -> ChipDataset:
-    """The chips of ``split`` with the model's bands and normalisation.
-
-    Bands the model was not trained on (wavelength matches) use the store's statistics.
-    """
-    bands = match_bands(header["bands"], store.bands, is_channel_flexible(header), store.path)
-    mean = dict(zip(header["bands"], header["normalization"]["mean"], strict=True))
-    std = dict(zip(header["bands"], header["normalization"]["std"], strict=True))
-    s_mean, s_std = store.band_stats(bands)
-    m = [mean.get(b, float(s_mean[i])) for i, b in enumerate(bands)]
-    s = [std.get(b, float(s_std[i])) for i, b in enumerate(bands)]
-    ds = ChipDataset(store, split=split, bands=bands, transforms=Normalize(bands, m, s))
+def split_dataset(store: ChipStore, split: str | None, contract: BandContract
+                  ) -> ChipDataset:
+    """The chips of ``split`` with the model's bands and normalisation (the contract's, as
+    prediction uses)."""
+    bands = contract.match(store.bands, store.path)
+    mean, std = contract.normalization(bands)
+    ds = ChipDataset(store, split=split, bands=bands,
+                     transforms=Normalize(bands, mean.tolist(), std.tolist()))
     if len(ds) == 0:
         raise GeofmError(f"split {split!r} has no chips", store.path)
     return ds

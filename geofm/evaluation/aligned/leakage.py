@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from geofm.card import ModelCard
 from geofm.curation.dedup import hamming, near_duplicate_pairs, phash64
 from geofm.io.store import ChipStore, open_store
 from geofm.viz import composite_bands, stretch
@@ -40,11 +41,11 @@ def chip_hashes(store: ChipStore, indices: np.ndarray, batch_size: int = 256) ->
     return out
 
 
-def duplicate_check(store: ChipStore, split: str | None, header: dict[str, Any],
+def duplicate_check(store: ChipStore, split: str | None, card: ModelCard,
                     radius: int = DUPLICATE_RADIUS) -> dict[str, Any]:
     """Chips of ``split`` that the model trained on, and near duplicates of its training chips.
 
-    The reference is the checkpoint's training chips (``header["train"]``: store and split)
+    The reference is the checkpoint's training chips (the card's training data: store, split)
     when that store exists; otherwise this store's ``train`` split. Chips with the same chip id
     in both sets are counted as shared; other pairs whose pHashes differ in at most ``radius``
     bits are near duplicates.
@@ -52,7 +53,7 @@ def duplicate_check(store: ChipStore, split: str | None, header: dict[str, Any],
     Returns:
         A JSON-ready dict: reference, radius, method, counts and the first pairs.
     """
-    train = header.get("train") or {}
+    train = card.provenance.data
     note = ""
     ref_store: ChipStore | None = None
     ref_split: str | None = "train"

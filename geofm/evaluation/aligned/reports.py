@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geofm.card import ModelCard
 from geofm.data.dataset import ChipDataset
 from geofm.errors import GeofmError
 from geofm.evaluation.aligned.inputs import (
@@ -27,28 +28,31 @@ from geofm.evaluation.aligned.metrics import RECALL_KS, retrieval_metrics, zeros
 from geofm.io.store import ChipStore, open_store
 
 
-def _load(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _load(model_path: str | Path) -> tuple[torch.nn.Module, ModelCard]:
     from geofm.loading import load_aligned
 
-    model, header = load_aligned(model_path)
-    return model.eval(), header
+    model, card = load_aligned(model_path)
+    return model.eval(), card
 
 
-def _common(model_path: str | Path, header: dict[str, Any], store: ChipStore,
+def _common(model_path: str | Path, card: ModelCard, store: ChipStore,
             split: str | None, num_chips: int, duplicates: dict[str, Any]) -> dict[str, Any]:
     trained = duplicates.get("shared_chips") if duplicates.get("checked") else None
+    text = card.text
     return {
         "model": str(model_path),
-        "model_kind": header.get("kind"),
+        "model_kind": card.kind,
         "store": str(store.path),
         "split": split,
         "num_chips": num_chips,
-        "checkpoint": {"train": header.get("train") or {}, "text": header.get("text"),
-                       "captions": header.get("captions"),
-                       "image_encoder": header.get("model", {}).get("name")},
+        "checkpoint": {"data": dict(card.provenance.data),
+                       "train": dict(card.provenance.training),
+                       "text": None if text is None else dict(text.source),
+                       "captions": None if text is None else dict(text.captions),
+                       "image_encoder": card.architecture.name},
         "split_method": store.attrs.get("split"),
-        "seeds": {"training": (header.get("train") or {}).get("seed"),
-                  "training_captions": (header.get("captions") or {}).get("seed")},
+        "seeds": {"training": card.provenance.training.get("seed"),
+                  "training_captions": None if text is None else text.captions.get("seed")},
         "evaluated_chips_in_training": trained,
         "duplicate_check": duplicates,
     }
@@ -93,22 +97,23 @@ def zeroshot(model_path: str | Path, store_path: str | Path, split: str | None =
         templates, source = load_templates(templates), f"file {templates}"
     elif templates is not None:
         templates, source = check_templates(templates), "given"
-    model, header = _load(model_path)
+    model, card = _load(model_path)
+    recorded = card.text.templates if card.text is not None else ()
     if templates is None:
-        source = "recorded in the checkpoint" if header.get("templates") else "geofm default"
-        templates = check_templates(header.get("templates") or ZEROSHOT_TEMPLATES)
+        source = "recorded in the checkpoint" if recorded else "geofm default"
+        templates = check_templates(list(recorded) or ZEROSHOT_TEMPLATES)
     store = open_store(store_path)
     if "label" not in store.arrays or not store.classes:
         raise GeofmError("zero-shot evaluation needs scene labels but the store has none",
                          store.path)
-    ds = split_dataset(store, split, header)
+    ds = split_dataset(store, split, card.contract)
     images = image_embeddings(model, ds, batch_size)  # [N, E]
     classes = class_embeddings(model, store.classes, templates)  # [K, E]
     labels = torch.from_numpy(store.read(ds.indices, arrays=["label"])["label"].astype(np.int64))
     metrics = zeroshot_metrics(images @ classes.t(), labels)
     report = {
-        **_common(model_path, header, store, split, len(ds),
-                  duplicate_check(store, split, header, radius)),
+        **_common(model_path, card, store, split, len(ds),
+                  duplicate_check(store, split, card, radius)),
         "task": "zeroshot-multilabel",
         "templates": list(templates), "templates_source": source,
         "prompt": "class names in caption form; each class embedding is the mean of its "
@@ -143,13 +148,13 @@ def retrieval(model_path: str | Path, store_path: str | Path, split: str | None 
         The report dict, with ``output`` and ``markdown`` paths.
     """
     out = _out_path(model_path, output, f"retrieval_{split or 'all'}")
-    model, header = _load(model_path)
+    model, card = _load(model_path)
     store = open_store(store_path)
-    recorded = header.get("captions") or {}
+    recorded = card.text.captions if card.text is not None else {}
     seed = int(recorded.get("seed", 0) if seed is None else seed)
     per_chip = int(recorded.get("per_chip", 1) if per_chip is None else per_chip)
     all_caps, provenance = captions_for(store, seed=seed, per_chip=per_chip)
-    ds = split_dataset(store, split, header)
+    ds = split_dataset(store, split, card.contract)
     keep = [j for j, i in enumerate(ds.indices) if all_caps[i]]
     if not keep:
         raise GeofmError(f"no chip of split {split!r} has a caption", store.path)
@@ -161,8 +166,8 @@ def retrieval(model_path: str | Path, store_path: str | Path, split: str | None 
     images = image_embeddings(model, ds, batch_size)  # [I, E]
     text = text_embeddings(model, texts)  # [T, E]
     metrics = retrieval_metrics(images @ text.t(), torch.tensor(owner))
-    base = _common(model_path, header, store, split, len(ds),
-                   duplicate_check(store, split, header, radius))
+    base = _common(model_path, card, store, split, len(ds),
+                   duplicate_check(store, split, card, radius))
     report = {
         **base,
         "task": "retrieval",
