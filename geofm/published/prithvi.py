@@ -44,6 +44,8 @@ PRITHVI_MEAN = (1087.0, 1342.0, 1433.0, 2734.0, 1958.0, 1363.0)
 PRITHVI_STD = (2248.0, 2179.0, 2178.0, 1850.0, 1242.0, 1049.0)
 """Per-band mean and std (reflectance × 10,000) from the Prithvi-EO-2.0 ``config.json``."""
 
+_ENCODER_PARTS = ("patch_embed.", "blocks.", "norm.", "cls_token")
+
 PRITHVI_SIZES: dict[str, dict[str, int]] = {
     "test": {"embed_dim": 64, "depth": 2, "num_heads": 4, "patch_size": 16},
     "300m": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "patch_size": 16},
@@ -113,6 +115,10 @@ class PrithviEO2(PublishedEncoder):
         self.img_size = img_size
         self.patch_size = patch_size
         self.embed_dim = embed_dim
+        self.model_config: dict[str, Any] = {
+            "img_size": img_size, "patch_size": patch_size, "embed_dim": embed_dim,
+            "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
+            "drop_path_rate": drop_path_rate, "bands": list(self.bands)}
         self.patch_embed = _PatchEmbed3D(len(self.bands), embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.register_buffer(
@@ -186,7 +192,7 @@ def convert_prithvi(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             release's coordinate encoders, for instance).
     """
     drop = ["encoder.pos_embed"] + [k for k in state if k.startswith("decoder.")]
-    out = consume(state, {"encoder.": ""}, drop=drop)
+    out = consume(state, {f"encoder.{part}": part for part in _ENCODER_PARTS}, drop=drop)
     return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
 
 

@@ -50,6 +50,7 @@ SATVISION_SIZES: dict[str, dict[str, Any]] = {
 ``mim_pretrain_swinv2_satvision_giant_128`` config) and a small one for tests."""
 
 _BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask")
+_ENCODER_PARTS = ("patch_embed.", "layers.", "norm.")
 _SIMMIM_ONLY = ("encoder.mask_token", "decoder.0.weight", "decoder.0.bias")
 
 
@@ -91,6 +92,12 @@ class SatVisionTOA(PublishedEncoder):
         super().__init__()
         self.bands = tuple(bands)
         self.img_size = img_size
+        self.model_config: dict[str, Any] = {
+            "img_size": img_size, "patch_size": patch_size, "embed_dim": embed_dim,
+            "depths": list(depths), "num_heads": list(num_heads), "window_size": window_size,
+            "mlp_ratio": mlp_ratio, "extra_norm_period": extra_norm_period,
+            "extra_norm_stage": extra_norm_stage, "drop_path_rate": drop_path_rate,
+            "bands": list(self.bands)}
         self.swin = SwinTransformerV2(
             img_size=img_size, patch_size=patch_size, in_chans=len(self.bands), num_classes=0,
             embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(num_heads),
@@ -166,7 +173,8 @@ def convert_satvision(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         GeofmError: A key is neither an encoder tensor nor one of the dropped ones.
     """
     drop = [k for k in state if k.rsplit(".", 1)[-1] in _BUFFERS] + list(_SIMMIM_ONLY)
-    renamed = consume(state, {"encoder.": "swin."}, drop=drop)
+    renamed = consume(state, {f"encoder.{part}": f"swin.{part}" for part in _ENCODER_PARTS},
+                      drop=drop)
     out: dict[str, Tensor] = {}
     for key, value in renamed.items():
         key = re.sub(r"^swin\.layers\.(\d+)\.downsample",
