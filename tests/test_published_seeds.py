@@ -23,9 +23,6 @@ from geofm.published.release_file import read_release
 
 from .published_seeds_refs import (
     TINY_CLIP_CFG,
-    channelvit_release as cvit_release_state,
-)
-from .published_seeds_refs import (
     official_channelvit_forward,
     remoteclip_release,
     s2_chip,
@@ -33,6 +30,9 @@ from .published_seeds_refs import (
     standardise,
     timm_mae_reference,
     true_colour_8bit,
+)
+from .published_seeds_refs import (
+    channelvit_release as cvit_release_state,
 )
 
 TOL = 1e-4
@@ -111,7 +111,7 @@ def test_selectivemae_other_tile_sizes_use_timm_resampling(mae_file) -> None:
 
 
 def test_selectivemae_unknown_key_and_pickle_are_refused_in_one_line(mae_file, tmp_path) -> None:
-    path, release = mae_file
+    _, release = mae_file
     spec = PUBLISHED["selectivemae_vitb"]
     bad = tmp_path / "extra.pth"
     torch.save({"model": {**release, "head.weight": torch.zeros(10, 768)}}, bad)
@@ -136,7 +136,7 @@ def test_a_pickle_payload_is_refused_without_running(tmp_path) -> None:
     marker = tmp_path / "ran"
 
     class Payload:
-        def __reduce__(self):  # noqa: D105
+        def __reduce__(self):
             return (Path.touch, (marker,))
 
     path = tmp_path / "so2sat_channelvit_small_p8_with_hcs_random_split_supervised.pth"
@@ -192,7 +192,7 @@ def test_channelvit_release_takes_a_band_subset_in_any_order(cvit_file) -> None:
     with torch.no_grad():
         ref = official_channelvit_forward(release, x, rows, num_heads=6)
         assert max_diff(model.forward_features(x, bands), ref[:, 0]) <= TOL
-    with pytest.raises(BandError, match="learned embeddings for bands .* only; got S1.VV"):
+    with pytest.raises(BandError, match=r"learned embeddings for bands .* only; got S1\.VV"):
         model.forward_features(torch.zeros(1, 1, 32, 32), ["S1.VV"])
 
 
