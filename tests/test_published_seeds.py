@@ -37,6 +37,7 @@ from .published_seeds_refs import (
 
 TOL = 1e-4
 RGB_S2 = ("B04", "B03", "B02")
+S2_NAMES = ("S2.B04", "S2.B03", "S2.B02")
 
 
 def load_release(spec: PublishedSpec, path: Path, **overrides: object) -> torch.nn.Module:
@@ -88,15 +89,19 @@ def test_selectivemae_matches_timm_on_a_sentinel2_chip(mae_file) -> None:
     reference = timm_mae_reference(release, depth=2)
     with torch.no_grad():
         ref_tokens = reference.forward_features(x)  # [2, 1 + 196, 768]
-        pooled = model.forward_features(x, spec.bands)
-        patches = model.forward_patch_features(x, spec.bands)
+        pooled = model.forward_features(x, S2_NAMES)  # Sentinel-2's red, green, blue
+        patches = model.forward_patch_features(x, S2_NAMES)
     assert max_diff(pooled, ref_tokens[:, 0]) <= TOL
     assert max_diff(patches, ref_tokens[:, 1:]) <= TOL
     assert patches.shape == (2, 196, 768)
-    # bands are put in the card's order by name
+    # bands are put in the card's order by name or colour
     with torch.no_grad():
         flipped = model.forward_features(x.flip(1), tuple(reversed(spec.bands)))
-    assert max_diff(flipped, pooled) <= TOL
+        assert max_diff(flipped, pooled) <= TOL
+        flipped = model.forward_features(x.flip(1), tuple(reversed(S2_NAMES)))
+        assert max_diff(flipped, pooled) <= TOL
+    with pytest.raises(BandError, match="needs the blue band"):
+        model.forward_features(x, ("S2.B04", "S2.B03", "S2.B08"))
 
 
 def test_selectivemae_other_tile_sizes_use_timm_resampling(mae_file) -> None:
@@ -140,7 +145,7 @@ def test_a_pickle_payload_is_refused_without_running(tmp_path) -> None:
             return (Path.touch, (marker,))
 
     path = tmp_path / "so2sat_channelvit_small_p8_with_hcs_random_split_supervised.pth"
-    path.write_bytes(pickle.dumps({"cls_token": Payload()}))
+    path.write_bytes(pickle.dumps({"cls_token": Payload()}, protocol=2))
     with pytest.raises(GeofmError) as err:
         read_release(path)
     assert not marker.exists()
@@ -251,7 +256,7 @@ def test_remoteclip_image_tower_matches_open_clip(clip_file) -> None:
     model = load_release(spec, path, model_cfg=TINY_CLIP_CFG)
     x = standardise(true_colour_8bit(s2_chip(RGB_S2, 224)), spec.mean, spec.std)
     with torch.no_grad():
-        ours = model.forward_features(x, spec.bands)
+        ours = model.forward_features(x, S2_NAMES)
         theirs = clip.encode_image(standardise(true_colour_8bit(s2_chip(RGB_S2, 224)) / 255.0,
                                                remoteclip.CLIP_MEAN, remoteclip.CLIP_STD))
         assert max_diff(ours, theirs) <= TOL
