@@ -201,6 +201,13 @@ def test_channelvit_release_takes_a_band_subset_in_any_order(cvit_file) -> None:
         model.forward_features(torch.zeros(1, 1, 32, 32), ["S1.VV"])
 
 
+def test_channelvit_release_refuses_an_unknown_key_in_one_line(cvit_file) -> None:
+    _, release = cvit_file
+    with pytest.raises(GeofmError, match=r"does not use \(head.weight\)") as err:
+        channelvit_release.convert_channelvit({**release, "head.weight": torch.zeros(17, 384)})
+    assert "\n" not in str(err.value)
+
+
 def test_channelvit_single_band_at_the_native_grid_follows_the_official_shortcut() -> None:
     release = cvit_release_state(depth=1, dim=32, img=32)
     model = create_model("channelvit_release_small", depth=1, embed_dim=32, num_heads=2,

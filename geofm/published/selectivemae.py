@@ -25,8 +25,10 @@ norm2,mlp.fc1,mlp.fc2}.*``
 :mod:`geofm.published.rgb`), as the 8-bit digital numbers of the pretraining
 images, standardised with the ImageNet mean and std of ``[0, 1]`` RGB (the release's
 ``ToTensor`` + ``Normalize``); in the card's ``dn`` units that is ``mean = 255 · imagenet_mean``,
-``std = 255 · imagenet_std``. Tiles are 224 × 224 at training; other sizes (multiples of 16)
-resample the position table with timm's ``dynamic_img_size``.
+``std = 255 · imagenet_std``. Tiles are 224 × 224 at training, where nothing is resampled; other
+sizes (multiples of 16) resample the position table with timm's ``dynamic_img_size`` (bicubic,
+antialiased). SelectiveMAE's own finetuning resamples without antialiasing, so for tiles smaller
+than 224 the two differ slightly; at 224 and above they agree.
 
 **Pooling.** Pooled features are the class token after the final LayerNorm: SelectiveMAE's own
 classification finetuning keeps ``global_pool=False`` (class token), and MAE's linear probing

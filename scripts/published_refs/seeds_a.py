@@ -5,7 +5,7 @@ its own file format (full size), loads it the way ``--init NAME --weights PATH``
 without pickle, the card's ``convert``, strict load), runs one batch of a real Sentinel-2 L1C
 chip through geofm and through the reference (timm for SelectiveMAE, open_clip for RemoteCLIP,
 the official ChannelViT forward re-implemented in ``tests/published_seeds_refs.py``), and
-returns ``(max_abs_diff, geofm_seconds, reference_seconds)`` for that batch (best of three, after
+returns ``(max_abs_diff, geofm_seconds, reference_seconds)`` for that batch (best of five, after
 one warm-up call).
 """
 
@@ -42,7 +42,7 @@ BATCH = 2
 RGB_S2 = ("B04", "B03", "B02")
 
 
-def _best(fn: Callable[[], torch.Tensor], repeats: int = 3) -> tuple[torch.Tensor, float]:
+def _best(fn: Callable[[], torch.Tensor], repeats: int = 5) -> tuple[torch.Tensor, float]:
     with torch.no_grad():
         out = fn()
         best = float("inf")
