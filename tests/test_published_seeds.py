@@ -305,3 +305,32 @@ def test_selectivemae_factory_rebuilds_from_model_config() -> None:
     converted = selectivemae.convert_mae({"cls_token": torch.zeros(1, 1, 64),
                                           "decoder_pred.bias": torch.zeros(3)})
     assert list(converted) == ["vit.cls_token"]
+
+
+def test_channelvit_release_layout_exports_to_onnx() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import contextlib
+    import io
+    import warnings
+
+    model = create_model("channelvit_release_small", depth=1, embed_dim=32, num_heads=2).eval()
+    bands = ["S2.B04", "S2.B03", "S2.B02", "S2.B08"]
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.model.forward_features(image, bands)
+
+    x = s2_chip(("B04", "B03", "B02", "B08"), 32) / 10_000.0  # [2, 4, 32, 32]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(Pooled(), (x,), dynamo=True, opset_version=18,
+                                    input_names=["image"], output_names=["features"])
+    session = ort.InferenceSession(program.model_proto.SerializeToString())
+    out = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    with torch.no_grad():
+        assert max_diff(out, Pooled()(x)) <= TOL
