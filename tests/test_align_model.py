@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geofm.card import BandContract
+from geofm.card import BandContract, ModelCard
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
 from geofm.loading import load_aligned
@@ -134,7 +134,7 @@ def test_unlocked_text_weights_are_saved(tmp_path: Path) -> None:
 
 def test_load_aligned_refuses_other_checkpoints(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "pre.safetensors", {"encoder.x": torch.zeros(1)},
-                           {"kind": "pretrain"})
+                           ModelCard.from_header({"kind": "pretrain", "bands": ["S2.B02"]}))
     with pytest.raises(GeofmError, match=r"has no text tower \(it is a pretrain checkpoint\) "
                                          "— align it with 'geofm align'"):
         load_aligned(path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import geofm
-from geofm.card import BandContract, Provenance
+from geofm.card import BandContract, ModelCard, Provenance
 from geofm.checkpoint import save_checkpoint
 from geofm.cli import main
 from geofm.errors import GeofmError
@@ -145,7 +145,7 @@ def test_duplicate_check_finds_leaked_test_chip(reben_store: Path, tmp_path: Pat
     store = geofm.open_store(path)
     splits = store.chips["split"].tolist()
     assert splits[0] == "train" and splits[3] == "test"
-    d = duplicate_check(store, "test", {"train": {"store": str(path), "split": "train"}})
+    d = duplicate_check(store, "test", {"store": str(path), "split": "train"})
     assert d["checked"] and d["shared_chips"] == 0
     assert d["evaluated_chips"] == 2 and d["reference_chips"] == 3
     assert d["near_duplicate_pairs"] == 1 and d["evaluated_with_near_duplicate"] == 1
@@ -172,7 +172,7 @@ def test_zeroshot_and_retrieval_reports(align_ckpt: Path, reben_store: Path, tmp
     assert r["templates"] == ["a satellite image of {}"]
     assert r["templates_source"] == "recorded in the checkpoint"
     assert r["split"] == "test" and r["num_chips"] == 2
-    assert r["checkpoint"]["train"]["split"] == "train"
+    assert r["checkpoint"]["data"]["split"] == "train"
     assert r["evaluated_chips_in_training"] == 0
     assert r["duplicate_check"]["checked"] and r["duplicate_check"]["reference_chips"] == 3
     assert 0 <= r["metrics"]["top1"] <= 1 and r["metrics"]["chance_map"] > 0
@@ -202,7 +202,7 @@ def test_zeroshot_and_retrieval_reports(align_ckpt: Path, reben_store: Path, tmp
 def test_bad_input_one_line(align_ckpt: Path, reben_store: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     pre = save_checkpoint(tmp_path / "pre.safetensors", {"encoder.w": torch.zeros(1)},
-                          {"kind": "pretrain", "bands": ["S2.B02"]})
+                          ModelCard.from_header({"kind": "pretrain", "bands": ["S2.B02"]}))
     _fails(["zeroshot", str(pre), "--data", str(reben_store)], capsys,
            "has no text tower (it is a pretrain checkpoint)", "geofm align")
     _fails(["retrieval", str(pre), "--data", str(reben_store)], capsys, "has no text tower")

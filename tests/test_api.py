@@ -170,15 +170,15 @@ def test_walkthrough_runs(small: Path, tmp_path: Path, monkeypatch: pytest.Monke
 
 def make_aligned(path: Path, bands: list[str]) -> Path:
     """An untrained image–text checkpoint (ChannelViT test size + the bundled text tower)."""
-    from geofm.models.align import AlignModel, save_aligned
+    from geofm.card import BandContract
+    from geofm.models.align import AlignModel, aligned_card, save_aligned
     from geofm.models.text import TextTower
 
     torch.manual_seed(0)
     encoder = create_model("channelvit_test", bands=bands)
     model = AlignModel(encoder, TextTower.from_source(), embed_dim=16)
-    return save_aligned(path, model, {
-        "model": {"name": "channelvit_test", "config": encoder.model_config}, "bands": bands,
-        "band_info": bands_info(bands),
-        "normalization": {"mean": [1200.0] * len(bands), "std": [600.0] * len(bands)},
-        "patch_size": encoder.patch_size, "tile_size": [64, 64], "gsd_m": 10.0, "classes": [],
-        "templates": ["a satellite image of {}."]})
+    contract = BandContract(tuple(bands), (1200.0,) * len(bands), (600.0,) * len(bands),
+                            flexible=True, info=tuple(bands_info(bands)))
+    return save_aligned(path, model, aligned_card(
+        model, contract, patch_size=encoder.patch_size, tile_size=(64, 64), gsd_m=10.0,
+        templates=["a satellite image of {}."]))

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from geofm.card import ModelCard
 from geofm.checkpoint import save_checkpoint
 from geofm.cli import main
 from geofm.errors import GeofmError
@@ -246,10 +247,11 @@ def umask022() -> Iterator[None]:
 
 
 def test_outputs_get_the_users_umask(reben_store: Path, tmp_path: Path, umask022: None) -> None:
-    path = save_checkpoint(tmp_path / "w.safetensors", {"w": torch.zeros(2)}, {"kind": "x"})
+    card = ModelCard.from_header({"kind": "pretrain", "bands": ["S2.B02"]})
+    path = save_checkpoint(tmp_path / "w.safetensors", {"w": torch.zeros(2)}, card)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     os.umask(0o027)
-    path = save_checkpoint(tmp_path / "v.safetensors", {"w": torch.zeros(2)}, {"kind": "x"})
+    path = save_checkpoint(tmp_path / "v.safetensors", {"w": torch.zeros(2)}, card)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     os.umask(0o022)
     out = tmp_path / "run"
@@ -307,7 +309,8 @@ def test_full_disk_while_writing_the_checkpoint_leaves_nothing(
     target = tmp_path / "pretrain.safetensors"
     with pytest.raises(GeofmError, match=r"disk full while writing the checkpoint "
                        r"pretrain\.safetensors: it needs about 4\.0 kB free"):
-        save_checkpoint(target, {"w": torch.zeros(1000)}, {"kind": "pretrain"})
+        save_checkpoint(target, {"w": torch.zeros(1000)},
+                        ModelCard.from_header({"kind": "pretrain", "bands": ["S2.B02"]}))
     assert list(tmp_path.iterdir()) == []
 
 

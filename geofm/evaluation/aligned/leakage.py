@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geofm.card import ModelCard
 from geofm.curation.dedup import hamming, near_duplicate_pairs, phash64
 from geofm.io.store import ChipStore, open_store
 from geofm.viz import composite_bands, stretch
@@ -41,11 +41,12 @@ def chip_hashes(store: ChipStore, indices: np.ndarray, batch_size: int = 256) ->
     return out
 
 
-def duplicate_check(store: ChipStore, split: str | None, card: ModelCard,
+def duplicate_check(store: ChipStore, split: str | None, trained_on: Mapping[str, Any],
                     radius: int = DUPLICATE_RADIUS) -> dict[str, Any]:
     """Chips of ``split`` that the model trained on, and near duplicates of its training chips.
 
-    The reference is the checkpoint's training chips (the card's training data: store, split)
+    The reference is the model's training chips (``trained_on``, its card's training data
+    record: ``store`` and ``split``)
     when that store exists; otherwise this store's ``train`` split. Chips with the same chip id
     in both sets are counted as shared; other pairs whose pHashes differ in at most ``radius``
     bits are near duplicates.
@@ -53,7 +54,7 @@ def duplicate_check(store: ChipStore, split: str | None, card: ModelCard,
     Returns:
         A JSON-ready dict: reference, radius, method, counts and the first pairs.
     """
-    train = card.provenance.data
+    train = trained_on
     note = ""
     ref_store: ChipStore | None = None
     ref_split: str | None = "train"

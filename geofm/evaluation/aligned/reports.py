@@ -113,7 +113,7 @@ def zeroshot(model_path: str | Path, store_path: str | Path, split: str | None =
     metrics = zeroshot_metrics(images @ classes.t(), labels)
     report = {
         **_common(model_path, card, store, split, len(ds),
-                  duplicate_check(store, split, card, radius)),
+                  duplicate_check(store, split, card.provenance.data, radius)),
         "task": "zeroshot-multilabel",
         "templates": list(templates), "templates_source": source,
         "prompt": "class names in caption form; each class embedding is the mean of its "
@@ -167,7 +167,7 @@ def retrieval(model_path: str | Path, store_path: str | Path, split: str | None 
     text = text_embeddings(model, texts)  # [T, E]
     metrics = retrieval_metrics(images @ text.t(), torch.tensor(owner))
     base = _common(model_path, card, store, split, len(ds),
-                   duplicate_check(store, split, card, radius))
+                   duplicate_check(store, split, card.provenance.data, radius))
     report = {
         **base,
         "task": "retrieval",
