@@ -128,10 +128,11 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
 
         raise StoreError("output already exists", out, "choose a new path or pass --overwrite")
     parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
+    if parent.exists():
         from geofm.errors import StoreError
+        from geofm.io.outputs import require_writable
 
-        raise StoreError("output directory is not writable", parent, "choose a writable location")
+        require_writable(parent, "choose a writable location", StoreError)
 
 
 def _cmd_split(a: argparse.Namespace) -> int:

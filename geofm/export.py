@@ -376,8 +376,8 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     if verify:
         require("onnxruntime", "onnx")
 
-    from geofm.io.cog import OutputTransaction, check_output, remove_stale_temporaries
-    from geofm.io.outputs import require_suffix
+    from geofm.io.cog import OutputTransaction, remove_stale_temporaries
+    from geofm.io.outputs import check_output, require_suffix
     from geofm.loading import load_finetuned
 
     bands_in = bands

@@ -321,27 +321,6 @@ def write_ramp_qml(path: Path, minimum: float, maximum: float) -> Path:
     return _write_qml(path, qgis, pipe)
 
 
-def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
-    """Refuse an output path that exists (unless ``overwrite``) or cannot be written.
-
-    Raises:
-        GeofmError: The path exists, is a directory, is one of the inputs, or its directory is
-            missing or not writable.
-    """
-    if path.is_dir():
-        raise GeofmError("output is a directory", path, "give a file name such as out.tif")
-    if any(path.resolve() == p.resolve() for p in inputs):
-        raise GeofmError("output would overwrite the input", path, "choose another output path")
-    if path.exists() and not overwrite:
-        raise GeofmError("output already exists", path, "choose a new path or pass --overwrite")
-    parent = path.parent
-    if not parent.is_dir():
-        raise GeofmError("output directory does not exist", parent, "create it first")
-    if not os.access(parent, os.W_OK):
-        raise GeofmError("output directory is not writable", parent,
-                         "choose a writable location")
-
-
 TEMP_TAG = "geofm-tmp"
 """Marks geofm's temporary files: ``.<name>.geofm-tmp-<host>-<pid>-<token>.<kind><suffix>``."""
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"

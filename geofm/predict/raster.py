@@ -21,7 +21,6 @@ from geofm.errors import GeofmError
 from geofm.io.cog import (
     OutputTransaction,
     TempRaster,
-    check_output,
     class_dtype,
     class_rgb,
     remove_stale_temporaries,
@@ -30,7 +29,7 @@ from geofm.io.cog import (
     write_qml,
     write_ramp_qml,
 )
-from geofm.io.outputs import require_suffix
+from geofm.io.outputs import check_output, require_suffix
 from geofm.io.space import DiskSpace
 from geofm.predict.band_plan import plan_bands
 from geofm.predict.checks import check_source
