@@ -995,7 +995,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from geofm import __version__
+        from geofm._version import __version__
 
         print(__version__)
         return 0

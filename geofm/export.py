@@ -182,7 +182,7 @@ def deepness_metadata(header: dict[str, Any], tile: int, checkpoint: str = "",
     Returns:
         ``{key: json_text}`` (see the module documentation for the keys).
     """
-    from geofm import __version__
+    from geofm._version import __version__
 
     task = header["task"]
     bands = list(header["bands"])

@@ -25,6 +25,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
+from geofm._version import __version__
 from geofm.bands import bands_info
 from geofm.errors import StoreError
 from geofm.io.schema import (
@@ -273,8 +274,6 @@ def finalize_store(path: str | Path, extra_attrs: dict[str, Any] | None = None) 
 
 
 def _finalize(path: Path, spec: StoreSpec, extra_attrs: dict[str, Any] | None) -> None:
-    from geofm import __version__
-
     d = _build_dir(path)
     stats = BandStats.empty(len(spec.bands))
     frames = []

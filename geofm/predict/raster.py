@@ -17,6 +17,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from geofm._version import __version__
 from geofm.errors import GeofmError
 from geofm.io.cog import (
     OutputTransaction,
@@ -266,8 +267,6 @@ def predict_raster(
         >>> info["bands"]  # doctest: +SKIP
         {'S2.B01': 'band 1 (B01)', ...}
     """
-    from geofm import __version__
-
     t_start = time.perf_counter()
     texts = None if query is None else query_texts(query)
     output = require_suffix(output, GEOTIFF_SUFFIXES, "a GeoTIFF")
