@@ -78,7 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from geofm.checkpoint import read_header
-from geofm.errors import GeofmError
+from geofm.errors import GeofmError, first_line
 from geofm.extras import require
 from geofm.models.finetuner import SCENE_TASKS, task_scores
 
@@ -138,11 +138,6 @@ class ExportModule(nn.Module):
         if scores.ndim == 2:  # scene task: [N, K] → [N, K, H, W]
             scores = scores[:, :, None, None].expand(-1, -1, *self.tile)
         return scores
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def export_tile_size(header: dict[str, Any], tile_size: int | None = None) -> int:
@@ -421,7 +416,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     except GeofmError:
         raise
     except Exception as e:
-        raise GeofmError(f"cannot export the model to ONNX ({_first_line(e)})",
+        raise GeofmError(f"cannot export the model to ONNX ({first_line(e)})",
                          model_path) from None
     # The oldest IR version that has the opset: onnxruntime refuses files whose IR version is
     # newer than it knows (1.17, which QGIS Deepness installs, stops at IR 9), whatever the ops.
@@ -441,7 +436,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
         onnx.checker.check_model(proto, full_check=True)
         data = proto.SerializeToString()
     except (onnx.checker.ValidationError, ValueError) as e:
-        raise GeofmError(f"the exported graph is invalid ({_first_line(e)})",
+        raise GeofmError(f"the exported graph is invalid ({first_line(e)})",
                          model_path) from None
     if verify:
         diff = _verify(data, module, mean, std, len(mean), tile)
@@ -457,7 +452,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            raise GeofmError(f"cannot write the ONNX model ({_first_line(e)})", out,
+            raise GeofmError(f"cannot write the ONNX model ({first_line(e)})", out,
                              "check the directory is writable and has space") from None
         tx.commit()
     return out

@@ -43,7 +43,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from geofm.errors import GeofmError
+from geofm.errors import GeofmError, first_line
 from geofm.io.space import is_disk_full
 
 BLOCK_SIZE = 256
@@ -135,7 +135,7 @@ class TempRaster:
         except (rasterio.errors.RasterioError, OSError) as e:
             if is_disk_full(e):
                 raise
-            raise GeofmError(f"cannot create the output ({_first_line(e)})", label or path,
+            raise GeofmError(f"cannot create the output ({first_line(e)})", label or path,
                              "check the directory is writable and has space") from None
         for i, text in enumerate(descriptions, start=1):
             self.ds.set_band_description(i, text)
@@ -194,7 +194,7 @@ def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False,
     except (rasterio.errors.RasterioError, OSError) as e:
         if is_disk_full(e):
             raise  # the caller knows how much space the outputs need
-        raise GeofmError(f"cannot write the Cloud-Optimized GeoTIFF ({_first_line(e)})",
+        raise GeofmError(f"cannot write the Cloud-Optimized GeoTIFF ({first_line(e)})",
                          label or dst, "check the directory is writable and has space") from None
 
 
@@ -422,8 +422,3 @@ class OutputTransaction:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.cleanup()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
