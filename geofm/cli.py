@@ -224,12 +224,12 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
 def _store_bands(text: str) -> object:
     """One store's ``--bands`` among several: a count, a named set, or its band names as a list
     (so that one name is not read as one name for every store)."""
-    from geofm.bands import BAND_SETS
+    from geofm.bands import is_band_set, parse_bands
     from geofm.training.config import parse_value
 
     value = parse_value(text)
-    if isinstance(value, str) and value.lower() not in BAND_SETS:
-        return [name.strip() for name in value.split(",") if name.strip()]
+    if isinstance(value, str) and not is_band_set(value):
+        return parse_bands(value)
     return value
 
 

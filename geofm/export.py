@@ -241,17 +241,13 @@ def export_bands(model: nn.Module, header: dict[str, Any], bands: str | Sequence
     Raises:
         BandError: A name is unknown, or a fixed-band model's bands are missing.
     """
-    from geofm.bands import BAND_SETS, is_count
+    from geofm.bands import is_count, parse_bands
     from geofm.predict.band_plan import band_labels, plan_bands
     from geofm.predict.model import Predictor
 
     if isinstance(bands, str) and is_count(bands):
         band_labels(bands, 0)  # a count, not names: refused as for predict
-    if isinstance(bands, str):
-        labels = (list(BAND_SETS[bands.strip().lower()]) if bands.strip().lower() in BAND_SETS
-                  else [b.strip() for b in bands.split(",") if b.strip()])
-    else:
-        labels = [str(b) for b in bands]
+    labels = parse_bands(bands) if isinstance(bands, str) else [str(b) for b in bands]
     return plan_bands(Predictor(model, header), labels, source=source)
 
 
