@@ -119,14 +119,12 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     """Refuse or clear an existing output; an unfinished build of the same inputs resumes."""
     import shutil
 
-    from geofm.io.writer import load_spec
+    from geofm.io.writer import check_store_output
 
     if out.exists() and overwrite:
         shutil.rmtree(out)
-    elif out.exists() and load_spec(out) is None:
-        from geofm.errors import StoreError
-
-        raise StoreError("output already exists", out, "choose a new path or pass --overwrite")
+    else:
+        check_store_output(out)
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists():
         from geofm.errors import StoreError
