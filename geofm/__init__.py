@@ -14,11 +14,10 @@ The analyst's API::
 
 from __future__ import annotations
 
+from geofm._version import __version__
 from geofm.bands import BAND_SETS, Band, get_band, resolve_bands
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, open_store
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:

@@ -277,6 +277,31 @@ def is_count(text: str) -> bool:
     return (t[1:] if t[:1] in "+-" else t).isdigit()
 
 
+def is_band_set(text: object) -> bool:
+    """Whether ``text`` names a set of :data:`BAND_SETS` (any case, surrounding spaces ignored).
+
+    >>> is_band_set(" S1 "), is_band_set("S1.VV")
+    (True, False)
+    """
+    return isinstance(text, str) and text.strip().lower() in BAND_SETS
+
+
+def parse_bands(text: str) -> list[str]:
+    """The band names a user wrote: a named set, or names separated by commas.
+
+    Names are returned as written (not resolved), so that they can be matched against the bands
+    a store, a model or an input has.
+
+    >>> parse_bands("s1")
+    ['S1.VV', 'S1.VH']
+    >>> parse_bands(" B04, red ,")
+    ['B04', 'red']
+    """
+    if is_band_set(text):
+        return list(BAND_SETS[text.strip().lower()])
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
 def resolve_bands(spec: str | int | Sequence[str], available: Sequence[str]) -> list[str]:
     """Resolve a user's band request against the bands a store or model has.
 
@@ -306,14 +331,8 @@ def resolve_bands(spec: str | int | Sequence[str], available: Sequence[str]) -> 
                             f"({', '.join(avail)})",
                             hint="ask for at most that many or name the bands")
         return avail[:k]
-    named = isinstance(spec, str) and spec.lower() in BAND_SETS
-    if isinstance(spec, str):
-        if named:
-            names = list(BAND_SETS[spec.lower()])
-        else:
-            names = [s.strip() for s in spec.split(",") if s.strip()]
-    else:
-        names = list(spec)
+    named = is_band_set(spec)
+    names = parse_bands(spec) if isinstance(spec, str) else list(spec)
     if not names:
         raise BandError("no bands requested")
     out: list[str] = []

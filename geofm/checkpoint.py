@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from geofm._version import __version__
 from geofm.card import CARD_VERSION, FORMAT, ModelCard
 from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
@@ -38,8 +39,6 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
     Raises:
         GeofmError: The disk is full (the temporary file is removed, ``path`` is untouched).
     """
-    from geofm import __version__
-
     path = Path(path)
     full = {"format": FORMAT, "format_version": CARD_VERSION, "geofm_version": __version__,
             **card.to_header()}

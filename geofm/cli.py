@@ -119,19 +119,18 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     """Refuse or clear an existing output; an unfinished build of the same inputs resumes."""
     import shutil
 
-    from geofm.io.writer import load_spec
+    from geofm.io.writer import check_store_output
 
     if out.exists() and overwrite:
         shutil.rmtree(out)
-    elif out.exists() and load_spec(out) is None:
-        from geofm.errors import StoreError
-
-        raise StoreError("output already exists", out, "choose a new path or pass --overwrite")
+    else:
+        check_store_output(out)
     parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
+    if parent.exists():
         from geofm.errors import StoreError
+        from geofm.io.outputs import require_writable
 
-        raise StoreError("output directory is not writable", parent, "choose a writable location")
+        require_writable(parent, "choose a writable location", StoreError)
 
 
 def _cmd_split(a: argparse.Namespace) -> int:
@@ -223,12 +222,12 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
 def _store_bands(text: str) -> object:
     """One store's ``--bands`` among several: a count, a named set, or its band names as a list
     (so that one name is not read as one name for every store)."""
-    from geofm.bands import BAND_SETS
+    from geofm.bands import is_band_set, parse_bands
     from geofm.training.config import parse_value
 
     value = parse_value(text)
-    if isinstance(value, str) and value.lower() not in BAND_SETS:
-        return [name.strip() for name in value.split(",") if name.strip()]
+    if isinstance(value, str) and not is_band_set(value):
+        return parse_bands(value)
     return value
 
 
@@ -994,7 +993,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from geofm import __version__
+        from geofm._version import __version__
 
         print(__version__)
         return 0

@@ -39,6 +39,19 @@ class GeofmError(Exception):
         return _restore, (type(self), tuple(self.args), dict(self.__dict__))
 
 
+def first_line(err: BaseException) -> str:
+    r"""A library's exception as one clause for a :class:`GeofmError` (its first line, or its
+    class name when it has no message).
+
+    >>> first_line(OSError("disk full\nwhile writing block 7"))
+    'disk full'
+    >>> first_line(ValueError())
+    'ValueError'
+    """
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class StoreError(GeofmError):
     """A chip store is missing, incomplete, corrupt or does not fit the request."""
 

@@ -79,7 +79,7 @@ from torch import Tensor, nn
 
 from geofm.card import ModelCard
 from geofm.checkpoint import read_card
-from geofm.errors import GeofmError
+from geofm.errors import GeofmError, first_line
 from geofm.extras import require
 from geofm.models.finetuner import SCENE_TASKS, task_scores
 
@@ -141,11 +141,6 @@ class ExportModule(nn.Module):
         return scores
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def export_tile_size(card: ModelCard, tile_size: int | None = None) -> int:
     """The square tile size of the export.
 
@@ -183,7 +178,7 @@ def deepness_metadata(card: ModelCard, tile: int, checkpoint: str = "",
     Returns:
         ``{key: json_text}`` (see the module documentation for the keys).
     """
-    from geofm import __version__
+    from geofm._version import __version__
 
     assert card.task is not None  # the caller checked the card is a finetuned model's
     task = card.task.task
@@ -246,17 +241,13 @@ def export_bands(model: nn.Module, card: ModelCard, bands: str | Sequence[str],
     Raises:
         BandError: A name is unknown, or a fixed-band model's bands are missing.
     """
-    from geofm.bands import BAND_SETS, is_count
+    from geofm.bands import is_count, parse_bands
     from geofm.predict.band_plan import band_labels, plan_bands
     from geofm.predict.model import Predictor
 
     if isinstance(bands, str) and is_count(bands):
         band_labels(bands, 0)  # a count, not names: refused as for predict
-    if isinstance(bands, str):
-        labels = (list(BAND_SETS[bands.strip().lower()]) if bands.strip().lower() in BAND_SETS
-                  else [b.strip() for b in bands.split(",") if b.strip()])
-    else:
-        labels = [str(b) for b in bands]
+    labels = parse_bands(bands) if isinstance(bands, str) else [str(b) for b in bands]
     return plan_bands(Predictor(model, card), labels, source=source)
 
 
@@ -376,8 +367,8 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     if verify:
         require("onnxruntime", "onnx")
 
-    from geofm.io.cog import OutputTransaction, check_output, remove_stale_temporaries
-    from geofm.io.outputs import require_suffix
+    from geofm.io.cog import OutputTransaction, remove_stale_temporaries
+    from geofm.io.outputs import check_output, require_suffix
     from geofm.loading import load_finetuned
 
     bands_in = bands
@@ -417,7 +408,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     except GeofmError:
         raise
     except Exception as e:
-        raise GeofmError(f"cannot export the model to ONNX ({_first_line(e)})",
+        raise GeofmError(f"cannot export the model to ONNX ({first_line(e)})",
                          model_path) from None
     # The oldest IR version that has the opset: onnxruntime refuses files whose IR version is
     # newer than it knows (1.17, which QGIS Deepness installs, stops at IR 9), whatever the ops.
@@ -437,7 +428,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
         onnx.checker.check_model(proto, full_check=True)
         data = proto.SerializeToString()
     except (onnx.checker.ValidationError, ValueError) as e:
-        raise GeofmError(f"the exported graph is invalid ({_first_line(e)})",
+        raise GeofmError(f"the exported graph is invalid ({first_line(e)})",
                          model_path) from None
     if verify:
         diff = _verify(data, module, mean, std, len(mean), tile)
@@ -453,7 +444,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            raise GeofmError(f"cannot write the ONNX model ({_first_line(e)})", out,
+            raise GeofmError(f"cannot write the ONNX model ({first_line(e)})", out,
                              "check the directory is writable and has space") from None
         tx.commit()
     return out

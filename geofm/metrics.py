@@ -1,12 +1,14 @@
 """Task metrics from torchmetrics, one function per task, shared by training and evaluation.
 
-Every function takes the model's raw outputs and the targets of a whole split and returns a flat
-dict of Python floats (averages) plus per-class lists, ready for JSON.
+:func:`batch_targets` picks what a task is scored against in a batch. Every metric function
+takes the model's raw outputs and the targets of a whole split and returns a flat dict of Python
+floats (averages) plus per-class lists, ready for JSON.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,6 +98,17 @@ def regression_metrics(pred: Tensor, target: Tensor) -> dict[str, object]:
         "mae": float(diff.abs().sum() / ok.sum().clamp(min=1)),
         "per_target_rmse": _floats(rmse_t),
     }
+
+
+def batch_targets(task: str, batch: dict[str, Any]) -> Tensor:
+    """The supervision of ``task`` in a batch of sample dicts (see :mod:`geofm.data.dataset`)."""
+    if task == "multilabel":
+        return batch["label"].float()  # [B, K]
+    if task == "classification":
+        return batch["label"].argmax(1)  # [B]
+    if task == "segmentation":
+        return batch["mask"]  # [B, H, W]
+    return batch["target"]  # [B, T, H, W]
 
 
 def task_metrics(task: str, outputs: Tensor, targets: Tensor) -> dict[str, object]:

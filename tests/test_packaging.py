@@ -201,7 +201,7 @@ def test_version_and_licence_come_from_one_place() -> None:
     project = PYPROJECT["project"]
     assert "version" not in project and "version" in project["dynamic"]
     attr = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]["attr"]
-    assert attr == "geofm.__version__" and geofm.__version__.count(".") == 2
+    assert attr == "geofm._version.__version__" and geofm.__version__.count(".") == 2
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
     text = (REPO / "LICENSE").read_text()
     assert "Apache License\n                           Version 2.0, January 2004" in text

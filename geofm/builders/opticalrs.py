@@ -128,10 +128,10 @@ from geofm.io.schema import SHARD_CHIPS
 from geofm.io.space import reporting_full_disk
 from geofm.io.writer import (
     StoreSpec,
+    check_store_output,
     completed_regions,
     create_store,
     finalize_store,
-    load_spec,
     write_region,
 )
 
@@ -487,13 +487,7 @@ def _dropped_summary(images: pd.DataFrame) -> str:
 
 def _check_output(out: Path, scan_dir: Path, fp: str) -> None:
     """Refuse an output or scan folder that holds something other than this build."""
-    if out.exists():
-        old = load_spec(out)
-        if old is None:
-            raise StoreError("output already exists", out, "choose a new path or pass --overwrite")
-        if old.fingerprint != fp:
-            raise StoreError("holds an unfinished build of different inputs", out,
-                             "delete it or pass --overwrite")
+    check_store_output(out, fp)
     marker = scan_dir / "fingerprint"
     stale = marker.read_text() != fp if marker.exists() else \
         scan_dir.exists() and any(scan_dir.iterdir())

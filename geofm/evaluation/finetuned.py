@@ -22,8 +22,7 @@ from geofm.data.transforms import Normalize
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, open_store
 from geofm.loading import load_finetuned
-from geofm.metrics import PRIMARY, per_class_table, task_metrics
-from geofm.training.finetune import batch_targets
+from geofm.metrics import PRIMARY, batch_targets, per_class_table, task_metrics
 
 
 @torch.no_grad()

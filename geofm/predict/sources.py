@@ -21,7 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geofm.errors import GeofmError, GeofmWarning
+from geofm.errors import GeofmError, GeofmWarning, first_line
 from geofm.levels import detect_levels
 from geofm.predict.band_plan import band_labels, sensor_hint
 from geofm.predict.settings import _GDAL_TYPES
@@ -128,7 +128,7 @@ class RasterSource:
             try:
                 return self._reopen(self._handles)
             except RasterioError as e:
-                raise GeofmError(f"cannot read the raster ({_first_line(e)})", self.name,
+                raise GeofmError(f"cannot read the raster ({first_line(e)})", self.name,
                                  "the file was moved or changed while predicting") from None
 
     def _dataset(self) -> Any:
@@ -154,7 +154,7 @@ class RasterSource:
             return self._dataset().read([i + 1 for i in indexes], window=window,
                                         out_dtype="float32")
         except RasterioError as e:
-            raise GeofmError(f"cannot read the raster ({_first_line(e)})", self.name,
+            raise GeofmError(f"cannot read the raster ({first_line(e)})", self.name,
                              "the file is corrupt or truncated") from None
 
     def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
@@ -183,7 +183,7 @@ def _open(path: Path) -> Any:
     try:
         return rasterio.open(path)
     except RasterioError as e:
-        raise GeofmError(f"cannot read the raster ({_first_line(e)})", path,
+        raise GeofmError(f"cannot read the raster ({first_line(e)})", path,
                          "the file is corrupt, truncated or not a raster") from None
 
 
@@ -334,9 +334,4 @@ def _open_vrt(doc: str, name: str) -> Any:
     try:
         return rasterio.open(doc)
     except RasterioError as e:
-        raise GeofmError(f"cannot stack the input files ({_first_line(e)})", name) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise GeofmError(f"cannot stack the input files ({first_line(e)})", name) from None

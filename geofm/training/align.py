@@ -46,6 +46,7 @@ from geofm.evaluation.aligned import (
     check_templates,
     load_templates,
 )
+from geofm.io.outputs import check_writable
 from geofm.levels import store_levels
 from geofm.loading import load_encoder, store_bands_for
 from geofm.models.align import AlignModel, save_aligned
@@ -54,7 +55,6 @@ from geofm.objectives.contrastive import ContrastiveLoss
 from geofm.training.cards import trained_contract
 from geofm.training.config import ALIGN_DEFAULTS, check_config
 from geofm.training.datamodule import ChipDataModule, sharded_loader
-from geofm.training.pretrain import check_writable
 from geofm.training.quiet import quiet_lightning
 from geofm.training.schedule import adamw, warmup_cosine
 from geofm.training.trainer import fit_steps, gathered_state, resolve_precision

@@ -21,30 +21,19 @@ from torch import Tensor
 from geofm.card import Provenance, TaskSpec
 from geofm.checkpoint import load_checkpoint, save_checkpoint
 from geofm.errors import GeofmError
+from geofm.io.outputs import check_writable
 from geofm.levels import store_levels
 from geofm.loading import encoder_state, store_bands_for
-from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, task_metrics
+from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, batch_targets, task_metrics
 from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
 from geofm.training.cards import trained_contract
 from geofm.training.config import FINETUNE_DEFAULTS, check_config
 from geofm.training.datamodule import ChipDataModule
 from geofm.training.loggers import run_loggers
-from geofm.training.pretrain import check_writable
 from geofm.training.progress import StepProgress
 from geofm.training.quiet import quiet_lightning
 from geofm.training.schedule import adamw, warmup_cosine
-
-
-def batch_targets(task: str, batch: dict[str, Any]) -> Tensor:
-    """The supervision of ``task`` in a batch."""
-    if task == "multilabel":
-        return batch["label"].float()  # [B, K]
-    if task == "classification":
-        return batch["label"].argmax(1)  # [B]
-    if task == "segmentation":
-        return batch["mask"]  # [B, H, W]
-    return batch["target"]  # [B, T, H, W]
 
 
 class FinetuneTask(L.LightningModule):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from geofm.card import Architecture, ModelCard, Provenance
 from geofm.checkpoint import save_checkpoint
 from geofm.diskspace import full_disk_reported
 from geofm.errors import GeofmError
+from geofm.io.outputs import check_writable
 from geofm.io.store import ChipStore
 from geofm.levels import merged_levels, store_levels
 from geofm.models import create_model
@@ -223,16 +223,6 @@ class _DataRecord(Callback):
                   "num_chips_seen": len(seen), "chip_indices": seen[:100_000]}
         path = self.out_dir / f"data_rank{trainer.global_rank}.json"
         path.write_text(json.dumps(record))
-
-
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise GeofmError(f"cannot create the output directory ({e.strerror})", out,
-                         "choose a writable --output") from None
-    if not os.access(out, os.W_OK):
-        raise GeofmError("output directory is not writable", out, "choose a writable --output")
 
 
 def store_paths(store: str | Path | list[str | Path] | None) -> list[str | Path]:
