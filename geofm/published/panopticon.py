@@ -107,7 +107,7 @@ class PanopticonEncoder(PublishedEncoder):
                              hint=f"crop the tiles to {self.img_size} px or build the model "
                                   "with img_size set to the tiles' side")
         ids = torch.tensor(channel_ids(bands), device=images.device)
-        ids = ids.unsqueeze(0).expand(images.shape[0], -1)  # [B, C]
+        ids = ids.unsqueeze(0).repeat(images.shape[0], 1)  # [B, C]; Panopticon edits it in place
         return self.panopticon.model.forward_features({"imgs": images, "chn_ids": ids})
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:

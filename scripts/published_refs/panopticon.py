@@ -43,7 +43,7 @@ def check(name: str = "panopticon_base", batch: int = 2, repeats: int = 3,
     weights = torchgeo_weights(spec)
     use = bands or spec.bands
     x = spec_input(spec, read_chips(224, batch), use)  # [B, C, 224, 224]
-    ids = torch.tensor(channel_ids(use)).unsqueeze(0).expand(batch, -1)  # [B, C]
+    ids = torch.tensor(channel_ids(use)).unsqueeze(0).repeat(batch, 1)  # [B, C]
 
     def reference(_: Path) -> tuple[Side, Side]:
         model = panopticon_vitb14(weights, img_size=224).eval()
