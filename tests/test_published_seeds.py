@@ -17,8 +17,14 @@ from safetensors.torch import save_file
 
 from geofm.errors import BandError, GeofmError
 from geofm.models.registry import create_model
-from geofm.published import PUBLISHED, PublishedEncoder, PublishedSpec
-from geofm.published.catalogue_seeds import channelvit_release, remoteclip, selectivemae
+from geofm.published import (
+    PUBLISHED,
+    PublishedEncoder,
+    PublishedSpec,
+    channelvit_release,
+    remoteclip,
+    selectivemae,
+)
 from geofm.published.release_file import read_release
 
 from .published_seeds_refs import (

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from geofm.errors import GeofmError
 from geofm.models.registry import create_model
 from geofm.published import PUBLISHED
-from geofm.published.catalogue_seeds_b import PRITHVI_EO2_300M, SATVISION_TOA_GIANT
+from geofm.published.nasa_cards import PRITHVI_EO2_300M, SATVISION_TOA_GIANT
 from geofm.published.prithvi import (
     PrithviEO2,
     convert_prithvi,

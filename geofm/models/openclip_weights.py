@@ -110,7 +110,7 @@ def _same_shape(cfg: dict[str, Any], known: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def _no_init_warnings() -> Iterator[None]:
+def quiet_open_clip_init() -> Iterator[None]:
     """Hide open_clip's "initialized randomly" warning: weights are loaded right after."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
@@ -147,7 +147,7 @@ def load_open_clip_model(path: str | Path, arch: str | None = None, quick_gelu: 
             raise GeofmError("open_clip folder has no weights file", p,
                              hint="put the *.safetensors or *.bin next to open_clip_config.json")
         try:
-            with _no_init_warnings():
+            with quiet_open_clip_init():
                 clip = open_clip.create_model(f"local-dir:{p}", pretrained_text=False)
             tokenizer = open_clip.get_tokenizer(f"local-dir:{p}")
         except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError,
@@ -165,7 +165,7 @@ def load_open_clip_model(path: str | Path, arch: str | None = None, quick_gelu: 
         if arch not in open_clip.list_models():
             raise GeofmError(f"unknown open_clip architecture {arch!r}", p,
                              hint=f"use one of {', '.join(KNOWN_ARCHS)}")
-        with _no_init_warnings():
+        with quiet_open_clip_init():
             clip = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu,
                                           pretrained_text=False)
         tokenizer = open_clip.get_tokenizer(arch)

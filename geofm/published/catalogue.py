@@ -5,6 +5,18 @@ The families' modules import torchgeo only when a model is built, so importing t
 is cheap; ``import geofm`` does not import it.
 """
 
-from geofm.published import copernicusfm, croma, dofa, panopticon, scalemae, ssl4eo
+from geofm.published import (
+    channelvit_release,
+    copernicusfm,
+    croma,
+    dofa,
+    nasa_cards,
+    panopticon,
+    remoteclip,
+    scalemae,
+    selectivemae,
+    ssl4eo,
+)
 
-__all__ = ["copernicusfm", "croma", "dofa", "panopticon", "scalemae", "ssl4eo"]
+__all__ = ["channelvit_release", "copernicusfm", "croma", "dofa", "nasa_cards", "panopticon",
+           "remoteclip", "scalemae", "selectivemae", "ssl4eo"]

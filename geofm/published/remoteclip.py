@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from geofm.bands import BAND_SETS
 from geofm.errors import GeofmError
 from geofm.extras import require
-from geofm.models.openclip import OpenCLIPImageEncoder, _no_init_warnings
+from geofm.models.openclip import OpenCLIPImageEncoder
+from geofm.models.openclip_weights import quiet_open_clip_init
 from geofm.models.registry import register_model
 from geofm.published.base import PublishedEncoder, PublishedSpec, consume, register_published
 from geofm.published.rgb import rgb_channels
@@ -61,7 +62,7 @@ class RemoteCLIPEncoder(OpenCLIPImageEncoder, PublishedEncoder):
         if model_cfg is None and arch not in open_clip.list_models():
             raise GeofmError(f"unknown open_clip architecture {arch!r}")
         cfg = dict(model_cfg) if model_cfg is not None else open_clip.get_model_config(arch)
-        with _no_init_warnings():  # only the image tower is built (as open_clip's CLIP does)
+        with quiet_open_clip_init():  # only the image tower is built (as open_clip's CLIP does)
             visual = open_clip.model._build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"])
         if not hasattr(visual, "transformer"):
             raise GeofmError(f"{arch} is not a ViT image tower",

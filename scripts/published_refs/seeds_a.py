@@ -22,8 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from geofm.models.registry import create_model
-from geofm.published import PUBLISHED, PublishedSpec
-from geofm.published.catalogue_seeds import channelvit_release, remoteclip
+from geofm.published import PUBLISHED, PublishedSpec, channelvit_release, remoteclip
 from geofm.published.release_file import read_release
 from tests.published_seeds_refs import (
     channelvit_release as channelvit_release_state,

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from geofm.published.catalogue_seeds_b import (  # noqa: E402
+from geofm.published.nasa_cards import (  # noqa: E402
     PRITHVI_EO2_300M,
     SATVISION_TOA_GIANT,
 )

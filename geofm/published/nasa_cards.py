@@ -1,4 +1,4 @@
-"""Model cards of SatVision-TOA and Prithvi-EO-2.0 (registered on import)."""
+"""Model cards of SatVision-TOA and Prithvi-EO-2.0, NASA's releases (registered on import)."""
 
 from __future__ import annotations
 
