@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from geofm.cli import main
 from geofm.errors import GeofmError, GeofmWarning
 from geofm.levels import checkpoint_levels, detect_levels, merged_levels, store_levels
 
-from .test_predict import RGBN, SCENE, crop, make_checkpoint, write_like
+from .conftest import RGBN, crop, make_checkpoint, write_like
+from .conftest import S2_SCENE as SCENE
 
 
 def _with_levels(path: Path, levels: dict[str, str]) -> Path:
@@ -55,15 +57,13 @@ def test_levels_from_metadata_stores_and_headers() -> None:
     assert checkpoint_levels({"data": {"stores": [{"store": "a.zarr"}]}}) == {}
 
 
-def test_built_reben_store_and_its_checkpoint_record_the_level(reben_store: Path,
-                                                               tmp_path: Path) -> None:
+def test_built_reben_store_and_its_checkpoint_record_the_level(
+        reben_store: Path, tiny_pretrained: Callable[..., Path]) -> None:
     from geofm.checkpoint import read_header
     from geofm.io.store import open_store
 
-    from .trained import pretrain_tiny
-
     assert open_store(reben_store).attrs["processing_levels"] == {"S2": "L2A", "S1": "GRD"}
-    ckpt = pretrain_tiny(reben_store, tmp_path / "run", "vit_test", steps=1)
+    ckpt = tiny_pretrained("vit_test", 1)
     assert read_header(ckpt)["processing_levels"] == {"S2": "L2A", "S1": "GRD"}
 
 
