@@ -51,7 +51,7 @@ def test_loss_decreases_on_the_real_sample(reben_store: Path, tmp_path: Path) ->
                                                    "B07", "B08", "B8A", "B09", "B11", "B12")] \
         + ["S1.VV", "S1.VH"]
     assert len(header["normalization"]["mean"]) == 14
-    assert (tmp_path / "run" / "previews").glob("*.png")
+    assert list((tmp_path / "run" / "previews").glob("*.png"))
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
