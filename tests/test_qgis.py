@@ -28,10 +28,10 @@ NODATA_BLOCK = (slice(0, 40), slice(0, 64))
 """Rows and columns of the input set to its nodata value (0)."""
 
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not QGIS_PROCESS.exists() and not has_pyqgis(),
     reason="QGIS is not installed (no /usr/bin/qgis_process.bin and no qgis module for "
-           "/usr/bin/python3): apt-get install -y --no-install-recommends qgis")
+           "/usr/bin/python3): apt-get install -y --no-install-recommends qgis")]
 
 STYLE_SCRIPT = """
 import json, os, sys

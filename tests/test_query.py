@@ -289,6 +289,7 @@ os._exit(0)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not has_pyqgis(), reason="no qgis Python module for /usr/bin/python3")
 def test_qgis_opens_the_heat_map_with_its_colour_ramp(cli_run: dict[str, Any],
                                                        tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from geofm.predict import predict_raster
 
 from .conftest import REPO, S2_SCENE
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 ORT117 = Path(os.environ.get("GEOFM_ORT117", REPO / ".venv" / "ort117"))
 """onnxruntime 1.17 with numpy < 2, installed apart by ``make install``."""

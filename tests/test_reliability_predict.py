@@ -26,7 +26,7 @@ from geofm.predict.settings import MAX_TILE_TOKENS
 
 from .conftest import REPO, S2_SCENE
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 def _one_line(capsys: pytest.CaptureFixture[str]) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import REPO, S2_SCENE, finetune_tiny
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from geofm.training.pretrain import run_pretrain
 
 from .conftest import one_line_error, pretrain_cfg
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 class Payload:

@@ -31,7 +31,7 @@ from geofm.training.pretrain import run_pretrain
 
 from .conftest import S2_SCENE, one_line_error, pretrain_cfg
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 TINY = ["--model", "channelvit_test", "--set", "model.kwargs={}", "--set",
         "objective.kwargs={hcs: false, decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}",
