@@ -173,6 +173,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gathered_loss_equals_loss_on_whole_batch(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 

@@ -38,6 +38,7 @@ def _align(init: Path, store: Path, out: Path, *sets: str) -> dict:
     return run_align(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_alignment_learns_the_real_sample(pretrained: Path, reben_store: Path,
                                           tmp_path: Path) -> None:
     # All six real chips train (data.split=null); captions are made from their labels.
@@ -188,6 +189,7 @@ def test_temperature_is_bounded_on_the_parameter(pretrained: Path, reben_store: 
     assert model.logit_scale.item() == 0.0
 
 
+@pytest.mark.slow
 def test_ddp_alignment_gives_every_rank_an_equal_disjoint_batch(pretrained: Path,
                                                                reben_store: Path,
                                                                tmp_path: Path) -> None:

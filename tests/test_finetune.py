@@ -64,6 +64,7 @@ def _derived_store(src: Path, out: Path, *, single_label: bool = False,
     return out
 
 
+@pytest.mark.slow
 def test_multilabel_overfits_and_frozen_encoder_is_untouched(
         pretrained: dict[str, Path], reben_store: Path, tmp_path: Path) -> None:
     init = pretrained["channelvit_test"]
@@ -81,6 +82,7 @@ def test_multilabel_overfits_and_frozen_encoder_is_untouched(
     assert header["tile_size"] == [120, 120] and header["selection"]["metric"] == "map_macro"
 
 
+@pytest.mark.slow
 def test_classification_overfits(pretrained: dict[str, Path], reben_store: Path,
                                  tmp_path: Path) -> None:
     store = _derived_store(reben_store, tmp_path / "single.zarr", single_label=True)
@@ -89,6 +91,7 @@ def test_classification_overfits(pretrained: dict[str, Path], reben_store: Path,
     assert r["val_metrics"]["accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_segmentation_overfits(pretrained: dict[str, Path], reben_store: Path,
                                tmp_path: Path) -> None:
     r = _finetune(pretrained["vit_test"], reben_store, tmp_path / "seg", "segmentation",
@@ -98,6 +101,7 @@ def test_segmentation_overfits(pretrained: dict[str, Path], reben_store: Path,
     assert r["val_metrics"]["miou"] > 0.9
 
 
+@pytest.mark.slow
 def test_regression_overfits(pretrained: dict[str, Path], reben_store: Path,
                              tmp_path: Path) -> None:
     store = _derived_store(reben_store, tmp_path / "ndvi.zarr", ndvi=True)

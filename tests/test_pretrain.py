@@ -35,6 +35,7 @@ def _zero_prediction_loss(store: Path) -> float:
     return float((batch["image"][batch["valid"]] ** 2).mean())
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_the_real_sample(reben_store: Path, tmp_path: Path) -> None:
     # Raw-pixel loss, so a model that ignores its input cannot beat predicting 0 (the mean of
     # normalised pixels): getting well below that needs the visible tokens.
@@ -55,6 +56,7 @@ def test_loss_decreases_on_the_real_sample(reben_store: Path, tmp_path: Path) ->
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_default_recipe_learns_on_the_real_sample(reben_store: Path, tmp_path: Path) -> None:
     # ChannelViT + SelectiveMAE, as `geofm pretrain` trains by default.
     cfg = _cfg(reben_store, tmp_path / "run", "trainer.max_steps=80", "optim.lr=1e-3",
@@ -109,6 +111,7 @@ def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path,
     assert train_losses(tmp_path / "full")[2:] == train_losses(tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_compiled_blocks_train_like_eager_ones(reben_store: Path, tmp_path: Path) -> None:
     from torch._dynamo.utils import counters
 
@@ -143,6 +146,7 @@ def test_compiled_blocks_train_like_eager_ones(reben_store: Path, tmp_path: Path
                                train_losses(tmp_path / "compiled"), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_ranks_split_the_data(reben_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     ddp_pretrain(out, 2, "--data", str(reben_store))

@@ -171,6 +171,7 @@ def test_mixed_resume_takes_the_same_next_steps(reben_store: Path, modis_store: 
     assert train_losses(tmp_path / "full")[step:] == train_losses(tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_ddp_ranks_split_the_mixed_batches(reben_store: Path, modis_store: Path,
                                            tmp_path: Path) -> None:
     out = tmp_path / "ddp"
@@ -315,6 +316,7 @@ def test_restored_position_follows_lightnings_loop_state() -> None:
     assert restored_position(trainer(2, 2, 2, 3), 5) == (2, 0)
 
 
+@pytest.mark.slow
 def test_ddp_resume_with_a_worker_takes_the_same_steps(reben_store: Path,
                                                        tmp_path: Path) -> None:
     def run(out: Path, *extra: str) -> None:
