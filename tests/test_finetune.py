@@ -115,6 +115,7 @@ def test_regression_overfits(pretrained: dict[str, Path], reben_store: Path,
     assert r["val_metrics"]["rmse"] < 0.3 * float(ndvi.std())
 
 
+@pytest.mark.slow
 def test_eval_report_and_band_checks(pretrained: dict[str, Path], reben_store: Path,
                                      tmp_path: Path) -> None:
     flex = _finetune(pretrained["channelvit_test"], reben_store, tmp_path / "f", "multilabel",

@@ -94,6 +94,7 @@ def test_checkpoint_rebuilds_the_model(reben_store: Path, tmp_path: Path) -> Non
     assert torch.isfinite(enc(x, header["bands"])).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path,
                                           workers: int) -> None:
@@ -219,6 +220,7 @@ def test_bad_input(reben_store: Path, store_copy: Path, tmp_path: Path, capsys) 
                     "objective.name=mae"], capsys, "non-finite loss")
 
 
+@pytest.mark.slow
 def test_knn_probe_scores_the_features_during_training(reben_store: Path, tmp_path: Path) -> None:
     from geofm.evaluation.finetuned import knn_evaluate
 

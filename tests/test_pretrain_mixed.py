@@ -120,6 +120,7 @@ def test_mixed_chips_read_a_batch_from_its_store(reben_store: Path, modis_store:
     assert dm.normalize.mean[dm.band_names.index("MODIS.B31")] == pytest.approx(mean[0])
 
 
+@pytest.mark.slow
 def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store: Path,
                                                  tmp_path: Path) -> None:
     out = tmp_path / "mixed"
@@ -150,6 +151,7 @@ def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store:
     assert store_bands_for(header, modis_store) == list(BAND_SETS["modis14"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers,every,step", [
     (0, 3, 3),  # mid-epoch 0
     (1, 3, 6),  # mid-epoch 1, with a worker process drawing batches before any hook runs
