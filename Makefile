@@ -1,10 +1,11 @@
 # Two targets matter: `make demo` and `make test`. Both install into .venv first.
+# `make test-fast` skips the tests marked slow, for quick checks while editing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GEOFM := $(VENV)/bin/geofm
 STAMP := $(VENV)/.geofm-installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -30,6 +31,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: install
 	$(VENV)/bin/ruff check geofm tests scripts

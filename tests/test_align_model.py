@@ -19,6 +19,8 @@ from geofm.models.align import AlignModel, aligned_card, save_aligned
 from geofm.models.text import DEFAULT_TEXT_MODEL, TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
 
+from .conftest import tiny_bert_folder
+
 BANDS = ["S2.B04", "S2.B03", "S2.B02", "S2.B08"]
 
 
@@ -116,8 +118,6 @@ def test_align_checkpoint_round_trip_with_bundled_text(tmp_path: Path) -> None:
 
 
 def test_unlocked_text_weights_are_saved(tmp_path: Path) -> None:
-    from tests.test_text import tiny_bert_folder
-
     folder = tiny_bert_folder(tmp_path)
     model = AlignModel(create_model("vit_test", bands=BANDS),
                        TextTower.from_source(folder, locked=False), embed_dim=8)
@@ -177,6 +177,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gathered_loss_equals_loss_on_whole_batch(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 

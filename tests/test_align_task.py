@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,13 @@ from geofm.loading import load_aligned
 from geofm.training.align import pick_caption, random_crop, run_align, training_captions
 from geofm.training.config import ALIGN_DEFAULTS, apply_overrides, merge
 
+from .conftest import REPO, one_line_error
 from .synthetic import make_store
-from .trained import pretrain_tiny
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pretrained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pretrain_tiny(reben_store, tmp_path_factory.mktemp("pre"), "vit_test", steps=2)
+def pretrained(tiny_pretrained: Callable[..., Path]) -> Path:
+    return tiny_pretrained("vit_test", 2)
 
 
 def _align(init: Path, store: Path, out: Path, *sets: str) -> dict:
@@ -39,15 +38,7 @@ def _align(init: Path, store: Path, out: Path, *sets: str) -> dict:
     return run_align(cfg, progress=False)
 
 
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> None:
-    code = main(argv)
-    full = capsys.readouterr().err.strip()
-    assert code == 2, full
-    assert "Traceback" not in full and len(full.splitlines()) == 1, full
-    for n in needles:
-        assert n in full, full
-
-
+@pytest.mark.slow
 def test_alignment_learns_the_real_sample(pretrained: Path, reben_store: Path,
                                           tmp_path: Path) -> None:
     # All six real chips train (data.split=null); captions are made from their labels.
@@ -158,16 +149,17 @@ def test_bad_input_one_line(pretrained: Path, reben_store: Path, tmp_path: Path,
     base = ["align", "--init", str(pretrained), "--output", str(tmp_path / "o"), "--quiet"]
     bare = make_store(tmp_path / "bare.zarr", list(geofm.open_store(reben_store).bands), n=2,
                       size=16)
-    _fails([*base, "--data", str(bare)], capsys, "neither captions nor labels", "geofm caption")
-    _fails([*base, "--data", str(reben_store), "--split", "nope"], capsys, "split 'nope'")
-    _fails([*base, "--data", str(reben_store), "--batch-size", "1"], capsys,
-           "needs at least 2 image-text pairs")
-    _fails(["align", "--data", str(reben_store)], capsys, "no pretrained checkpoint")
-    _fails([*base, "--data", str(reben_store), "--set", "data.crop=60"], capsys,
-           "multiple of the patch size")
-    _fails([*base, "--data", str(reben_store), "--text-model", str(tmp_path / "nowhere")],
-           capsys, "not a local folder")
-    _fails(["caption", str(bare)], capsys, "no labels to caption")
+    one_line_error([*base, "--data", str(bare)], capsys, "neither captions nor labels",
+                   "geofm caption")
+    one_line_error([*base, "--data", str(reben_store), "--split", "nope"], capsys, "split 'nope'")
+    one_line_error([*base, "--data", str(reben_store), "--batch-size", "1"], capsys,
+                   "needs at least 2 image-text pairs")
+    one_line_error(["align", "--data", str(reben_store)], capsys, "no pretrained checkpoint")
+    one_line_error([*base, "--data", str(reben_store), "--set", "data.crop=60"], capsys,
+                   "multiple of the patch size")
+    one_line_error([*base, "--data", str(reben_store), "--text-model", str(tmp_path / "nowhere")],
+                   capsys, "not a local folder")
+    one_line_error(["caption", str(bare)], capsys, "no labels to caption")
 
 
 def test_one_captioned_chip_is_refused(pretrained: Path, store_copy: Path, tmp_path: Path,
@@ -175,8 +167,8 @@ def test_one_captioned_chip_is_refused(pretrained: Path, store_copy: Path, tmp_p
     store = geofm.open_store(store_copy)
     caps = [["a field"] if i == 0 else [] for i in range(len(store))]
     write_captions(store, caps, seed=0)
-    _fails(["align", "--init", str(pretrained), "--data", str(store_copy), "--split", "all",
-            "--output", str(tmp_path / "o"), "--quiet"], capsys, "at least 2")
+    one_line_error(["align", "--init", str(pretrained), "--data", str(store_copy), "--split", "all",
+                    "--output", str(tmp_path / "o"), "--quiet"], capsys, "at least 2")
 
 
 def test_temperature_is_bounded_on_the_parameter(pretrained: Path, reben_store: Path,
@@ -199,6 +191,7 @@ def test_temperature_is_bounded_on_the_parameter(pretrained: Path, reben_store: 
     assert model.logit_scale.item() == 0.0
 
 
+@pytest.mark.slow
 def test_ddp_alignment_gives_every_rank_an_equal_disjoint_batch(pretrained: Path,
                                                                reben_store: Path,
                                                                tmp_path: Path) -> None:

@@ -27,18 +27,8 @@ from geofm.models import create_model
 from geofm.models.align import AlignModel, aligned_card, save_aligned
 from geofm.models.text import TextTower
 
+from .conftest import one_line_error
 from .synthetic import make_store
-
-
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    code = main(argv)
-    full = capsys.readouterr().err.strip()
-    assert code == 2, full
-    assert "Traceback" not in full and len(full.splitlines()) == 1, full
-    assert full.startswith("geofm: error: ")
-    for n in needles:
-        assert n in full, full
-    return full
 
 
 @pytest.fixture(scope="module")
@@ -203,20 +193,20 @@ def test_bad_input_one_line(align_ckpt: Path, reben_store: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     pre = save_checkpoint(tmp_path / "pre.safetensors", {"encoder.w": torch.zeros(1)},
                           ModelCard.from_header({"kind": "pretrain", "bands": ["S2.B02"]}))
-    _fails(["zeroshot", str(pre), "--data", str(reben_store)], capsys,
-           "has no text tower (it is a pretrain checkpoint)", "geofm align")
-    _fails(["retrieval", str(pre), "--data", str(reben_store)], capsys, "has no text tower")
+    one_line_error(["zeroshot", str(pre), "--data", str(reben_store)], capsys,
+                   "has no text tower (it is a pretrain checkpoint)", "geofm align")
+    one_line_error(["retrieval", str(pre), "--data", str(reben_store)], capsys, "has no text tower")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    _fails(["zeroshot", str(align_ckpt), "--data", str(reben_store), "--templates", str(empty)],
-           capsys, "no templates")
-    _fails(["zeroshot", str(align_ckpt), "--data", str(reben_store), "--split", "nope"], capsys,
-           "split 'nope'")
-    _fails(["retrieval", str(align_ckpt), "--data", str(reben_store), "--split", "nope"], capsys,
-           "split 'nope'")
+    one_line_error(["zeroshot", str(align_ckpt), "--data", str(reben_store), "--templates",
+                    str(empty)], capsys, "no templates")
+    one_line_error(["zeroshot", str(align_ckpt), "--data", str(reben_store), "--split", "nope"],
+                   capsys, "split 'nope'")
+    one_line_error(["retrieval", str(align_ckpt), "--data", str(reben_store), "--split", "nope"],
+                   capsys, "split 'nope'")
     bare = make_store(tmp_path / "bare.zarr", list(geofm.open_store(reben_store).bands), n=2,
                       size=16)
-    _fails(["retrieval", str(align_ckpt), "--data", str(bare)], capsys,
-           "neither captions nor labels")
-    _fails(["zeroshot", str(align_ckpt), "--data", str(bare), "--split", "all"], capsys,
-           "needs scene labels")
+    one_line_error(["retrieval", str(align_ckpt), "--data", str(bare)], capsys,
+                   "neither captions nor labels")
+    one_line_error(["zeroshot", str(align_ckpt), "--data", str(bare), "--split", "all"], capsys,
+                   "needs scene labels")

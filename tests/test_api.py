@@ -22,7 +22,7 @@ from geofm.checkpoint import save_checkpoint
 from geofm.errors import BandError, GeofmError
 from geofm.models import create_model
 
-from .test_predict import REPO, RGBN, crop, echo_predictor, make_checkpoint
+from .conftest import REPO, RGBN, crop, echo_predictor, make_checkpoint
 
 
 @pytest.fixture(scope="module")

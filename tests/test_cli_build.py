@@ -14,23 +14,13 @@ import geofm
 from geofm.cli import main
 from geofm.io.schema import CHIP_TABLE
 
+from .conftest import last_line_error
+
 PATCH = "S2A_MSIL2A_20170617T113321_N9999_R080_T29UPU_36_85"
 
 
 def _band(root: Path, band: str = "B03", patch: str = PATCH) -> Path:
     return root / "BigEarthNet-S2" / "_".join(patch.split("_")[:-2]) / patch / f"{patch}_{band}.tif"
-
-
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    code = main(argv)
-    full = capsys.readouterr().err.strip()
-    assert code == 2, full
-    assert "Traceback" not in full
-    err = full.splitlines()[-1]  # progress bars may come before the error line
-    assert err.startswith("geofm: error: ") and "geofm: error:" not in full.rsplit(err, 1)[0]
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def _not_complete(out: Path) -> None:
@@ -39,29 +29,29 @@ def _not_complete(out: Path) -> None:
 
 
 def test_missing_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(["build", "reben", str(tmp_path / "nope"), str(tmp_path / "o.zarr")], capsys,
-           "source directory not found")
+    last_line_error(["build", "reben", str(tmp_path / "nope"), str(tmp_path / "o.zarr")], capsys,
+                    "source directory not found")
     assert not (tmp_path / "o.zarr").exists()
 
 
 def test_missing_metadata(reben_copy: Path, tmp_path: Path, capsys) -> None:
     (reben_copy / "metadata.parquet").unlink()
-    _fails(["build", "reben", str(reben_copy), str(tmp_path / "o.zarr")], capsys,
-           "metadata.parquet missing")
+    last_line_error(["build", "reben", str(reben_copy), str(tmp_path / "o.zarr")], capsys,
+                    "metadata.parquet missing")
 
 
 def test_parquet_without_columns(reben_copy: Path, tmp_path: Path, capsys) -> None:
     meta = pd.read_parquet(reben_copy / "metadata.parquet").drop(columns=["s1_name", "labels"])
     meta.to_parquet(reben_copy / "metadata.parquet")
-    _fails(["build", "reben", str(reben_copy), str(tmp_path / "o.zarr")], capsys,
-           "missing columns ['labels', 's1_name']", "metadata.parquet")
+    last_line_error(["build", "reben", str(reben_copy), str(tmp_path / "o.zarr")], capsys,
+                    "missing columns ['labels', 's1_name']", "metadata.parquet")
 
 
 def test_band_missing(reben_copy: Path, tmp_path: Path, capsys) -> None:
     _band(reben_copy).unlink()
     out = tmp_path / "o.zarr"
-    _fails(["build", "reben", str(reben_copy), str(out)], capsys, "band file missing", PATCH,
-           f"{PATCH}_B03.tif")
+    last_line_error(["build", "reben", str(reben_copy), str(out)], capsys, "band file missing",
+                    PATCH, f"{PATCH}_B03.tif")
     assert not out.exists()  # checked before anything is written
 
 
@@ -69,8 +59,8 @@ def test_corrupt_geotiff(reben_copy: Path, tmp_path: Path, capsys) -> None:
     f = _band(reben_copy, "B8A")
     f.write_bytes(f.read_bytes()[:500])  # truncated
     out = tmp_path / "o.zarr"
-    _fails(["build", "reben", str(reben_copy), str(out), "--scheduler", "synchronous"], capsys,
-           "cannot read raster", f.name)
+    last_line_error(["build", "reben", str(reben_copy), str(out), "--scheduler", "synchronous"],
+                    capsys, "cannot read raster", f.name)
     _not_complete(out)
 
 
@@ -80,33 +70,33 @@ def test_mismatched_s1_s2(reben_copy: Path, tmp_path: Path, capsys) -> None:
     meta.loc[a, "s1_name"], meta.loc[b, "s1_name"] = meta.loc[b, "s1_name"], meta.loc[a, "s1_name"]
     meta.to_parquet(reben_copy / "metadata.parquet")
     out = tmp_path / "o.zarr"
-    _fails(["build", "reben", str(reben_copy), str(out), "--scheduler", "synchronous"], capsys,
-           "does not cover Sentinel-2 patch")
+    last_line_error(["build", "reben", str(reben_copy), str(out), "--scheduler", "synchronous"],
+                    capsys, "does not cover Sentinel-2 patch")
     _not_complete(out)
 
 
 def test_existing_output(reben_store: Path, capsys) -> None:
-    _fails(["build", "reben", str(reben_store.parent), str(reben_store)], capsys,
-           "output already exists", "--overwrite")
+    last_line_error(["build", "reben", str(reben_store.parent), str(reben_store)], capsys,
+                    "output already exists", "--overwrite")
 
 
 def test_unwritable_output(tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _fails(["build", "reben", "datasets/reben_mini", str(blocker / "o.zarr")], capsys,
-           "cannot create the output directory")
+    last_line_error(["build", "reben", "datasets/reben_mini", str(blocker / "o.zarr")], capsys,
+                    "cannot create the output directory")
 
 
 def test_store_commands_on_bad_paths(tmp_path: Path, capsys) -> None:
-    _fails(["info", str(tmp_path / "none.zarr")], capsys, "no such chip store")
-    _fails(["split", str(tmp_path / "none.zarr"), "--method", "reben"], capsys,
-           "no such chip store")
+    last_line_error(["info", str(tmp_path / "none.zarr")], capsys, "no such chip store")
+    last_line_error(["split", str(tmp_path / "none.zarr"), "--method", "reben"], capsys,
+                    "no such chip store")
     assert main(["validate", str(tmp_path / "none.zarr")]) == 1
 
 
 def test_split_region_bad_column(store_copy: Path, capsys) -> None:
-    _fails(["split", str(store_copy), "--method", "region", "--column", "continent"], capsys,
-           "no column 'continent'")
+    last_line_error(["split", str(store_copy), "--method", "region", "--column", "continent"],
+                    capsys, "no column 'continent'")
 
 
 def test_build_split_info_end_to_end(tmp_path: Path, capsys) -> None:

@@ -10,18 +10,12 @@ import rasterio
 from geofm.cli import main
 
 from .conftest import S2_SCENE
-from .test_export import finetuned_checkpoints
 
 
-@pytest.fixture(scope="module")
-def checkpoints(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return finetuned_checkpoints(reben_store, tmp_path_factory.getbasetemp() / "finetuned")
-
-
-def test_predict_real_scene(checkpoints: dict[str, Path], tmp_path: Path,
+def test_predict_real_scene(finetuned: dict[str, Path], tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "map.tif"
-    assert main(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o", str(out),
+    assert main(["predict", str(finetuned["cvit_seg"]), str(S2_SCENE), "-o", str(out),
                  "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "S2.B04←B04" in text and "S1.VV" in text  # S1 bands reported missing, B10 unused
@@ -31,7 +25,7 @@ def test_predict_real_scene(checkpoints: dict[str, Path], tmp_path: Path,
     assert out.with_suffix(".qml").exists()
 
 
-def test_predict_bad_input(checkpoints: dict[str, Path], tmp_path: Path,
+def test_predict_bad_input(finetuned: dict[str, Path], tmp_path: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     def fails(argv: list[str], needle: str) -> None:
         assert main(argv) == 2
@@ -39,7 +33,7 @@ def test_predict_bad_input(checkpoints: dict[str, Path], tmp_path: Path,
         assert err.startswith("geofm: error: ") and needle in err, err
 
     out = tmp_path / "o.tif"
-    model = str(checkpoints["vit_seg"])
+    model = str(finetuned["vit_seg"])
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(S2_SCENE.read_bytes()[:5000])
     fails(["predict", model, str(corrupt), "-o", str(out), "--quiet"], "corrupt.tif")
@@ -48,19 +42,19 @@ def test_predict_bad_input(checkpoints: dict[str, Path], tmp_path: Path,
     fails(["predict", model, str(S2_SCENE), "-o", str(out), "--quiet"], "S1.VV")
     assert not out.exists()
     out.write_text("existing")
-    fails(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o", str(out), "--quiet"],
+    fails(["predict", str(finetuned["cvit_seg"]), str(S2_SCENE), "-o", str(out), "--quiet"],
           "exists")
 
 
-def test_several_devices_give_the_same_map(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+def test_several_devices_give_the_same_map(finetuned: dict[str, Path], tmp_path: Path) -> None:
     import numpy as np
 
     from geofm.predict import predict_raster
 
     one, two = tmp_path / "one.tif", tmp_path / "two.tif"
-    predict_raster(checkpoints["cvit_seg"], S2_SCENE, one, tile=64, batch_size=2,
+    predict_raster(finetuned["cvit_seg"], S2_SCENE, one, tile=64, batch_size=2,
                    probabilities=True, progress=False)
-    r = predict_raster(checkpoints["cvit_seg"], S2_SCENE, two, tile=64, batch_size=2,
+    r = predict_raster(finetuned["cvit_seg"], S2_SCENE, two, tile=64, batch_size=2,
                        probabilities=True, device="cpu,cpu", progress=False)
     assert r["tiles"] > 4  # several batches were shared between the two replicas
     for a, b in ((one, two), (tmp_path / "one_probabilities.tif",
@@ -69,11 +63,11 @@ def test_several_devices_give_the_same_map(checkpoints: dict[str, Path], tmp_pat
             np.testing.assert_array_equal(da.read(), db.read())
 
 
-def test_more_gpus_than_available_is_one_line(checkpoints: dict[str, Path], tmp_path: Path,
+def test_more_gpus_than_available_is_one_line(finetuned: dict[str, Path], tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
     n = torch.cuda.device_count() + 1
-    assert main(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o",
+    assert main(["predict", str(finetuned["cvit_seg"]), str(S2_SCENE), "-o",
                  str(tmp_path / "x.tif"), "--devices", str(n), "--quiet"]) == 2
     assert f"{n} GPUs requested" in capsys.readouterr().err

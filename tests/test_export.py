@@ -21,64 +21,19 @@ from geofm.errors import GeofmError
 from geofm.export import deepness_metadata, export_onnx, export_tile_size
 from geofm.loading import load_finetuned
 from geofm.models.finetuner import task_scores
-from geofm.training.config import FINETUNE_DEFAULTS, apply_overrides, merge
-from geofm.training.finetune import run_finetune
-
-from .trained import pretrain_tiny
 
 TOL = 1e-4
 
 
-def _pretrain(store: Path, out: Path, model: str) -> Path:
-    return pretrain_tiny(store, out, model, steps=1)
-
-
-def _finetune(init: Path, store: Path, out: Path, task: str, *sets: str) -> Path:
-    cfg = apply_overrides(merge(FINETUNE_DEFAULTS, {}), [
-        f"init={init}", f"data.store={store}", f"task={task}", f"output={out}",
-        "data.train_split=train", "data.val_split=validation", "data.batch_size=3",
-        "trainer.accelerator=cpu", "trainer.max_steps=2", *sets])
-    return Path(run_finetune(cfg, progress=False)["checkpoint"])
-
-
-def finetuned_checkpoints(store: Path, root: Path) -> dict[str, Path]:
-    """Real (briefly trained) checkpoints on the reBEN sample, built once under ``root``.
-
-    Keys: ``vit_pre`` (pretrained only), ``vit_seg``, ``cvit_seg`` (segmentation) and
-    ``cvit_ml`` (multi-label, attentive head). Shared by the ONNX and QGIS tests: a second call
-    with the same ``root`` reuses the files.
-    """
-    done = root / "checkpoints.json"
-    if done.exists():
-        return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
-    root.mkdir(parents=True, exist_ok=True)
-    vit = _pretrain(store, root / "vit_pre", "vit_test")
-    cvit = _pretrain(store, root / "cvit_pre", "channelvit_test")
-    paths = {
-        "vit_pre": vit,
-        "vit_seg": _finetune(vit, store, root / "vit_seg", "segmentation"),
-        "cvit_seg": _finetune(cvit, store, root / "cvit_seg", "segmentation"),
-        "cvit_ml": _finetune(cvit, store, root / "cvit_ml", "multilabel",
-                             "head.kind=attentive"),
-    }
-    done.write_text(json.dumps({k: str(v) for k, v in paths.items()}))
-    return paths
-
-
 @pytest.fixture(scope="module")
-def checkpoints(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return finetuned_checkpoints(reben_store, tmp_path_factory.getbasetemp() / "finetuned")
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+def exported(finetuned: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Path]:
     """ViT segmentation at a 64 px tile; ChannelViT segmentation and multi-label at 120 px."""
     out = tmp_path_factory.mktemp("onnx")
     return {
-        "vit_seg": export_onnx(checkpoints["vit_seg"], out / "vit_seg.onnx", tile_size=64),
-        "cvit_seg": export_onnx(checkpoints["cvit_seg"], out / "cvit_seg.onnx"),
-        "cvit_ml": export_onnx(checkpoints["cvit_ml"], out / "cvit_ml.onnx"),
+        "vit_seg": export_onnx(finetuned["vit_seg"], out / "vit_seg.onnx", tile_size=64),
+        "cvit_seg": export_onnx(finetuned["cvit_seg"], out / "cvit_seg.onnx"),
+        "cvit_ml": export_onnx(finetuned["cvit_ml"], out / "cvit_ml.onnx"),
     }
 
 
@@ -110,8 +65,8 @@ def _metadata(path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["vit_seg", "cvit_seg", "cvit_ml"])
 def test_onnxruntime_matches_torch(name: str, exported: dict[str, Path],
-                                   checkpoints: dict[str, Path], reben_store: Path) -> None:
-    path, ckpt = exported[name], checkpoints[name]
+                                   finetuned: dict[str, Path], reben_store: Path) -> None:
+    path, ckpt = exported[name], finetuned[name]
     card = read_card(ckpt)
     assert card.task is not None
     bands, k = list(card.bands), card.task.num_outputs
@@ -147,7 +102,7 @@ def test_onnxruntime_matches_torch(name: str, exported: dict[str, Path],
 
 
 def test_deepness_preprocessing_feeds_raw_values(exported: dict[str, Path],
-                                                 checkpoints: dict[str, Path],
+                                                 finetuned: dict[str, Path],
                                                  reben_store: Path) -> None:
     """Deepness divides by 255, then standardises with the metadata: the graph sees raw values."""
     path = exported["vit_seg"]
@@ -162,12 +117,12 @@ def test_deepness_preprocessing_feeds_raw_values(exported: dict[str, Path],
     np.testing.assert_allclose(fed, raw, rtol=1e-6, atol=1e-6)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": fed})[0]
-    np.testing.assert_allclose(got, _torch_scores(checkpoints["vit_seg"], raw), atol=TOL, rtol=0)
+    np.testing.assert_allclose(got, _torch_scores(finetuned["vit_seg"], raw), atol=TOL, rtol=0)
 
 
 def test_metadata_keys_and_values(exported: dict[str, Path],
-                                  checkpoints: dict[str, Path]) -> None:
-    card = read_card(checkpoints["cvit_seg"])
+                                  finetuned: dict[str, Path]) -> None:
+    card = read_card(finetuned["cvit_seg"])
     meta = _metadata(exported["cvit_seg"])
     values = {key: json.loads(text) for key, text in meta.items()}  # every value is JSON
     c = len(card.bands)
@@ -199,8 +154,8 @@ def test_metadata_keys_and_values(exported: dict[str, Path],
     assert not any(node.metadata_props for node in onnx.load(exported["cvit_ml"]).graph.node)
 
 
-def test_metadata_of_other_tasks(checkpoints: dict[str, Path]) -> None:
-    card = read_card(checkpoints["vit_seg"])
+def test_metadata_of_other_tasks(finetuned: dict[str, Path]) -> None:
+    card = read_card(finetuned["vit_seg"])
     assert card.task is not None
     reg = card.with_(task=dataclasses.replace(card.task, task="regression", num_outputs=1),
                      classes=("ndvi",))
@@ -230,10 +185,10 @@ def test_tile_size() -> None:
         export_tile_size(card, 0)
 
 
-def test_bad_checkpoints_and_arguments(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_checkpoints_and_arguments(finetuned: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     with pytest.raises(GeofmError, match="is a pretrain checkpoint, not a finetuned model"):
-        export_onnx(checkpoints["vit_pre"], out)
+        export_onnx(finetuned["vit_pre"], out)
     with pytest.raises(GeofmError, match="checkpoint not found"):
         export_onnx(tmp_path / "missing.safetensors", out)
     junk = tmp_path / "junk.safetensors"
@@ -245,11 +200,11 @@ def test_bad_checkpoints_and_arguments(checkpoints: dict[str, Path], tmp_path: P
     with pytest.raises(GeofmError, match="not a geofm checkpoint"):
         export_onnx(foreign, out)
     with pytest.raises(GeofmError, match="tile size 100 is not a positive multiple"):
-        export_onnx(checkpoints["vit_seg"], out, tile_size=100)
+        export_onnx(finetuned["vit_seg"], out, tile_size=100)
     with pytest.raises(GeofmError, match="opset 13 is not supported"):
-        export_onnx(checkpoints["vit_seg"], out, opset=13)
+        export_onnx(finetuned["vit_seg"], out, opset=13)
     with pytest.raises(GeofmError, match="output directory does not exist"):
-        export_onnx(checkpoints["vit_seg"], tmp_path / "nowhere" / "m.onnx")
+        export_onnx(finetuned["vit_seg"], tmp_path / "nowhere" / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.safetensors",
                                                            "junk.safetensors"]
 
@@ -265,35 +220,35 @@ def _leftovers(directory: Path) -> list[str]:
 
 
 @pytest.mark.usefixtures("quick_trace")
-def test_overwrite_protection(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+def test_overwrite_protection(finetuned: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "model.onnx"
     out.write_bytes(b"an earlier file")
     with pytest.raises(GeofmError, match=r"output already exists.*--overwrite"):
-        export_onnx(checkpoints["vit_seg"], out, tile_size=64)
+        export_onnx(finetuned["vit_seg"], out, tile_size=64)
     assert out.read_bytes() == b"an earlier file"
-    assert export_onnx(checkpoints["vit_seg"], out, tile_size=64, overwrite=True) == out
+    assert export_onnx(finetuned["vit_seg"], out, tile_size=64, overwrite=True) == out
     assert json.loads(_metadata(out)["geofm_task"]) == "segmentation"
     assert _leftovers(tmp_path) == []
 
 
 @pytest.mark.usefixtures("quick_trace")
-def test_failed_export_leaves_nothing_behind(checkpoints: dict[str, Path], tmp_path: Path,
+def test_failed_export_leaves_nothing_behind(finetuned: dict[str, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "model.onnx"
     monkeypatch.setattr(export, "_verify", lambda *args: 0.5)
     with pytest.raises(GeofmError, match="disagrees with torch"):
-        export_onnx(checkpoints["vit_seg"], out, tile_size=64)
+        export_onnx(finetuned["vit_seg"], out, tile_size=64)
     assert not out.exists() and _leftovers(tmp_path) == []
     monkeypatch.undo()
     monkeypatch.setattr(export, "_trace",
                         lambda module, example: _raise(RuntimeError("trace failed\nmore")))
     with pytest.raises(GeofmError, match=r"cannot export the model to ONNX \(trace failed\)$"):
-        export_onnx(checkpoints["vit_seg"], out, tile_size=64)
+        export_onnx(finetuned["vit_seg"], out, tile_size=64)
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
 @pytest.mark.usefixtures("quick_trace")
-def test_interrupted_write_keeps_the_old_file(checkpoints: dict[str, Path], tmp_path: Path,
+def test_interrupted_write_keeps_the_old_file(finetuned: dict[str, Path], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "model.onnx"
     out.write_bytes(b"an earlier file")
@@ -303,7 +258,7 @@ def test_interrupted_write_keeps_the_old_file(checkpoints: dict[str, Path], tmp_
 
     monkeypatch.setattr(export.os, "fsync", full_disk)
     with pytest.raises(GeofmError, match="cannot write the ONNX model"):
-        export_onnx(checkpoints["vit_seg"], out, tile_size=64, overwrite=True)
+        export_onnx(finetuned["vit_seg"], out, tile_size=64, overwrite=True)
     assert out.read_bytes() == b"an earlier file" and _leftovers(tmp_path) == []
 
 
@@ -311,11 +266,11 @@ def _raise(error: Exception) -> None:
     raise error
 
 
-def test_cli_export(checkpoints: dict[str, Path], tmp_path: Path,
+def test_cli_export(finetuned: dict[str, Path], tmp_path: Path,
                     capsys: pytest.CaptureFixture[str]) -> None:
     from geofm.cli import main
 
-    ckpt = checkpoints["vit_seg"]
+    ckpt = finetuned["vit_seg"]
     out = tmp_path / "cli.onnx"
     assert main(["export", str(ckpt), "--onnx", str(out), "--tile-size", "64"]) == 0
     assert out.exists() and "Deepness" in capsys.readouterr().out

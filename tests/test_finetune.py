@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,25 +12,19 @@ import torch
 from safetensors.torch import load_file
 
 import geofm
-from geofm.cli import main
 from geofm.evaluation.finetuned import evaluate, knn_evaluate
 from geofm.io.writer import StoreSpec, create_store, finalize_store, write_region
 from geofm.loading import encoder_state, load_finetuned
 from geofm.training.config import FINETUNE_DEFAULTS, apply_overrides, merge
 from geofm.training.finetune import run_finetune
 
+from .conftest import one_line_error
 from .synthetic import make_store
-from .trained import pretrain_tiny
 
 
-def _pretrain(store: Path, out: Path, model: str) -> Path:
-    return pretrain_tiny(store, out, model, steps=2)
-
-
-@pytest.fixture(scope="session")
-def pretrained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pre")
-    return {m: _pretrain(reben_store, root / m, m) for m in ("channelvit_test", "vit_test")}
+@pytest.fixture(scope="module")
+def pretrained(tiny_pretrained: Callable[..., Path]) -> dict[str, Path]:
+    return {m: tiny_pretrained(m, 2) for m in ("channelvit_test", "vit_test")}
 
 
 def _finetune(init: Path, store: Path, out: Path, task: str, *sets: str) -> dict:
@@ -69,6 +64,7 @@ def _derived_store(src: Path, out: Path, *, single_label: bool = False,
     return out
 
 
+@pytest.mark.slow
 def test_multilabel_overfits_and_frozen_encoder_is_untouched(
         pretrained: dict[str, Path], reben_store: Path, tmp_path: Path) -> None:
     init = pretrained["channelvit_test"]
@@ -87,6 +83,7 @@ def test_multilabel_overfits_and_frozen_encoder_is_untouched(
     assert card.task.selection["metric"] == "map_macro"
 
 
+@pytest.mark.slow
 def test_classification_overfits(pretrained: dict[str, Path], reben_store: Path,
                                  tmp_path: Path) -> None:
     store = _derived_store(reben_store, tmp_path / "single.zarr", single_label=True)
@@ -95,6 +92,7 @@ def test_classification_overfits(pretrained: dict[str, Path], reben_store: Path,
     assert r["val_metrics"]["accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_segmentation_overfits(pretrained: dict[str, Path], reben_store: Path,
                                tmp_path: Path) -> None:
     r = _finetune(pretrained["vit_test"], reben_store, tmp_path / "seg", "segmentation",
@@ -104,6 +102,7 @@ def test_segmentation_overfits(pretrained: dict[str, Path], reben_store: Path,
     assert r["val_metrics"]["miou"] > 0.9
 
 
+@pytest.mark.slow
 def test_regression_overfits(pretrained: dict[str, Path], reben_store: Path,
                              tmp_path: Path) -> None:
     store = _derived_store(reben_store, tmp_path / "ndvi.zarr", ndvi=True)
@@ -117,6 +116,7 @@ def test_regression_overfits(pretrained: dict[str, Path], reben_store: Path,
     assert r["val_metrics"]["rmse"] < 0.3 * float(ndvi.std())
 
 
+@pytest.mark.slow
 def test_eval_report_and_band_checks(pretrained: dict[str, Path], reben_store: Path,
                                      tmp_path: Path) -> None:
     flex = _finetune(pretrained["channelvit_test"], reben_store, tmp_path / "f", "multilabel",
@@ -146,27 +146,20 @@ def test_knn_on_frozen_embeddings(pretrained: dict[str, Path], reben_store: Path
     assert 0.0 <= r["metrics"]["map_micro"] <= 1.0
 
 
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], needle: str) -> None:
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err and err[-1].startswith("geofm: error: "), err
-    assert needle in err[-1], err[-1]
-
-
 def test_bad_input(pretrained: dict[str, Path], reben_store: Path, tmp_path: Path,
                    capsys) -> None:
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a checkpoint")
     base = ["finetune", "--data", str(reben_store), "--quiet", "--output", str(tmp_path / "o")]
-    _fails([*base, "--init", str(junk)], capsys, "not a safetensors file")
+    one_line_error([*base, "--init", str(junk)], capsys, "not a safetensors file")
     nomask = _derived_store(reben_store, tmp_path / "nomask.zarr", drop_mask=True)
-    _fails(["finetune", "--init", str(pretrained["vit_test"]), "--data", str(nomask),
-            "--task", "segmentation", "--quiet", "--output", str(tmp_path / "o")], capsys,
-           "needs masks")
-    _fails([*base, "--init", str(pretrained["vit_test"]), "--set", "data.train_split=nowhere"],
-           capsys, "split 'nowhere' is empty")
-    _fails(["eval", str(pretrained["vit_test"]), "--data", str(reben_store)], capsys,
-           "not a finetuned model")
+    one_line_error(["finetune", "--init", str(pretrained["vit_test"]), "--data", str(nomask),
+                    "--task", "segmentation", "--quiet", "--output", str(tmp_path / "o")], capsys,
+                   "needs masks")
+    one_line_error([*base, "--init", str(pretrained["vit_test"]), "--set",
+                    "data.train_split=nowhere"], capsys, "split 'nowhere' is empty")
+    one_line_error(["eval", str(pretrained["vit_test"]), "--data", str(reben_store)], capsys,
+                   "not a finetuned model")
 
 
 @pytest.mark.parametrize("name", ["reben_multilabel", "reben_segmentation"])

@@ -19,7 +19,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from geofm.bands import BAND_SETS
 from geofm.models import create_model
-from tests.synthetic import make_store
+
+from .synthetic import make_store
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -52,7 +53,7 @@ def test_hog_scores_match_on_cpu_and_gpu(strongest_band: bool) -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
 
 
-def _pretrain(tmp_path: Path, name: str, strategy: str, *sets: str) -> dict:
+def _pretrain_on_gpu(tmp_path: Path, name: str, strategy: str, *sets: str) -> dict:
     from geofm.training.config import PRETRAIN_DEFAULTS, apply_overrides, merge
     from geofm.training.pretrain import run_pretrain
 
@@ -69,9 +70,9 @@ def test_pretraining_on_gpu_defaults_to_bf16_mixed(tmp_path: Path, strategy: str
     from geofm.loading import load_encoder
 
     if strategy == "compiled":  # the default strategy with compiled transformer blocks
-        result = _pretrain(tmp_path, strategy, "auto", "trainer.compile=true")
+        result = _pretrain_on_gpu(tmp_path, strategy, "auto", "trainer.compile=true")
     else:
-        result = _pretrain(tmp_path, strategy, strategy)
+        result = _pretrain_on_gpu(tmp_path, strategy, strategy)
     cfg = yaml.safe_load((tmp_path / strategy / "config.yaml").read_text())
     assert cfg["trainer"]["precision"] == "bf16-mixed"
     metrics = (tmp_path / strategy / "metrics.csv").read_text()
@@ -89,10 +90,10 @@ def test_two_store_pretraining_with_a_probe_on_gpu(tmp_path: Path, reben_store: 
     from geofm.evaluation.finetuned import knn_evaluate
 
     modis = make_store(tmp_path / "modis.zarr", list(BAND_SETS["modis14"]), n=8, size=64)
-    result = _pretrain(tmp_path, "two", "auto", f"data.store=[{reben_store}, {modis}]",
-                       "model.name=channelvit_test", "model.kwargs={}",
-                       f"probe.store={reben_store}", "probe.every_n_steps=3", "probe.k=3",
-                       "probe.split=test")
+    result = _pretrain_on_gpu(tmp_path, "two", "auto", f"data.store=[{reben_store}, {modis}]",
+                              "model.name=channelvit_test", "model.kwargs={}",
+                              f"probe.store={reben_store}", "probe.every_n_steps=3", "probe.k=3",
+                              "probe.split=test")
     rows = pd.read_csv(tmp_path / "two" / "probe.csv")
     assert rows["step"].tolist() == [0, 3, 6]
     metrics = pd.read_csv(tmp_path / "two" / "metrics.csv")

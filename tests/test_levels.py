@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from geofm.cli import main
 from geofm.errors import GeofmError, GeofmWarning
 from geofm.levels import detect_levels, merged_levels, store_levels
 
-from .test_predict import RGBN, SCENE, crop, make_checkpoint, write_like
+from .conftest import RGBN, crop, make_checkpoint, write_like
+from .conftest import S2_SCENE as SCENE
 
 
 def _with_levels(path: Path, levels: dict[str, str]) -> Path:
@@ -61,15 +63,13 @@ def test_levels_from_metadata_stores_and_headers() -> None:
     assert levels[0]["S2"] == "L2A" and levels[1] == {}
 
 
-def test_built_reben_store_and_its_checkpoint_record_the_level(reben_store: Path,
-                                                               tmp_path: Path) -> None:
+def test_built_reben_store_and_its_checkpoint_record_the_level(
+        reben_store: Path, tiny_pretrained: Callable[..., Path]) -> None:
     from geofm.checkpoint import read_card
     from geofm.io.store import open_store
 
-    from .trained import pretrain_tiny
-
     assert open_store(reben_store).attrs["processing_levels"] == {"S2": "L2A", "S1": "GRD"}
-    ckpt = pretrain_tiny(reben_store, tmp_path / "run", "vit_test", steps=1)
+    ckpt = tiny_pretrained("vit_test", 1)
     assert read_card(ckpt).contract.processing_levels == {"S2": "L2A", "S1": "GRD"}
 
 

@@ -282,6 +282,7 @@ def stripes(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
     return amplitude * torch.sin(2 * math.pi * axis / 8 + phase) + noise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["mae", "selective_mae", "simmim"])
 @pytest.mark.parametrize("model", ["vit_test", "channelvit_test"])
 def test_loss_decreases_over_a_fixed_seed_run(objective: str, model: str) -> None:

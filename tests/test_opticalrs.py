@@ -414,6 +414,7 @@ def test_sample_manifest_builds_the_real_scene(tmp_path: Path) -> None:
     assert _report(out)["sources"]["s2_l1c_scene"]["kept"] == 1
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_build_equals_synchronous(collection: Path, built: Path,
                                                       tmp_path: Path) -> None:
     out = _build(collection, tmp_path / "dask.zarr", scheduler=None, workers=1)

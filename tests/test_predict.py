@@ -17,121 +17,17 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
-from torch import Tensor, nn
 
-from geofm.bands import BAND_SETS, bands_info
-from geofm.card import ModelCard
-from geofm.checkpoint import save_checkpoint
 from geofm.errors import BandError, GeofmError
 from geofm.io.cog import overview_count
-from geofm.models import create_model
-from geofm.models.finetuner import Finetuner
-from geofm.predict import Predictor, hann_window, predict_raster, tile_offsets
+from geofm.predict import hann_window, predict_raster, tile_offsets
 from geofm.predict.pipeline import read_threads
 
-REPO = Path(__file__).resolve().parents[1]
-SCENE = REPO / "datasets" / "sentinel2_l1c" / "s2_l1c_13band_10m_256px.tif"
-RGBN = ["S2.B02", "S2.B03", "S2.B04", "S2.B08"]
-
+from .conftest import RGBN, crop, echo_predictor, make_checkpoint, write_like
+from .conftest import S2_SCENE as SCENE
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def make_checkpoint(path: Path, task: str = "segmentation", *, bands: list[str] | None = None,
-                    classes: int = 5, model: str = "channelvit_test", tile: int = 64,
-                    constant: float | None = None, seed: int = 0) -> Path:
-    """An untrained finetuned checkpoint with a complete header (fast to make)."""
-    bands = list(bands or BAND_SETS["s2l2a"])
-    torch.manual_seed(seed)
-    encoder = create_model(model, bands=bands)
-    head = "segmentation" if task in ("segmentation", "regression") else "linear"
-    module = Finetuner(encoder, task, classes, head=head)
-    if constant is not None:
-        nn.init.zeros_(module.head.classifier.weight)
-        nn.init.constant_(module.head.classifier.bias, constant)
-    header = {
-        "kind": "finetune", "task": task,
-        "head": {"kind": head, "num_outputs": classes, "freeze": "full", "unfreeze_last": 0},
-        "model": {"name": model, "config": encoder.model_config}, "bands": bands,
-        "band_info": bands_info(bands),
-        "normalization": {"mean": [1200.0] * len(bands), "std": [600.0] * len(bands)},
-        "classes": [f"class {i}" for i in range(classes)],
-        "class_colors": ["#e6004d", "#80ff00", "#00a600", "#80f2e6", "#e6f2ff"][:classes],
-        "tile_size": [tile, tile], "patch_size": encoder.patch_size, "gsd_m": 10.0,
-    }
-    return save_checkpoint(path, module.state_dict(), ModelCard.from_header(header))
-
-
-class Echo(nn.Module):
-    """Returns its input bands as outputs: exact answers are known and nothing is computed.
-
-    With more outputs than bands, output ``k`` is the first band times a ramp over ``k``.
-    """
-
-    patch_size = 8
-    embed_dim = 1
-
-    def __init__(self, outputs: int = 1, fail_after: int | None = None,
-                 ramp: bool = False) -> None:
-        super().__init__()
-        self.outputs = outputs
-        self.calls = 0
-        self.fail_after = fail_after
-        self.ramp = ramp
-
-    def forward(self, images: Tensor, bands: list[str]) -> Tensor:
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise RuntimeError("simulated failure mid-way")
-        if self.ramp:  # depends on where a pixel sits in its tile, so blending matters
-            return images[:, :1] + torch.linspace(0.0, 1.0, images.shape[3])
-        if self.outputs <= images.shape[1]:
-            return images[:, : self.outputs]  # [B, K, H, W]
-        ramp = torch.linspace(-1.0, 1.0, self.outputs).view(1, -1, 1, 1)
-        return images[:, :1] * ramp  # [B, K, H, W]
-
-
-def echo_predictor(task: str = "regression", outputs: int = 1, *, tile: int = 64,
-                   fail_after: int | None = None, ramp: bool = False) -> Predictor:
-    """A fixed-band (B02, B03, B04, B08) model around :class:`Echo`."""
-    header = {"kind": "finetune", "task": task, "bands": RGBN,
-              "head": {"kind": "segmentation", "num_outputs": outputs},
-              "normalization": {"mean": [1000.0, 900.0, 800.0, 2000.0],
-                                "std": [500.0, 400.0, 300.0, 1000.0]},
-              "classes": [f"class {i}" for i in range(outputs)],
-              "class_colors": ["#e6004d", "#80ff00", "#00a600", "#80f2e6"][:outputs],
-              "tile_size": [tile, tile], "patch_size": 8, "gsd_m": 10.0,
-              "model": {"name": "echo"}}
-    return Predictor(Echo(outputs, fail_after, ramp), ModelCard.from_header(header),
-                     "echo.safetensors")
-
-
-def crop(dst: Path, size: int, bands: list[int] | None = None) -> Path:
-    """The top-left ``size`` × ``size`` pixels of the scene (all or some bands)."""
-    with rasterio.open(SCENE) as src:
-        indexes = bands or list(range(1, 14))
-        data = src.read(indexes, window=((0, size), (0, size)))
-        names = [src.descriptions[i - 1] for i in indexes]
-    write_like(SCENE, dst, data)
-    with rasterio.open(dst, "r+") as ds:
-        ds.descriptions = names
-    return dst
-
-
-def write_like(src: Path, dst: Path, data: np.ndarray, **update: Any) -> Path:
-    """A copy of ``src``'s georeferencing and band names with new pixels."""
-    with rasterio.open(src) as ds:
-        profile = ds.profile
-        descriptions = ds.descriptions
-    profile.update(count=data.shape[0], height=data.shape[1], width=data.shape[2],
-                   dtype=str(data.dtype), tiled=True, blockxsize=128, blockysize=128, **update)
-    with rasterio.open(dst, "w", **profile) as out:
-        out.write(data)
-        if profile.get("count") == len(descriptions):
-            out.descriptions = descriptions
-    return dst
 
 
 def _libgdal() -> ctypes.CDLL | None:
@@ -197,16 +93,13 @@ def assert_cog(path: Path, levels: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def trained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(finetuned: dict[str, Path]) -> dict[str, Path]:
     """Briefly trained checkpoints from the real sample (shared with the ONNX and CLI tests):
     a ChannelViT pretrained on S1 + S2 and its segmentation finetune."""
     from geofm.checkpoint import read_card
 
-    from .test_export import finetuned_checkpoints
-
-    ckpts = finetuned_checkpoints(reben_store, tmp_path_factory.getbasetemp() / "finetuned")
-    pretrained = Path(read_card(ckpts["cvit_seg"]).provenance.encoder_source["checkpoint"])
-    return {"pretrain": pretrained, "segmentation": ckpts["cvit_seg"]}
+    pretrained = Path(read_card(finetuned["cvit_seg"]).provenance.encoder_source["checkpoint"])
+    return {"pretrain": pretrained, "segmentation": finetuned["cvit_seg"]}
 
 
 @pytest.fixture(scope="session")

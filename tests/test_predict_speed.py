@@ -33,9 +33,10 @@ from geofm.predict import (
     read_batches,
 )
 from geofm.predict.sinks import first_argmax
-from tests.test_predict import SCENE, echo_predictor, write_like
 
-RGBN = ["S2.B02", "S2.B03", "S2.B04", "S2.B08"]
+from .conftest import RGBN, echo_predictor, write_like
+from .conftest import S2_SCENE as SCENE
+
 CLASSES = 7
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,29 +11,17 @@ import torch
 from safetensors.torch import load_file
 
 from geofm.checkpoint import load_checkpoint, read_card
-from geofm.cli import main
 from geofm.models import create_model
 from geofm.objectives import create_objective
 from geofm.training.config import PRETRAIN_DEFAULTS, apply_overrides, load_yaml, merge
 from geofm.training.pretrain import run_pretrain
 
+from .conftest import REPO, ddp_pretrain, one_line_error, pretrain_cfg, train_losses
 from .synthetic import make_store
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(store: Path, out: Path, *sets: str) -> dict:
-    base = apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
-        f"data.store={store}", f"output={out}", "model.name=channelvit_test",
-        "model.kwargs={}", "objective.kwargs={hcs: false, decoder_dim: 32, decoder_depth: 1, "
-        "decoder_heads: 2}", "data.split=null", "trainer.accelerator=cpu",
-        "trainer.log_every_n_steps=1", "previews=1", *sets])
-    return base
-
-
-def _losses(out: Path) -> list[float]:
-    m = pd.read_csv(out / "metrics.csv")
-    return m["train/loss"].dropna().tolist()
+    return pretrain_cfg(store, out, "previews=1", *sets)
 
 
 def _zero_prediction_loss(store: Path) -> float:
@@ -49,6 +35,7 @@ def _zero_prediction_loss(store: Path) -> float:
     return float((batch["image"][batch["valid"]] ** 2).mean())
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_the_real_sample(reben_store: Path, tmp_path: Path) -> None:
     # Raw-pixel loss, so a model that ignores its input cannot beat predicting 0 (the mean of
     # normalised pixels): getting well below that needs the visible tokens.
@@ -56,7 +43,7 @@ def test_loss_decreases_on_the_real_sample(reben_store: Path, tmp_path: Path) ->
                "optim.warmup_steps=3", "data.batch_size=6", "objective.name=mae",
                "objective.kwargs.norm_pix_loss=false")
     result = run_pretrain(cfg, progress=False)
-    losses = _losses(tmp_path / "run")
+    losses = train_losses(tmp_path / "run")
     assert len(losses) == 80 and result["steps"] == 80
     assert sum(losses[-5:]) / 5 < 0.85 * _zero_prediction_loss(reben_store)
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
@@ -65,17 +52,18 @@ def test_loss_decreases_on_the_real_sample(reben_store: Path, tmp_path: Path) ->
                                                    "B07", "B08", "B8A", "B09", "B11", "B12")] \
         + ["S1.VV", "S1.VH"]
     assert len(card.contract.mean) == 14
-    assert (tmp_path / "run" / "previews").glob("*.png")
+    assert list((tmp_path / "run" / "previews").glob("*.png"))
     assert (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_default_recipe_learns_on_the_real_sample(reben_store: Path, tmp_path: Path) -> None:
     # ChannelViT + SelectiveMAE, as `geofm pretrain` trains by default.
     cfg = _cfg(reben_store, tmp_path / "run", "trainer.max_steps=80", "optim.lr=1e-3",
                "optim.warmup_steps=3", "data.batch_size=6", "objective.name=selective_mae",
                "objective.kwargs.norm_pix_loss=false")
     run_pretrain(cfg, progress=False)
-    losses = _losses(tmp_path / "run")
+    losses = train_losses(tmp_path / "run")
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
@@ -107,6 +95,7 @@ def test_checkpoint_rebuilds_the_model(reben_store: Path, tmp_path: Path) -> Non
     assert torch.isfinite(enc(x, list(card.bands))).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path,
                                           workers: int) -> None:
@@ -121,9 +110,10 @@ def test_resume_takes_the_same_next_steps(reben_store: Path, tmp_path: Path,
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    assert _losses(tmp_path / "full")[2:] == _losses(tmp_path / "resumed")
+    assert train_losses(tmp_path / "full")[2:] == train_losses(tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_compiled_blocks_train_like_eager_ones(reben_store: Path, tmp_path: Path) -> None:
     from torch._dynamo.utils import counters
 
@@ -154,23 +144,11 @@ def test_compiled_blocks_train_like_eager_ones(reben_store: Path, tmp_path: Path
     # turns rounding noise into full-size steps there: compare within a tenth of lr.
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
-    torch.testing.assert_close(_losses(tmp_path / "eager"), _losses(tmp_path / "compiled"),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(train_losses(tmp_path / "eager"),
+                               train_losses(tmp_path / "compiled"), rtol=1e-4, atol=1e-5)
 
 
-def ddp_pretrain(out: Path, steps: int, *args: str) -> subprocess.CompletedProcess[str]:
-    """``geofm pretrain`` of the small test model on two CPU ranks (gloo), batches of one chip;
-    ``args`` add the data and anything else. Asserts it succeeded."""
-    cmd = [sys.executable, "-m", "geofm.cli", "pretrain", *args,
-           "--devices", "2", "--strategy", "ddp", "--model", "channelvit_test",
-           "--max-steps", str(steps), "--batch-size", "1", "--output", str(out), "--quiet",
-           "--set", "trainer.accelerator=cpu", "--set", "data.split=null",
-           "--set", "objective.kwargs={decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return p
-
-
+@pytest.mark.slow
 def test_ddp_two_cpu_ranks_split_the_data(reben_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     ddp_pretrain(out, 2, "--data", str(reben_store))
@@ -203,53 +181,47 @@ def test_config_twins_run(name: str, bands: str | None, reben_store: Path, tmp_p
     assert read_card(result["checkpoint"]).architecture.name == tiny["model"]["name"]
 
 
-def _fails(argv: list[str], capsys: pytest.CaptureFixture[str], needle: str) -> None:
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err and err[-1].startswith("geofm: error: "), err
-    assert needle in err[-1], err[-1]
-
-
 def test_bad_input(reben_store: Path, store_copy: Path, tmp_path: Path, capsys) -> None:
     base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
             "--output", str(tmp_path / "o")]
-    _fails([*base, "--model", "resnet9000"], capsys, "resnet9000")
-    _fails([*base, "--objective", "dino"], capsys, "unknown objective 'dino'")
-    _fails([*base, "--bands", "20"], capsys, "20 bands requested but only 14")
-    _fails([*base, "--bands", "modis14"], capsys, "not available")
-    _fails([*base, "--set", "optim.nope=1"], capsys, "unknown config key 'optim.nope'")
-    _fails([*base, "--strategy", "fsdp", "--set", "trainer.accelerator=cpu"], capsys,
-           "FSDP needs GPUs")
-    _fails([*base, "--devices", "abc", "--set", "trainer.accelerator=cpu"], capsys,
-           "trainer settings rejected")
-    _fails([*base, "--batch-size", "0"], capsys, "'data.batch_size' must be at least 1")
-    _fails([*base, "--set", "optim.lr=abc"], capsys, "'optim.lr' must be a number")
-    _fails([*base, "--set", "model.kwargs.foo=1"], capsys, "bad settings for model")
-    _fails([*base, "--model", "channelvit_test", "--set", "objective.kwargs.decoder_heads=5"],
-           capsys, "does not split into 5 heads")
-    _fails([*base, "--set", "objective.kwargs.visible_ratio=1.5"], capsys, "visible_ratio")
+    one_line_error([*base, "--model", "resnet9000"], capsys, "resnet9000")
+    one_line_error([*base, "--objective", "dino"], capsys, "unknown objective 'dino'")
+    one_line_error([*base, "--bands", "20"], capsys, "20 bands requested but only 14")
+    one_line_error([*base, "--bands", "modis14"], capsys, "not available")
+    one_line_error([*base, "--set", "optim.nope=1"], capsys, "unknown config key 'optim.nope'")
+    one_line_error([*base, "--strategy", "fsdp", "--set", "trainer.accelerator=cpu"], capsys,
+                   "FSDP needs GPUs")
+    one_line_error([*base, "--devices", "abc", "--set", "trainer.accelerator=cpu"], capsys,
+                   "trainer settings rejected")
+    one_line_error([*base, "--batch-size", "0"], capsys, "'data.batch_size' must be at least 1")
+    one_line_error([*base, "--set", "optim.lr=abc"], capsys, "'optim.lr' must be a number")
+    one_line_error([*base, "--set", "model.kwargs.foo=1"], capsys, "bad settings for model")
+    one_line_error([*base, "--model", "channelvit_test", "--set",
+                    "objective.kwargs.decoder_heads=5"], capsys, "does not split into 5 heads")
+    one_line_error([*base, "--set", "objective.kwargs.visible_ratio=1.5"], capsys, "visible_ratio")
     typo = tmp_path / "typo.yaml"
     typo.write_text("trainer: {max_step: 5}\n")
-    _fails([*base, "--config", str(typo)], capsys, "unknown config key 'trainer.max_step'")
+    one_line_error([*base, "--config", str(typo)], capsys, "unknown config key 'trainer.max_step'")
     junk = tmp_path / "junk.ckpt"
     junk.write_text("not a checkpoint")
-    _fails([*base, "--resume", str(junk)], capsys, "cannot read the resume checkpoint")
+    one_line_error([*base, "--resume", str(junk)], capsys, "cannot read the resume checkpoint")
     run_pretrain(_cfg(reben_store, tmp_path / "small", "trainer.max_steps=1"), progress=False)
     other = next((tmp_path / "small" / "checkpoints").glob("last*.ckpt"))
-    _fails([*base, "--model", "channelvit_tiny", "--resume", str(other)], capsys,
-           "written for another model")
+    one_line_error([*base, "--model", "channelvit_tiny", "--resume", str(other)], capsys,
+                   "written for another model")
     (store_copy / "image" / "c" / "0" / "0" / "0" / "0").unlink()
-    _fails(["pretrain", "--data", str(store_copy), "--quiet", "--output", str(tmp_path / "o")],
-           capsys, "store fails validation")
+    one_line_error(["pretrain", "--data", str(store_copy), "--quiet", "--output",
+                    str(tmp_path / "o")], capsys, "store fails validation")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    _fails(["pretrain", "--data", str(reben_store), "--quiet", "--output", str(blocker / "x")],
-           capsys, "cannot create the output directory")
-    _fails([*base, "--model", "channelvit_test", "--set", "optim.lr=1e30",
-            "--set", "optim.warmup_steps=1", "--max-steps", "6", "--set", "objective.name=mae"],
-           capsys, "non-finite loss")
+    one_line_error(["pretrain", "--data", str(reben_store), "--quiet", "--output",
+                    str(blocker / "x")], capsys, "cannot create the output directory")
+    one_line_error([*base, "--model", "channelvit_test", "--set", "optim.lr=1e30",
+                    "--set", "optim.warmup_steps=1", "--max-steps", "6", "--set",
+                    "objective.name=mae"], capsys, "non-finite loss")
 
 
+@pytest.mark.slow
 def test_knn_probe_scores_the_features_during_training(reben_store: Path, tmp_path: Path) -> None:
     from geofm.evaluation.finetuned import knn_evaluate
 
@@ -285,19 +257,19 @@ def test_knn_probe_bad_input(reben_store: Path, tmp_path: Path, capsys) -> None:
     base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
             "--output", str(tmp_path / "o"), "--set", "data.split=null"]
     unlabelled = make_store(tmp_path / "u.zarr", list(BAND_SETS["s1s2"]), size=32)
-    _fails([*base, "--probe", str(unlabelled)], capsys, "needs scene labels")
-    _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.split=val2"], capsys,
-           "split 'val2' is empty")
-    _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.task=regression"],
-           capsys, "probe.task must be multilabel or classification")
-    _fails([*base, "--set", f"probe.store={reben_store}", "--set", "probe.k=0"], capsys,
-           "'probe.k' must be at least 1")
-    _fails([*base, "--set", f"probe.store={reben_store}", "--strategy", "fsdp"], capsys,
-           "does not run under FSDP")
+    one_line_error([*base, "--probe", str(unlabelled)], capsys, "needs scene labels")
+    one_line_error([*base, "--set", f"probe.store={reben_store}", "--set", "probe.split=val2"],
+                   capsys, "split 'val2' is empty")
+    one_line_error([*base, "--set", f"probe.store={reben_store}", "--set", "probe.task=regression"],
+                   capsys, "probe.task must be multilabel or classification")
+    one_line_error([*base, "--set", f"probe.store={reben_store}", "--set", "probe.k=0"], capsys,
+                   "'probe.k' must be at least 1")
+    one_line_error([*base, "--set", f"probe.store={reben_store}", "--strategy", "fsdp"], capsys,
+                   "does not run under FSDP")
     probe = ["--set", f"probe.store={reben_store}"]
-    _fails([*base, *probe, "--set", "probe.split=train"], capsys, "two different splits")
-    _fails([*base, *probe, "--set", "probe.k=null"], capsys, "'probe.k' needs a value")
-    _fails([*base, "--set", "probe=null"], capsys, "'probe' must be a mapping")
-    _fails([*base, "--set", f"probe.store=[{reben_store}, {reben_store}]"], capsys,
-           "probe.store must be one store path")
+    one_line_error([*base, *probe, "--set", "probe.split=train"], capsys, "two different splits")
+    one_line_error([*base, *probe, "--set", "probe.k=null"], capsys, "'probe.k' needs a value")
+    one_line_error([*base, "--set", "probe=null"], capsys, "'probe' must be a mapping")
+    one_line_error([*base, "--set", f"probe.store=[{reben_store}, {reben_store}]"], capsys,
+                   "probe.store must be one store path")
     assert not (tmp_path / "o" / "checkpoints").exists()  # each refused before any step

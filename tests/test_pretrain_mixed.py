@@ -22,8 +22,8 @@ from geofm.models import create_model
 from geofm.training.datamodule import MixedChipDataModule, band_specs
 from geofm.training.pretrain import run_pretrain
 
+from .conftest import REPO, ddp_pretrain, one_line_error, pretrain_cfg, train_losses
 from .synthetic import make_store
-from .test_pretrain import REPO, _cfg, _fails, _losses, ddp_pretrain
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def modis_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _mixed(reben: Path, modis: Path, out: Path, *sets: str) -> dict:
-    return _cfg(reben, out, f"data.store=[{reben}, {modis}]", *sets)
+    return pretrain_cfg(reben, out, "previews=1", f"data.store=[{reben}, {modis}]", *sets)
 
 
 def test_batches_come_from_one_store_and_cover_every_chip_once() -> None:
@@ -120,6 +120,7 @@ def test_mixed_chips_read_a_batch_from_its_store(reben_store: Path, modis_store:
     assert dm.normalize.mean[dm.band_names.index("MODIS.B31")] == pytest.approx(mean[0])
 
 
+@pytest.mark.slow
 def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store: Path,
                                                  tmp_path: Path) -> None:
     out = tmp_path / "mixed"
@@ -134,7 +135,7 @@ def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store:
                                                               list(BAND_SETS["modis14"])]
     seen = json.loads((out / "data_rank0.json").read_text())["chip_indices"]
     assert seen == list(range(10))  # two epochs of 5 batches: every chip of both stores
-    losses = _losses(out)
+    losses = train_losses(out)
     assert len(losses) == 10 and all(np.isfinite(losses))
     metrics = pd.read_csv(out / "metrics.csv")
     per_store = [metrics[f"train/loss_store{i}"].dropna() for i in (0, 1)]
@@ -150,6 +151,7 @@ def test_one_channelvit_pretrains_on_two_sensors(reben_store: Path, modis_store:
     assert store_bands_for(card, modis_store) == list(BAND_SETS["modis14"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers,every,step", [
     (0, 3, 3),  # mid-epoch 0
     (1, 3, 6),  # mid-epoch 1, with a worker process drawing batches before any hook runs
@@ -168,9 +170,10 @@ def test_mixed_resume_takes_the_same_next_steps(reben_store: Path, modis_store: 
     a, b = load_file(full["checkpoint"]), load_file(resumed["checkpoint"])
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
-    assert _losses(tmp_path / "full")[step:] == _losses(tmp_path / "resumed")
+    assert train_losses(tmp_path / "full")[step:] == train_losses(tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_ddp_ranks_split_the_mixed_batches(reben_store: Path, modis_store: Path,
                                            tmp_path: Path) -> None:
     out = tmp_path / "ddp"
@@ -187,15 +190,16 @@ def test_mixed_bad_input(reben_store: Path, modis_store: Path, tmp_path: Path,
                          capsys: pytest.CaptureFixture[str]) -> None:
     base = ["pretrain", "--data", str(reben_store), "--data", str(modis_store), "--quiet",
             "--max-steps", "1", "--output", str(tmp_path / "o"), "--set", "data.split=null"]
-    _fails([*base, "--bands", "s1s2", "--bands", "modis14", "--bands", "s2"], capsys,
-           "3 band selections for 2 store(s)")
+    one_line_error([*base, "--bands", "s1s2", "--bands", "modis14", "--bands", "s2"], capsys,
+                   "3 band selections for 2 store(s)")
     small = make_store(tmp_path / "small.zarr", list(BAND_SETS["modis14"]), n=2, size=36)
-    _fails([*base[:4], str(small), *base[5:], "--model", "channelvit_test"], capsys,
-           f"{small}: chips of 36×36 px do not split into 8-px patches")
+    one_line_error([*base[:4], str(small), *base[5:], "--model", "channelvit_test"], capsys,
+                   f"{small}: chips of 36×36 px do not split into 8-px patches")
     assert not (tmp_path / "o" / "checkpoints").exists()  # refused before any step
-    _fails([*base, "--set", "data.weights=[0, 1]"], capsys, "gives a store no batches")
-    _fails([*base, "--bands", "s1s2"], capsys, f"{modis_store}: band S2.B01 is not available")
-    _fails([*base, "--model", "vit_test"], capsys, "the stores serve different bands")
+    one_line_error([*base, "--set", "data.weights=[0, 1]"], capsys, "gives a store no batches")
+    one_line_error([*base, "--bands", "s1s2"], capsys,
+                   f"{modis_store}: band S2.B01 is not available")
+    one_line_error([*base, "--model", "vit_test"], capsys, "the stores serve different bands")
     # Repeated --bands are one selection per store, band names included, with the stores
     # listed in a config file as well as by --data.
     two = tmp_path / "two.yaml"
@@ -289,9 +293,9 @@ def test_weighted_mixed_run(reben_store: Path, modis_store: Path, tmp_path: Path
     assert [r["weight"] for r in card.provenance.data["stores"]] == [1.0, 3.0]
     base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
             "--output", str(tmp_path / "o"), "--set", "data.split=null"]
-    _fails([*base, "--data", str(modis_store), "--set", "data.weights=[1]"], capsys,
-           "data.weights: weights must be 2 non-negative numbers")
-    _fails([*base, "--set", "data.weights=[1]"], capsys, "one is given")
+    one_line_error([*base, "--data", str(modis_store), "--set", "data.weights=[1]"], capsys,
+                   "data.weights: weights must be 2 non-negative numbers")
+    one_line_error([*base, "--set", "data.weights=[1]"], capsys, "one is given")
 
 
 def test_restored_position_follows_lightnings_loop_state() -> None:
@@ -314,6 +318,7 @@ def test_restored_position_follows_lightnings_loop_state() -> None:
     assert restored_position(trainer(2, 2, 2, 3), 5) == (2, 0)
 
 
+@pytest.mark.slow
 def test_ddp_resume_with_a_worker_takes_the_same_steps(reben_store: Path,
                                                        tmp_path: Path) -> None:
     def run(out: Path, *extra: str) -> None:

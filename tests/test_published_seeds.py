@@ -281,11 +281,10 @@ def test_remoteclip_full_model_still_loads_as_before(clip_file) -> None:
     from geofm.models.openclip import RGB_BANDS, load_open_clip
 
     path, clip = clip_file
-    model, header = load_open_clip(path)
-    assert header["bands"] == list(RGB_BANDS) and header["normalization"]["stretch"] == 3000.0
+    model, card = load_open_clip(path)
+    assert card.bands == tuple(RGB_BANDS) and card.provenance.release["stretch"] == 3000.0
     dn = s2_chip(RGB_S2, 224)
-    norm = header["normalization"]
-    x = standardise(dn, tuple(norm["mean"]), tuple(norm["std"]))
+    x = standardise(dn, card.contract.mean, card.contract.std)
     with torch.no_grad():
         ours = model.encode_image(x, RGB_BANDS)
         theirs = clip.encode_image(standardise(true_colour_8bit(dn) / 255.0,

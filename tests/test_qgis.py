@@ -9,9 +9,7 @@ segmentation checkpoint finetuned briefly on the reBEN sample.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,36 +21,17 @@ import rasterio
 from geofm.checkpoint import read_card
 from geofm.predict import predict_raster
 
-from .conftest import S2_SCENE
-from .test_export import finetuned_checkpoints
+from .conftest import QGIS_MARKER, S2_SCENE, SYSTEM_PYTHON, clean_env, has_pyqgis, qgis_json
 
 QGIS_PROCESS = Path("/usr/bin/qgis_process.bin")
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-MARKER = "GEOFM_QGIS_JSON "
 NODATA_BLOCK = (slice(0, 40), slice(0, 64))
 """Rows and columns of the input set to its nodata value (0)."""
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    return {**env, "QT_QPA_PLATFORM": "offscreen", **extra}
-
-
-@functools.cache
-def has_pyqgis() -> bool:
-    """Whether the system Python imports ``qgis.core``."""
-    if not SYSTEM_PYTHON.exists():
-        return False
-    done = subprocess.run([str(SYSTEM_PYTHON), "-c", "import qgis.core"], env=_clean_env(),
-                          capture_output=True, timeout=60, check=False)
-    return done.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not QGIS_PROCESS.exists() and not has_pyqgis(),
     reason="QGIS is not installed (no /usr/bin/qgis_process.bin and no qgis module for "
-           "/usr/bin/python3): apt-get install -y --no-install-recommends qgis")
+           "/usr/bin/python3): apt-get install -y --no-install-recommends qgis")]
 
 STYLE_SCRIPT = """
 import json, os, sys
@@ -95,15 +74,14 @@ def qgis_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("qgis")
     (root / "home").mkdir()
     (root / "xdg").mkdir(mode=0o700)
-    return _clean_env(HOME=str(root / "home"), XDG_RUNTIME_DIR=str(root / "xdg"))
+    return clean_env(HOME=str(root / "home"), XDG_RUNTIME_DIR=str(root / "xdg"))
 
 
 @pytest.fixture(scope="module")
-def prediction(reben_store: Path, tmp_path_factory: pytest.TempPathFactory
+def prediction(finetuned: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
                ) -> dict[str, Any]:
     """``geofm predict`` on the real scene, with a nodata block in the input."""
-    ckpt = finetuned_checkpoints(reben_store,
-                                 tmp_path_factory.getbasetemp() / "finetuned")["cvit_seg"]
+    ckpt = finetuned["cvit_seg"]
     root = tmp_path_factory.mktemp("prediction")
     scene = root / "scene.tif"
     with rasterio.open(S2_SCENE) as src:
@@ -116,13 +94,6 @@ def prediction(reben_store: Path, tmp_path_factory: pytest.TempPathFactory
         dst.descriptions = descriptions
     info = predict_raster(ckpt, scene, root / "landcover.tif", progress=False)
     return {**info, "checkpoint": ckpt, "card": read_card(ckpt)}
-
-
-def _marked_json(stdout: str) -> dict[str, Any]:
-    for line in stdout.splitlines():
-        if line.startswith(MARKER):
-            return json.loads(line[len(MARKER):])
-    raise AssertionError(f"no result in the output:\n{stdout[-2000:]}")
 
 
 @pytest.mark.skipif(not QGIS_PROCESS.exists(), reason="no /usr/bin/qgis_process.bin")
@@ -160,11 +131,11 @@ def test_qgis_loads_style_colour_table_and_class_names(prediction: dict[str, Any
     assert qml == tif.with_suffix(".qml") and qml.exists()
     script = tmp_path / "style.py"
     script.write_text(STYLE_SCRIPT)
-    cmd = [str(SYSTEM_PYTHON), str(script), str(tif), str(qml), MARKER]
+    cmd = [str(SYSTEM_PYTHON), str(script), str(tif), str(qml), QGIS_MARKER]
     done = subprocess.run(cmd, env=qgis_env, capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    got = _marked_json(done.stdout)
+    got = qgis_json(done.stdout)
 
     card = prediction["card"]
     names, colors = list(card.classes), [c.lower() for c in card.class_colors]

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,16 @@ from geofm.models.align import AlignModel, aligned_card, save_aligned
 from geofm.models.text import TextTower
 from geofm.predict import predict_raster, query_raster
 
-from .conftest import S2_SCENE
-from .test_predict import make_checkpoint, write_like
-from .test_qgis import MARKER, SYSTEM_PYTHON, _clean_env, _marked_json, has_pyqgis
-from .trained import pretrain_tiny
+from .conftest import (
+    QGIS_MARKER,
+    S2_SCENE,
+    SYSTEM_PYTHON,
+    clean_env,
+    has_pyqgis,
+    make_checkpoint,
+    qgis_json,
+    write_like,
+)
 
 TEXTS = ["salt marsh", "open sea"]
 PATCH = 8  # channelvit_test
@@ -40,10 +47,11 @@ TILE = 64
 
 
 @pytest.fixture(scope="module")
-def checkpoints(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def checkpoints(tiny_pretrained: Callable[..., Path],
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A pretrained ChannelViT (reBEN's 14 bands) and an untrained alignment of it."""
     root = tmp_path_factory.mktemp("query")
-    pretrained = pretrain_tiny(reben_store, root / "pretrain", "channelvit_test")
+    pretrained = tiny_pretrained("channelvit_test", 2)
     encoder, card = load_encoder(pretrained)
     torch.manual_seed(0)
     align = AlignModel(encoder, TextTower.from_source(), embed_dim=16)
@@ -279,6 +287,7 @@ os._exit(0)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not has_pyqgis(), reason="no qgis Python module for /usr/bin/python3")
 def test_qgis_opens_the_heat_map_with_its_colour_ramp(cli_run: dict[str, Any],
                                                        tmp_path: Path) -> None:
@@ -286,12 +295,12 @@ def test_qgis_opens_the_heat_map_with_its_colour_ramp(cli_run: dict[str, Any],
     (tmp_path / "xdg").mkdir(mode=0o700)
     script = tmp_path / "ramp.py"
     script.write_text(RAMP_SCRIPT)
-    done = subprocess.run([str(SYSTEM_PYTHON), str(script), str(cli_run["output"]), MARKER],
-                          env=_clean_env(HOME=str(tmp_path / "home"),
-                                         XDG_RUNTIME_DIR=str(tmp_path / "xdg")),
+    done = subprocess.run([str(SYSTEM_PYTHON), str(script), str(cli_run["output"]), QGIS_MARKER],
+                          env=clean_env(HOME=str(tmp_path / "home"),
+                                        XDG_RUNTIME_DIR=str(tmp_path / "xdg")),
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    got = _marked_json(done.stdout)
+    got = qgis_json(done.stdout)
     with rasterio.open(cli_run["output"]) as ds:
         band = ds.read(1)
         epsg = ds.crs.to_epsg()

@@ -138,6 +138,7 @@ def test_resume_after_kill_gives_identical_store(tmp_path: Path) -> None:
     _same_store(ref, out)
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_build_equals_synchronous(tmp_path: Path) -> None:
     ref = tmp_path / "sync.zarr"
     build_reben(REBEN_MINI, ref, scheduler="synchronous", shard_chips=2, progress=False)

@@ -28,7 +28,7 @@ from geofm.errors import BuildError, DiskFullError, GeofmError, StoreError
 from .conftest import REBEN_MINI, REPO, S2_SCENE
 from .modis_fixture import write_mod021km
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 PATCH = "S2A_MSIL2A_20170617T113321_N9999_R080_T29UPU_36_85"
 BAR = re.compile(r"^[\w ]+:\s+\d+%\|")  # a tqdm progress bar, on stderr like the error line

@@ -22,9 +22,8 @@ from geofm.export import export_onnx, read_metadata
 from geofm.predict import predict_raster
 
 from .conftest import REPO, S2_SCENE
-from .test_export import finetuned_checkpoints
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 ORT117 = Path(os.environ.get("GEOFM_ORT117", REPO / ".venv" / "ort117"))
 """onnxruntime 1.17 with numpy < 2, installed apart by ``make install``."""
@@ -34,18 +33,13 @@ S2_ORDER = ["S2.B01", "S2.B02", "S2.B03", "S2.B04", "S2.B05", "S2.B06", "S2.B07"
 
 
 @pytest.fixture(scope="module")
-def checkpoints(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return finetuned_checkpoints(reben_store, tmp_path_factory.getbasetemp() / "finetuned")
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+def exported(finetuned: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Path]:
     """ChannelViT segmentation with the checkpoint's 14 bands, and for 13-band L1C rasters."""
     out = tmp_path_factory.mktemp("onnx_deepness")
     return {
-        "default": export_onnx(checkpoints["cvit_seg"], out / "default.onnx"),
-        "s2": export_onnx(checkpoints["cvit_seg"], out / "s2.onnx", bands="s2"),
+        "default": export_onnx(finetuned["cvit_seg"], out / "default.onnx"),
+        "s2": export_onnx(finetuned["cvit_seg"], out / "s2.onnx", bands="s2"),
     }
 
 
@@ -118,7 +112,7 @@ def test_onnxruntime_1_17_loads_and_runs_the_export(exported: dict[str, Path],
         np.testing.assert_allclose(old, _run(path, raws[name]), atol=1e-5)
 
 
-def test_export_bands_follow_the_raster_by_position(checkpoints: dict[str, Path],
+def test_export_bands_follow_the_raster_by_position(finetuned: dict[str, Path],
                                                     exported: dict[str, Path],
                                                     tmp_path: Path) -> None:
     meta = read_metadata(exported["s2"])
@@ -131,7 +125,7 @@ def test_export_bands_follow_the_raster_by_position(checkpoints: dict[str, Path]
         raw = ds.read().astype(np.float32)[None]  # [1, 13, 120, 120] as Deepness feeds it
     scores = _run(exported["s2"], raw)  # [1, 19, 120, 120]
     # The same as geofm predict on that raster (one tile: no blending).
-    r = predict_raster(checkpoints["cvit_seg"], crop, tmp_path / "map.tif", tile=120,
+    r = predict_raster(finetuned["cvit_seg"], crop, tmp_path / "map.tif", tile=120,
                        progress=False)
     with rasterio.open(r["output"]) as ds:
         classes = ds.read(1)
@@ -139,27 +133,27 @@ def test_export_bands_follow_the_raster_by_position(checkpoints: dict[str, Path]
     # A raster with its bands in another order: export with its order, same scores.
     order = list(range(13))[::-1]
     backwards = _scene_crop(tmp_path / "backwards.tif", order)
-    path = export_onnx(checkpoints["cvit_seg"], tmp_path / "backwards.onnx",
+    path = export_onnx(finetuned["cvit_seg"], tmp_path / "backwards.onnx",
                        bands=",".join(S2_ORDER[i].removeprefix("S2.") for i in order))
     with rasterio.open(backwards) as ds:
         raw_backwards = ds.read().astype(np.float32)[None]
     np.testing.assert_allclose(_run(path, raw_backwards), scores, atol=1e-5)
 
 
-def test_export_bands_refusals_and_the_printed_order(checkpoints: dict[str, Path],
+def test_export_bands_refusals_and_the_printed_order(finetuned: dict[str, Path],
                                                      tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     # A plain ViT trained on S1 + S2 cannot run on Sentinel-2 rasters alone.
     with pytest.raises(GeofmError, match=r"S1\.VV"):
-        export_onnx(checkpoints["vit_seg"], tmp_path / "vit.onnx", bands="s2", tile_size=64)
-    assert main(["export", str(checkpoints["vit_seg"]), "--onnx", str(tmp_path / "v.onnx"),
+        export_onnx(finetuned["vit_seg"], tmp_path / "vit.onnx", bands="s2", tile_size=64)
+    assert main(["export", str(finetuned["vit_seg"]), "--onnx", str(tmp_path / "v.onnx"),
                  "--bands", "B02,B03,nonsense"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and err.startswith("geofm: error: ") and len(
         err.splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     # The command prints the raster band order Deepness needs.
-    assert main(["export", str(checkpoints["cvit_seg"]), "--onnx",
+    assert main(["export", str(finetuned["cvit_seg"]), "--onnx",
                  str(tmp_path / "s2.onnx"), "--bands", "s2"]) == 0
     out = capsys.readouterr().out
     assert "raster bands, in this order: 1 S2.B01, 2 S2.B02," in out

@@ -25,14 +25,8 @@ from geofm.predict.model import Predictor
 from geofm.predict.settings import MAX_TILE_TOKENS
 
 from .conftest import REPO, S2_SCENE
-from .test_export import finetuned_checkpoints
 
-pytestmark = pytest.mark.reliability
-
-
-@pytest.fixture(scope="module")
-def checkpoints(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return finetuned_checkpoints(reben_store, tmp_path_factory.getbasetemp() / "finetuned")
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -64,10 +58,10 @@ def _scene_tiled(dst: Path, times: int) -> Path:
 # --- tiles -----------------------------------------------------------------------------------
 
 
-def test_tile_larger_than_the_raster_is_clamped(checkpoints: dict[str, Path], tmp_path: Path,
+def test_tile_larger_than_the_raster_is_clamped(finetuned: dict[str, Path], tmp_path: Path,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     start = time.perf_counter()
-    r = predict_raster(checkpoints["cvit_seg"], S2_SCENE, tmp_path / "map.tif", tile=100_000,
+    r = predict_raster(finetuned["cvit_seg"], S2_SCENE, tmp_path / "map.tif", tile=100_000,
                        progress=False)
     assert time.perf_counter() - start < 120
     assert r["tiles"] == 1
@@ -76,9 +70,9 @@ def test_tile_larger_than_the_raster_is_clamped(checkpoints: dict[str, Path], tm
     assert "larger than the 256×256 raster; using 256×256" in caplog.text
 
 
-def test_tile_tokens_are_bounded(checkpoints: dict[str, Path], tmp_path: Path,
+def test_tile_tokens_are_bounded(finetuned: dict[str, Path], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    predictor = Predictor.from_checkpoint(checkpoints["cvit_seg"])  # ChannelViT, patch 8
+    predictor = Predictor.from_checkpoint(finetuned["cvit_seg"])  # ChannelViT, patch 8
     # 14 bands × 64 × 64 patches: a band-token model counts every band.
     with pytest.raises(GeofmError, match=r"makes 57344 tokens per tile \(14 bands") as e:
         build_grid(predictor, "pixel", 4096, 4096, 512, None, 14)
@@ -87,7 +81,7 @@ def test_tile_tokens_are_bounded(checkpoints: dict[str, Path], tmp_path: Path,
     # Through the command line, on a raster the tile fits in: refused before any model call.
     big = _scene_tiled(tmp_path / "big.tif", 3)
     out = tmp_path / "map.tif"
-    assert main(["predict", str(checkpoints["cvit_seg"]), str(big), "-o", str(out), "--tile",
+    assert main(["predict", str(finetuned["cvit_seg"]), str(big), "-o", str(out), "--tile",
                  "768", "--quiet"]) == 2
     assert "tokens per tile" in _one_line(capsys)
     assert _leftovers(tmp_path) == ["big.tif"]
@@ -96,10 +90,10 @@ def test_tile_tokens_are_bounded(checkpoints: dict[str, Path], tmp_path: Path,
 # --- output names ----------------------------------------------------------------------------
 
 
-def test_output_extensions_must_name_the_format(checkpoints: dict[str, Path], tmp_path: Path,
+def test_output_extensions_must_name_the_format(finetuned: dict[str, Path], tmp_path: Path,
                                                 reben_store: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    model, scene = str(checkpoints["cvit_seg"]), str(S2_SCENE)
+    model, scene = str(finetuned["cvit_seg"]), str(S2_SCENE)
     cases = [
         (["predict", model, scene, "-o", str(tmp_path / "map.png")], "a GeoTIFF", "map.tif"),
         (["predict", model, scene, "-o", str(tmp_path / "map")], "a GeoTIFF", "map.tif"),
@@ -121,7 +115,7 @@ def test_output_extensions_must_name_the_format(checkpoints: dict[str, Path], tm
         assert f"is written as {kind}" in line and f"name it {suggested}" in line, line
     assert _leftovers(tmp_path) == []
     # Upper-case extensions are the same format.
-    r = predict_raster(checkpoints["cvit_seg"], S2_SCENE, tmp_path / "MAP.TIF", progress=False)
+    r = predict_raster(finetuned["cvit_seg"], S2_SCENE, tmp_path / "MAP.TIF", progress=False)
     assert Path(r["output"]).exists()
 
 
@@ -173,11 +167,11 @@ def _start_slow_predict(checkpoint: Path, out: Path, tmp_path: Path
 @pytest.mark.parametrize(("signum", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"),
                                                       (signal.SIGINT, 130, "Ctrl-C")])
 def test_signals_stop_a_running_model_call_within_seconds(
-        checkpoints: dict[str, Path], tmp_path: Path, signum: int, code: int, name: str) -> None:
+        finetuned: dict[str, Path], tmp_path: Path, signum: int, code: int, name: str) -> None:
     outdir = tmp_path / "out"
     outdir.mkdir()
     out = outdir / "map.tif"
-    proc, _ = _start_slow_predict(checkpoints["cvit_seg"], out, tmp_path)
+    proc, _ = _start_slow_predict(finetuned["cvit_seg"], out, tmp_path)
     assert any(".geofm-tmp-" in p for p in _leftovers(outdir))  # temporary rasters exist
     sent = time.monotonic()
     proc.send_signal(signum)
@@ -189,12 +183,12 @@ def test_signals_stop_a_running_model_call_within_seconds(
     assert _leftovers(outdir) == []  # nothing at -o, no temporary file
 
 
-def test_next_run_removes_temporary_files_of_a_killed_run(checkpoints: dict[str, Path],
+def test_next_run_removes_temporary_files_of_a_killed_run(finetuned: dict[str, Path],
                                                           tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     outdir.mkdir()
     out = outdir / "map.tif"
-    proc, _ = _start_slow_predict(checkpoints["cvit_seg"], out, tmp_path)
+    proc, _ = _start_slow_predict(finetuned["cvit_seg"], out, tmp_path)
     proc.kill()  # SIGKILL: no handler runs
     proc.communicate(timeout=60)
     stale = _leftovers(outdir)
@@ -202,7 +196,7 @@ def test_next_run_removes_temporary_files_of_a_killed_run(checkpoints: dict[str,
     # A run still in progress (this process) keeps its files.
     live = outdir / stale[0].replace(f"-{proc.pid}-", f"-{os.getpid()}-")
     live.write_text("in progress")
-    predict_raster(checkpoints["cvit_seg"], S2_SCENE, out, probabilities=True, progress=False)
+    predict_raster(finetuned["cvit_seg"], S2_SCENE, out, probabilities=True, progress=False)
     assert _leftovers(outdir) == sorted([live.name, "map.qml", "map.tif", "map.tif.aux.xml",
                                          "map_probabilities.tif"])
     assert remove_stale_temporaries(out) == []
@@ -211,7 +205,7 @@ def test_next_run_removes_temporary_files_of_a_killed_run(checkpoints: dict[str,
 # --- full disk -------------------------------------------------------------------------------
 
 
-def test_full_disk_is_one_line_and_leaves_nothing(checkpoints: dict[str, Path], tmp_path: Path,
+def test_full_disk_is_one_line_and_leaves_nothing(finetuned: dict[str, Path], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "map.tif"
@@ -221,7 +215,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(checkpoints: dict[str, Path], 
     free = iter([10**9] + [100_000] * 10_000)
     monkeypatch.setattr("geofm.io.space.shutil.disk_usage",
                         lambda _: usage(10**10, 10**10, next(free)))
-    assert main(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o", str(out),
+    assert main(["predict", str(finetuned["cvit_seg"]), str(S2_SCENE), "-o", str(out),
                  "--probabilities", "--quiet"]) == 2
     line = _one_line(capsys)
     assert f"{out}: the disk is full (100.0 kB free in {tmp_path}" in line, line
@@ -235,7 +229,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(checkpoints: dict[str, Path], 
 
     monkeypatch.setattr("geofm.predict.raster.write_qml", no_space)
     with pytest.raises(GeofmError, match="the disk is full") as e:
-        predict_raster(checkpoints["cvit_seg"], S2_SCENE, out, progress=False)
+        predict_raster(finetuned["cvit_seg"], S2_SCENE, out, progress=False)
     assert str(out) in str(e.value)
     assert _leftovers(tmp_path) == []
 
@@ -249,7 +243,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return done.returncode == 0
 
 
-def test_a_really_full_disk(checkpoints: dict[str, Path], tmp_path: Path,
+def test_a_really_full_disk(finetuned: dict[str, Path], tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     small = tmp_path / "small"
     if not _mount_tmpfs(small, "600k"):
@@ -257,7 +251,7 @@ def test_a_really_full_disk(checkpoints: dict[str, Path], tmp_path: Path,
                     "above runs everywhere)")
     try:
         out = small / "map.tif"
-        assert main(["predict", str(checkpoints["cvit_seg"]), str(S2_SCENE), "-o", str(out),
+        assert main(["predict", str(finetuned["cvit_seg"]), str(S2_SCENE), "-o", str(out),
                      "--probabilities", "--quiet"]) == 2
         assert "the disk is full" in _one_line(capsys)
         assert _leftovers(small) == []
@@ -269,15 +263,15 @@ def test_a_really_full_disk(checkpoints: dict[str, Path], tmp_path: Path,
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
-def test_outputs_follow_the_umask(checkpoints: dict[str, Path], tmp_path: Path, umask: int,
+def test_outputs_follow_the_umask(finetuned: dict[str, Path], tmp_path: Path, umask: int,
                                   mode: int) -> None:
     from geofm.export import export_onnx
 
     old = os.umask(umask)
     try:
-        predict_raster(checkpoints["cvit_seg"], S2_SCENE, tmp_path / "map.tif",
+        predict_raster(finetuned["cvit_seg"], S2_SCENE, tmp_path / "map.tif",
                        probabilities=True, vector=tmp_path / "polys.gpkg", progress=False)
-        export_onnx(checkpoints["vit_seg"], tmp_path / "model.onnx", tile_size=64,
+        export_onnx(finetuned["vit_seg"], tmp_path / "model.onnx", tile_size=64,
                     verify=False)
     finally:
         os.umask(old)
@@ -290,13 +284,13 @@ def test_outputs_follow_the_umask(checkpoints: dict[str, Path], tmp_path: Path, 
 # --- class names inside the GeoTIFF ----------------------------------------------------------
 
 
-def test_a_cog_copied_alone_keeps_its_class_names(checkpoints: dict[str, Path],
+def test_a_cog_copied_alone_keeps_its_class_names(finetuned: dict[str, Path],
                                                   tmp_path: Path) -> None:
-    r = predict_raster(checkpoints["cvit_seg"], S2_SCENE, tmp_path / "map.tif", progress=False)
+    r = predict_raster(finetuned["cvit_seg"], S2_SCENE, tmp_path / "map.tif", progress=False)
     alone = tmp_path / "elsewhere"
     alone.mkdir()
     shutil.copy(r["output"], alone / "map.tif")  # without map.tif.aux.xml and map.qml
-    predictor = Predictor.from_checkpoint(checkpoints["cvit_seg"])
+    predictor = Predictor.from_checkpoint(finetuned["cvit_seg"])
     with rasterio.open(alone / "map.tif") as ds:
         names = {int(k.removeprefix("CLASS_")): v for k, v in ds.tags(1).items()
                  if k.startswith("CLASS_")}

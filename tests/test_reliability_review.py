@@ -6,22 +6,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, S2_SCENE
-from .test_export import _finetune, _pretrain
+from .conftest import REPO, S2_SCENE, finetune_tiny
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def multilabel(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def multilabel(reben_store: Path, tiny_pretrained: Callable[..., Path],
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A briefly trained multi-label (scene) ChannelViT: its tiles take no overlap."""
     root = tmp_path_factory.mktemp("review_models")
-    return _finetune(_pretrain(reben_store, root / "pre", "channelvit_test"), reben_store,
-                     root / "ml", "multilabel")
+    return finetune_tiny(tiny_pretrained("channelvit_test", 1), reben_store, root / "ml",
+                         "multilabel")
 
 
 def _geofm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,12 @@ import geofm
 from geofm.errors import GeofmError
 from geofm.models.openclip import load_open_clip
 from geofm.models.text import TextTower
-from geofm.training.config import ALIGN_DEFAULTS, PRETRAIN_DEFAULTS, apply_overrides, merge
+from geofm.training.config import ALIGN_DEFAULTS, apply_overrides, merge
 from geofm.training.pretrain import run_pretrain
 
-from .conftest import one_line_error
-from .trained import pretrain_tiny
+from .conftest import one_line_error, pretrain_cfg
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
 class Payload:
@@ -33,25 +33,17 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-def _pretrain_cfg(store: Path, out: Path, *sets: str) -> dict:
-    return apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
-        f"data.store={store}", f"output={out}", "model.name=channelvit_test", "model.kwargs={}",
-        "objective.kwargs={hcs: false, decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}",
-        "data.split=null", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
-        "previews=0", *sets])
-
-
 @pytest.fixture(scope="module")
 def genuine(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real ``last.ckpt`` of a 1-step pretraining run."""
     out = tmp_path_factory.mktemp("genuine")
-    run_pretrain(_pretrain_cfg(reben_store, out, "trainer.max_steps=1"), progress=False)
+    run_pretrain(pretrain_cfg(reben_store, out, "trainer.max_steps=1"), progress=False)
     return out / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
-def pretrained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pretrain_tiny(reben_store, tmp_path_factory.mktemp("pre"), "vit_test", steps=1)
+def pretrained(tiny_pretrained: Callable[..., Path]) -> Path:
+    return tiny_pretrained("vit_test", 1)
 
 
 def _poisoned(genuine: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -76,8 +68,8 @@ def test_resume_never_runs_a_payload_pretrain(genuine: Path, reben_store: Path, 
                           "refused the resume checkpoint", "posix.system")
     assert "weights_only" not in err and not marker.exists()
     with pytest.raises(GeofmError, match="refused the resume checkpoint") as info:
-        run_pretrain(_pretrain_cfg(reben_store, tmp_path / "api", "trainer.max_steps=2",
-                                   f"resume={evil}"), progress=False)
+        run_pretrain(pretrain_cfg(reben_store, tmp_path / "api", "trainer.max_steps=2",
+                                  f"resume={evil}"), progress=False)
     assert "weights_only" not in str(info.value) and not marker.exists()
     # A plain pickle (not a torch zip) with the payload is refused unread too.
     raw = tmp_path / "raw.ckpt"
@@ -93,8 +85,8 @@ def test_resume_never_runs_a_payload_pretrain(genuine: Path, reben_store: Path, 
         del os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"]
     assert not marker.exists()
     # The genuine checkpoint still resumes.
-    r = run_pretrain(_pretrain_cfg(reben_store, tmp_path / "ok", "trainer.max_steps=2",
-                                   f"resume={genuine}"), progress=False)
+    r = run_pretrain(pretrain_cfg(reben_store, tmp_path / "ok", "trainer.max_steps=2",
+                                  f"resume={genuine}"), progress=False)
     assert r["steps"] == 2
 
 
@@ -107,8 +99,8 @@ def test_lightning_loads_resume_checkpoints_weights_only(genuine: Path, reben_st
     evil, marker = _poisoned(genuine, tmp_path)
     monkeypatch.setattr(trainer, "check_resume", lambda task, path: None)
     with pytest.raises(pickle.UnpicklingError):
-        run_pretrain(_pretrain_cfg(reben_store, tmp_path / "o", "trainer.max_steps=2",
-                                   f"resume={evil}"), progress=False)
+        run_pretrain(pretrain_cfg(reben_store, tmp_path / "o", "trainer.max_steps=2",
+                                  f"resume={evil}"), progress=False)
     assert not marker.exists()
 
 

@@ -10,7 +10,7 @@ import shutil
 import stat
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -25,30 +25,18 @@ from geofm.errors import GeofmError
 from geofm.training.config import (
     ALIGN_DEFAULTS,
     FINETUNE_DEFAULTS,
-    PRETRAIN_DEFAULTS,
     apply_overrides,
     merge,
 )
 from geofm.training.pretrain import run_pretrain
 
-from .conftest import one_line_error
+from .conftest import S2_SCENE, one_line_error, pretrain_cfg
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-S2_SCENE = REPO / "datasets" / "sentinel2_l1c" / "s2_l1c_13band_10m_256px.tif"
 TINY = ["--model", "channelvit_test", "--set", "model.kwargs={}", "--set",
         "objective.kwargs={hcs: false, decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}",
         "--set", "trainer.accelerator=cpu", "--set", "data.split=null"]
-
-
-def _cfg(store: Path, out: Path, *sets: str) -> dict:
-    return apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
-        f"data.store={store}", f"output={out}", "model.name=channelvit_test", "model.kwargs={}",
-        "objective.kwargs={hcs: false, decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}",
-        "data.split=null", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
-        "previews=0", *sets])
-
 
 
 @pytest.fixture
@@ -62,10 +50,8 @@ def no_fit(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def pretrained(reben_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from .trained import pretrain_tiny
-
-    return pretrain_tiny(reben_store, tmp_path_factory.mktemp("pre"), "vit_test", steps=1)
+def pretrained(tiny_pretrained: Callable[..., Path]) -> Path:
+    return tiny_pretrained("vit_test", 1)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +107,7 @@ def test_pretrain_settings_fail_before_training(setting: str, needle: str, reben
     one_line_error(argv, capsys, needle)
     if not setting.startswith("objective."):  # the Python API checks the same settings
         with pytest.raises(GeofmError, match=re.escape(needle)):
-            run_pretrain(_cfg(reben_store, tmp_path / "api", setting), progress=False)
+            run_pretrain(pretrain_cfg(reben_store, tmp_path / "api", setting), progress=False)
 
 
 @pytest.mark.parametrize(("flag", "needle"), [
@@ -255,11 +241,12 @@ def test_outputs_get_the_users_umask(reben_store: Path, tmp_path: Path, umask022
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     os.umask(0o022)
     out = tmp_path / "run"
-    r = run_pretrain(_cfg(reben_store, out, "trainer.max_steps=2",
-                          "trainer.checkpoint_every_n_steps=1", "previews=1"), progress=False)
+    r = run_pretrain(pretrain_cfg(reben_store, out, "trainer.max_steps=2",
+                                  "trainer.checkpoint_every_n_steps=1", "previews=1"),
+                     progress=False)
     out2 = tmp_path / "resumed"
-    run_pretrain(_cfg(reben_store, out2, "trainer.max_steps=3",
-                      f"resume={out / 'checkpoints' / 'last.ckpt'}"), progress=False)
+    run_pretrain(pretrain_cfg(reben_store, out2, "trainer.max_steps=3",
+                              f"resume={out / 'checkpoints' / 'last.ckpt'}"), progress=False)
     files = [Path(r["checkpoint"]), out / "metrics.csv", out / "config.yaml",
              out / "checkpoints" / "last.ckpt", *out.glob("previews/*.png"),
              out / "data_rank0.json", out2 / "pretrain.safetensors", out2 / "metrics.csv"]

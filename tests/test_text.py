@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import socket
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ import torch.nn.functional as F
 
 from geofm.errors import GeofmError
 from geofm.models.text import DEFAULT_TEXT_MODEL, TextTower, default_text_folder, pool_tokens
+
+from .conftest import tiny_bert_folder
 
 
 def _no_network(*args: object, **kwargs: object) -> None:
@@ -27,24 +28,6 @@ def tower() -> TextTower:
         mp.setattr(socket.socket, "connect", _no_network)
         mp.setattr(socket, "getaddrinfo", _no_network)
         return TextTower.from_source()
-
-
-def tiny_bert_folder(root: Path, pooling: str | None = None) -> Path:
-    """A randomly initialised 2-layer BERT saved like sentence-transformers, MiniLM's vocab."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = root / "tiny_bert"
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertModel(cfg).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(default_text_folder(), local_files_only=True).save_pretrained(
-        folder)
-    if pooling:
-        (folder / "1_Pooling").mkdir()
-        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-            {"word_embedding_dimension": 32, f"pooling_mode_{pooling}": True}))
-    return folder
 
 
 def test_default_tower_is_offline_minilm(tower: TextTower) -> None:
