@@ -27,8 +27,9 @@ from geofm.errors import BandError, GeofmError
 from geofm.io.cog import overview_count
 from geofm.models import create_model
 from geofm.models.finetuner import Finetuner
-from geofm.predict import Predictor, hann_window, predict_raster, tile_offsets
+from geofm.predict import Predictor, predict_raster
 from geofm.predict.pipeline import read_threads
+from geofm.predict.tiling import hann_window, tile_offsets
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE = REPO / "datasets" / "sentinel2_l1c" / "s2_l1c_13band_10m_256px.tif"

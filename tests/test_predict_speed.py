@@ -21,17 +21,11 @@ import torch
 from rasterio.windows import Window
 from torch import Tensor, nn
 
-from geofm.predict import (
-    Predictor,
-    TileGrid,
-    build_grid,
-    hann_window,
-    open_source,
-    plan_bands,
-    predict_raster,
-    read_batches,
-)
+from geofm.predict import Predictor, TileGrid, build_grid, plan_bands, predict_raster
+from geofm.predict.pipeline import read_batches
 from geofm.predict.sinks import first_argmax
+from geofm.predict.sources import open_source
+from geofm.predict.tiling import hann_window
 from tests.test_predict import SCENE, echo_predictor, write_like
 
 RGBN = ["S2.B02", "S2.B03", "S2.B04", "S2.B08"]
