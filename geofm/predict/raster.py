@@ -162,6 +162,7 @@ def predict_raster(
     output = require_suffix(output, GEOTIFF_SUFFIXES, "a GeoTIFF")
     paths = _input_paths(inputs)
     check_output(output, overwrite, paths)
+    devices = device_list(device, gpus)
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
     job = plan_job(predictor, embed=embed, query=texts is not None, batch_size=batch_size)
     product, task = job.product, job.task
@@ -179,7 +180,6 @@ def predict_raster(
                  Path(f"{probabilities_path(output)}.aux.xml"), vector):
         if path is not None:
             remove_stale_temporaries(path)
-    devices = device_list(device, gpus)
     predictor.to(devices[0])
     if texts is not None:
         predictor = predictor.with_texts(texts)
