@@ -16,12 +16,21 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from geofm.cli.help import EXAMPLES, HelpFormatter
 from geofm.cli.train import _finetune_summary
-from geofm.predict.query import query_arguments
 
 __all__ = ["HelpFormatter", "_finetune_summary", "build_parser", "main", "query_arguments"]
+
+
+def __getattr__(name: str) -> Any:
+    # geofm.predict pulls in torch and GDAL; the command loads them only when it runs.
+    if name == "query_arguments":
+        from geofm.predict.query import query_arguments
+
+        return query_arguments
+    raise AttributeError(f"module 'geofm.cli' has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
