@@ -26,7 +26,7 @@ class StoreReport:
     store: ChipStore
     audit: dict[str, Any]
     distance_km: float
-    map_png: Path | None = None
+    map_png: str | Path | None = None
 
     def to_json(self) -> str:
         """The store's attributes and the audit as indented JSON."""
@@ -71,4 +71,4 @@ def store_report(path: str | Path, distance_km: float = 2.0,
     """
     store = open_store(path)
     audit = audit_store(store, distance_km, map_png)
-    return StoreReport(store, audit, distance_km, None if map_png is None else Path(map_png))
+    return StoreReport(store, audit, distance_km, map_png)
