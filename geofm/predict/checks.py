@@ -12,6 +12,7 @@ import contextlib
 import sys
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from geofm.bands import get_band
@@ -78,7 +79,8 @@ def caller_level() -> int:
     """The ``stacklevel`` of the first frame outside geofm (and the ``with`` machinery of
     contextlib), so a warning names the user's line (``model.predict(...)``), however deep
     the call came in."""
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
                                  or frame.f_code.co_filename == _CONTEXTLIB):
         frame = frame.f_back

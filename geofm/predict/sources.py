@@ -11,7 +11,7 @@ import math
 import queue
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -217,8 +217,9 @@ class DataArraySource:
         self.resampled = False
         nodata = da.rio.nodata
         self.nodata = None if nodata is None or np.isnan(nodata) else float(nodata)
-        self.labels = (list(band_labels(bands, self.count)) if bands is not None
-                       else _array_labels(self.da, band_dim))
+        self.labels: list[str | None] = (list(band_labels(bands, self.count))
+                                         if bands is not None
+                                         else _array_labels(self.da, band_dim))
 
     def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
         rows = slice(int(window.row_off), int(window.row_off + window.height))
@@ -244,7 +245,7 @@ def _array_res_m(da: xr.DataArray, crs: CRS | None) -> float | None:
     return res_x * float(crs.linear_units_factor[1])
 
 
-def _array_labels(da: xr.DataArray, band_dim: str) -> list[str | None]:
+def _array_labels(da: xr.DataArray, band_dim: Hashable) -> list[str | None]:
     long_name = da.attrs.get("long_name")
     if isinstance(long_name, str) and da.shape[0] == 1:
         return [long_name]
