@@ -27,7 +27,8 @@ from geofm.predict.tiling import TileGrid
 log = logging.getLogger(__name__)
 
 MODE_TASKS = {"embed": "embedding", "query": "similarity"}
-"""The task a mode reports when it is not the model's own (pixel and scene modes)."""
+"""The task reported by the modes that do not run the model's head (pixel and scene modes
+report the model's task)."""
 
 
 @dataclass(frozen=True)
