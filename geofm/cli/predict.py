@@ -34,8 +34,8 @@ def _query(a: argparse.Namespace) -> int:
                      resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
                      device=a.device, progress=not a.quiet, strict=a.strict)
     print(r["message"])
-    for text, (low, high) in zip(texts, r["ranges"]):
-        print(f"similarity to {text.strip()!r}: {low:.3f} to {high:.3f}")
+    print("\n".join(f"similarity to {text.strip()!r}: {low:.3f} to {high:.3f}"
+                    for text, (low, high) in zip(texts, r["ranges"])))
     print(f"wrote {a.output} (+ {r['qml']}) in {r['seconds']:.1f} s, "
           f"{r['pixels_per_second']:,.0f} px/s")
     return 0
