@@ -283,9 +283,9 @@ class Pipeline:
         writer = self._stage("geofm-write", self._write)
         models = [self._stage(f"geofm-{p.device}-{i}", partial(self._serve, p))
                   for i, p in enumerate(self.predictors)]
+        for stage in (reader, writer, *models):
+            stage.thread.start()
         try:
-            for stage in (reader, writer, *models):
-                stage.thread.start()
             if len(models) > 1:
                 self._hand_on_in_order(models)
             else:
