@@ -33,9 +33,7 @@ larger than memory write a Cloud-Optimized GeoTIFF with :meth:`Model.predict_ras
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,27 +47,14 @@ from rasterio.windows import Window
 from torch import nn
 
 from geofm.card import ModelCard
-from geofm.errors import GeofmError, GeofmWarning
+from geofm.errors import GeofmError
 from geofm.io.cog import class_dtype
-from geofm.levels import detect_levels
-from geofm.predict import (
-    ArraySink,
-    BandPlan,
-    Predictor,
-    Source,
-    band_labels,
-    build_grid,
-    open_source,
-    output_names,
-    plan_bands,
-    predict_raster,
-    query_raster,
-    query_texts,
-    resolve_mode,
-    run_pipeline,
-    sensor_hint,
-)
-from geofm.predict.checks import check_source
+from geofm.predict import Predictor, predict_raster, query_raster
+from geofm.predict.band_plan import band_labels, plan_bands
+from geofm.predict.job import Layout, lay_out, plan_input, plan_job, run_job
+from geofm.predict.similarity import query_texts
+from geofm.predict.sinks import ArraySink
+from geofm.predict.sources import open_input
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:
@@ -96,71 +81,6 @@ def load(path: str | Path, device: str = "cpu") -> Model:
     return Model(Predictor.from_checkpoint(path)).to(device)
 
 
-class DataArraySource:
-    """Bands of an xarray DataArray ``(band, y, x)`` read window by window.
-
-    Args:
-        da: A georeferenced DataArray (``rioxarray.open_rasterio``); 2-D arrays are one band.
-        bands: Names of the bands in order, if ``long_name`` / the band coordinate lack them.
-
-    Raises:
-        GeofmError: The array has no x/y dimensions or more than three dimensions.
-    """
-
-    def __init__(self, da: xr.DataArray, bands: str | Sequence[str] | None = None) -> None:
-        try:
-            y_dim, x_dim = da.rio.y_dim, da.rio.x_dim
-        except Exception:
-            raise GeofmError("the DataArray has no x/y dimensions",
-                             hint="open rasters with rioxarray.open_rasterio") from None
-        if da.ndim == 2:
-            da = da.expand_dims("band")
-        if da.ndim != 3:
-            raise GeofmError(f"expected a (band, y, x) DataArray, got dims {da.dims}")
-        band_dim = next(d for d in da.dims if d not in (y_dim, x_dim))
-        self.da = da.transpose(band_dim, y_dim, x_dim)
-        self.dims = (band_dim, y_dim, x_dim)
-        self.count, self.height, self.width = self.da.shape
-        self.crs: CRS | None = da.rio.crs
-        self.transform: Affine = da.rio.transform()
-        self.name = str(da.name or "DataArray")
-        if self.crs is None:
-            warnings.warn(f"{self.name}: the input has no CRS; the output keeps its pixel grid "
-                          "without georeferencing", GeofmWarning, stacklevel=4)
-        texts = {k: v for k, v in da.attrs.items() if isinstance(v, str)}
-        self.sensor = sensor_hint(texts)
-        self.levels = detect_levels([*texts.values(), str(da.encoding.get("source", ""))])
-        self.res_m = _array_res_m(da, self.crs)
-        self.resampled = False
-        nodata = da.rio.nodata
-        self.nodata = None if nodata is None or np.isnan(nodata) else float(nodata)
-        self.labels = (list(band_labels(bands, self.count)) if bands is not None
-                       else _array_labels(self.da, band_dim))
-
-    def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
-        rows = slice(int(window.row_off), int(window.row_off + window.height))
-        cols = slice(int(window.col_off), int(window.col_off + window.width))
-        sub = self.da.isel({self.dims[0]: list(indexes), self.dims[1]: rows, self.dims[2]: cols})
-        return np.asarray(sub.values, dtype=np.float32)
-
-    def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
-        bad = np.isnan(data).any(axis=0)
-        if self.nodata is not None:
-            bad |= (data == np.float32(self.nodata)).any(axis=0)
-        return bad
-
-
-def _array_res_m(da: xr.DataArray, crs: CRS | None) -> float | None:
-    """A DataArray's pixel size in metres, ``None`` when its CRS is not projected."""
-    if crs is None or not crs.is_projected:
-        return None
-    try:
-        res_x = abs(float(da.rio.resolution()[0]))
-    except Exception:  # one row or column: rioxarray cannot tell the spacing
-        return None
-    return res_x * float(crs.linear_units_factor[1])
-
-
 def _image_batch(x: Any) -> tuple[np.ndarray, bool]:
     """``[B, C, H, W]`` float32 from a numpy or torch array of one image or a batch, and
     whether it was one image."""
@@ -173,19 +93,6 @@ def _image_batch(x: Any) -> tuple[np.ndarray, bool]:
         raise GeofmError(f"expected an image array [C, H, W] or [B, C, H, W], got shape "
                          f"{x.shape}")
     return (x[None] if x.ndim == 3 else x).astype(np.float32, copy=False), x.ndim == 3
-
-
-def _array_labels(da: xr.DataArray, band_dim: str) -> list[str | None]:
-    long_name = da.attrs.get("long_name")
-    if isinstance(long_name, str) and da.shape[0] == 1:
-        return [long_name]
-    if isinstance(long_name, list | tuple) and len(long_name) == da.shape[0]:
-        return [str(v) if v else None for v in long_name]
-    if band_dim in da.coords:
-        values = da.coords[band_dim].values
-        if values.dtype.kind in "UO":
-            return [str(v) for v in values]
-    return [None] * da.shape[0]
 
 
 class Model:
@@ -407,9 +314,8 @@ class Model:
         pred = self.predictor
         pred.require_text()
         if isinstance(x, str | Path | xr.DataArray | xr.Dataset):
-            with self._source(x, bands) as source:
-                plan = plan_bands(pred, source.labels, source=source.name, sensor=source.sensor)
-                check_source(pred, source, plan, strict=strict)
+            with open_input(x, bands=bands, gsd_m=self.gsd_m) as source:
+                plan = plan_input(pred, source, strict=strict)
                 window = Window(0, 0, source.width, source.height)
                 raw = source.read(plan.sources, window)[None]  # [1, C, H, W]
                 bad = source.invalid(raw[0], plan.sources, window)[None]  # [1, H, W]
@@ -502,53 +408,29 @@ class Model:
         kwargs.setdefault("device", str(self.predictor.device))
         return predict_raster(self.predictor, inputs, output, **kwargs)
 
-    @contextmanager
-    def _source(self, x: str | Path | xr.DataArray, bands: str | Sequence[str] | None
-                ) -> Iterator[Source]:
-        if isinstance(x, xr.Dataset):
-            x = x.to_array("band")
-        if isinstance(x, xr.DataArray):
-            yield DataArraySource(x, bands)
-            return
-        if not isinstance(x, str | Path):
-            raise GeofmError(f"cannot predict on a {type(x).__name__}",
-                             hint="pass a raster path or an xarray.DataArray")
-        path = Path(x)
-        if not path.exists():
-            raise GeofmError("input not found", path)
-        with open_source([path], bands=bands, gsd_m=self.gsd_m) as source:
-            yield source
-
     def _run(self, x: str | Path | xr.DataArray, *, bands: str | Sequence[str] | None,
              embed: bool, probabilities: bool, tile: int | Sequence[int] | None,
              overlap: int | None, batch_size: int, progress: bool,
              texts: list[str] | None = None, strict: bool = False) -> xr.DataArray:
+        """The pipeline of :func:`~geofm.predict.predict_raster` into an in-memory sink."""
         pred = self.predictor
-        mode = resolve_mode(pred, embed, texts is not None)
+        job = plan_job(pred, embed=embed, query=texts is not None, batch_size=batch_size)
         if texts is not None:
             pred = pred.with_texts(texts)
-        task = {"embed": "embedding", "query": "similarity"}.get(mode, self.task)
-        with self._source(x, bands) as source:
-            plan = plan_bands(pred, source.labels, source=source.name, sensor=source.sensor)
-            check_source(pred, source, plan, strict=strict)
-            grid = build_grid(pred, mode, source.height, source.width, tile, overlap)
-            names = output_names(pred, mode)
-            channels = len(names)
-            as_classes = (mode in ("pixel", "scene") and not probabilities
-                          and pred.task in ("segmentation", "classification"))
-            nodata = class_dtype(channels)[1]
-            sink = ArraySink(channels, grid.out_shape, as_classes, nodata)
-            stats = run_pipeline(pred, source, plan, grid, mode, sink, channels=channels,
-                                 batch_size=batch_size, progress=progress)
-            if stats.predicted == 0:
-                raise GeofmError("every input pixel is nodata", source.name)
-            transform = grid.out_transform(source.transform)
-            return self._to_dataarray(sink.array, transform, source.crs, names, plan,
-                                      as_classes, nodata, task)
+        as_classes = job.product == "classes" and not probabilities
+        with open_input(x, bands=bands, gsd_m=self.gsd_m) as source:
+            layout = lay_out(pred, job, source, tile=tile, overlap=overlap, strict=strict)
+            nodata = class_dtype(layout.channels)[1]
+            sink = ArraySink(layout.channels, layout.grid.out_shape, as_classes, nodata)
+            run_job(pred, job, layout, source, sink, batch_size=batch_size, progress=progress)
+            transform = layout.grid.out_transform(source.transform)
+            return self._to_dataarray(sink.array, transform, source.crs, layout, as_classes,
+                                      nodata, job.task)
 
     def _to_dataarray(self, array: np.ndarray, transform: Affine, crs: CRS | None,
-                      names: list[str], plan: BandPlan, as_classes: bool, nodata: int,
+                      layout: Layout, as_classes: bool, nodata: int,
                       task: str | None) -> xr.DataArray:
+        names, plan = layout.names, layout.plan
         height, width = array.shape[-2:]
         xs = transform.c + transform.a * (np.arange(width) + 0.5)
         ys = transform.f + transform.e * (np.arange(height) + 0.5)

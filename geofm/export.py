@@ -265,6 +265,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def raster_band_order(meta: dict[str, Any]) -> str:
+    """The bands the rasters must hold, in order, from an export's metadata
+    (:func:`read_metadata`): ``"1 B01 (unused), 2 B02, ..."``, unused = not fed to the model."""
+    used = {int(v.split()[1]) for v in meta["geofm_bands_used"].values()}  # "band 3 (B03)"
+    return ", ".join(f"{i} {b}" + ("" if i in used else " (unused)")
+                     for i, b in enumerate(meta["geofm_bands"], start=1))
+
+
 def _trace(module: ExportModule, example: Tensor) -> Any:
     """The ONNX model proto of ``module`` at opset :data:`EXPORT_OPSET`, dynamic batch."""
     batch = torch.export.Dim("batch", min=1)

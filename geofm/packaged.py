@@ -104,6 +104,20 @@ def list_configs() -> list[ConfigInfo]:
     return out
 
 
+def configs_table(task: str | None = None) -> str:
+    """The shipped configs (of ``task``, default all) as a table: name, task, description."""
+    shown = [c for c in list_configs() if task in (None, c.task)]
+    width = max(len(c.name) for c in shown)
+    return "\n".join([f"{'name':<{width}}  {'task':<8}  description",
+                      *(f"{c.name:<{width}}  {c.task:<8}  {c.description}" for c in shown)])
+
+
+def config_text(spec: str) -> tuple[Path, str]:
+    """A shipped config's path and YAML text, by name (see :func:`find_config`)."""
+    path = find_config(spec).path
+    return path, path.read_text(encoding="utf-8")
+
+
 def find_config(spec: str) -> ConfigInfo:
     """A shipped config by name, of any task (``reben_s1s2`` or ``pretrain/reben_s1s2``).
 

@@ -192,7 +192,8 @@ def cpu_seconds() -> float:
 def io_floor(raster: Path, out: Path) -> float:
     """Seconds to read the pipeline's windows (one thread, float32, its GDAL cache) and write
     a plain tiled GeoTIFF of the class map's size: the I/O a prediction cannot avoid."""
-    from geofm.predict import GDAL_CACHE_BYTES, build_grid
+    from geofm.predict import build_grid
+    from geofm.predict.settings import GDAL_CACHE_BYTES
 
     t0 = time.perf_counter()
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), rasterio.open(raster) as ds:
@@ -298,14 +299,9 @@ def efficiency(raster: Path, workdir: Path, rounds: int, model: str,
         The median paired ratio (model-only ÷ end-to-end wall time) and each round's, the best
         wall and median CPU times of each, the tile and pixel counts.
     """
-    from geofm.predict import (
-        Predictor,
-        build_grid,
-        open_source,
-        plan_bands,
-        predict_raster,
-        read_batches,
-    )
+    from geofm.predict import Predictor, build_grid, plan_bands, predict_raster
+    from geofm.predict.pipeline import read_batches
+    from geofm.predict.sources import open_source
 
     predictor = Predictor.from_checkpoint(geofm_checkpoint(workdir / f"{model}.safetensors",
                                                            model)).to(device)

@@ -15,6 +15,7 @@ import xarray as xr
 from affine import Affine
 
 import geofm
+import geofm.errors
 from geofm.api import Model, load
 from geofm.bands import bands_info
 from geofm.card import ModelCard
@@ -22,7 +23,7 @@ from geofm.checkpoint import save_checkpoint
 from geofm.errors import BandError, GeofmError
 from geofm.models import create_model
 
-from .conftest import REPO, RGBN, crop, echo_predictor, make_checkpoint
+from .conftest import REPO, RGBN, S2_SCENE, crop, echo_predictor, make_checkpoint, write_like
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +183,98 @@ def make_aligned(path: Path, bands: list[str]) -> Path:
     return save_aligned(path, model, aligned_card(
         model, contract, patch_size=encoder.patch_size, tile_size=(64, 64), gsd_m=10.0,
         templates=["a satellite image of {}."]))
+
+
+# --- one pipeline: the API and the command line give the same answers ------------------------
+
+
+def _three_ways(ckpt: Path, raster: Path, tmp_path: Path, *args: str, **kwargs: object
+                ) -> list[tuple[str, object]]:
+    """Predict ``raster`` from a path, from a DataArray, and with ``geofm predict``: each
+    way's result or the error it raised."""
+    from geofm.cli import main
+
+    model = load(ckpt)
+    results: list[tuple[str, object]] = []
+    for name, x in (("path", raster), ("dataarray", rioxarray.open_rasterio(raster))):
+        try:
+            results.append((name, model.predict(x, **kwargs)))  # type: ignore[arg-type]
+        except GeofmError as e:
+            results.append((name, e))
+    out = tmp_path / f"cli_{len(list(tmp_path.iterdir()))}.tif"
+    code = main(["predict", str(ckpt), str(raster), "-o", str(out), "--quiet",
+                 *args])
+    results.append(("cli", out if code == 0 else code))
+    return results
+
+
+def test_all_nodata_gets_the_same_hint_on_every_path(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", bands=RGBN)
+    with rasterio.open(S2_SCENE) as src:
+        zeros = np.zeros((src.count, 64, 64), np.uint16)
+    empty = write_like(S2_SCENE, tmp_path / "empty.tif", zeros, nodata=0)
+    for name, result in _three_ways(ckpt, empty, tmp_path):
+        if name == "cli":
+            assert result == 2
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert err.endswith("every input pixel is nodata — check the nodata value and the "
+                                "bands"), err
+        else:
+            assert isinstance(result, GeofmError), name
+            assert str(result).endswith("every input pixel is nodata — check the nodata value "
+                                        "and the bands"), (name, result)
+
+
+def test_resolution_check_warns_or_refuses_on_every_path(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", bands=RGBN)  # trained at 10 m
+    with rasterio.open(S2_SCENE) as src:
+        data = src.read(window=((0, 64), (0, 64)))
+        coarse = src.transform * Affine.scale(2)  # 20 m pixels
+    raster = write_like(S2_SCENE, tmp_path / "coarse.tif", data, transform=coarse)
+    with pytest.warns(geofm.errors.GeofmWarning, match="pixels are 20 m") as caught:
+        results = _three_ways(ckpt, raster, tmp_path)
+    ours = [w for w in caught if issubclass(w.category, geofm.errors.GeofmWarning)]
+    assert {w.filename for w in ours} == {__file__}  # the user's line, not geofm's
+    assert [type(r) for _, r in results[:2]] == [xr.DataArray] * 2
+    assert isinstance(results[2][1], Path) and results[2][1].exists()
+    assert "geofm: warning:" in capsys.readouterr().err  # the CLI's own warning line
+    for name, result in _three_ways(ckpt, raster, tmp_path, "--strict", strict=True):
+        if name == "cli":
+            assert result == 2
+            assert "pixels are 20 m" in capsys.readouterr().err
+        else:
+            assert isinstance(result, GeofmError) and "pixels are 20 m" in str(result), name
+
+
+def test_batch_size_is_checked_on_every_path(small: Path, tmp_path: Path) -> None:
+    model = Model(echo_predictor())
+    with pytest.raises(GeofmError, match="batch_size must be at least 1"):
+        model.predict(small, batch_size=0)
+    with pytest.raises(GeofmError, match="batch_size must be at least 1"):
+        model.predict_raster(small, tmp_path / "x.tif", batch_size=0, progress=False)
+
+
+def test_api_predictions_equal_the_cli_on_the_real_scene(tmp_path: Path) -> None:
+    """``geofm predict`` on the Sentinel-2 scene and ``Model.predict`` / ``Model.embed`` on
+    its path and on a dask DataArray of it give the same classes and embeddings."""
+    from geofm.cli import main
+
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", bands=RGBN)
+    model = load(ckpt)
+    lazy = rioxarray.open_rasterio(S2_SCENE, chunks={"x": 96, "y": 160})
+    out, emb = tmp_path / "classes.tif", tmp_path / "embed.tif"
+    assert main(["predict", str(ckpt), str(S2_SCENE), "-o", str(out), "--quiet"]) == 0
+    assert main(["predict", str(ckpt), str(S2_SCENE), "-o", str(emb), "--embed",
+                 "--quiet"]) == 0
+    with rasterio.open(out) as ds:
+        cli_classes = ds.read(1)
+    with rasterio.open(emb) as ds:
+        cli_embedding, cli_transform = ds.read(), ds.transform
+    assert len(np.unique(cli_classes)) > 1  # a map, not a constant
+    for x in (S2_SCENE, lazy):
+        np.testing.assert_array_equal(model.predict(x).values, cli_classes)
+        embedding = model.embed(x)
+        assert embedding.rio.transform() == cli_transform
+        np.testing.assert_array_equal(embedding.values, cli_embedding)

@@ -21,8 +21,9 @@ from affine import Affine
 
 from geofm.errors import BandError, GeofmError
 from geofm.io.cog import overview_count
-from geofm.predict import hann_window, predict_raster, tile_offsets
+from geofm.predict import predict_raster
 from geofm.predict.pipeline import read_threads
+from geofm.predict.tiling import hann_window, tile_offsets
 
 from .conftest import RGBN, crop, echo_predictor, make_checkpoint, write_like
 from .conftest import S2_SCENE as SCENE

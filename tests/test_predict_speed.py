@@ -22,17 +22,11 @@ from rasterio.windows import Window
 from torch import Tensor, nn
 
 from geofm.card import ModelCard
-from geofm.predict import (
-    Predictor,
-    TileGrid,
-    build_grid,
-    hann_window,
-    open_source,
-    plan_bands,
-    predict_raster,
-    read_batches,
-)
+from geofm.predict import Predictor, TileGrid, build_grid, plan_bands, predict_raster
+from geofm.predict.pipeline import read_batches
 from geofm.predict.sinks import first_argmax
+from geofm.predict.sources import open_source
+from geofm.predict.tiling import hann_window
 
 from .conftest import RGBN, echo_predictor, write_like
 from .conftest import S2_SCENE as SCENE

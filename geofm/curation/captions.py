@@ -48,6 +48,7 @@ from __future__ import annotations
 import os
 import string
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -562,3 +563,26 @@ def write_captions(
     }
     root = zarr.open_group(str(store.path), mode="r+")
     root.attrs[ATTRS_KEY] = store.attrs
+
+
+def caption_store_file(path: str | Path, *, seed: int = 0, per_chip: int = 1) -> dict[str, Any]:
+    """Caption every chip of the store at ``path`` (:func:`caption_store`) and store the
+    captions with the chips (:func:`write_captions`), as ``geofm caption`` does.
+
+    Returns:
+        ``{"captioned", "uncaptioned", "per_chip", "seed", "method", "example"}``: chips with
+        captions and without (no class), the captioning method recorded in the store, and
+        the first caption made (``None`` when no chip has a class).
+
+    Raises:
+        StoreError: Missing or unreadable store, or a store without labels.
+    """
+    from geofm.io.store import open_store
+
+    store = open_store(path)
+    captions = caption_store(store, seed=seed, per_chip=per_chip)
+    write_captions(store, captions, seed=seed)
+    done = sum(1 for c in captions if c)
+    return {"captioned": done, "uncaptioned": len(captions) - done, "per_chip": per_chip,
+            "seed": seed, "method": store.attrs["captions"]["method"],
+            "example": next((c[0] for c in captions if c), None)}

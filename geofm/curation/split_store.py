@@ -10,13 +10,13 @@ import numpy as np
 from geofm.curation.audit import leakage_audit, split_map_png
 from geofm.curation.splits import block_split, polygon_split, reben_tile_split, region_split
 from geofm.errors import GeofmError
-from geofm.io.store import ChipStore
+from geofm.io.store import ChipStore, open_store
 
 METHODS = ("reben", "blocks", "region", "polygons")
 
 
 def split_store(
-    store: ChipStore,
+    store: ChipStore | str | Path,
     method: str,
     *,
     seed: int = 0,
@@ -29,7 +29,7 @@ def split_store(
     """Assign every chip of ``store`` to a split and record the rule in the store.
 
     Args:
-        store: An open store.
+        store: An open store, or its path.
         method: ``reben`` (tile-border rule), ``blocks`` (spatial blocks + buffer), ``region``
             (whole values of ``column`` per split) or ``polygons`` (split column of ``vector``).
         seed: Random seed (blocks, region).
@@ -42,6 +42,8 @@ def split_store(
     Returns:
         Chips per split (``excluded`` for buffer drops).
     """
+    if not isinstance(store, ChipStore):
+        store = open_store(store)
     chips = store.chips
     lon = chips["centroid_lon"].to_numpy()
     lat = chips["centroid_lat"].to_numpy()

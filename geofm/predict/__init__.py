@@ -26,6 +26,14 @@ similarity per text and patch). With ``resample_to_model_gsd`` the
 input is warped to the model's ground sampling distance; pixel outputs are warped back onto the
 input grid, coarse outputs stay on the model-resolution grid.
 
+What users need is exported here: :func:`predict_raster` and :func:`query_raster` (files in,
+COG out), :class:`Predictor` (a checkpoint ready for tiles), :func:`open_input` (a raster,
+a stack of files or a DataArray as a source), :func:`plan_bands` and :class:`BandPlan` (band
+matching and normalisation), :func:`build_grid` and :class:`TileGrid` (the tiles). The
+stages live in submodules: ``job`` (what one prediction is), ``pipeline`` (the threads),
+``sources``, ``sinks``, ``tiling``, ``checks``, ``settings``. :class:`geofm.api.Model` runs
+the same stages for arrays in memory.
+
 Products (see :func:`predict_raster` for the files):
 
 * ``classes``: argmax of the blended class probabilities (segmentation, classification).
@@ -37,105 +45,21 @@ Products (see :func:`predict_raster` for the files):
 
 from __future__ import annotations
 
-from geofm.io.cog import write_ramp_qml
-from geofm.predict.band_plan import (
-    BandPlan,
-    band_labels,
-    canonical_band,
-    plan_bands,
-    sensor_hint,
-)
-from geofm.predict.model import (
-    Predictor,
-)
-from geofm.predict.pipeline import (
-    RunStats,
-    read_batches,
-    run_pipeline,
-)
-from geofm.predict.query import (
-    query_raster,
-)
-from geofm.predict.raster import (
-    build_grid,
-    output_names,
-    predict_raster,
-    probabilities_path,
-    qml_path,
-    resolve_mode,
-    write_vector,
-)
-from geofm.predict.settings import (
-    FINISH_COLUMNS,
-    GDAL_CACHE_BYTES,
-    PANEL_PIXELS,
-    QUEUE_BATCHES,
-    READ_THREADS,
-    SCENE_TASKS,
-)
-from geofm.predict.similarity import query_texts, value_ranges
-from geofm.predict.sinks import (
-    ArraySink,
-    FileSink,
-    Sink,
-    classes_of,
-    quantize,
-)
-from geofm.predict.sources import (
-    RasterSource,
-    Source,
-    open_source,
-)
-from geofm.predict.tiling import (
-    Batch,
-    Blender,
-    Panel,
-    Rows,
-    TileGrid,
-    hann_window,
-    tile_offsets,
-)
+from geofm.predict.band_plan import BandPlan, plan_bands
+from geofm.predict.job import build_grid
+from geofm.predict.model import Predictor
+from geofm.predict.query import query_raster
+from geofm.predict.raster import predict_raster
+from geofm.predict.sources import open_input
+from geofm.predict.tiling import TileGrid
 
 __all__ = [
-    "FINISH_COLUMNS",
-    "GDAL_CACHE_BYTES",
-    "PANEL_PIXELS",
-    "QUEUE_BATCHES",
-    "READ_THREADS",
-    "SCENE_TASKS",
-    "ArraySink",
     "BandPlan",
-    "Batch",
-    "Blender",
-    "FileSink",
-    "Panel",
     "Predictor",
-    "RasterSource",
-    "Rows",
-    "RunStats",
-    "Sink",
-    "Source",
     "TileGrid",
-    "band_labels",
     "build_grid",
-    "canonical_band",
-    "classes_of",
-    "hann_window",
-    "open_source",
-    "output_names",
+    "open_input",
     "plan_bands",
     "predict_raster",
-    "probabilities_path",
-    "qml_path",
-    "quantize",
     "query_raster",
-    "query_texts",
-    "read_batches",
-    "resolve_mode",
-    "run_pipeline",
-    "sensor_hint",
-    "tile_offsets",
-    "value_ranges",
-    "write_ramp_qml",
-    "write_vector",
 ]

@@ -8,9 +8,11 @@ and the Python API alike, so a raster or a DataArray gets the same answer everyw
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from geofm.bands import get_band
@@ -66,17 +68,21 @@ def check_source(predictor: Predictor, source: Any, plan: BandPlan, *,
     if strict and problems:
         raise GeofmError(problems[0], hint="or drop --strict (strict=False) to predict anyway")
     for message in problems:
-        warnings.warn(message, GeofmWarning, stacklevel=_caller_level())
+        warnings.warn(message, GeofmWarning, stacklevel=caller_level())
 
 
 _PACKAGE = str(Path(__file__).resolve().parents[1])
+_CONTEXTLIB = contextlib.__file__
 
 
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside geofm, so a warning names the user's line
-    (``model.predict(...)``), however deep the call came in."""
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+def caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside geofm (and the ``with`` machinery of
+    contextlib), so a warning names the user's line (``model.predict(...)``), however deep
+    the call came in."""
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
+                                 or frame.f_code.co_filename == _CONTEXTLIB):
         frame = frame.f_back
         level += 1
     return level

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ from geofm.predict.model import Predictor
 from geofm.predict.settings import GDAL_CACHE_BYTES, QUEUE_BATCHES, READ_THREADS
 from geofm.predict.sinks import Sink
 from geofm.predict.sources import Source
-from geofm.predict.tiling import Batch, Blender, TileGrid, hann_window
+from geofm.predict.tiling import Batch, Blender, Rows, TileGrid, hann_window
 
 
 @dataclass
@@ -165,7 +165,7 @@ def _ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -
 def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, plan: BandPlan,
                  grid: TileGrid, mode: str, sink: Sink, *, channels: int, batch_size: int = 8,
                  progress: bool = False) -> RunStats:
-    """Read, infer, blend and write with three overlapping stages.
+    """Read, infer, blend and write with three overlapping stages (see :class:`Pipeline`).
 
     With several predictors (one replica per device), each runs in its own thread on the next
     batch it can take, and results are handed to the writer in tile order, so the output is
@@ -176,7 +176,8 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
         source: The input.
         plan: Band matching and normalisation.
         grid: The tile grid.
-        mode: ``"pixel"``, ``"scene"`` or ``"embed"`` (see :meth:`Predictor.outputs`).
+        mode: ``"pixel"``, ``"scene"``, ``"embed"`` or ``"query"`` (see
+            :meth:`Predictor.outputs`).
         sink: Receives finished output.
         channels: Output channels ``K`` of the model in this mode.
         batch_size: Tiles per model call.
@@ -185,164 +186,223 @@ def run_pipeline(predictor: Predictor | Sequence[Predictor], source: Source, pla
     Returns:
         Counts and timings.
     """
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    stats = RunStats(tiles=grid.num_tiles)
     predictors = [predictor] if isinstance(predictor, Predictor) else list(predictor)
-    blend_device = predictors[0].device
-    weight = torch.from_numpy(np.ones(grid.out_tile, np.float32) if mode == "scene"
-                              else hann_window(*grid.out_tile)).to(blend_device)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    to_model: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
-    to_writer: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
-    bar = tqdm(total=grid.num_tiles, unit="tile", desc="predict", disable=not progress,
-               leave=False)
+    return Pipeline(predictors, source, plan, grid, mode, sink, channels=channels,
+                    batch_size=batch_size).run(progress)
 
-    # Each thread sets its event when it ends; the calling thread waits on the events, not
-    # with Thread.join: a signal interrupting join() can mark a running thread as stopped
-    # (Python before 3.13), and its files could then be closed under it.
-    ended: dict[str, threading.Event] = {}
 
-    def guarded(fn: Callable[[], None], name: str) -> Callable[[], None]:
-        event = ended.setdefault(name, threading.Event())
+class _Stage:
+    """One stage's thread. Its first exception is recorded and stops the run; it sets
+    :attr:`ended` when it returns.
+
+    The calling thread waits on :attr:`ended`, not with ``Thread.join``: a signal interrupting
+    ``join()`` can mark a running thread as stopped (Python before 3.13), and its files could
+    then be closed under it.
+    """
+
+    def __init__(self, name: str, target: Callable[[], None], stop: threading.Event,
+                 errors: list[BaseException]) -> None:
+        self.ended = threading.Event()
 
         def run() -> None:
             try:
-                fn()
+                target()
             except BaseException as e:
                 errors.append(e)
                 stop.set()
             finally:
-                event.set()
-        return run
+                self.ended.set()
 
-    def wait(names: Sequence[str], seconds: float | None = None) -> None:
+        self.thread = threading.Thread(target=run, name=name, daemon=True)
+
+    @staticmethod
+    def wait(stages: Sequence[_Stage], seconds: float | None = None) -> None:
+        """Wait until every stage ended, or at most ``seconds``."""
         deadline = None if seconds is None else time.monotonic() + seconds
-        for name in names:
-            while not ended[name].wait(0.1):
+        for stage in stages:
+            while not stage.ended.wait(0.1):
                 if deadline is not None and time.monotonic() > deadline:
                     return
 
-    lock = threading.Lock()
-    finished = threading.Condition(lock)
-    done: dict[int, Any] = {}
 
-    if getattr(source, "concurrent_reads", False):
-        source.reserve(read_threads())  # type: ignore[attr-defined]  # here: cheaper to open
+class Pipeline:
+    """One streaming run: a reader thread, one model thread per device and a writer thread,
+    linked by two bounded queues.
 
-    def reader() -> None:
+    * :meth:`_read` (thread ``geofm-read``) puts numbered batches of normalised tiles on the
+      model queue, then an end marker.
+    * :meth:`_serve` (thread ``geofm-<device>-<i>``, one per predictor) runs the model on the
+      next batch it can take. One device hands its batches straight to the writer queue;
+      with several, finished batches wait in :attr:`_done` and the calling thread hands them
+      on in their original order (:meth:`_hand_on_in_order`).
+    * :meth:`_write` (thread ``geofm-write``) blends the outputs panel by panel and writes the
+      rows no later tile can touch to the sink.
+
+    The model runs in worker threads, so the calling thread only waits and hands batches on:
+    Ctrl-C and SIGTERM reach it within a fraction of a second even while a model call runs.
+    The first error in any stage stops every stage and is raised by :meth:`run`.
+    """
+
+    def __init__(self, predictors: Sequence[Predictor], source: Source, plan: BandPlan,
+                 grid: TileGrid, mode: str, sink: Sink, *, channels: int,
+                 batch_size: int = 8) -> None:
+        self.predictors = list(predictors)
+        self.source, self.plan, self.grid, self.mode, self.sink = source, plan, grid, mode, sink
+        self.channels, self.batch_size = channels, batch_size
+        self.stats = RunStats(tiles=grid.num_tiles)
+        self.blend_device = self.predictors[0].device
+        weight = (np.ones(grid.out_tile, np.float32) if mode == "scene"
+                  else hann_window(*grid.out_tile))  # [oh, ow]
+        self.weight = torch.from_numpy(weight).to(self.blend_device)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.to_model: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.to_writer: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._lock = threading.Lock()  # guards stats and _done
+        self._finished = threading.Condition(self._lock)
+        self._done: dict[int, Batch] = {}  # inferred batches by number (several devices)
+        self._blender: Blender | None = None  # the panel being blended
+        self._bar: Any = None  # the progress bar, made by run()
+
+    def run(self, progress: bool = False) -> RunStats:
+        """Run every stage to the end and return the counts and timings.
+
+        Raises:
+            BaseException: The first error of any stage, or the interruption of the calling
+                thread (a model call in progress is then left to finish on its own after
+                :data:`ABANDON_SECONDS`; it touches no file).
+        """
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        if getattr(self.source, "concurrent_reads", False):
+            self.source.reserve(read_threads())  # type: ignore[attr-defined]  # cheaper here
+        self._bar = tqdm(total=self.grid.num_tiles, unit="tile", desc="predict",
+                         disable=not progress, leave=False)
+        reader = self._stage("geofm-read", self._read)
+        writer = self._stage("geofm-write", self._write)
+        models = [self._stage(f"geofm-{p.device}-{i}", partial(self._serve, p))
+                  for i, p in enumerate(self.predictors)]
+        for stage in (reader, writer, *models):
+            stage.thread.start()
+        try:
+            if len(models) > 1:
+                self._hand_on_in_order(models)
+            else:
+                _Stage.wait(models)
+            _put(self.to_writer, _END, self.stop)
+            _Stage.wait([reader, writer, *models])
+        except BaseException:
+            self.stop.set()
+            # Reader and writer stop within one read or write; a model call cannot be
+            # interrupted, so its thread is left to finish on its own.
+            _Stage.wait([reader, writer])
+            _Stage.wait(models, ABANDON_SECONDS)
+            raise
+        finally:
+            self._bar.close()
+        if self.errors:
+            raise self.errors[0]
+        self.stats.seconds = time.perf_counter() - start
+        return self.stats
+
+    def _stage(self, name: str, target: Callable[[], None]) -> _Stage:
+        return _Stage(name, target, self.stop, self.errors)
+
+    def _read(self) -> None:
+        """Number the batches of normalised tiles and queue them for the models."""
         # closing(): a stopped run cancels the pool's pending reads before the reader ends.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), \
-                closing(read_batches(source, plan, grid, batch_size)) as batches:
+                closing(read_batches(self.source, self.plan, self.grid,
+                                     self.batch_size)) as batches:
             for seq, batch in enumerate(batches):
-                if not _put(to_model, (seq, batch), stop):
+                if not _put(self.to_model, (seq, batch), self.stop):
                     return
-        _put(to_model, _END, stop)
+        _put(self.to_model, _END, self.stop)
 
-    def infer(pred: Predictor, batch: Any) -> Any:
-        t0 = time.perf_counter()
-        images = torch.from_numpy(batch.images).to(pred.device)  # [B, C, th, tw]
-        # Outputs stay on the device: the writer blends them there.
-        batch.outputs = pred.outputs(images, plan.bands, mode)  # [B, K, oh, ow]
-        if batch.outputs.device.type == "cuda":  # the time above is the launch only
-            torch.cuda.current_stream(batch.outputs.device).synchronize()
-        batch.images = np.empty(0, np.float32)  # the writer needs outputs only
-        with lock:
-            stats.model_seconds += time.perf_counter() - t0
-            stats.predicted += len(batch.where)
-        return batch
-
-    def device_worker(pred: Predictor) -> Callable[[], None]:
-        def run() -> None:
-            while True:
-                item = _get(to_model, stop)
-                if item is None:
-                    return
-                if item is _END:
-                    _put(to_model, _END, stop)  # the other devices stop too
-                    return
-                seq, batch = item
-                out = infer(pred, batch)
-                if len(predictors) == 1:  # in order already: straight to the writer
-                    if not _put(to_writer, out, stop):
-                        return
-                    continue
-                with finished:
-                    done[seq] = out
-                    finished.notify_all()
-        return run
-
-    def writer() -> None:
-        with torch.inference_mode():  # model outputs are inference tensors, weighted in place
-            blend()
-
-    def blend() -> None:
-        blender: Blender | None = None
+    def _serve(self, pred: Predictor) -> None:
+        """Run ``pred`` on queued batches until the end marker (which it passes on)."""
         while True:
-            item = _get(to_writer, stop)
+            item = _get(self.to_model, self.stop)
             if item is None:
                 return
             if item is _END:
-                break
-            outputs = item.outputs.to(blend_device)  # [B, K, oh, ow]
-            valids = torch.from_numpy(item.valid).to(blend_device)  # [B, oh, ow]
-            for (p, r, y, x), out, valid in zip(item.where, outputs, valids):
-                if blender is None or blender.panel is not grid.panels[p]:
-                    for row, col, values, ok in blender.finish() if blender else ():
-                        sink.write(row, col, values, ok)
-                    blender = None  # free one panel's accumulator before making the next
-                    blender = Blender(grid, grid.panels[p], channels, weight, blend_device)
-                    stats.accumulator_bytes = max(stats.accumulator_bytes, blender.nbytes)
-                for row, col, values, ok in blender.add(r, y, x, out, valid):
-                    sink.write(row, col, values, ok)
-            bar.update(len(item.where))
-            del item, outputs, valids, out, valid  # not held while waiting for the next batch
-        for row, col, values, ok in blender.finish() if blender else ():
-            sink.write(row, col, values, ok)
+                _put(self.to_model, _END, self.stop)  # the other devices stop too
+                return
+            seq, batch = item
+            self._infer(pred, batch)
+            if len(self.predictors) == 1:  # in order already: straight to the writer
+                if not _put(self.to_writer, batch, self.stop):
+                    return
+                continue
+            with self._finished:
+                self._done[seq] = batch
+                self._finished.notify_all()
 
-    # The model runs in worker threads (one per device), so the calling thread only waits and
-    # hands batches on in order: Ctrl-C and SIGTERM reach it within a fraction of a second even
-    # while a model call is running.
-    names = [f"geofm-{p.device}-{i}" for i, p in enumerate(predictors)]
-    threads = [threading.Thread(target=guarded(reader, "geofm-read"), name="geofm-read",
-                                daemon=True),
-               threading.Thread(target=guarded(writer, "geofm-write"), name="geofm-write",
-                                daemon=True)]
-    workers = [threading.Thread(target=guarded(device_worker(p), name), name=name, daemon=True)
-               for p, name in zip(predictors, names)]
-    for t in (*threads, *workers):
-        t.start()
-    try:
+    def _infer(self, pred: Predictor, batch: Batch) -> None:
+        """Replace the batch's images with the model's outputs, left on its device."""
+        t0 = time.perf_counter()
+        images = torch.from_numpy(batch.images).to(pred.device)  # [B, C, th, tw]
+        # Outputs stay on the device: the writer blends them there.
+        batch.outputs = pred.outputs(images, self.plan.bands, self.mode)  # [B, K, oh, ow]
+        if batch.outputs.device.type == "cuda":  # the time above is the launch only
+            torch.cuda.current_stream(batch.outputs.device).synchronize()
+        batch.images = np.empty(0, np.float32)  # the writer needs outputs only
+        with self._lock:
+            self.stats.model_seconds += time.perf_counter() - t0
+            self.stats.predicted += len(batch.where)
+
+    def _hand_on_in_order(self, models: Sequence[_Stage]) -> None:
+        """Several devices: pass finished batches to the writer in their original order."""
         next_seq = 0
-        if len(workers) == 1:
-            wait(names)
-        while len(workers) > 1 and not stop.is_set():
-            with finished:
-                while (next_seq not in done and not stop.is_set()
-                       and any(w.is_alive() for w in workers)):
-                    finished.wait(0.1)
-                batch = done.pop(next_seq, None)
+        while not self.stop.is_set():
+            with self._finished:
+                while (next_seq not in self._done and not self.stop.is_set()
+                       and not all(m.ended.is_set() for m in models)):
+                    self._finished.wait(0.1)
+                batch = self._done.pop(next_seq, None)
             if batch is None:
-                break  # every device finished and nothing is left in order
-            if not _put(to_writer, batch, stop):
-                break
+                return  # every device finished and nothing is left in order
+            if not _put(self.to_writer, batch, self.stop):
+                return
             next_seq += 1
-        _put(to_writer, _END, stop)
-        wait(["geofm-read", "geofm-write", *names])
-    except BaseException:
-        stop.set()
-        # Reader and writer stop within one read or write; a model call cannot be
-        # interrupted, so its thread is left to finish on its own (it touches no file).
-        wait(["geofm-read", "geofm-write"])
-        wait(names, ABANDON_SECONDS)
-        bar.close()
-        raise
-    bar.close()
-    if errors:
-        raise errors[0]
-    stats.seconds = time.perf_counter() - start
-    return stats
 
+    def _write(self) -> None:
+        """Blend queued batches until the end marker, then flush the last panel."""
+        with torch.inference_mode():  # model outputs are inference tensors, weighted in place
+            while True:
+                item = _get(self.to_writer, self.stop)
+                if item is None:
+                    return
+                if item is _END:
+                    break
+                self._blend(item)
+                self._bar.update(len(item.where))
+                del item  # not held while waiting for the next batch
+            if self._blender is not None:
+                self._emit(self._blender.finish())
 
+    def _blend(self, batch: Batch) -> None:
+        """Add a batch's tiles to their panels' blenders and write the rows they finish."""
+        assert batch.outputs is not None
+        outputs = batch.outputs.to(self.blend_device)  # [B, K, oh, ow]
+        valids = torch.from_numpy(batch.valid).to(self.blend_device)  # [B, oh, ow]
+        for (p, r, y, x), out, valid in zip(batch.where, outputs, valids):
+            if self._blender is None or self._blender.panel is not self.grid.panels[p]:
+                self._open_panel(p)
+            assert self._blender is not None
+            self._emit(self._blender.add(r, y, x, out, valid))
+
+    def _open_panel(self, p: int) -> None:
+        """Finish the current panel and start blending panel ``p``."""
+        if self._blender is not None:
+            self._emit(self._blender.finish())
+        self._blender = None  # free one panel's accumulator before making the next
+        self._blender = Blender(self.grid, self.grid.panels[p], self.channels, self.weight,
+                                self.blend_device)
+        self.stats.accumulator_bytes = max(self.stats.accumulator_bytes, self._blender.nbytes)
+
+    def _emit(self, rows: Iterable[Rows]) -> None:
+        """Write finished rows to the sink."""
+        for row, col, values, ok in rows:
+            self.sink.write(row, col, values, ok)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from geofm.errors import GeofmError
 from geofm.predict.model import Predictor
 from geofm.predict.raster import predict_raster
 
@@ -55,3 +56,34 @@ def query_raster(
         ((32, 32), [(-0.21, 0.47)])
     """
     return predict_raster(model, inputs, output, query=text, **kwargs)
+
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".nc", ".hdf")
+"""Names taken as input files by :func:`query_arguments` even when the file does not exist (so a
+mistyped path is an error, not a query text)."""
+
+
+def query_arguments(items: Sequence[str], texts: Sequence[str] = ()
+                    ) -> tuple[list[str], list[str]]:
+    """Split ``geofm query``'s positionals into input files and texts.
+
+    The leading items that are existing files or end in a raster extension are inputs; the
+    rest, then every ``texts``, are texts.
+
+    Raises:
+        GeofmError: No input file, or no text.
+    """
+    inputs: list[str] = []
+    for item in items:
+        if Path(item).is_file() or item.lower().endswith(RASTER_SUFFIXES):
+            inputs.append(item)
+        else:
+            break
+    rest = list(items[len(inputs):]) + list(texts)
+    if not inputs:
+        raise GeofmError(f"no input raster given ({items[0]!r} is not a file)",
+                         hint="geofm query MODEL SCENE.tif [MORE.tif ...] \"TEXT\" [\"TEXT\" ...]")
+    if not rest:
+        raise GeofmError("no query text given",
+                         hint='add texts after the input files, or --text "salt marsh"')
+    return inputs, rest

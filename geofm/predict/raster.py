@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,129 +31,16 @@ from geofm.io.cog import (
 )
 from geofm.io.outputs import check_output, require_suffix
 from geofm.io.space import DiskSpace
-from geofm.predict.band_plan import plan_bands
-from geofm.predict.checks import check_source
+from geofm.predict.devices import device_list
+from geofm.predict.job import lay_out, plan_job, run_job
 from geofm.predict.model import Predictor
-from geofm.predict.pipeline import run_pipeline
-from geofm.predict.settings import GDAL_CACHE_BYTES, MAX_TILE_TOKENS, SCENE_TASKS
+from geofm.predict.settings import GDAL_CACHE_BYTES
 from geofm.predict.similarity import query_texts, value_ranges
 from geofm.predict.sinks import FileSink
 from geofm.predict.sources import _input_paths, open_source
-from geofm.predict.tiling import TileGrid
-
-log = logging.getLogger(__name__)
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 """Extensions accepted for the rasters ``predict_raster`` writes."""
-
-
-def resolve_mode(predictor: Predictor, embed: bool, query: bool = False) -> str:
-    """``"query"``, ``"embed"``, ``"pixel"`` or ``"scene"`` for this model and request.
-
-    Raises:
-        GeofmError: Both ``embed`` and ``query``, a query to a model without a text tower, or
-            a prediction from a model without a task head.
-    """
-    if query:
-        if embed:
-            raise GeofmError("embeddings and text queries are separate outputs",
-                             hint="ask for one of them")
-        predictor.require_text()
-        return "query"
-    if embed:
-        return "embed"
-    task = predictor.require_task()
-    return "scene" if task in SCENE_TASKS else "pixel"
-
-
-def build_grid(predictor: Predictor, mode: str, height: int, width: int,
-               tile: int | Sequence[int] | None, overlap: int | None,
-               channels: int | None = None) -> TileGrid:
-    """The tile grid for ``mode`` (tile and overlap checked against the patch size).
-
-    A requested tile larger than the raster is shrunk to the raster (rounded up to the patch
-    size, never below the model's own tile), with a warning: one tile then covers the raster.
-    A tile is refused when it would make more than :data:`MAX_TILE_TOKENS` tokens.
-
-    Args:
-        channels: Input bands fed to the model (band-token models make one token per band and
-            patch); default the checkpoint's band count.
-
-    Raises:
-        GeofmError: The tile is not a multiple of the patch size, makes too many tokens, or
-            the overlap is negative, too large, or (embeddings, queries) not a multiple of
-            the patch size.
-    """
-    p = predictor.patch_size
-    if tile is None:
-        th, tw = predictor.tile_size
-    elif isinstance(tile, int):
-        th = tw = int(tile)
-    else:
-        th, tw = (int(v) for v in tile)
-    if th <= 0 or tw <= 0 or th % p or tw % p:
-        raise GeofmError(f"tile {th}×{tw} is not a positive multiple of the model's patch "
-                         f"size {p}", hint=f"use e.g. tile={max(p, th // p * p)}")
-    if tile is not None:
-        th, tw = _clamp_tile((th, tw), (height, width), predictor.tile_size, p)
-    _check_tokens((th, tw), p, (channels or len(predictor.bands)) if predictor.flexible else 1)
-    if overlap is not None and not 0 <= overlap < min(th, tw):
-        raise GeofmError(f"overlap {overlap} must be at least 0 and less than the tile "
-                         f"({th}×{tw})")
-    if mode == "scene":
-        return TileGrid.build(height, width, (th, tw), 0, (th, tw))
-    patch_grid = mode in ("embed", "query")
-    if overlap is None:
-        overlap = min(th, tw) // 4
-        if patch_grid:
-            overlap = overlap // p * p
-    if not 0 <= overlap < min(th, tw):
-        raise GeofmError(f"overlap {overlap} must be at least 0 and less than the tile "
-                         f"({th}×{tw})")
-    if patch_grid and overlap % p:
-        raise GeofmError(f"overlap {overlap} is not a multiple of the patch size {p}",
-                         hint="embeddings and similarities sit on the patch grid")
-    factor = (p, p) if patch_grid else (1, 1)
-    return TileGrid.build(height, width, (th, tw), overlap, factor)
-
-
-def _clamp_tile(tile: tuple[int, int], raster: tuple[int, int], model_tile: tuple[int, int],
-                patch: int) -> tuple[int, int]:
-    """``tile`` shrunk to the raster (rounded up to ``patch``, at least ``model_tile``)."""
-    out = tuple(min(t, max(m, -(-r // patch) * patch))
-                for t, r, m in zip(tile, raster, model_tile))
-    if out != tile:
-        log.warning("tile %d×%d is larger than the %d×%d raster; using %d×%d", *tile, *raster,
-                    *out)
-    return out[0], out[1]
-
-
-def _check_tokens(tile: tuple[int, int], patch: int, per_patch: int) -> None:
-    """Refuse a tile that makes more than :data:`MAX_TILE_TOKENS` tokens."""
-    th, tw = tile
-    tokens = per_patch * (th // patch) * (tw // patch)
-    if tokens <= MAX_TILE_TOKENS:
-        return
-    side = int((MAX_TILE_TOKENS / per_patch) ** 0.5) * patch  # the largest square tile
-    what = f"{per_patch} bands × " if per_patch > 1 else ""
-    raise GeofmError(f"tile {th}×{tw} makes {tokens} tokens per tile ({what}"
-                     f"{th // patch}×{tw // patch} patches), more than {MAX_TILE_TOKENS}",
-                     hint=f"use a tile of at most {max(side, patch)} px")
-
-
-def output_names(predictor: Predictor, mode: str) -> list[str]:
-    """One name per output channel: class or target names, ``embedding_<i>`` for embeddings,
-    the texts for queries (``output_<i>`` where the checkpoint names fewer outputs than its head
-    has)."""
-    if mode == "query":
-        return list(predictor.texts)
-    if mode == "embed":
-        return [f"embedding_{i}" for i in range(predictor.embed_dim)]
-    spec = predictor.card.task
-    count = int(spec.num_outputs if spec is not None else len(predictor.classes) or 1)
-    if len(predictor.classes) == count:
-        return list(predictor.classes)
-    return [f"output_{i}" for i in range(count)]
 
 
 def probabilities_path(output: str | Path) -> Path:
@@ -186,6 +72,7 @@ def predict_raster(
     strict: bool = False,
     overwrite: bool = False,
     device: str | Sequence[str] = "cpu",
+    gpus: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict over a raster of any size and write a Cloud-Optimized GeoTIFF.
@@ -246,6 +133,7 @@ def predict_raster(
         overwrite: Replace an existing output.
         device: Torch device (``"cpu"``, ``"cuda"``), or several (``["cuda:0", "cuda:1"]`` or
             ``"cuda:0,cuda:1"``): one model replica per device, tiles shared among them.
+        gpus: Use the first ``gpus`` GPUs instead of ``device`` (one replica each).
         progress: Show a progress bar.
 
     Returns:
@@ -272,12 +160,10 @@ def predict_raster(
     output = require_suffix(output, GEOTIFF_SUFFIXES, "a GeoTIFF")
     paths = _input_paths(inputs)
     check_output(output, overwrite, paths)
+    devices = device_list(device, gpus)
     predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
-    mode = resolve_mode(predictor, embed, texts is not None)
-    task = {"embed": "embedding", "query": "similarity"}.get(mode, str(predictor.task))
-    product = ("classes" if task in ("segmentation", "classification")
-               else "scores" if task == "multilabel"
-               else "similarity" if task == "similarity" else "values")
+    job = plan_job(predictor, embed=embed, query=texts is not None, batch_size=batch_size)
+    product, task = job.product, job.task
     probabilities = probabilities and product == "classes"
     if probabilities:
         check_output(probabilities_path(output), overwrite, paths)
@@ -288,15 +174,10 @@ def predict_raster(
                              "classification model")
         vector = require_suffix(vector, (".gpkg",), "a GeoPackage")
         check_output(vector, overwrite, paths)
-    if batch_size < 1:
-        raise GeofmError(f"batch_size must be at least 1, got {batch_size}")
     for path in (output, Path(f"{output}.aux.xml"), qml_path(output), probabilities_path(output),
                  Path(f"{probabilities_path(output)}.aux.xml"), vector):
         if path is not None:
             remove_stale_temporaries(path)
-    devices = [d.strip() for d in device.split(",")] if isinstance(device, str) else list(device)
-    if not devices or not all(devices):
-        raise GeofmError(f"no device in {device!r}", hint="e.g. cpu, cuda, cuda:0,cuda:1")
     predictor.to(devices[0])
     if texts is not None:
         predictor = predictor.with_texts(texts)
@@ -305,13 +186,8 @@ def predict_raster(
             open_source(paths, bands=bands, gsd_m=predictor.gsd_m,
                         resample=resample_to_model_gsd) as source, \
             OutputTransaction() as tx, DiskSpace(output) as space:
-        plan = plan_bands(predictor, source.labels, source=source.name, sensor=source.sensor)
-        check_source(predictor, source, plan, strict=strict)
-        log.info("%s", plan.summary())
-        grid = build_grid(predictor, mode, source.height, source.width, tile, overlap,
-                          len(plan.bands))
-        names = output_names(predictor, mode)
-        channels = len(names)
+        layout = lay_out(predictor, job, source, tile=tile, overlap=overlap, strict=strict)
+        plan, grid, names, channels = layout.plan, layout.grid, layout.names, layout.channels
         space.needed = _needed_bytes(grid.out_shape, product, channels, probabilities)
         tx.checks.append(lambda: space.reserve(0))
         tags = {
@@ -331,19 +207,15 @@ def predict_raster(
                               {**spec, "label": probabilities_path(output)})
                  if probabilities else None)
         try:
-            stats = run_pipeline(predictors, source, plan, grid, mode,
-                                 FileSink(product, main, probs, nodata,
-                                          check=space.reserve), channels=channels,
-                                 batch_size=batch_size, progress=progress)
+            stats = run_job(predictors, job, layout, source,
+                            FileSink(product, main, probs, nodata, check=space.reserve),
+                            batch_size=batch_size, progress=progress)
         finally:
             main.close()
             if probs is not None:
                 probs.close()
-        if stats.predicted == 0:
-            raise GeofmError("every input pixel is nodata", source.name,
-                             "check the nodata value and the bands")
         shape = grid.out_shape
-        if mode == "pixel" and source.native_grid is not None:
+        if job.mode == "pixel" and source.native_grid is not None:
             shape = source.native_grid[2:]
             finer = abs(source.transform.a) < abs(source.native_grid[1].a)
             smooth = Resampling.average if finer else Resampling.bilinear

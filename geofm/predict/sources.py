@@ -1,4 +1,9 @@
-"""Prediction inputs: rasters, stacks of files and warped views."""
+"""Prediction inputs: rasters, stacks of files, warped views and xarray DataArrays.
+
+:func:`open_input` opens any of them as a :class:`Source`, the one interface the pipeline
+reads from: :func:`~geofm.predict.predict_raster` and :class:`geofm.api.Model` both go
+through it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import math
 import queue
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from xml.etree import ElementTree as ET
 
 import numpy as np
@@ -24,7 +29,11 @@ from rasterio.windows import Window
 from geofm.errors import GeofmError, GeofmWarning, first_line
 from geofm.levels import detect_levels
 from geofm.predict.band_plan import band_labels, sensor_hint
+from geofm.predict.checks import caller_level
 from geofm.predict.settings import _GDAL_TYPES
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 class Source(Protocol):
@@ -166,6 +175,124 @@ class RasterSource:
         if self._dataset_mask:
             bad |= self._dataset().read_masks(indexes[0] + 1, window=window) == 0
         return bad
+
+
+class DataArraySource:
+    """Bands of an xarray DataArray ``(band, y, x)`` read window by window.
+
+    Args:
+        da: A georeferenced DataArray (``rioxarray.open_rasterio``); 2-D arrays are one band.
+        bands: Names of the bands in order, if ``long_name`` / the band coordinate lack them.
+
+    Raises:
+        GeofmError: The array has no x/y dimensions or more than three dimensions.
+    """
+
+    def __init__(self, da: xr.DataArray, bands: str | Sequence[str] | None = None) -> None:
+        import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+        try:
+            y_dim, x_dim = da.rio.y_dim, da.rio.x_dim
+        except Exception:
+            raise GeofmError("the DataArray has no x/y dimensions",
+                             hint="open rasters with rioxarray.open_rasterio") from None
+        if da.ndim == 2:
+            da = da.expand_dims("band")
+        if da.ndim != 3:
+            raise GeofmError(f"expected a (band, y, x) DataArray, got dims {da.dims}")
+        band_dim = next(d for d in da.dims if d not in (y_dim, x_dim))
+        self.da = da.transpose(band_dim, y_dim, x_dim)
+        self.dims = (band_dim, y_dim, x_dim)
+        self.count, self.height, self.width = self.da.shape
+        self.crs: CRS | None = da.rio.crs
+        self.transform: Affine = da.rio.transform()
+        self.name = str(da.name or "DataArray")
+        if self.crs is None:
+            warnings.warn(f"{self.name}: the input has no CRS; the output keeps its pixel grid "
+                          "without georeferencing", GeofmWarning, stacklevel=caller_level())
+        texts = {k: v for k, v in da.attrs.items() if isinstance(v, str)}
+        self.sensor = sensor_hint(texts)
+        self.levels = detect_levels([*texts.values(), str(da.encoding.get("source", ""))])
+        self.res_m = _array_res_m(da, self.crs)
+        self.resampled = False
+        nodata = da.rio.nodata
+        self.nodata = None if nodata is None or np.isnan(nodata) else float(nodata)
+        self.labels: list[str | None] = (list(band_labels(bands, self.count))
+                                         if bands is not None
+                                         else _array_labels(self.da, band_dim))
+
+    def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
+        rows = slice(int(window.row_off), int(window.row_off + window.height))
+        cols = slice(int(window.col_off), int(window.col_off + window.width))
+        sub = self.da.isel({self.dims[0]: list(indexes), self.dims[1]: rows, self.dims[2]: cols})
+        return np.asarray(sub.values, dtype=np.float32)
+
+    def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
+        bad = np.isnan(data).any(axis=0)
+        if self.nodata is not None:
+            bad |= (data == np.float32(self.nodata)).any(axis=0)
+        return bad
+
+
+def _array_res_m(da: xr.DataArray, crs: CRS | None) -> float | None:
+    """A DataArray's pixel size in metres, ``None`` when its CRS is not projected."""
+    if crs is None or not crs.is_projected:
+        return None
+    try:
+        res_x = abs(float(da.rio.resolution()[0]))
+    except Exception:  # one row or column: rioxarray cannot tell the spacing
+        return None
+    return res_x * float(crs.linear_units_factor[1])
+
+
+def _array_labels(da: xr.DataArray, band_dim: Hashable) -> list[str | None]:
+    long_name = da.attrs.get("long_name")
+    if isinstance(long_name, str) and da.shape[0] == 1:
+        return [long_name]
+    if isinstance(long_name, list | tuple) and len(long_name) == da.shape[0]:
+        return [str(v) if v else None for v in long_name]
+    if band_dim in da.coords:
+        values = da.coords[band_dim].values
+        if values.dtype.kind in "UO":
+            return [str(v) for v in values]
+    return [None] * da.shape[0]
+
+
+@contextmanager
+def open_input(x: str | Path | Sequence[str | Path] | xr.DataArray | xr.Dataset, *,
+               bands: str | Sequence[str] | None = None, gsd_m: float | None = None,
+               resample: bool = False) -> Iterator[Source]:
+    """Open a raster path, several stacked files, or an xarray DataArray / Dataset as a source.
+
+    Args:
+        x: A GeoTIFF or VRT, several files (stacked as :func:`open_source` does), a
+            ``(band, y, x)`` DataArray, or a Dataset with one variable per band.
+        bands: Names of the input bands in order (overrides what the input says).
+        gsd_m: The model's ground sampling distance in metres (``None``: unknown).
+        resample: Warp a raster to ``gsd_m`` first (files only; see :func:`open_source`).
+
+    Raises:
+        GeofmError: A missing file, an object that is neither a path nor xarray, or the
+            problems of :func:`open_source` and :class:`DataArraySource`.
+    """
+    xarray = _xarray_if_loaded()
+    if xarray is not None and isinstance(x, xarray.Dataset):
+        x = x.to_array("band")
+    if xarray is not None and isinstance(x, xarray.DataArray):
+        yield DataArraySource(x, bands)
+        return
+    if not isinstance(x, str | Path | list | tuple):
+        raise GeofmError(f"cannot predict on a {type(x).__name__}",
+                         hint="pass a raster path or an xarray.DataArray")
+    with open_source(_input_paths(x), bands=bands, gsd_m=gsd_m, resample=resample) as source:
+        yield source
+
+
+def _xarray_if_loaded() -> Any:
+    """The xarray module if something imported it (no DataArray can exist otherwise)."""
+    import sys
+
+    return sys.modules.get("xarray")
 
 
 def _input_paths(inputs: str | Path | Sequence[str | Path]) -> list[Path]:

@@ -1,0 +1,7 @@
+"""``python -m geofm.cli``: the ``geofm`` command."""
+
+import sys
+
+from geofm.cli import main
+
+sys.exit(main())
