@@ -11,6 +11,26 @@ Token order is band-major: token ``t`` is band ``t // N`` at patch ``t % N`` (``
 With no class token and mean pooling (geofm's default), the pooled output does not depend on the
 band order. The paper's model has a class token and a learned position table shared across bands:
 ``class_token=True, pos_embed="learned", img_size=...`` builds that.
+
+**The released layout.** Two more options rebuild the official models
+(github.com/insitro/ChannelViT, ``channelvit/backbone/channel_vit.py`` and
+``hcs_channel_vit.py``) so that their weights load exactly and give the same features:
+
+* ``channel_embed="learned"``: a learned table with one row per channel of a fixed channel list
+  instead of the physical embedding. ``bands`` names the registry band of each usable row and
+  ``channel_rows`` its row (default ``0 … C-1``); ``num_channel_rows`` rows in all, so a
+  release's rows for channels the registry has no band for load too (they are never fed). Any
+  subset of ``bands`` is accepted, in any order; other bands are refused.
+* ``pos_interp="dino"``: the learned position table is resampled as the official
+  ``interpolate_pos_encoding`` (from DINO) does: bicubic with the scale factor
+  ``(grid + 0.1) / grid₀``, applied whenever a multi-band input's token count differs from the
+  table's, even at the table's own grid (the scale factor is then not exactly 1). The official
+  shortcut that skips resampling when ``C · N`` equals the table size is followed for ``C = 1``
+  only; for ``C > 1`` it is a shape coincidence that would add the table unrepeated.
+
+The official ``PatchEmbedPerChannel`` is a ``Conv3d`` with kernel ``(1, p, p)`` shared by the
+bands; its weight ``[D, 1, 1, p, p]`` reshaped to ``[D, p·p]`` is exactly this model's linear
+patch embedding (pixels in the same row-major patch order), so no separate convolution is kept.
 """
 
 from __future__ import annotations
@@ -19,9 +39,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geofm.bands import BAND_SETS
+from geofm.errors import BandError
 from geofm.models.band_embedding import BandEmbedding
 from geofm.models.registry import register_model
 from geofm.models.vit import DEFAULT_PATCH_SIZE, SIZES, TokenEncoder, canonical_bands, init_weights
@@ -48,6 +70,13 @@ class ChannelViT(TokenEncoder):
             table shared across bands, for the grid of ``img_size``, bicubically
             interpolated for other grids).
         img_size: Chip side (or ``(H, W)``) of the learned position table.
+        channel_embed: ``"physics"`` (geofm: :class:`BandEmbedding`, any registered band) or
+            ``"learned"`` (the paper: one learned row per channel of a fixed list).
+        channel_rows: With ``"learned"``: the table row of each of ``bands`` (default
+            ``0 … C-1``).
+        num_channel_rows: With ``"learned"``: rows in the table (default the largest row + 1).
+        pos_interp: How a learned position table is resampled for other grids: ``"size"``
+            (bicubic to the target size) or ``"dino"`` (the official code's scale factor).
     """
 
     band_tokens = True
@@ -65,10 +94,19 @@ class ChannelViT(TokenEncoder):
         class_token: bool = False,
         pos_embed: str = "sincos",
         img_size: int | Sequence[int] | None = None,
+        channel_embed: str = "physics",
+        channel_rows: Sequence[int] | None = None,
+        num_channel_rows: int | None = None,
+        pos_interp: str = "size",
     ) -> None:
         super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
                          class_token, pos_embed, img_size)
+        if channel_embed not in ("physics", "learned"):
+            raise ValueError(f"channel_embed must be 'physics' or 'learned', got {channel_embed!r}")
+        if pos_interp not in ("size", "dino"):
+            raise ValueError(f"pos_interp must be 'size' or 'dino', got {pos_interp!r}")
         self.bands = canonical_bands(bands)
+        self.pos_interp = pos_interp
         self.model_config: dict[str, Any] = {
             "bands": list(self.bands),
             "patch_size": patch_size,
@@ -81,12 +119,44 @@ class ChannelViT(TokenEncoder):
             **self.layout_config(),
         }
         self.patch_embed = nn.Linear(patch_size**2, embed_dim)
-        self.band_embed = BandEmbedding(embed_dim, known_bands=self.bands if band_offsets else ())
+        self.band_embed: BandEmbedding | None = None
+        self.channel_embed: nn.Parameter | None = None
+        self.channel_rows: dict[str, int] = {}
+        if channel_embed == "physics":
+            self.band_embed = BandEmbedding(embed_dim,
+                                            known_bands=self.bands if band_offsets else ())
+        else:
+            rows = list(range(len(self.bands))) if channel_rows is None else \
+                [int(r) for r in channel_rows]
+            total = max(rows) + 1 if num_channel_rows is None else int(num_channel_rows)
+            if len(rows) != len(self.bands) or len(set(rows)) != len(rows) or \
+                    min(rows) < 0 or max(rows) >= total:
+                raise ValueError(f"channel_rows {rows} do not give {len(self.bands)} distinct "
+                                 f"rows of a {total}-row channel table")
+            self.channel_rows = dict(zip(self.bands, rows, strict=True))
+            self.channel_embed = nn.Parameter(
+                nn.init.trunc_normal_(torch.zeros(total, embed_dim), std=0.02))  # [R, D]
+            self.model_config.update(channel_embed=channel_embed, channel_rows=rows,
+                                     num_channel_rows=total)
+        if pos_interp != "size":
+            self.model_config["pos_interp"] = pos_interp
         self.apply(init_weights)
 
     def align_bands(self, bands: Sequence[str]) -> list[int]:
-        """Any registered bands are accepted as given; checks names and repeats."""
-        return list(range(len(canonical_bands(bands))))
+        """Bands are taken as given; checks names and repeats, and with a learned channel
+        table that every band has a row.
+
+        Raises:
+            BandError: An unknown or repeated band, or (learned table) a band without a row.
+        """
+        given = canonical_bands(bands)
+        if self.channel_embed is not None:
+            unknown = [b for b in given if b not in self.channel_rows]
+            if unknown:
+                raise BandError(f"this ChannelViT has learned embeddings for bands "
+                                f"{', '.join(self.bands)} only; got {', '.join(unknown)}",
+                                hint="pass a subset of the model's bands")
+        return list(range(len(given)))
 
     def pixels_per_token(self, num_bands: int) -> int:
         """``p²`` values per token."""
@@ -108,10 +178,41 @@ class ChannelViT(TokenEncoder):
         x = x.permute(0, 1, 2, 4, 3, 5)  # [B, C, gh, p, gw, p]
         return x.reshape(b, num_bands, grid[0] * p, grid[1] * p)
 
+    def channel_embedding(self, bands: Sequence[str]) -> Tensor:
+        """Channel embedding of each band, ``[C, D]``."""
+        if self.channel_embed is None:
+            assert self.band_embed is not None
+            return self.band_embed(bands)
+        self.align_bands(bands)
+        rows = [self.channel_rows[b] for b in canonical_bands(bands)]
+        return self.channel_embed[rows]  # [C, D]
+
+    def release_pos_embed(self, grid: tuple[int, int], num_bands: int, like: Tensor) -> Tensor:
+        """The learned table resampled as the official ``interpolate_pos_encoding``, ``[N, D]``.
+
+        Bicubic with scale factors ``(grid + 0.1) / grid₀`` (DINO's guard against rounding),
+        skipped only when the input's token count equals the table's for a square input.
+        """
+        assert self.pos_embed_table is not None and self.pos_grid is not None
+        g0 = self.pos_grid
+        table = self.pos_embed_table  # [N0, D]
+        if num_bands * grid[0] * grid[1] == g0[0] * g0[1] and grid[0] == grid[1] \
+                and num_bands == 1:
+            return table.to(like.dtype)
+        g = table.reshape(1, g0[0], g0[1], -1).permute(0, 3, 1, 2)  # [1, D, h0, w0]
+        g = F.interpolate(g.float(), scale_factor=((grid[0] + 0.1) / g0[0],
+                                                   (grid[1] + 0.1) / g0[1]), mode="bicubic")
+        if tuple(g.shape[-2:]) != tuple(grid):
+            raise ValueError(f"position table resampled to {tuple(g.shape[-2:])}, not {grid}")
+        return g.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(like.dtype)  # [N, D]
+
     def token_embed(self, bands: Sequence[str], grid: tuple[int, int], like: Tensor) -> Tensor:
         """Position plus channel embedding for every token, ``[C·N, D]``."""
-        pos = self.pos_embed(grid, like)  # [N, D]
-        chan = self.band_embed(bands).to(like.dtype)  # [C, D]
+        if self.pos_interp == "dino" and self.pos_embed_table is not None:
+            pos = self.release_pos_embed(grid, len(bands), like)  # [N, D]
+        else:
+            pos = self.pos_embed(grid, like)  # [N, D]
+        chan = self.channel_embedding(bands).to(like.dtype)  # [C, D]
         return (chan.unsqueeze(1) + pos.unsqueeze(0)).reshape(-1, self.embed_dim)  # [C·N, D]
 
     def tokenize(
