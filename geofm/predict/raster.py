@@ -187,6 +187,8 @@ def predict_raster(
     overwrite: bool = False,
     device: str | Sequence[str] = "cpu",
     progress: bool = True,
+    weights: str | Path | None = None,
+    data_units: str | None = None,
 ) -> dict[str, Any]:
     """Predict over a raster of any size and write a Cloud-Optimized GeoTIFF.
 
@@ -247,6 +249,12 @@ def predict_raster(
         device: Torch device (``"cpu"``, ``"cuda"``), or several (``["cuda:0", "cuda:1"]`` or
             ``"cuda:0,cuda:1"``): one model replica per device, tiles shared among them.
         progress: Show a progress bar.
+        weights: A published encoder's weights file, when ``model`` names the release
+            (``"dofa_base"``; embeddings only, or finetune it first).
+        data_units: What the input holds: ``"native"`` (the products' stored numbers, the
+            default) or ``"physical"`` (reflectance 0–1, dB, K); the band contract converts
+            either, and values that fit neither as declared are refused
+            (:mod:`geofm.scale`). ``None``: the predictor's setting.
 
     Returns:
         ``{"output", "probabilities", "qml", "aux", "vector", "task", "bands",
@@ -274,7 +282,10 @@ def predict_raster(
     output = require_suffix(output, GEOTIFF_SUFFIXES, "a GeoTIFF")
     paths = _input_paths(inputs)
     check_output(output, overwrite, paths)
-    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
+    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model,
+                                                                                       weights)
+    if data_units is not None:
+        predictor = predictor.with_data_units(data_units)
     mode = resolve_mode(predictor, embed, texts is not None)
     task = {"embed": "embedding", "query": "similarity"}.get(mode, str(predictor.task))
     product = ("classes" if task in ("segmentation", "classification")
