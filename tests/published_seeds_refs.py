@@ -259,11 +259,17 @@ def remoteclip_release(cfg: dict[str, Any] | None = None, seed: int = 0
                        ) -> tuple[torch.nn.Module, dict[str, Tensor]]:
     """An open_clip ``CLIP`` with random weights and its state dict, as RemoteCLIP publishes
     (``torch.save(model.state_dict())``, open_clip key names, float32)."""
+    import logging
+
     import open_clip
 
     torch.manual_seed(seed)
-    if cfg is None:
-        clip = open_clip.create_model("ViT-B-32", pretrained=None, pretrained_text=False)
-    else:
-        clip = open_clip.model.CLIP(**cfg)
+    logging.disable(logging.WARNING)  # open_clip's "initialized randomly": that is the point
+    try:
+        if cfg is None:
+            clip = open_clip.create_model("ViT-B-32", pretrained=None, pretrained_text=False)
+        else:
+            clip = open_clip.model.CLIP(**cfg)
+    finally:
+        logging.disable(logging.NOTSET)
     return clip.eval(), clip.state_dict()

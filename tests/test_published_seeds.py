@@ -23,9 +23,6 @@ from geofm.published.release_file import read_release
 
 from .published_seeds_refs import (
     TINY_CLIP_CFG,
-    channelvit_release as cvit_release_state,
-)
-from .published_seeds_refs import (
     official_channelvit_forward,
     remoteclip_release,
     s2_chip,
@@ -34,9 +31,13 @@ from .published_seeds_refs import (
     timm_mae_reference,
     true_colour_8bit,
 )
+from .published_seeds_refs import (
+    channelvit_release as cvit_release_state,
+)
 
 TOL = 1e-4
 RGB_S2 = ("B04", "B03", "B02")
+S2_NAMES = ("S2.B04", "S2.B03", "S2.B02")
 
 
 def load_release(spec: PublishedSpec, path: Path, **overrides: object) -> torch.nn.Module:
@@ -88,15 +89,19 @@ def test_selectivemae_matches_timm_on_a_sentinel2_chip(mae_file) -> None:
     reference = timm_mae_reference(release, depth=2)
     with torch.no_grad():
         ref_tokens = reference.forward_features(x)  # [2, 1 + 196, 768]
-        pooled = model.forward_features(x, spec.bands)
-        patches = model.forward_patch_features(x, spec.bands)
+        pooled = model.forward_features(x, S2_NAMES)  # Sentinel-2's red, green, blue
+        patches = model.forward_patch_features(x, S2_NAMES)
     assert max_diff(pooled, ref_tokens[:, 0]) <= TOL
     assert max_diff(patches, ref_tokens[:, 1:]) <= TOL
     assert patches.shape == (2, 196, 768)
-    # bands are put in the card's order by name
+    # bands are put in the card's order by name or colour
     with torch.no_grad():
         flipped = model.forward_features(x.flip(1), tuple(reversed(spec.bands)))
-    assert max_diff(flipped, pooled) <= TOL
+        assert max_diff(flipped, pooled) <= TOL
+        flipped = model.forward_features(x.flip(1), tuple(reversed(S2_NAMES)))
+        assert max_diff(flipped, pooled) <= TOL
+    with pytest.raises(BandError, match="needs the blue band"):
+        model.forward_features(x, ("S2.B04", "S2.B03", "S2.B08"))
 
 
 def test_selectivemae_other_tile_sizes_use_timm_resampling(mae_file) -> None:
@@ -111,7 +116,7 @@ def test_selectivemae_other_tile_sizes_use_timm_resampling(mae_file) -> None:
 
 
 def test_selectivemae_unknown_key_and_pickle_are_refused_in_one_line(mae_file, tmp_path) -> None:
-    path, release = mae_file
+    _, release = mae_file
     spec = PUBLISHED["selectivemae_vitb"]
     bad = tmp_path / "extra.pth"
     torch.save({"model": {**release, "head.weight": torch.zeros(10, 768)}}, bad)
@@ -136,11 +141,11 @@ def test_a_pickle_payload_is_refused_without_running(tmp_path) -> None:
     marker = tmp_path / "ran"
 
     class Payload:
-        def __reduce__(self):  # noqa: D105
+        def __reduce__(self):
             return (Path.touch, (marker,))
 
     path = tmp_path / "so2sat_channelvit_small_p8_with_hcs_random_split_supervised.pth"
-    path.write_bytes(pickle.dumps({"cls_token": Payload()}))
+    path.write_bytes(pickle.dumps({"cls_token": Payload()}, protocol=2))
     with pytest.raises(GeofmError) as err:
         read_release(path)
     assert not marker.exists()
@@ -192,8 +197,15 @@ def test_channelvit_release_takes_a_band_subset_in_any_order(cvit_file) -> None:
     with torch.no_grad():
         ref = official_channelvit_forward(release, x, rows, num_heads=6)
         assert max_diff(model.forward_features(x, bands), ref[:, 0]) <= TOL
-    with pytest.raises(BandError, match="learned embeddings for bands .* only; got S1.VV"):
+    with pytest.raises(BandError, match=r"learned embeddings for bands .* only; got S1\.VV"):
         model.forward_features(torch.zeros(1, 1, 32, 32), ["S1.VV"])
+
+
+def test_channelvit_release_refuses_an_unknown_key_in_one_line(cvit_file) -> None:
+    _, release = cvit_file
+    with pytest.raises(GeofmError, match=r"does not use \(head.weight\)") as err:
+        channelvit_release.convert_channelvit({**release, "head.weight": torch.zeros(17, 384)})
+    assert "\n" not in str(err.value)
 
 
 def test_channelvit_single_band_at_the_native_grid_follows_the_official_shortcut() -> None:
@@ -251,7 +263,7 @@ def test_remoteclip_image_tower_matches_open_clip(clip_file) -> None:
     model = load_release(spec, path, model_cfg=TINY_CLIP_CFG)
     x = standardise(true_colour_8bit(s2_chip(RGB_S2, 224)), spec.mean, spec.std)
     with torch.no_grad():
-        ours = model.forward_features(x, spec.bands)
+        ours = model.forward_features(x, S2_NAMES)
         theirs = clip.encode_image(standardise(true_colour_8bit(s2_chip(RGB_S2, 224)) / 255.0,
                                                remoteclip.CLIP_MEAN, remoteclip.CLIP_STD))
         assert max_diff(ours, theirs) <= TOL
@@ -293,3 +305,32 @@ def test_selectivemae_factory_rebuilds_from_model_config() -> None:
     converted = selectivemae.convert_mae({"cls_token": torch.zeros(1, 1, 64),
                                           "decoder_pred.bias": torch.zeros(3)})
     assert list(converted) == ["vit.cls_token"]
+
+
+def test_channelvit_release_layout_exports_to_onnx() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import contextlib
+    import io
+    import warnings
+
+    model = create_model("channelvit_release_small", depth=1, embed_dim=32, num_heads=2).eval()
+    bands = ["S2.B04", "S2.B03", "S2.B02", "S2.B08"]
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.model.forward_features(image, bands)
+
+    x = s2_chip(("B04", "B03", "B02", "B08"), 32) / 10_000.0  # [2, 4, 32, 32]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(Pooled(), (x,), dynamo=True, opset_version=18,
+                                    input_names=["image"], output_names=["features"])
+    session = ort.InferenceSession(program.model_proto.SerializeToString())
+    out = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+    with torch.no_grad():
+        assert max_diff(out, Pooled()(x)) <= TOL

@@ -8,7 +8,8 @@ queries, zero-shot, retrieval); this module adds the release's card to the catal
 image-tower-only encoder for the encoder paths (finetuning heads, kNN, embeddings), built by
 open_clip and fed by :class:`~geofm.models.openclip.OpenCLIPImageEncoder`'s RGB contract.
 
-**Card.** Three bands, red, green, blue, as the 8-bit digital numbers of the aerial and
+**Card.** Three bands, red, green, blue (of any optical sensor, matched by common name:
+:mod:`geofm.published.rgb`), as the 8-bit digital numbers of the aerial and
 satellite images RemoteCLIP was trained on, standardised with OpenAI CLIP's mean and std of
 ``[0, 1]`` RGB (open_clip's ``preprocess``): in ``dn`` units ``mean = 255 · clip_mean``,
 ``std = 255 · clip_std``. 224 × 224 tiles, patch 32 (ViT-B-32) or 14 (ViT-L-14).
@@ -34,6 +35,7 @@ from geofm.extras import require
 from geofm.models.openclip import OpenCLIPImageEncoder, _no_init_warnings
 from geofm.models.registry import register_model
 from geofm.published.base import PublishedEncoder, PublishedSpec, consume, register_published
+from geofm.published.rgb import rgb_channels
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -68,6 +70,10 @@ class RemoteCLIPEncoder(OpenCLIPImageEncoder, PublishedEncoder):
         self.model_config: dict[str, Any] = {
             "arch": arch, "bands": list(self.bands),
             **({"model_cfg": dict(model_cfg)} if model_cfg is not None else {})}
+
+    def _rgb(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Red, green, blue (by name or common name), clamped to the 8-bit range."""
+        return super()._rgb(images[:, rgb_channels(bands, self.bands)], self.bands)
 
     @property
     def blocks(self) -> nn.ModuleList:  # type: ignore[override]

@@ -21,11 +21,14 @@ norm2,mlp.fc1,mlp.fc2}.*``
 ``hog.{weight_x,weight_y,gkern}``           network and HOG filters (pretraining only)
 ==========================================  ===========================================
 
-**Input.** Three bands, red, green, blue, as the 8-bit digital numbers of the pretraining
+**Input.** Three bands, red, green, blue (of any optical sensor, matched by common name:
+:mod:`geofm.published.rgb`), as the 8-bit digital numbers of the pretraining
 images, standardised with the ImageNet mean and std of ``[0, 1]`` RGB (the release's
 ``ToTensor`` + ``Normalize``); in the card's ``dn`` units that is ``mean = 255 · imagenet_mean``,
-``std = 255 · imagenet_std``. Tiles are 224 × 224 at training; other sizes (multiples of 16)
-resample the position table with timm's ``dynamic_img_size``.
+``std = 255 · imagenet_std``. Tiles are 224 × 224 at training, where nothing is resampled; other
+sizes (multiples of 16) resample the position table with timm's ``dynamic_img_size`` (bicubic,
+antialiased). SelectiveMAE's own finetuning resamples without antialiasing, so for tiles smaller
+than 224 the two differ slightly; at 224 and above they agree.
 
 **Pooling.** Pooled features are the class token after the final LayerNorm: SelectiveMAE's own
 classification finetuning keeps ``global_pool=False`` (class token), and MAE's linear probing
@@ -46,6 +49,7 @@ from geofm.bands import BAND_SETS
 from geofm.models.registry import register_model
 from geofm.models.vit import canonical_bands
 from geofm.published.base import PublishedEncoder, PublishedSpec, consume, register_published
+from geofm.published.rgb import rgb_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,7 +103,7 @@ class MAEViTEncoder(PublishedEncoder):
     def _tokens(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """All tokens after the final norm, ``[B, 1 + N, D]`` (class token first)."""
         self.grid_size(images)
-        x = self.ordered(images, canonical_bands(bands))  # [B, 3, H, W]
+        x = images[:, rgb_channels(bands, self.bands)]  # [B, 3, H, W]
         return self.vit.forward_features(x)  # [B, 1 + N, D]
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
