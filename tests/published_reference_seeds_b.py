@@ -252,7 +252,7 @@ def randomize(module: nn.Module, seed: int) -> None:
             noise = torch.randn(p.shape, generator=g)
             if name.endswith("logit_scale"):
                 p.copy_(np.log(10.0) + 0.3 * noise)
-            elif "norm" in ([""] + name.split("."))[-2] and name.endswith("weight"):
+            elif "norm" in ["", *name.split(".")][-2] and name.endswith("weight"):
                 p.copy_(1.0 + 0.2 * noise)
             else:
                 p.copy_(0.05 * noise)

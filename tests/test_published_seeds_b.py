@@ -168,7 +168,7 @@ def test_satvision_unknown_key_and_wrong_tile_are_refused(tmp_path: Path) -> Non
     model = create_model("satvision_toa_test")
     with pytest.raises(GeofmError, match="128×128"):
         model(torch.zeros(1, 14, 64, 64), SATVISION_TOA_GIANT.bands)
-    with pytest.raises(GeofmError, match="MODIS.B33"):
+    with pytest.raises(GeofmError, match=r"MODIS\.B33"):
         model(torch.zeros(1, 13, 128, 128), SATVISION_TOA_GIANT.bands[:13])
 
 
@@ -211,7 +211,7 @@ def test_prithvi_band_order_follows_names(tmp_path: Path) -> None:
         a = model(x, PRITHVI_EO2_300M.bands)
         b = model(x.flip(1), flip)
     assert torch.allclose(a, b)
-    with pytest.raises(GeofmError, match="S2.B12"):
+    with pytest.raises(GeofmError, match=r"S2\.B12"):
         model(x[:, :5], PRITHVI_EO2_300M.bands[:5])
 
 

@@ -106,6 +106,7 @@ class PrithviEO2(PublishedEncoder):
     """
 
     band_tokens = False
+    pos_embed: Tensor
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, embed_dim: int = 1024,
                  depth: int = 24, num_heads: int = 16, mlp_ratio: float = 4.0,

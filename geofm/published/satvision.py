@@ -29,7 +29,7 @@ import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from timm.models.swin_transformer_v2 import SwinTransformerV2
 from torch import Tensor, nn
@@ -56,7 +56,8 @@ _SIMMIM_ONLY = ("encoder.mask_token", "decoder.0.weight", "decoder.0.bias")
 
 def _apply_norm3(block: nn.Module, args: Any, output: Tensor) -> Tensor:
     """Forward hook: the release's extra post-block LayerNorm (``norm3``)."""
-    return block.norm3(output)  # [B, H, W, C]
+    norm3: nn.Module = getattr(block, "norm3")  # noqa: B009 - set after timm builds the block
+    return norm3(output)  # [B, H, W, C]
 
 
 class SatVisionTOA(PublishedEncoder):
@@ -102,9 +103,9 @@ class SatVisionTOA(PublishedEncoder):
             img_size=img_size, patch_size=patch_size, in_chans=len(self.bands), num_classes=0,
             embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(num_heads),
             window_size=window_size, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        for stage in self.swin.layers:
-            depth = len(stage.blocks)
-            for i, block in enumerate(stage.blocks):
+        for stage in self._stages():
+            depth = len(stage)
+            for i, block in enumerate(stage):
                 last = extra_norm_stage and i + 1 == depth
                 if (extra_norm_period and (i + 1) % extra_norm_period == 0) or last:
                     block.norm3 = nn.LayerNorm(block.dim)
@@ -112,10 +113,14 @@ class SatVisionTOA(PublishedEncoder):
         self.patch_size = patch_size * 2 ** (len(depths) - 1)
         self.embed_dim = self.swin.num_features
 
+    def _stages(self) -> list[nn.ModuleList]:
+        """Each stage's blocks, first stage to last."""
+        return [cast(nn.ModuleList, stage.blocks) for stage in self.swin.layers]
+
     @property
     def blocks(self) -> nn.ModuleList:  # type: ignore[override]
         """Every SwinV2 block, first stage to last (a view: the stages own them)."""
-        return nn.ModuleList([b for stage in self.swin.layers for b in stage.blocks])
+        return nn.ModuleList([b for stage in self._stages() for b in stage])
 
     @property
     def norm(self) -> nn.Module:  # type: ignore[override]
