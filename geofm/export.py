@@ -193,7 +193,7 @@ def deepness_metadata(card: ModelCard, tile: int, checkpoint: str = "",
     if len(names) != num_outputs:
         names = [f"{'target' if task == 'regression' else 'class'}_{i}"
                  for i in range(num_outputs)]
-    mean, std = list(card.contract.mean), list(card.contract.std)
+    mean, std = (v.tolist() for v in card.contract.normalization(bands))
     used = {b: f"band {i + 1} ({b})" for i, b in enumerate(bands)}
     missing: list[str] = []
     if plan is not None:
@@ -380,6 +380,9 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     from geofm.io.outputs import require_suffix
     from geofm.loading import load_finetuned
 
+    from geofm.published.resolve import refuse_headless
+
+    refuse_headless(model_path, "export")
     bands_in = bands
     out = require_suffix(out_path, (".onnx",), "an ONNX model")
     check_output(out, overwrite, [Path(model_path)])
@@ -394,8 +397,9 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     assert card.task is not None
     task = card.task.task
     bands = list(card.bands)
-    mean = np.asarray(card.contract.mean, dtype=np.float32)
-    std = np.asarray(card.contract.std, dtype=np.float32)
+    # the raster holds the products' stored numbers: the contract converts them to the units
+    # the model was trained in (an identity for statistics geofm computed from a store)
+    mean, std = card.contract.normalization(bands)
     plan = None
     if bands_in is not None:
         plan = export_bands(model, card, bands_in, source="--bands (bands=)")
