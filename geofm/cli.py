@@ -204,6 +204,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
         "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
         "trainer.precision": a.precision, "trainer.compile": a.compile or None,
         "probe.store": a.probe, "resume": a.resume, "output": a.output,
+        "init": a.init, "weights": a.weights,
         "trainer.logger": a.logger}, a.set)
     result = run_pretrain(cfg, progress=not a.quiet)
     if "checkpoint" not in result:  # another rank of a distributed run: rank 0 reports
@@ -246,6 +247,22 @@ def _recipe(spec: str | None, task: str) -> Path | None:
     return None if spec is None else resolve_config(spec, task)
 
 
+def _cmd_models(a: argparse.Namespace) -> int:
+    from geofm.published.resolve import models_table
+
+    rows = models_table()
+    cols = ("name", "bands", "units", "licence", "get")
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols[:-1]}
+    print("  ".join(f"{c:<{width[c]}}" for c in cols[:-1]) + "  weights")
+    for r in rows:
+        print("  ".join(f"{r[c]:<{width[c]}}" for c in cols[:-1]) + f"  {r['get']}")
+        if a.verbose:
+            print(f"    {r['title']}; {r['source']}\n    {r['weights']}\n    {r['checks']}")
+    print("\nuse one: geofm finetune --init NAME --weights FILE --data STORE "
+          "(geofm models -v: sources and URLs)")
+    return 0
+
+
 def _cmd_configs(a: argparse.Namespace) -> int:
     from geofm.packaged import find_config, list_configs
 
@@ -284,7 +301,8 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
     from geofm.training.finetune import run_finetune
 
     cfg = _config(FINETUNE_DEFAULTS, _recipe(a.config, "finetune"), {
-        "init": a.init, "data.store": a.data, "task": a.task, "head.kind": a.probe,
+        "init": a.init, "weights": a.weights, "data.store": a.data, "task": a.task,
+        "head.kind": a.probe,
         "head.freeze": a.freeze, "head.unfreeze_last": a.unfreeze_last,
         "optim.layer_decay": a.layer_decay, "optim.lr": a.lr, "trainer.max_steps": a.max_steps,
         "data.batch_size": a.batch_size, "output": a.output, "trainer.logger": a.logger}, a.set)
@@ -337,7 +355,8 @@ def _cmd_align(a: argparse.Namespace) -> int:
     from geofm.training.config import ALIGN_DEFAULTS
 
     cfg = _config(ALIGN_DEFAULTS, _recipe(a.config, "align"), {
-        "init": a.init, "data.store": a.data, "data.bands": a.bands, "data.split": a.split,
+        "init": a.init, "weights": a.weights, "data.store": a.data, "data.bands": a.bands,
+        "data.split": a.split,
         "text.model": a.text_model, "text.locked": False if a.unlock_text else None,
         "optim.lr": a.lr, "optim.freeze_encoder": True if a.freeze_encoder else None,
         "trainer.max_steps": a.max_steps, "data.batch_size": a.batch_size,
@@ -400,7 +419,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
     if a.knn:
         r = knn_evaluate(a.model, a.data, split=a.split, train_split=a.train_split, k=a.k,
-                         task=a.knn_task)
+                         task=a.knn_task, weights=a.weights)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items() if isinstance(v, float))
         print(f"kNN (k={r['k']}, {r['num_train']} {r['train_split']} chips vote for "
               f"{r['num_query']} {r['split']} chips): {shown}")
@@ -435,7 +454,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                        embed=a.embed, vector=a.vector, min_area=a.min_area, tile=tile,
                        overlap=a.overlap, batch_size=a.batch_size,
                        resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
-                       device=device, progress=not a.quiet, strict=a.strict)
+                       device=device, progress=not a.quiet, strict=a.strict,
+                       weights=a.weights, data_units=a.data_units)
     print(r["message"])
     extra = [r[k] for k in ("probabilities", "vector") if r.get(k)]
     print(f"wrote {a.output}" + (f" (+ {', '.join(extra)})" if extra else "")
@@ -494,6 +514,10 @@ def query_arguments(items: Sequence[str], texts: Sequence[str]) -> tuple[list[st
 def _cmd_export(a: argparse.Namespace) -> int:
     from geofm.export import export_onnx, read_metadata
 
+    if a.weights is not None:
+        from geofm.published.resolve import refuse_headless
+
+        refuse_headless(a.model, "export")
     out = export_onnx(a.model, a.onnx, tile_size=a.tile_size, opset=a.opset,
                       overwrite=a.overwrite, bands=a.bands)
     meta = read_metadata(out)
@@ -706,6 +730,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled store whose chips score the features with a kNN vote while "
                    "training (probe.csv; see --set probe.every_n_steps=, probe.split=; "
                    "default: no probe)")
+    t.add_argument("--init", help="an encoder to continue pretraining (published encoders run "
+                   "their own tokenizer, which geofm's objectives cannot mask, and are refused)")
+    t.add_argument("--weights", help="a published model's weights file, as released "
+                   "(with --init NAME; 'geofm models' lists the names and where to get each)")
     _add_step_run_options(t, PRETRAIN_DEFAULTS)
     _add_config_options(t, "pretrain", PRETRAIN_DEFAULTS)
     t.set_defaults(func=_cmd_pretrain)
@@ -721,7 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
             "outputs/reben_mini.zarr --task segmentation --max-steps 60 --output runs/seg",
             "geofm finetune --init pretrain.safetensors --data reben.zarr --freeze partial "
             "--unfreeze-last 2 --lr 3e-4"), formatter_class=fmt)
-    f.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors; required)")
+    f.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors), a published "
+                   "model's name (dofa_base) or torchgeo:Enum.MEMBER (required)")
+    f.add_argument("--weights", help="a published model's weights file, as released "
+                   "(with --init NAME; 'geofm models' lists the names and where to get each)")
     f.add_argument("--data", help="chip store with labels, masks or targets (required)")
     f.add_argument("--task", choices=("multilabel", "classification", "segmentation",
                                       "regression"),
@@ -766,7 +797,10 @@ def build_parser() -> argparse.ArgumentParser:
             "outputs/reben_mini.zarr --max-steps 40 --set data.crop=64",
             "geofm align --init pretrain.safetensors --data reben.zarr --unlock-text "
             "--set optim.encoder_lr=1e-5"), formatter_class=fmt)
-    al.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors; required)")
+    al.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors), a published "
+                    "model's name (dofa_base) or torchgeo:Enum.MEMBER (required)")
+    al.add_argument("--weights", help="a published model's weights file, as released "
+                    "(with --init NAME; 'geofm models' lists the names and where to get each)")
     al.add_argument("--data", help="chip store with captions or labels (required)")
     al.add_argument("--bands", help="bands to train on (default: the pretrained model's)")
     al.add_argument("--split", help="training split ('all': every chip; "
@@ -851,6 +885,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-k", type=int, default=20, help="kNN neighbours")
     e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"),
                    help="kNN vote: several labels per chip, or one")
+    e.add_argument("--weights", help="with --knn and a published model's name as MODEL: its "
+                   "weights file, as released")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser(
@@ -898,6 +934,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "warning")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--weights", help="with --embed and a published model's name as MODEL "
+                    "(dofa_base): its weights file, as released")
+    pr.add_argument("--data-units", choices=("native", "physical"), default="native",
+                    help="what the input holds: the products' stored numbers (native: S2 "
+                    "reflectance × 10,000, Landsat DN) or physical values (reflectance 0–1, dB, "
+                    "K); converted for the model either way, refused if the values disagree")
     pr.set_defaults(func=_cmd_predict)
 
     q = sub.add_parser(
@@ -955,7 +997,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the checkpoint's bands)")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    x.add_argument("--weights", help="a published model's weights file (refused: export needs "
+                   "a task head; finetune it first)")
     x.set_defaults(func=_cmd_export)
+
+    mo = sub.add_parser("models", help="list the published encoders geofm loads (name, bands, "
+                        "units, licence, where the weights are)", formatter_class=fmt)
+    mo.add_argument("-v", "--verbose", action="store_true",
+                    help="also each model's source, weights URL and what geofm checks")
+    mo.set_defaults(func=_cmd_models)
 
     cf = sub.add_parser(
         "configs", help="list the shipped run configs (recipes), or print one",

@@ -379,7 +379,6 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     from geofm.io.cog import OutputTransaction, check_output, remove_stale_temporaries
     from geofm.io.outputs import require_suffix
     from geofm.loading import load_finetuned
-
     from geofm.published.resolve import refuse_headless
 
     refuse_headless(model_path, "export")
