@@ -133,7 +133,7 @@ def test_wrong_references_are_one_line(releases: dict[str, Path], tmp_path: Path
 
 def test_missing_bands_are_named_and_flexible_models_use_what_is_there(
         releases: dict[str, Path], dofa_file: Path, tmp_path: Path) -> None:
-    data, names = _scene_window(64)
+    data, _ = _scene_window(64)
     four = data[[1, 2, 3, 7]]  # B02 B03 B04 B08
     path = tmp_path / "four.tif"
     with rasterio.open(S2_SCENE) as src:
@@ -301,3 +301,11 @@ def test_ssl4eo_finetune_predict_export_on_the_l1c_scene(
         releases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = l1c_store(tmp_path / "l1c.zarr")
     _end_to_end(SSL4EO, releases[SSL4EO], store, tmp_path, capsys)
+
+
+def test_readme_table_is_the_registry() -> None:
+    from geofm.published.resolve import README_BEGIN, README_END, markdown_table
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text[text.index(README_BEGIN) + len(README_BEGIN):text.index(README_END)].strip()
+    assert table == markdown_table()

@@ -240,3 +240,21 @@ def refuse_headless(ref: str | Path, command: str) -> None:
         raise GeofmError(f"{command} needs a model with a task head, and {ref} is a published "
                          "encoder without one", hint=f"finetune it first (geofm finetune "
                          f"--init {ref} --weights FILE) and {command} that checkpoint")
+
+
+README_BEGIN = "<!-- published-models: begin (geofm.published.resolve.markdown_table) -->"
+README_END = "<!-- published-models: end -->"
+
+
+def markdown_table(specs: Sequence[PublishedSpec] | None = None) -> str:
+    """The README's table of supported published models, from :data:`PUBLISHED`."""
+    lines = ["| model | source | bands | input units (level) | licence | weights | "
+             "geofm checks |", "|---|---|---|---|---|---|---|"]
+    for r in models_table(specs):
+        source = f"{r['title']}: {r['source']}"
+        get = f"`{r['get']}`, or [the file]({r['weights']})" if r["get"].startswith(
+            "--init") else f"[{r['get'].removeprefix('--weights ')}]({r['weights']})"
+        cells = [f"`{r['name']}`", source, r["bands"], r["units"], r["licence"], get,
+                 r["checks"].replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
