@@ -296,7 +296,25 @@ def _downgrade(proto: Any, opset: int) -> Any:
     """
     onnx = require("onnx", "onnx")
 
+    # onnx's converter has no Split adapter from opset 18 (which added ``num_outputs``); opset
+    # 13's Split without a ``split`` input splits equally into its outputs, which is what
+    # ``num_outputs`` says, so Split nodes sit out the conversion in a private domain and come
+    # back without the attribute (the export's onnxruntime check then compares with torch)
+    hidden = "geofm.split"
+    splits = [n for n in proto.graph.node if n.op_type == "Split" and n.domain in ("", "ai.onnx")]
+    for node in splits:
+        node.domain = hidden
+    if splits:
+        proto.opset_import.append(onnx.helper.make_opsetid(hidden, 1))
     converted = onnx.version_converter.convert_version(proto, opset)
+    for node in converted.graph.node:
+        if node.domain == hidden:
+            node.domain = ""
+            kept = [a for a in node.attribute if a.name != "num_outputs"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    for entry in [o for o in converted.opset_import if o.domain == hidden]:
+        converted.opset_import.remove(entry)
     for node in converted.graph.node:
         if node.op_type.startswith("Reduce"):
             kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
