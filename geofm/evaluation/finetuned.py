@@ -162,9 +162,13 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
         ``{"metrics", "k", "temperature", "train_split", "split", "num_train", "num_query"}``.
     """
     from geofm.loading import load_encoder
+    from geofm.training.release import check_store_scale, has_release_contract
 
     encoder, card = load_encoder(model_path, weights)
-    return knn_metrics(encoder, card.contract, open_store(store_path), split, train_split, k,
+    store = open_store(store_path)
+    if has_release_contract(card):  # a release's units: check the store's are what it says
+        check_store_scale(store, card.contract.match(store.bands, store.path), train_split)
+    return knn_metrics(encoder, card.contract, store, split, train_split, k,
                        temperature, task, batch_size)
 
 
