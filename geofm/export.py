@@ -433,13 +433,19 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
                                                (2, len(mean), tile, tile)).copy())
     try:
         proto = _trace(module, example)
-        if opset != EXPORT_OPSET:
-            proto = _downgrade(proto, opset)
     except GeofmError:
         raise
     except Exception as e:
         raise GeofmError(f"cannot export the model to ONNX ({_first_line(e)})",
                          model_path) from None
+    try:
+        if opset != EXPORT_OPSET:
+            proto = _downgrade(proto, opset)
+    except Exception as e:  # an op opset 17 cannot express (an antialiased Resize, ...)
+        raise GeofmError(f"cannot write the model in ONNX opset {opset} ({_first_line(e)})",
+                         model_path, f"export with --opset {EXPORT_OPSET} (opset="
+                         f"{EXPORT_OPSET}), which onnxruntime ≥ 1.14 and QGIS Deepness read") \
+            from None
     # The oldest IR version that has the opset: onnxruntime refuses files whose IR version is
     # newer than it knows (1.17, which QGIS Deepness installs, stops at IR 9), whatever the ops.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), True)
