@@ -284,6 +284,9 @@ def test_dofa_finetune_predict_export_on_reben_and_the_scene(
         dofa_file: Path, reben_store: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     _end_to_end("dofa_base", dofa_file, reben_store, tmp_path, capsys)
+    assert main(["eval", "dofa_base", "--knn", "--weights", str(dofa_file), "--data",
+                 str(reben_store), "--split", "validation", "-k", "3"]) == 0
+    assert "kNN (k=3" in capsys.readouterr().out
     card = read_card(tmp_path / "ft" / "finetune.safetensors")
     # trained on reBEN's 12 L2A bands: the card says so, with DOFA's own statistics
     assert "S2.B10" not in card.bands and card.contract.processing_levels["S2"] == "L2A"
@@ -296,6 +299,8 @@ def test_ssl4eo_on_reben_names_the_band_it_lacks(
     one_line_error(["finetune", "--init", SSL4EO, "--weights", str(releases[SSL4EO]),
                     "--data", str(reben_store), "--output", str(tmp_path / "r")], capsys,
                    "needs bands S2.B10")
+    one_line_error(["eval", SSL4EO, "--knn", "--weights", str(releases[SSL4EO]), "--data",
+                    str(reben_store)], capsys, "needs bands S2.B10")
 
 
 @pytest.mark.slow
