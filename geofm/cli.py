@@ -731,9 +731,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "training (probe.csv; see --set probe.every_n_steps=, probe.split=; "
                    "default: no probe)")
     t.add_argument("--init", help="an encoder to continue pretraining (published encoders run "
-                   "their own tokenizer, which geofm's objectives cannot mask, and are refused)")
+                   "their own tokenizer, which geofm's objectives cannot mask, and are"
+                   " refused; default: none)")
     t.add_argument("--weights", help="a published model's weights file, as released "
-                   "(with --init NAME; 'geofm models' lists the names and where to get each)")
+                   "(with --init NAME; 'geofm models' lists the names and where"
+                   " to get each; default: none)")
     _add_step_run_options(t, PRETRAIN_DEFAULTS)
     _add_config_options(t, "pretrain", PRETRAIN_DEFAULTS)
     t.set_defaults(func=_cmd_pretrain)
@@ -752,7 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors), a published "
                    "model's name (dofa_base) or torchgeo:Enum.MEMBER (required)")
     f.add_argument("--weights", help="a published model's weights file, as released "
-                   "(with --init NAME; 'geofm models' lists the names and where to get each)")
+                   "(with --init NAME; 'geofm models' lists the names and where"
+                   " to get each; default: none)")
     f.add_argument("--data", help="chip store with labels, masks or targets (required)")
     f.add_argument("--task", choices=("multilabel", "classification", "segmentation",
                                       "regression"),
@@ -800,7 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors), a published "
                     "model's name (dofa_base) or torchgeo:Enum.MEMBER (required)")
     al.add_argument("--weights", help="a published model's weights file, as released "
-                    "(with --init NAME; 'geofm models' lists the names and where to get each)")
+                    "(with --init NAME; 'geofm models' lists the names and where"
+                   " to get each; default: none)")
     al.add_argument("--data", help="chip store with captions or labels (required)")
     al.add_argument("--bands", help="bands to train on (default: the pretrained model's)")
     al.add_argument("--split", help="training split ('all': every chip; "
@@ -886,7 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"),
                    help="kNN vote: several labels per chip, or one")
     e.add_argument("--weights", help="with --knn and a published model's name as MODEL: its "
-                   "weights file, as released")
+                   "weights file, as released; default: none")
     e.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser(
@@ -935,7 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.add_argument("--weights", help="with --embed and a published model's name as MODEL "
-                    "(dofa_base): its weights file, as released")
+                    "(dofa_base): its weights file, as released; default: none)")
     pr.add_argument("--data-units", choices=("native", "physical"), default="native",
                     help="what the input holds: the products' stored numbers (native: S2 "
                     "reflectance × 10,000, Landsat DN) or physical values (reflectance 0–1, dB, "
@@ -998,11 +1002,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output")
     x.add_argument("--weights", help="a published model's weights file (refused: export needs "
-                   "a task head; finetune it first)")
+                   "a task head; finetune it first; default: none)")
     x.set_defaults(func=_cmd_export)
 
     mo = sub.add_parser("models", help="list the published encoders geofm loads (name, bands, "
-                        "units, licence, where the weights are)", formatter_class=fmt)
+                        "units, licence, where the weights are)",
+                        description="The published foundation models geofm loads through its "
+                        "band contract: each one's bands, the input units its weights expect, "
+                        "licence and how to get the weights (--init NAME --weights FILE, or "
+                        "--init torchgeo:Enum.MEMBER).",
+                        epilog=_examples(
+                            "geofm models                 # one line each",
+                            "geofm models -v              # with sources, URLs and checks",
+                            "geofm finetune --init dofa_base --weights "
+                            "dofa_base_patch16_224-a0275954.pth --data reben.zarr"),
+                        formatter_class=fmt)
     mo.add_argument("-v", "--verbose", action="store_true",
                     help="also each model's source, weights URL and what geofm checks")
     mo.set_defaults(func=_cmd_models)
