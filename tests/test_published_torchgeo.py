@@ -57,6 +57,46 @@ def test_dofa_large_matches_torchgeo() -> None:
     assert diff <= TOL
 
 
+def test_panopticon_matches_torchgeo() -> None:
+    diff, _, _ = _ref("panopticon").check(batch=1, repeats=0)
+    assert diff <= TOL
+
+
+def test_panopticon_ids_and_a_band_subset_match_torchgeo() -> None:
+    # Optical bands travel as their wavelength in nm, S1 VV/VH as Panopticon's SAR ids.
+    ref = _ref("panopticon")
+    spec = PUBLISHED["panopticon_base"]
+    assert ref.channel_ids(["S2.B04", "S1.VV", "S1.VH"]) == [
+        pytest.approx(664.6), -1.0, -2.0]
+    diff, _, _ = ref.check(batch=1, repeats=0, bands=("S2.B04", "S2.B03", "S2.B02"))
+    assert diff <= TOL and spec.flexible
+
+
+def test_copernicusfm_matches_torchgeo() -> None:
+    diff, _, _ = _ref("copernicusfm").check(batch=2, size=64, repeats=0)
+    assert diff <= TOL
+
+
+def test_croma_optical_matches_torchgeo() -> None:
+    diff, _, _ = _ref("croma").check(batch=2, repeats=0)
+    assert diff <= TOL
+
+
+@pytest.mark.slow
+def test_scalemae_matches_torchgeo_at_a_reduced_tile() -> None:
+    diff, _, _ = _ref("scalemae").check(batch=1, size=64, repeats=0)
+    assert diff <= TOL
+
+
+def test_croma_release_drops_only_the_sar_and_joint_encoders(tmp_path: Path) -> None:
+    state = _ref("croma").release_state()
+    state["s2_decoder"] = {"weight": torch.zeros(2)}
+    path = tmp_path / PUBLISHED["croma_base"].weights_file
+    torch.save(state, path)
+    with pytest.raises(GeofmError, match=r"s2_decoder\.weight"):
+        load_release(PUBLISHED["croma_base"], path)
+
+
 def _save(state: dict[str, torch.Tensor], tmp_path: Path, name: str) -> Path:
     path = tmp_path / PUBLISHED[name].weights_file
     torch.save(state, path)
@@ -116,15 +156,18 @@ def test_a_missing_file_names_it_its_url_and_where_to_put_it(tmp_path: Path) -> 
     assert "\n" not in line
 
 
-@pytest.mark.parametrize("name", ["ssl4eo_vits16_mae", "dofa_base"])
+@pytest.mark.parametrize("name", ["ssl4eo_vits16_mae", "dofa_base", "panopticon_base",
+                                  "copernicusfm_base", "croma_base"])
 def test_create_model_rebuilds_from_the_json_config(name: str) -> None:
     spec = PUBLISHED[name]
     model = create_model(spec.architecture, **spec.config)
     config = json.loads(json.dumps(model.model_config))
     again = create_model(spec.architecture, **config)
     assert again.state_dict().keys() == model.state_dict().keys()
-    x = torch.zeros(1, len(spec.bands), 32, 32)
-    assert model.forward_patch_features(x, spec.bands).shape == (1, 4, model.embed_dim)
+    size = spec.config.get("img_size", 0) if name == "panopticon_base" else 4 * spec.patch_size
+    x = torch.zeros(1, len(spec.bands), size, size)
+    n = (size // spec.patch_size) ** 2
+    assert model.forward_patch_features(x, spec.bands).shape == (1, n, model.embed_dim)
     assert len(list(model.blocks)) in (12, 24)
 
 

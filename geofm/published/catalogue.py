@@ -5,6 +5,6 @@ The families' modules import torchgeo only when a model is built, so importing t
 is cheap; ``import geofm`` does not import it.
 """
 
-from geofm.published import dofa, ssl4eo
+from geofm.published import copernicusfm, croma, dofa, panopticon, scalemae, ssl4eo
 
-__all__ = ["dofa", "ssl4eo"]
+__all__ = ["copernicusfm", "croma", "dofa", "panopticon", "scalemae", "ssl4eo"]

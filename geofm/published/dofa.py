@@ -29,7 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from geofm.models.registry import register_model
-from geofm.published.base import PublishedEncoder, PublishedSpec, consume, register_published
+from geofm.published.base import (
+    PublishedEncoder,
+    PublishedSpec,
+    StateConverter,
+    consume,
+    register_published,
+)
 from geofm.published.common import (
     S2_L1C,
     SSL4EO_S2_MEAN,
@@ -126,7 +132,7 @@ def dofa_vit_large_patch16(**overrides: Any) -> DOFAEncoder:
     return DOFAEncoder(**{"size": "large", **overrides})
 
 
-def _converter(dim: int):
+def _converter(dim: int) -> StateConverter:
     def convert(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """DOFA release keys → :class:`DOFAEncoder`; ``fc_norm`` at its initial value when
         the release has none (torchgeo's loader does the same); a ``head.*`` is left out."""
