@@ -59,7 +59,7 @@ SO2SAT_S2_STD = (0.039532706, 0.047356457, 0.06560701, 0.06269057, 0.07596791, 0
                  0.09054905, 0.09972874, 0.0992988, 0.08763404)
 
 
-class ChannelViTRelease(ChannelViT, PublishedEncoder):
+class ChannelViTRelease(ChannelViT, PublishedEncoder):  # type: ignore[misc]
     """geofm's ChannelViT in a release's layout, also a :class:`PublishedEncoder`.
 
     Takes any subset of its bands (``band_tokens``), one token per band and patch.

@@ -25,7 +25,7 @@ are open_clip's ``encode_image`` output (unnormalised); per-patch features are M
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -78,12 +78,13 @@ class RemoteCLIPEncoder(OpenCLIPImageEncoder, PublishedEncoder):
     @property
     def blocks(self) -> nn.ModuleList:  # type: ignore[override]
         """The tower's residual attention blocks, first to last."""
-        return self.visual.transformer.resblocks
+        transformer = cast(nn.Module, self.visual.transformer)
+        return cast(nn.ModuleList, transformer.resblocks)
 
     @property
     def norm(self) -> nn.Module:  # type: ignore[override]
         """The tower's final LayerNorm (``ln_post``)."""
-        return self.visual.ln_post
+        return cast(nn.Module, self.visual.ln_post)
 
 
 def convert_open_clip_visual(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -103,7 +103,8 @@ class MAEViTEncoder(PublishedEncoder):
     def _tokens(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """All tokens after the final norm, ``[B, 1 + N, D]`` (class token first)."""
         self.grid_size(images)
-        x = images[:, rgb_channels(bands, self.bands)]  # [B, 3, H, W]
+        idx = rgb_channels(bands, self.bands)
+        x = images if idx == list(range(images.shape[1])) else images[:, idx]  # [B, 3, H, W]
         return self.vit.forward_features(x)  # [B, 1 + N, D]
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
