@@ -57,14 +57,21 @@ from geofm.predict.sinks import ArraySink
 from geofm.predict.sources import open_input
 
 
-def load(path: str | Path, device: str = "cpu") -> Model:
+def load(path: str | Path, device: str = "cpu", weights: str | Path | None = None,
+         data_units: str = "native") -> Model:
     """Load a geofm checkpoint for prediction (finetuned), embeddings (any), or text queries and
     image–text embeddings (aligned).
 
     Args:
         path: A ``*.safetensors`` checkpoint written by ``geofm finetune``, ``geofm pretrain``
-            or ``geofm align``.
+            or ``geofm align``; or a published encoder's name (``"dofa_base"``, ``geofm
+            models`` lists them) or ``"torchgeo:DOFABase16_Weights.DOFA_MAE"``.
         device: Torch device (``"cpu"``, ``"cuda"``).
+        weights: A published encoder's weights file, as released.
+        data_units: What the inputs hold: ``"native"`` (the products' stored numbers:
+            Sentinel-2 reflectance × 10,000, Landsat Collection-2 DN) or ``"physical"``
+            (reflectance 0–1, dB, K). The band contract converts either into the model's
+            units; values that do not fit the declared units are refused (:mod:`geofm.scale`).
 
     Returns:
         The model, in eval mode.
@@ -78,7 +85,7 @@ def load(path: str | Path, device: str = "cpu") -> Model:
         >>> model  # doctest: +SKIP
         Model(channelvit_test, segmentation, 14 bands, 19 classes)
     """
-    return Model(Predictor.from_checkpoint(path)).to(device)
+    return Model(Predictor.from_checkpoint(path, weights).with_data_units(data_units)).to(device)
 
 
 def _image_batch(x: Any) -> tuple[np.ndarray, bool]:

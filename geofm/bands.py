@@ -116,6 +116,7 @@ def _add(
     unit: str,
     scale: float,
     offset: float,
+    aliases: tuple[str, ...] = (),
 ) -> None:
     _register(
         Band(
@@ -130,6 +131,7 @@ def _add(
             scale=scale,
             offset=offset,
             common_name=common,
+            aliases=aliases,
         )
     )
 
@@ -180,10 +182,14 @@ for _n, _lo, _hi, _cn, _kind in _MODIS_ROWS:
 def _add_landsat(sensor: str, rows: Iterable[tuple[str, float, float, float, str, str]]) -> None:
     for band, lo, hi, gsd, kind, common in rows:
         thermal = kind == "thermal"
+        # Collection-2 Level-2 names its files' bands SR_B4 (surface reflectance) and ST_B10
+        # (surface temperature); "L8.SR_B4" resolves them for a file whose metadata names L8
+        usgs = f"{'ST' if thermal else 'SR'}_{band}"
         _add(sensor, band, (lo + hi) / 2, hi - lo, gsd, common, kind=kind,
              unit="K" if thermal else "reflectance",
              scale=tables.LANDSAT_C2L2_ST_SCALE if thermal else tables.LANDSAT_C2L2_SR_SCALE,
-             offset=tables.LANDSAT_C2L2_ST_OFFSET if thermal else tables.LANDSAT_C2L2_SR_OFFSET)
+             offset=tables.LANDSAT_C2L2_ST_OFFSET if thermal else tables.LANDSAT_C2L2_SR_OFFSET,
+             aliases=(usgs, f"{sensor}.{usgs}"))
 
 
 _add_landsat("L8", tables.LANDSAT8_OLI_TIRS)

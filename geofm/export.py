@@ -188,7 +188,7 @@ def deepness_metadata(card: ModelCard, tile: int, checkpoint: str = "",
     if len(names) != num_outputs:
         names = [f"{'target' if task == 'regression' else 'class'}_{i}"
                  for i in range(num_outputs)]
-    mean, std = list(card.contract.mean), list(card.contract.std)
+    mean, std = (v.tolist() for v in card.contract.normalization(bands))
     used = {b: f"band {i + 1} ({b})" for i, b in enumerate(bands)}
     missing: list[str] = []
     if plan is not None:
@@ -295,7 +295,25 @@ def _downgrade(proto: Any, opset: int) -> Any:
     """
     onnx = require("onnx", "onnx")
 
+    # onnx's converter has no Split adapter from opset 18 (which added ``num_outputs``); opset
+    # 13's Split without a ``split`` input splits equally into its outputs, which is what
+    # ``num_outputs`` says, so Split nodes sit out the conversion in a private domain and come
+    # back without the attribute (the export's onnxruntime check then compares with torch)
+    hidden = "geofm.split"
+    splits = [n for n in proto.graph.node if n.op_type == "Split" and n.domain in ("", "ai.onnx")]
+    for node in splits:
+        node.domain = hidden
+    if splits:
+        proto.opset_import.append(onnx.helper.make_opsetid(hidden, 1))
     converted = onnx.version_converter.convert_version(proto, opset)
+    for node in converted.graph.node:
+        if node.domain == hidden:
+            node.domain = ""
+            kept = [a for a in node.attribute if a.name != "num_outputs"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    for entry in [o for o in converted.opset_import if o.domain == hidden]:
+        converted.opset_import.remove(entry)
     for node in converted.graph.node:
         if node.op_type.startswith("Reduce"):
             kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
@@ -378,7 +396,9 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     from geofm.io.cog import OutputTransaction, remove_stale_temporaries
     from geofm.io.outputs import check_output, require_suffix
     from geofm.loading import load_finetuned
+    from geofm.published.resolve import refuse_headless
 
+    refuse_headless(model_path, "export")
     bands_in = bands
     out = require_suffix(out_path, (".onnx",), "an ONNX model")
     check_output(out, overwrite, [Path(model_path)])
@@ -393,8 +413,9 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
     assert card.task is not None
     task = card.task.task
     bands = list(card.bands)
-    mean = np.asarray(card.contract.mean, dtype=np.float32)
-    std = np.asarray(card.contract.std, dtype=np.float32)
+    # the raster holds the products' stored numbers: the contract converts them to the units
+    # the model was trained in (an identity for statistics geofm computed from a store)
+    mean, std = card.contract.normalization(bands)
     plan = None
     if bands_in is not None:
         plan = export_bands(model, card, bands_in, source="--bands (bands=)")
@@ -411,13 +432,19 @@ def export_onnx(model_path: str | Path, out_path: str | Path, *, tile_size: int 
                                                (2, len(mean), tile, tile)).copy())
     try:
         proto = _trace(module, example)
-        if opset != EXPORT_OPSET:
-            proto = _downgrade(proto, opset)
     except GeofmError:
         raise
     except Exception as e:
         raise GeofmError(f"cannot export the model to ONNX ({first_line(e)})",
                          model_path) from None
+    try:
+        if opset != EXPORT_OPSET:
+            proto = _downgrade(proto, opset)
+    except Exception as e:  # an op opset 17 cannot express (an antialiased Resize, ...)
+        raise GeofmError(f"cannot write the model in ONNX opset {opset} ({first_line(e)})",
+                         model_path, f"export with --opset {EXPORT_OPSET} (opset="
+                         f"{EXPORT_OPSET}), which onnxruntime ≥ 1.14 and QGIS Deepness read") \
+            from None
     # The oldest IR version that has the opset: onnxruntime refuses files whose IR version is
     # newer than it knows (1.17, which QGIS Deepness installs, stops at IR 9), whatever the ops.
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), True)

@@ -22,7 +22,14 @@ from geofm.models.text import TextTower
 
 
 def build_encoder(architecture: Architecture) -> nn.Module:
-    """An untrained encoder of ``architecture`` (the card's registered name and config)."""
+    """An untrained encoder of ``architecture`` (the card's registered name and config); a
+    published family's architecture is registered by importing the catalogue."""
+    from geofm.models.registry import list_models
+
+    if architecture.name not in list_models():
+        from geofm.published.resolve import ensure_catalogue
+
+        ensure_catalogue()
     return create_model(architecture.name, **architecture.config)
 
 
@@ -31,8 +38,21 @@ def encoder_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, ModelCard]:
-    """The pretrained (or finetuned, or aligned) encoder of a geofm checkpoint, in eval mode."""
+def load_encoder(path: str | Path, weights_file: str | Path | None = None
+                 ) -> tuple[nn.Module, ModelCard]:
+    """The pretrained (or finetuned, or aligned) encoder of a geofm checkpoint, in eval mode;
+    or a published encoder: ``path`` names the release (``"dofa_base"``,
+    ``"torchgeo:DOFABase16_Weights.DOFA_MAE"``) and ``weights_file`` is its published file
+    (see :mod:`geofm.published.resolve`)."""
+    from geofm.published.resolve import (
+        is_published_ref,
+        load_published,
+        refuse_weights_without_release,
+    )
+
+    refuse_weights_without_release(path, weights_file)
+    if is_published_ref(path):
+        return load_published(str(path), weights_file)
     weights, card = load_checkpoint(path)
     enc = build_encoder(card.architecture)
     state = encoder_state(weights)
@@ -113,13 +133,19 @@ def load_aligned(path: str | Path) -> tuple[AlignModel, ModelCard]:
     return model.eval(), card
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
+def load_model(path: str | Path, weights: str | Path | None = None
+               ) -> tuple[nn.Module, ModelCard]:
     """Any model geofm reads, by its card's kind: a finetuned model (encoder + head), an
-    image–text model (geofm align checkpoints and published open_clip / RemoteCLIP weights), or
-    an encoder (pretrained checkpoints), in eval mode.
+    image–text model (geofm align checkpoints and published open_clip / RemoteCLIP weights), an
+    encoder (pretrained checkpoints), or a published encoder (``path`` a release name or
+    ``torchgeo:Enum.MEMBER``, ``weights`` its published file), in eval mode.
 
     This is the one place that picks the loader.
     """
+    from geofm.published.resolve import is_published_ref
+
+    if weights is not None or is_published_ref(path):
+        return load_encoder(path, weights)
     if is_open_clip_source(path):
         return load_aligned(path)
     kind = read_card(path).kind

@@ -84,8 +84,9 @@ def assert_cog(path: Path, levels: int) -> dict[str, Any]:
     info = gdalinfo(path)
     assert info["metadata"]["IMAGE_STRUCTURE"]["LAYOUT"] == "COG"
     assert info["metadata"]["IMAGE_STRUCTURE"]["COMPRESSION"] == "DEFLATE"
+    side = -(-max(info["size"]) // 16) * 16  # blocks no larger than the raster
     for band in info["bands"]:
-        assert band["block"] == [256, 256]
+        assert band["block"] == [min(256, side)] * 2
         assert len(band.get("overviews", [])) == levels
     return info
 
@@ -327,8 +328,10 @@ def test_band_matching_by_names_common_names_and_wavelength(rgbn_ckpt: Path,
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         assert (a.read(1) == b.read(1)).all()
 
-    # A channel-flexible S2 model on Landsat 8 bands, matched by wavelength.
-    landsat = write_like(small, tmp_path / "l8.tif", rgbn)
+    # A channel-flexible S2 model on Landsat 8 bands, matched by wavelength (the same
+    # reflectance as Collection-2 DN, reflectance = DN · 2.75e-5 − 0.2).
+    l8_dn = np.round((rgbn / 10000.0 + 0.2) / 2.75e-5).astype(np.uint16)
+    landsat = write_like(small, tmp_path / "l8.tif", l8_dn)
     with rasterio.open(landsat, "r+") as ds:
         ds.descriptions = ("L8.B2", "L8.B3", "L8.B4", "L8.B5")
     result = predict_raster(rgbn_ckpt, landsat, tmp_path / "c.tif", progress=False)

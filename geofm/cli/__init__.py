@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (data.add_build, data.add_split, data.add_info, data.add_validate,
                 train.add_pretrain, train.add_finetune, data.add_caption, train.add_align,
                 train.add_plot, evaluate.add_zeroshot, evaluate.add_retrieval, evaluate.add_eval,
-                predict.add_predict, predict.add_query, models.add_export, train.add_configs):
+                predict.add_predict, predict.add_query, models.add_export, models.add_models,
+                train.add_configs):
         add(sub, fmt)
     return p
 

@@ -57,7 +57,7 @@ def _eval(a: argparse.Namespace) -> int:
 
     if a.knn:
         r = knn_evaluate(a.model, a.data, split=a.split, train_split=a.train_split, k=a.k,
-                         task=a.knn_task)
+                         task=a.knn_task, weights=a.weights)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items() if isinstance(v, float))
         print(f"kNN (k={r['k']}, {r['num_train']} {r['train_split']} chips vote for "
               f"{r['num_query']} {r['split']} chips): {shown}")
@@ -131,4 +131,6 @@ def add_eval(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
     e.add_argument("-k", type=int, default=20, help="kNN neighbours")
     e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"),
                    help="kNN vote: several labels per chip, or one")
+    e.add_argument("--weights", help="with --knn and a published model's name as MODEL: its "
+                   "weights file, as released; default: none")
     e.set_defaults(func=_eval)

@@ -12,6 +12,10 @@ __all__ = ["add_export"]
 def _export(a: argparse.Namespace) -> int:
     from geofm.export import export_onnx, raster_band_order, read_metadata
 
+    if a.weights is not None:
+        from geofm.published.resolve import refuse_headless
+
+        refuse_headless(a.model, "export")
     out = export_onnx(a.model, a.onnx, tile_size=a.tile_size, opset=a.opset,
                       overwrite=a.overwrite, bands=a.bands)
     meta = read_metadata(out)
@@ -40,4 +44,32 @@ def add_export(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
                    "(default: the checkpoint's bands)")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    x.add_argument("--weights", help="a published model's weights file (refused: export needs "
+                   "a task head; finetune it first; default: none)")
     x.set_defaults(func=_export)
+
+
+def _models(a: argparse.Namespace) -> int:
+    from geofm.published.resolve import models_text
+
+    print(models_text(verbose=a.verbose))
+    return 0
+
+
+def add_models(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
+    """``geofm models``."""
+    mo = sub.add_parser("models", help="list the published encoders geofm loads (name, bands, "
+                        "units, licence, where the weights are)",
+                        description="The published foundation models geofm loads through its "
+                        "band contract: each one's bands, the input units its weights expect, "
+                        "licence and how to get the weights (--init NAME --weights FILE, or "
+                        "--init torchgeo:Enum.MEMBER).",
+                        epilog=examples(
+                            "geofm models                 # one line each",
+                            "geofm models -v              # with sources, URLs and checks",
+                            "geofm finetune --init dofa_base --weights "
+                            "dofa_base_patch16_224-a0275954.pth --data reben.zarr"),
+                        formatter_class=fmt)
+    mo.add_argument("-v", "--verbose", action="store_true",
+                    help="also each model's source, weights URL and what geofm checks")
+    mo.set_defaults(func=_models)

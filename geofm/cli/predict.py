@@ -16,7 +16,8 @@ def _predict(a: argparse.Namespace) -> int:
                        embed=a.embed, vector=a.vector, min_area=a.min_area, tile=a.tile,
                        overlap=a.overlap, batch_size=a.batch_size,
                        resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
-                       device=a.device, gpus=a.devices, progress=not a.quiet, strict=a.strict)
+                       device=a.device, gpus=a.devices, progress=not a.quiet, strict=a.strict,
+                       weights=a.weights, data_units=a.data_units)
     print(r["message"])
     extra = [r[k] for k in ("probabilities", "vector") if r.get(k)]
     print(f"wrote {a.output}" + (f" (+ {', '.join(extra)})" if extra else "")
@@ -88,6 +89,12 @@ def add_predict(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
                     "warning")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--weights", help="with --embed and a published model's name as MODEL "
+                    "(dofa_base): its weights file, as released; default: none)")
+    pr.add_argument("--data-units", choices=("native", "physical"), default="native",
+                    help="what the input holds: the products' stored numbers (native: S2 "
+                    "reflectance × 10,000, Landsat DN) or physical values (reflectance 0–1, dB, "
+                    "K); converted for the model either way, refused if the values disagree")
     pr.set_defaults(func=_predict)
 
 

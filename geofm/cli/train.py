@@ -22,6 +22,7 @@ def _pretrain(a: argparse.Namespace) -> int:
         "trainer.num_nodes": a.num_nodes, "trainer.strategy": a.strategy,
         "trainer.precision": a.precision, "trainer.compile": a.compile or None,
         "probe.store": a.probe, "resume": a.resume, "output": a.output,
+        "init": a.init, "weights": a.weights,
         "trainer.logger": a.logger}, a.set, progress=not a.quiet)
     if "checkpoint" not in result:  # another rank of a distributed run: rank 0 reports
         return 0
@@ -34,7 +35,8 @@ def _finetune(a: argparse.Namespace) -> int:
     from geofm.training.runs import finetune
 
     r = finetune(a.config, {
-        "init": a.init, "data.store": a.data, "task": a.task, "head.kind": a.probe,
+        "init": a.init, "weights": a.weights, "data.store": a.data, "task": a.task,
+        "head.kind": a.probe,
         "head.freeze": a.freeze, "head.unfreeze_last": a.unfreeze_last,
         "optim.layer_decay": a.layer_decay, "optim.lr": a.lr, "trainer.max_steps": a.max_steps,
         "data.batch_size": a.batch_size, "output": a.output, "trainer.logger": a.logger},
@@ -58,7 +60,8 @@ def _align(a: argparse.Namespace) -> int:
     from geofm.training.runs import align
 
     r = align(a.config, {
-        "init": a.init, "data.store": a.data, "data.bands": a.bands, "data.split": a.split,
+        "init": a.init, "weights": a.weights, "data.store": a.data, "data.bands": a.bands,
+        "data.split": a.split,
         "text.model": a.text_model, "text.locked": False if a.unlock_text else None,
         "optim.lr": a.lr, "optim.freeze_encoder": True if a.freeze_encoder else None,
         "trainer.max_steps": a.max_steps, "data.batch_size": a.batch_size,
@@ -167,6 +170,12 @@ def add_pretrain(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
                    help="labelled store whose chips score the features with a kNN vote while "
                    "training (probe.csv; see --set probe.every_n_steps=, probe.split=; "
                    "default: no probe)")
+    t.add_argument("--init", help="an encoder to continue pretraining (published encoders run "
+                   "their own tokenizer, which geofm's objectives cannot mask, and are"
+                   " refused; default: none)")
+    t.add_argument("--weights", help="a published model's weights file, as released "
+                   "(with --init NAME; 'geofm models' lists the names and where"
+                   " to get each; default: none)")
     _add_step_run_options(t, PRETRAIN_DEFAULTS)
     _add_config_options(t, "pretrain", PRETRAIN_DEFAULTS)
     t.set_defaults(func=_pretrain)
@@ -187,7 +196,11 @@ def add_finetune(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
             "outputs/reben_mini.zarr --task segmentation --max-steps 60 --output runs/seg",
             "geofm finetune --init pretrain.safetensors --data reben.zarr --freeze partial "
             "--unfreeze-last 2 --lr 3e-4"), formatter_class=fmt)
-    f.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors; required)")
+    f.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors), a published "
+                   "model's name (dofa_base) or torchgeo:Enum.MEMBER (required)")
+    f.add_argument("--weights", help="a published model's weights file, as released "
+                   "(with --init NAME; 'geofm models' lists the names and where"
+                   " to get each; default: none)")
     f.add_argument("--data", help="chip store with labels, masks or targets (required)")
     f.add_argument("--task", choices=("multilabel", "classification", "segmentation",
                                       "regression"),
@@ -225,7 +238,11 @@ def add_align(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
             "outputs/reben_mini.zarr --max-steps 40 --set data.crop=64",
             "geofm align --init pretrain.safetensors --data reben.zarr --unlock-text "
             "--set optim.encoder_lr=1e-5"), formatter_class=fmt)
-    al.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors; required)")
+    al.add_argument("--init", help="pretrained checkpoint (pretrain.safetensors), a published "
+                    "model's name (dofa_base) or torchgeo:Enum.MEMBER (required)")
+    al.add_argument("--weights", help="a published model's weights file, as released "
+                    "(with --init NAME; 'geofm models' lists the names and where"
+                    " to get each; default: none)")
     al.add_argument("--data", help="chip store with captions or labels (required)")
     al.add_argument("--bands", help="bands to train on (default: the pretrained model's)")
     al.add_argument("--split", help="training split ('all': every chip; "

@@ -70,6 +70,9 @@ def evaluate(model_path: str | Path, store_path: str | Path, split: str = "test"
     Returns:
         The report dict (also written as JSON).
     """
+    from geofm.published.resolve import refuse_headless
+
+    refuse_headless(model_path, "eval (without --knn)")
     model, card = load_finetuned(model_path)
     assert card.task is not None
     store = open_store(store_path)
@@ -145,8 +148,11 @@ def _markdown(r: dict[str, Any]) -> str:
 
 def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "test",
                  train_split: str = "train", k: int = 20, temperature: float = 0.07,
-                 task: str = "multilabel", batch_size: int = 16) -> dict[str, Any]:
-    """kNN evaluation of frozen embeddings (DINO-style weighted vote) of any geofm checkpoint.
+                 task: str = "multilabel", batch_size: int = 16,
+                 weights: str | Path | None = None) -> dict[str, Any]:
+    """kNN evaluation of frozen embeddings (DINO-style weighted vote) of any geofm checkpoint,
+    or of a published encoder (``model_path`` its name, ``weights`` its release file; the
+    store is normalised with the release's contract).
 
     Embeddings of ``train_split`` chips vote, weighted by ``exp(cos / temperature)``, for the
     labels of each ``split`` chip; no parameter is trained.
@@ -155,9 +161,13 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
         ``{"metrics", "k", "temperature", "train_split", "split", "num_train", "num_query"}``.
     """
     from geofm.loading import load_encoder
+    from geofm.training.release import check_store_scale, has_release_contract
 
-    encoder, card = load_encoder(model_path)
-    return knn_metrics(encoder, card.contract, open_store(store_path), split, train_split, k,
+    encoder, card = load_encoder(model_path, weights)
+    store = open_store(store_path)
+    if has_release_contract(card):  # a release's units: check the store's are what it says
+        check_store_scale(store, card.contract.match(store.bands, store.path), train_split)
+    return knn_metrics(encoder, card.contract, store, split, train_split, k,
                        temperature, task, batch_size)
 
 

@@ -179,8 +179,11 @@ def write_cog(src: Path, dst: Path, *, resampling: str, predictor: bool = False,
     """
     with rasterio.open(src) as ds:
         levels = overview_count(ds.height, ds.width)
+        # no block larger than the raster (rounded up to GDAL's multiple of 16): a 16 × 16
+        # embedding grid of 768 bands would otherwise compress 768 mostly empty 512² blocks
+        block = min(BLOCK_SIZE, max(16, -(-max(ds.height, ds.width) // 16) * 16))
     options: dict[str, Any] = {
-        "compress": "DEFLATE", "blocksize": BLOCK_SIZE, "bigtiff": "IF_SAFER",
+        "compress": "DEFLATE", "blocksize": block, "bigtiff": "IF_SAFER",
         "num_threads": "ALL_CPUS", "predictor": "YES" if predictor else "NO",
         "overview_resampling": resampling.upper(),
     }

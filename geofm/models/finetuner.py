@@ -59,7 +59,9 @@ class Finetuner(nn.Module):
     * ``"full"``: everything trains.
 
     Args:
-        encoder: A :class:`~geofm.models.vit.TokenEncoder` (ViT or ChannelViT).
+        encoder: A :class:`~geofm.models.vit.TokenEncoder` (ViT or ChannelViT) or a
+            :class:`~geofm.published.PublishedEncoder` (its token grid feeds the attentive and
+            segmentation heads; its ``blocks`` get the layer-wise decay and partial freezing).
         task: One of :data:`TASKS`.
         num_outputs: Classes (``multilabel``, ``classification``, ``segmentation``) or
             regression targets ``K``.
@@ -202,8 +204,10 @@ class Finetuner(nn.Module):
         with torch.no_grad() if self.freeze == "frozen" else nullcontext():
             if kind == "pooled":
                 return enc.forward_features(images, bands)  # [B, D]
-            if kind == "tokens":
+            if kind == "tokens" and hasattr(enc, "forward_tokens"):
                 return enc.forward_tokens(enc.tokenize(images, bands))  # [B, T, D]
+            # a published encoder runs its own tokenizer: the attentive probe reads its
+            # token grid, as the segmentation head does
             return enc.forward_patch_features(images, bands)  # [B, N, D]
 
     def forward(self, images: Tensor, bands: Sequence[str]) -> Tensor:
@@ -216,9 +220,16 @@ class Finetuner(nn.Module):
         if self.hcs and self.training:
             images, bands, _ = hierarchical_channel_sampling(
                 images, bands, drop=self.encoder.band_tokens)
+        h, w = images.shape[-2:]
+        p = int(self.encoder.patch_size)
+        if h % p or w % p:
+            # pad to whole patches (zero = the band mean after normalisation, as timm's
+            # dynamic_img_pad does); pixel outputs are cropped back below
+            images = F.pad(images, (0, -w % p, 0, -h % p))  # [B, C, H', W']
         features = self.head_inputs(images, bands)
         if self.input_kind == "patches":
-            out = self.head(features, self.encoder.grid_size(images))  # [B, K, H, W]
+            out = self.head(features, self.encoder.grid_size(images))  # [B, K, H', W']
+            out = out[..., :h, :w]  # [B, K, H, W]
         else:
             out = self.head(features)  # [B, K]
         if self.task == "regression":
@@ -233,13 +244,26 @@ class Finetuner(nn.Module):
 
         ``0`` for the embeddings (everything in the encoder outside its blocks and final norm),
         ``i + 1`` for block ``i``, ``L + 1`` for the final norm and the head (``L`` blocks).
+        Blocks are found by module, not by name, so a published encoder whose blocks live
+        deeper (``encoder.dofa.blocks.3``) decays the same way.
         """
         depth = len(self.encoder.blocks)
-        if name.startswith("encoder.blocks."):
-            return int(name.split(".")[2]) + 1
-        if name.startswith("encoder.") and not name.startswith("encoder.norm."):
-            return 0
-        return depth + 1
+        if not name.startswith("encoder."):
+            return depth + 1
+        table = self._layer_table()
+        return table.get(name[len("encoder."):], 0)
+
+    def _layer_table(self) -> dict[str, int]:
+        """``{encoder parameter name: layer}`` for the parameters of the blocks and norm."""
+        enc = self.encoder
+        by_id: dict[int, int] = {}
+        for i, block in enumerate(enc.blocks):
+            for param in block.parameters():
+                by_id[id(param)] = i + 1
+        for param in enc.norm.parameters():
+            by_id[id(param)] = len(enc.blocks) + 1
+        return {n: by_id[id(p)] for n, p in enc.named_parameters(remove_duplicate=False)
+                if id(p) in by_id}
 
     def _no_weight_decay(self) -> set[str]:
         names = set()

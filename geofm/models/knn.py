@@ -62,6 +62,11 @@ def extract_features(
         with torch.no_grad():
             for batch in batches:
                 images = batch["image"].to(device)  # [B, C, H, W]
+                patch = int(getattr(encoder, "patch_size", 1))
+                if images.shape[-2] % patch or images.shape[-1] % patch:
+                    # whole patches: zero (the band mean after normalisation) on the far edges
+                    images = F.pad(images, (0, -images.shape[-1] % patch,
+                                            0, -images.shape[-2] % patch))
                 feats.append(encoder(images, batch["bands"]).float().cpu())  # [B, D]
                 if target_key is not None and target_key in batch:
                     targets.append(batch[target_key].cpu())

@@ -137,7 +137,7 @@ def plan_bands(predictor: Predictor, labels: Sequence[str | None], *,
     contract = predictor.card.contract
     used = contract.match(list(available), source)
     stands_for = contract.stands_for(used)
-    mean, std = contract.normalization(used)
+    mean, std = contract.normalization(used, getattr(predictor, "data_units", "native"))
     read = {available[u] for u in used}
     return BandPlan(
         bands=list(used), sources=[available[u] for u in used],

@@ -56,14 +56,40 @@ def contract_problems(predictor: Predictor, source: Any, plan: BandPlan) -> list
     return problems
 
 
-def check_source(predictor: Predictor, source: Any, plan: BandPlan, *,
-                 strict: bool = False) -> None:
-    """Warn (one :class:`~geofm.errors.GeofmWarning` per problem) where the input's resolution
-    or processing level differs from the model's.
+SCALE_SAMPLE = 128
+"""Side of the central window whose values the scale guard looks at."""
+
+
+def check_scale_of(predictor: Predictor, source: Any, plan: BandPlan) -> None:
+    """Refuse a source whose values do not fit the units declared for them
+    (:func:`geofm.scale.check_scale` on a central window, nodata left out).
 
     Raises:
-        GeofmError: With ``strict``, the first problem.
+        GeofmError: The values are in other units than declared.
     """
+    from rasterio.windows import Window
+
+    from geofm.scale import check_scale
+
+    h, w = int(source.height), int(source.width)
+    sh, sw = min(h, SCALE_SAMPLE), min(w, SCALE_SAMPLE)
+    window = Window((w - sw) // 2, (h - sh) // 2, sw, sh)
+    data = source.read(plan.sources, window)  # [C, sh, sw]
+    bad = source.invalid(data, plan.sources, window)  # [sh, sw]
+    data = data[:, ~bad]  # [C, valid pixels]
+    check_scale(plan.bands, data, predictor.data_units, source.name)
+
+
+def check_source(predictor: Predictor, source: Any, plan: BandPlan, *,
+                 strict: bool = False) -> None:
+    """Refuse values in other units than declared (the scale guard, always); warn (one
+    :class:`~geofm.errors.GeofmWarning` per problem) where the input's resolution or
+    processing level differs from the model's.
+
+    Raises:
+        GeofmError: Values in other units; with ``strict``, the first other problem.
+    """
+    check_scale_of(predictor, source, plan)
     problems = contract_problems(predictor, source, plan)
     if strict and problems:
         raise GeofmError(problems[0], hint="or drop --strict (strict=False) to predict anyway")

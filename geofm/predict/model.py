@@ -55,14 +55,34 @@ class Predictor:
         self.device = torch.device("cpu")
         self.texts: list[str] = []
         self.text_embedding: Tensor | None = None
+        self.data_units = "native"
+
+    def with_data_units(self, data_units: str) -> Predictor:
+        """This model (shared, not copied) for inputs in ``data_units``: ``"native"`` (the
+        products' stored numbers) or ``"physical"`` (reflectance 0–1, dB, K); the band contract
+        converts either into what the model expects, and :func:`geofm.scale.check_scale`
+        refuses values that do not fit the declared units.
+
+        Raises:
+            GeofmError: Unknown units.
+        """
+        from geofm.card import DATA_UNITS
+
+        if data_units not in DATA_UNITS:
+            raise GeofmError(f"data units must be one of {', '.join(DATA_UNITS)}, got "
+                             f"{data_units!r}")
+        twin = copy.copy(self)
+        twin.data_units = data_units
+        return twin
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, weights: str | Path | None = None) -> Predictor:
         """Load a finetuned checkpoint, an aligned image–text one (embeddings and queries; also
-        published open_clip / RemoteCLIP weights), or a pretrained one (embeddings only)."""
+        published open_clip / RemoteCLIP weights), a pretrained one (embeddings only), or a
+        published encoder (``path`` its name, ``weights`` its file; embeddings only)."""
         from geofm.loading import load_model
 
-        module, card = load_model(path)
+        module, card = load_model(path, weights)
         return cls(module, card, Path(path).name)
 
     @property
@@ -91,6 +111,7 @@ class Predictor:
         """An independent copy of this predictor (and its query texts) on ``device``."""
         twin = Predictor(copy.deepcopy(self.module), self.card, self.name)
         twin.texts, twin.text_embedding = list(self.texts), self.text_embedding
+        twin.data_units = self.data_units
         return twin.to(device)
 
     def require_task(self) -> str:

@@ -74,6 +74,8 @@ def predict_raster(
     device: str | Sequence[str] = "cpu",
     gpus: int | None = None,
     progress: bool = True,
+    weights: str | Path | None = None,
+    data_units: str | None = None,
 ) -> dict[str, Any]:
     """Predict over a raster of any size and write a Cloud-Optimized GeoTIFF.
 
@@ -135,6 +137,12 @@ def predict_raster(
             ``"cuda:0,cuda:1"``): one model replica per device, tiles shared among them.
         gpus: Use the first ``gpus`` GPUs instead of ``device`` (one replica each).
         progress: Show a progress bar.
+        weights: A published encoder's weights file, when ``model`` names the release
+            (``"dofa_base"``; embeddings only, or finetune it first).
+        data_units: What the input holds: ``"native"`` (the products' stored numbers, the
+            default) or ``"physical"`` (reflectance 0–1, dB, K); the band contract converts
+            either, and values that fit neither as declared are refused
+            (:mod:`geofm.scale`). ``None``: the predictor's setting.
 
     Returns:
         ``{"output", "probabilities", "qml", "aux", "vector", "task", "bands",
@@ -161,7 +169,10 @@ def predict_raster(
     paths = _input_paths(inputs)
     check_output(output, overwrite, paths)
     devices = device_list(device, gpus)
-    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model)
+    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model,
+                                                                                       weights)
+    if data_units is not None:
+        predictor = predictor.with_data_units(data_units)
     job = plan_job(predictor, embed=embed, query=texts is not None, batch_size=batch_size)
     product, task = job.product, job.task
     probabilities = probabilities and product == "classes"

@@ -17,7 +17,8 @@ _SENSOR_HINTS = (("sentinel-2", "S2"), ("sentinel2", "S2"), ("sentinel-1", "S1")
                  ("sentinel1", "S1"), ("landsat 9", "L9"), ("landsat-9", "L9"),
                  ("landsat_9", "L9"), ("landsat 8", "L8"), ("landsat-8", "L8"),
                  ("landsat_8", "L8"), ("landsat 7", "L7"), ("landsat-7", "L7"),
-                 ("landsat_7", "L7"), ("modis", "MODIS"))
+                 ("landsat_7", "L7"), ("lc09_", "L9"), ("lc08_", "L8"), ("le07_", "L7"),
+                 ("modis", "MODIS"))
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
                "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
                "float64": "Float64"}

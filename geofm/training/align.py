@@ -36,7 +36,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from geofm.card import Provenance, TextSpec
-from geofm.checkpoint import read_card
 from geofm.data.dataset import ChipDataset
 from geofm.data.mixed import MixedChips
 from geofm.errors import GeofmError
@@ -56,6 +55,12 @@ from geofm.training.cards import trained_contract
 from geofm.training.config import ALIGN_DEFAULTS, check_config
 from geofm.training.datamodule import ChipDataModule, sharded_loader
 from geofm.training.quiet import quiet_lightning
+from geofm.training.release import (
+    check_store_scale,
+    has_release_contract,
+    release_contract,
+    release_normalize,
+)
 from geofm.training.schedule import adamw, warmup_cosine
 from geofm.training.trainer import fit_steps, gathered_state, resolve_precision
 
@@ -281,7 +286,8 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         raise GeofmError(f"data.batch_size is {data['batch_size']}: a contrastive batch needs "
                          "at least 2 image-text pairs", hint="use --batch-size 2 or more")
     out = Path(cfg["output"])
-    init_card = read_card(cfg["init"])
+    encoder, init_card = load_encoder(cfg["init"], cfg.get("weights"))
+    released = has_release_contract(init_card)
     given = cfg.get("templates")
     templates = (load_templates(given) if isinstance(given, (str, Path))
                  else check_templates(given or ZEROSHOT_TEMPLATES))
@@ -293,6 +299,9 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                          batch_size=data["batch_size"], num_workers=data["num_workers"],
                          train_split=data["split"], seed=tr["seed"])
     store = dm.store
+    if released:  # the release's units and statistics, not the store's
+        check_store_scale(store, dm.band_names, data["split"])
+        dm.normalize = release_normalize(init_card.contract, dm.band_names)
     captions, provenance = captions_for(store, seed=int(cap["seed"]),
                                         per_chip=int(cap["per_chip"]))
     train_caps = training_captions(store, captions, data["split"])
@@ -302,7 +311,6 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                          "caption the store ('geofm caption') or choose another split")
     dm.keep(list(train_caps))
     check_writable(out)
-    encoder, _ = load_encoder(cfg["init"])
     text = TextTower.from_source(cfg["text"]["model"], locked=bool(cfg["text"]["locked"]))
     model = AlignModel(encoder.train(), text, embed_dim=int(cfg["model"]["embed_dim"]),
                        init_temperature=float(cfg["model"]["init_temperature"]))
@@ -326,9 +334,11 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         settings = model.settings()
         card = init_card.with_(
             kind="align",
-            contract=trained_contract(encoder, dm.band_names, dm.normalize, [store],
-                                      {**init_card.contract.processing_levels,
-                                       **store_levels(store.attrs)}),
+            contract=(release_contract(init_card.contract, dm.band_names,
+                                       store_levels(store.attrs)) if released else
+                      trained_contract(encoder, dm.band_names, dm.normalize, [store],
+                                       {**init_card.contract.processing_levels,
+                                        **store_levels(store.attrs)})),
             patch_size=int(encoder.patch_size),
             tile_size=tuple(store.chip_size),
             gsd_m=store.attrs.get("gsd_m"),

@@ -35,6 +35,8 @@ def step_trainer(max_steps: int, checkpoint_every_n_steps: int) -> dict[str, Any
 
 
 PRETRAIN_DEFAULTS: dict[str, Any] = {
+    "init": None,  # an encoder to continue (published encoders are refused: see run_pretrain)
+    "weights": None,  # its weights file (with init: NAME)
     "data": {
         # A path, or a list of paths to pretrain a band-token model across sensors (None: the
         # embedded real reBEN sample).
@@ -270,7 +272,8 @@ def parse_value(raw: str) -> Any:
 
 
 FINETUNE_DEFAULTS: dict[str, Any] = {
-    "init": None,  # pretrained geofm checkpoint (required)
+    "init": None,  # pretrained geofm checkpoint, or a published model's name (required)
+    "weights": None,  # a published model's weights file (with init: NAME)
     "task": "multilabel",
     "data": {
         "store": None,
@@ -290,7 +293,8 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 }
 
 ALIGN_DEFAULTS: dict[str, Any] = {
-    "init": None,  # pretrained geofm checkpoint (required)
+    "init": None,  # pretrained geofm checkpoint, or a published model's name (required)
+    "weights": None,  # a published model's weights file (with init: NAME)
     "data": {
         "store": None,
         "bands": None,  # None: the model's bands the store has (all, for a fixed-band model)

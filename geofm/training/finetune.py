@@ -18,14 +18,13 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from geofm.card import Provenance, TaskSpec
-from geofm.checkpoint import load_checkpoint, save_checkpoint
+from geofm.card import Architecture, Provenance, TaskSpec
+from geofm.checkpoint import save_checkpoint
 from geofm.errors import GeofmError
 from geofm.io.outputs import check_writable
 from geofm.levels import store_levels
-from geofm.loading import encoder_state, store_bands_for
+from geofm.loading import build_encoder, load_encoder, store_bands_for
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, batch_targets, task_metrics
-from geofm.models import create_model
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
 from geofm.training.cards import trained_contract
 from geofm.training.config import FINETUNE_DEFAULTS, check_config
@@ -33,6 +32,12 @@ from geofm.training.datamodule import ChipDataModule
 from geofm.training.loggers import run_loggers
 from geofm.training.progress import StepProgress
 from geofm.training.quiet import quiet_lightning
+from geofm.training.release import (
+    check_store_scale,
+    has_release_contract,
+    release_contract,
+    release_normalize,
+)
 from geofm.training.schedule import adamw, warmup_cosine
 
 
@@ -41,7 +46,8 @@ class FinetuneTask(L.LightningModule):
 
     Args:
         encoder_name: Registered encoder name.
-        encoder_config: Its constructor arguments (from the pretraining checkpoint).
+        encoder_config: Its constructor arguments (from the pretraining checkpoint or the
+            published release's card).
         bands: Bands fed to the model.
         task: One of :data:`TASKS`.
         head: Head kind (``linear``, ``attentive``, ``mlp``, ``segmentation``).
@@ -64,7 +70,7 @@ class FinetuneTask(L.LightningModule):
                  seed: int = 0, hcs: bool = False):
         super().__init__()
         self.save_hyperparameters()
-        encoder = create_model(encoder_name, **encoder_config)
+        encoder = build_encoder(Architecture(encoder_name, encoder_config))
         self.model = Finetuner(encoder, task=task, head=head, num_outputs=num_outputs,
                                freeze=freeze, unfreeze_last=unfreeze_last, hcs=hcs)
         self._val: list[tuple[Tensor, Tensor]] = []
@@ -150,10 +156,10 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         raise GeofmError("no pretrained checkpoint given", hint="pass --init PRETRAINED")
     if not data.get("store"):
         raise GeofmError("no chip store given", hint="pass --data STORE")
-    weights, init_card = load_checkpoint(cfg["init"])
-    state = encoder_state(weights)
-    if not state:
-        raise GeofmError("checkpoint holds no encoder weights", cfg["init"])
+    init_encoder, init_card = load_encoder(cfg["init"], cfg.get("weights"))
+    state = init_encoder.state_dict()
+    del init_encoder
+    released = has_release_contract(init_card)
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     bands = data["bands"]  # a count of 0 is refused, not read as "unset"
     if bands is None:
@@ -161,6 +167,9 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     dm = ChipDataModule(data["store"], bands=bands, batch_size=data["batch_size"],
                         num_workers=data["num_workers"], train_split=data["train_split"],
                         val_split=data["val_split"], seed=tr["seed"])
+    if released:  # the release's units and statistics, not the store's
+        check_store_scale(dm.store, dm.band_names, data["train_split"])
+        dm.normalize = release_normalize(init_card.contract, dm.band_names)
     task_name = cfg["task"]
     num_outputs = _check_task(task_name, dm)
     if len(dm.dataset(data["train_split"])) == 0:
@@ -200,11 +209,13 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     trainer.validate(task, datamodule=dm, verbose=False)
     store = dm.store
     is_regression = task_name == "regression"
+    levels = {**init_card.contract.processing_levels, **store_levels(store.attrs)}
     card = init_card.with_(
         kind="finetune",
-        contract=trained_contract(task.model.encoder, dm.band_names, dm.normalize, [store],
-                                  {**init_card.contract.processing_levels,
-                                   **store_levels(store.attrs)}),
+        contract=(release_contract(init_card.contract, dm.band_names, store_levels(store.attrs))
+                  if released else
+                  trained_contract(task.model.encoder, dm.band_names, dm.normalize, [store],
+                                   levels)),
         tile_size=tuple(store.chip_size),
         patch_size=int(task.model.encoder.patch_size),
         gsd_m=store.attrs.get("gsd_m"),
@@ -223,6 +234,7 @@ def run_finetune(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                   "val_split": data["val_split"], "split_method": store.attrs["split"]["method"],
                   "fingerprint": store.attrs["provenance"].get("fingerprint")},
             encoder_source={"checkpoint": str(cfg["init"]), "kind": init_card.kind,
+                            **({"weights": str(cfg["weights"])} if cfg.get("weights") else {}),
                             "data": dict(init_card.provenance.data)},
             release=init_card.provenance.release),
     )

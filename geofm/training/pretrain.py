@@ -258,6 +258,9 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         ``{"output": dir, "checkpoint": path, "final_loss": float, "steps": int}``.
     """
     check_config(PRETRAIN_DEFAULTS, cfg)
+    from geofm.published.resolve import refuse_pretraining
+
+    refuse_pretraining(cfg.get("init"))
     data, tr, opt = cfg["data"], cfg["trainer"], cfg["optim"]
     quiet_lightning()
     out = Path(cfg["output"])
