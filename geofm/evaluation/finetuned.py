@@ -161,7 +161,7 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
         ``{"metrics", "k", "temperature", "train_split", "split", "num_train", "num_query"}``.
     """
     from geofm.loading import load_encoder
-    from geofm.training.release import check_store_scale, has_release_contract
+    from geofm.published.release import check_store_scale, has_release_contract
 
     encoder, card = load_encoder(model_path, weights)
     store = open_store(store_path)

@@ -51,16 +51,16 @@ from geofm.loading import load_encoder, store_bands_for
 from geofm.models.align import AlignModel, save_aligned
 from geofm.models.text import TextTower
 from geofm.objectives.contrastive import ContrastiveLoss
-from geofm.training.cards import trained_contract
-from geofm.training.config import ALIGN_DEFAULTS, check_config
-from geofm.training.datamodule import ChipDataModule, sharded_loader
-from geofm.training.quiet import quiet_lightning
-from geofm.training.release import (
+from geofm.published.release import (
     check_store_scale,
     has_release_contract,
     release_contract,
     release_normalize,
 )
+from geofm.training.cards import trained_contract
+from geofm.training.config import ALIGN_DEFAULTS, check_config
+from geofm.training.datamodule import ChipDataModule, sharded_loader
+from geofm.training.quiet import quiet_lightning
 from geofm.training.schedule import adamw, warmup_cosine
 from geofm.training.trainer import fit_steps, gathered_state, resolve_precision
 

@@ -26,18 +26,18 @@ from geofm.levels import store_levels
 from geofm.loading import build_encoder, load_encoder, store_bands_for
 from geofm.metrics import HIGHER_IS_BETTER, PRIMARY, batch_targets, task_metrics
 from geofm.models.finetuner import TASKS, Finetuner, task_loss
+from geofm.published.release import (
+    check_store_scale,
+    has_release_contract,
+    release_contract,
+    release_normalize,
+)
 from geofm.training.cards import trained_contract
 from geofm.training.config import FINETUNE_DEFAULTS, check_config
 from geofm.training.datamodule import ChipDataModule
 from geofm.training.loggers import run_loggers
 from geofm.training.progress import StepProgress
 from geofm.training.quiet import quiet_lightning
-from geofm.training.release import (
-    check_store_scale,
-    has_release_contract,
-    release_contract,
-    release_normalize,
-)
 from geofm.training.schedule import adamw, warmup_cosine
 
 

@@ -1,4 +1,4 @@
-"""Training on top of a published encoder: its release's contract, not the store's statistics.
+"""Training and evaluating on a published encoder: its release's contract, not store statistics.
 
 A published encoder's weights expect inputs in the release's units and statistics (SSL4EO's
 DN ÷ 10,000, DOFA's SSL4EO-S12 mean and std, a CLIP tower's 8-bit RGB). A run that starts from
