@@ -1,4 +1,5 @@
-# Two targets matter: `make demo` and `make test`. Both install into .venv first.
+# Three targets matter: `make demo`, `make test` and `make lint` (ruff and mypy, as CI runs them).
+# All install into .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GEOFM := $(VENV)/bin/geofm
@@ -33,6 +34,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check geofm tests scripts
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf outputs .pytest_cache
