@@ -8,21 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from geofm.bands import match_by_wavelength
 from geofm.checkpoint import is_geofm_checkpoint, load_checkpoint
 from geofm.errors import BandError, GeofmError
 from geofm.models import create_model
 from geofm.models.align import AlignModel
+from geofm.models.encoder import Encoder
 from geofm.models.openclip import load_open_clip
 from geofm.models.text import TextTower
 
+if TYPE_CHECKING:
+    from geofm.models.finetuner import Finetuner
 
-def encoder_from_header(header: dict[str, Any]) -> nn.Module:
+
+def encoder_from_header(header: dict[str, Any]) -> Encoder:
     """An untrained encoder with the checkpoint's architecture and band contract."""
     model = header["model"]
     return create_model(model["name"], **model["config"])
@@ -33,7 +36,7 @@ def encoder_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_encoder(path: str | Path) -> tuple[Encoder, dict[str, Any]]:
     """The pretrained (or finetuned) encoder of a geofm checkpoint, in eval mode."""
     weights, header = load_checkpoint(path)
     enc = encoder_from_header(header)
@@ -95,7 +98,7 @@ def store_bands_for(header: dict[str, Any], store: str | Path) -> list[str]:
     return match_bands(header["bands"], names, is_channel_flexible(header), store)
 
 
-def load_finetuned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_finetuned(path: str | Path) -> tuple[Finetuner, dict[str, Any]]:
     """A finetuned model (encoder + head) of a geofm checkpoint, in eval mode.
 
     Raises:

@@ -69,7 +69,7 @@ class ChannelViT(TokenEncoder):
         super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
                          class_token, pos_embed, img_size)
         self.bands = canonical_bands(bands)
-        self.model_config: dict[str, Any] = {
+        self.model_config = {
             "bands": list(self.bands),
             "patch_size": patch_size,
             "embed_dim": embed_dim,
