@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from torch import nn
 from geofm.errors import GeofmError, GeofmWarning
 from geofm.io.cog import class_dtype
 from geofm.levels import detect_levels
+from geofm.models.encoder import FeatureEncoder
 from geofm.predict import (
     ArraySink,
     BandPlan,
@@ -133,8 +134,8 @@ class DataArraySource:
         self.resampled = False
         nodata = da.rio.nodata
         self.nodata = None if nodata is None or np.isnan(nodata) else float(nodata)
-        self.labels = (list(band_labels(bands, self.count)) if bands is not None
-                       else _array_labels(self.da, band_dim))
+        self.labels: list[str | None] = (list(band_labels(bands, self.count)) if bands is not None
+                                         else _array_labels(self.da, band_dim))
 
     def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
         rows = slice(int(window.row_off), int(window.row_off + window.height))
@@ -143,7 +144,7 @@ class DataArraySource:
         return np.asarray(sub.values, dtype=np.float32)
 
     def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
-        bad = np.isnan(data).any(axis=0)
+        bad: np.ndarray = np.isnan(data).any(axis=0)
         if self.nodata is not None:
             bad |= (data == np.float32(self.nodata)).any(axis=0)
         return bad
@@ -174,7 +175,7 @@ def _image_batch(x: Any) -> tuple[np.ndarray, bool]:
     return (x[None] if x.ndim == 3 else x).astype(np.float32, copy=False), x.ndim == 3
 
 
-def _array_labels(da: xr.DataArray, band_dim: str) -> list[str | None]:
+def _array_labels(da: xr.DataArray, band_dim: Hashable) -> list[str | None]:
     long_name = da.attrs.get("long_name")
     if isinstance(long_name, str) and da.shape[0] == 1:
         return [long_name]
@@ -210,7 +211,8 @@ class Model:
         self.predictor = predictor
 
     @classmethod
-    def from_module(cls, module: nn.Module, header: dict[str, Any], name: str = "") -> Model:
+    def from_module(cls, module: nn.Module | FeatureEncoder, header: dict[str, Any],
+                    name: str = "") -> Model:
         """Wrap a model built in Python and the header describing it (bands, normalisation,
         task, classes), as a checkpoint header would.
 
@@ -561,4 +563,5 @@ class Model:
         da = da.rio.write_transform(transform)
         if crs is not None:
             da = da.rio.write_crs(crs)
-        return da.rio.write_nodata(nodata if as_classes else np.nan, encoded=False)
+        out: xr.DataArray = da.rio.write_nodata(nodata if as_classes else np.nan, encoded=False)
+        return out

@@ -105,7 +105,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
     if "geofm" not in meta:
         raise GeofmError("is a safetensors file but not a geofm checkpoint", p)
     header = json.loads(meta["geofm"])
-    if header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise GeofmError("is not a geofm checkpoint", p)
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise GeofmError(f"checkpoint format {header['format_version']} is newer than this "

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 from geofm.bands import get_band
 from geofm.errors import GeofmError, GeofmWarning
@@ -75,7 +76,7 @@ _PACKAGE = str(Path(__file__).resolve().parents[1])
 def _caller_level() -> int:
     """The ``stacklevel`` of the first frame outside geofm, so a warning names the user's line
     (``model.predict(...)``), however deep the call came in."""
-    level, frame = 1, sys._getframe(1)
+    level, frame = 1, cast(FrameType | None, sys._getframe(1))
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame = frame.f_back
         level += 1

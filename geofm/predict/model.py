@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -13,6 +13,10 @@ from torch import Tensor, nn
 
 from geofm.errors import GeofmError
 from geofm.loading import is_channel_flexible, load_encoder, load_finetuned
+from geofm.models.encoder import FeatureEncoder
+
+if TYPE_CHECKING:
+    from geofm.models.align import AlignModel
 
 
 class Predictor:
@@ -37,7 +41,8 @@ class Predictor:
             :attr:`device`, or ``None``.
     """
 
-    def __init__(self, module: nn.Module, header: dict[str, Any], name: str = "") -> None:
+    def __init__(self, module: nn.Module | FeatureEncoder, header: dict[str, Any],
+                 name: str = "") -> None:
         self.module = module.eval()
         self.header = header
         self.name = name
@@ -50,7 +55,7 @@ class Predictor:
         self.std = np.asarray(norm.get("std", [1.0] * len(self.bands)), dtype=np.float32)
         self.flexible = is_channel_flexible(header)
         encoder = self.encoder
-        self.patch_size = int(header.get("patch_size") or getattr(encoder, "patch_size", 1))
+        self.patch_size = int(header.get("patch_size") or getattr(encoder, "patch_size", None) or 1)
         self.embed_dim = int(getattr(encoder, "embed_dim", 0))
         self.gsd_m: float | None = header.get("gsd_m")
         size = header.get("tile_size") or [16 * self.patch_size] * 2
@@ -66,6 +71,7 @@ class Predictor:
         from geofm.checkpoint import read_header
         from geofm.loading import is_open_clip_source, load_aligned
 
+        module: nn.Module | FeatureEncoder
         if is_open_clip_source(path):
             module, header = load_aligned(path)
             return cls(module, header, Path(path).name)
@@ -79,9 +85,9 @@ class Predictor:
         return cls(module, header, Path(path).name)
 
     @property
-    def encoder(self) -> nn.Module:
+    def encoder(self) -> FeatureEncoder:
         """The token encoder (the finetuned model's, or the module itself)."""
-        return getattr(self.module, "encoder", self.module)
+        return cast(FeatureEncoder, getattr(self.module, "encoder", self.module))
 
     @property
     def model_name(self) -> str:
@@ -143,7 +149,7 @@ class Predictor:
             GeofmError: No text tower, or an empty or blank text.
         """
         self.require_text()
-        return self.module.encode_text(list(texts)).float()
+        return cast("AlignModel", self.module).encode_text(list(texts)).float()
 
     @torch.inference_mode()
     def encode_image(self, images: Tensor, bands: Sequence[str]) -> Tensor:
@@ -153,7 +159,8 @@ class Predictor:
             GeofmError: No text tower (not an aligned image–text model).
         """
         self.require_text()
-        return self.module.encode_image(images.to(self.device), list(bands)).float()
+        aligned = cast("AlignModel", self.module)
+        return aligned.encode_image(images.to(self.device), list(bands)).float()
 
     def with_texts(self, texts: Sequence[str]) -> Predictor:
         """A predictor for ``mode="query"``: this model (shared, not copied) with ``texts``
@@ -184,7 +191,8 @@ class Predictor:
         if mode == "query":
             if self.text_embedding is None:
                 raise GeofmError("no query text given", hint="use Predictor.with_texts")
-            patches = self.module.encode_patches(images, list(bands))  # [B, E, H/p, W/p]
+            aligned = cast("AlignModel", self.module)  # has_text: checked by with_texts
+            patches = aligned.encode_patches(images, list(bands))  # [B, E, H/p, W/p]
             sim = torch.einsum("behw,te->bthw", patches.float(), self.text_embedding)
             return sim.clamp(-1.0, 1.0)  # [B, T, H/p, W/p], rounding kept inside [-1, 1]
         if mode == "embed":
