@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -60,7 +60,7 @@ def default_text_folder() -> Path:
 
 
 @contextmanager
-def _quiet_transformers():
+def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and load reports for one load."""
     hf_logging = require("transformers.utils.logging", "text")
 
