@@ -8,6 +8,7 @@ error everywhere.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,11 +18,15 @@ from geofm.checkpoint import is_geofm_checkpoint, load_checkpoint, read_card
 from geofm.errors import GeofmError
 from geofm.models import create_model
 from geofm.models.align import AlignModel
+from geofm.models.encoder import Encoder
 from geofm.models.openclip import load_open_clip
 from geofm.models.text import TextTower
 
+if TYPE_CHECKING:
+    from geofm.models.finetuner import Finetuner
 
-def build_encoder(architecture: Architecture) -> nn.Module:
+
+def build_encoder(architecture: Architecture) -> Encoder:
     """An untrained encoder of ``architecture`` (the card's registered name and config)."""
     return create_model(architecture.name, **architecture.config)
 
@@ -31,7 +36,7 @@ def encoder_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, ModelCard]:
+def load_encoder(path: str | Path) -> tuple[Encoder, ModelCard]:
     """The pretrained (or finetuned, or aligned) encoder of a geofm checkpoint, in eval mode."""
     weights, card = load_checkpoint(path)
     enc = build_encoder(card.architecture)
@@ -55,7 +60,7 @@ def store_bands_for(card: ModelCard, store: str | Path) -> list[str]:
     return card.contract.match(open_store(store).bands, store)
 
 
-def load_finetuned(path: str | Path) -> tuple[nn.Module, ModelCard]:
+def load_finetuned(path: str | Path) -> tuple[Finetuner, ModelCard]:
     """A finetuned model (encoder + head) of a geofm checkpoint, in eval mode.
 
     Raises:
@@ -113,7 +118,7 @@ def load_aligned(path: str | Path) -> tuple[AlignModel, ModelCard]:
     return model.eval(), card
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
+def load_model(path: str | Path) -> tuple[nn.Module | Encoder, ModelCard]:
     """Any model geofm reads, by its card's kind: a finetuned model (encoder + head), an
     image–text model (geofm align checkpoints and published open_clip / RemoteCLIP weights), or
     an encoder (pretrained checkpoints), in eval mode.

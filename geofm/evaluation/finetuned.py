@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat, cast
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ def evaluate(model_path: str | Path, store_path: str | Path, split: str = "test"
             for _ in range(1 if k == len(bands) else draws):
                 keep = sorted(rng.choice(len(bands), size=k, replace=False).tolist())
                 o, t = _predict(model, ds, task, batch_size, keep)
-                vals.append(float(task_metrics(task, o, t)[primary]))
+                vals.append(float(cast(SupportsFloat, task_metrics(task, o, t)[primary])))
             rows.append({"bands": k, primary: float(np.nanmean(vals)), "draws": len(vals)})
         report["band_robustness"] = rows
     out = Path(output) if output else Path(model_path).parent / f"eval_{split}"

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geofm.errors import GeofmError
+from geofm.models.encoder import Encoder
 from geofm.models.hcs import hierarchical_channel_sampling
 from geofm.models.heads import Head, InputKind, LayerNorm2d, create_head, head_input_kind
 from geofm.models.vit import TokenEncoder
@@ -59,7 +60,8 @@ class Finetuner(nn.Module):
     * ``"full"``: everything trains.
 
     Args:
-        encoder: A :class:`~geofm.models.vit.TokenEncoder` (ViT or ChannelViT).
+        encoder: An :class:`~geofm.models.encoder.Encoder` (ViT, ChannelViT or a published
+            encoder); the ``attentive`` head reads every token and needs a ViT or ChannelViT.
         task: One of :data:`TASKS`.
         num_outputs: Classes (``multilabel``, ``classification``, ``segmentation``) or
             regression targets ``K``.
@@ -77,13 +79,16 @@ class Finetuner(nn.Module):
         config: JSON-serialisable arguments (all but the encoder) that rebuild this model.
 
     Raises:
-        GeofmError: Unknown task, head or freeze mode, a head that does not fit the task, or
-            ``unfreeze_last`` outside ``1 .. depth`` for partial finetuning.
+        GeofmError: Unknown task, head or freeze mode, a head that does not fit the task or
+            the encoder, or ``unfreeze_last`` outside ``1 .. depth`` for partial finetuning.
     """
+
+    target_mean: Tensor  # regression only: the training targets' mean and std per target
+    target_std: Tensor
 
     def __init__(
         self,
-        encoder: TokenEncoder,
+        encoder: Encoder,
         task: str,
         num_outputs: int,
         *,
@@ -109,6 +114,10 @@ class Finetuner(nn.Module):
                 f"task {task!r} predicts one output per chip; use a 'linear', 'attentive' or "
                 f"'mlp' head, not {head!r}"
             )
+        if kind == "tokens" and not isinstance(encoder, TokenEncoder):
+            raise GeofmError(f"the {head!r} head reads every token and needs a geofm ViT or "
+                             f"ChannelViT encoder, not {type(encoder).__name__}",
+                             hint="use the 'linear' or 'mlp' head")
         depth = len(encoder.blocks)
         if freeze not in FREEZE_MODES:
             raise GeofmError(
@@ -163,7 +172,7 @@ class Finetuner(nn.Module):
 
     # --- freezing ----------------------------------------------------------------------------
 
-    def _trainable_encoder_modules(self) -> list[nn.Module]:
+    def _trainable_encoder_modules(self) -> list[nn.Module | Encoder]:
         if self.freeze == "full":
             return [self.encoder]
         if self.freeze == "partial":
@@ -203,7 +212,8 @@ class Finetuner(nn.Module):
             if kind == "pooled":
                 return enc.forward_features(images, bands)  # [B, D]
             if kind == "tokens":
-                return enc.forward_tokens(enc.tokenize(images, bands))  # [B, T, D]
+                tokens = cast(TokenEncoder, enc)  # checked in __init__
+                return tokens.forward_tokens(tokens.tokenize(images, bands))  # [B, T, D]
             return enc.forward_patch_features(images, bands)  # [B, N, D]
 
     def forward(self, images: Tensor, bands: Sequence[str]) -> Tensor:

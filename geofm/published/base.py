@@ -47,6 +47,10 @@ class PublishedEncoder(nn.Module, abc.ABC):
         embed_dim: Feature width ``D``.
         blocks: The transformer blocks, first to last.
         norm: The final normalisation applied to the tokens.
+        model_name: Registered architecture name, set by
+            :func:`~geofm.models.registry.create_model`.
+        model_config: The factory's resolved keyword arguments (set by the constructor), so
+            ``create_model(model_name, **model_config)`` rebuilds the module.
     """
 
     band_tokens: bool = False
@@ -55,6 +59,8 @@ class PublishedEncoder(nn.Module, abc.ABC):
     embed_dim: int
     blocks: nn.ModuleList
     norm: nn.Module
+    model_name: str
+    model_config: dict[str, Any]
 
     def grid_size(self, images: Tensor) -> tuple[int, int]:
         """Patch grid ``(rows, cols)`` of ``images [B, C, H, W]``.
