@@ -86,8 +86,8 @@ class Encoder(FeatureEncoder, Protocol):
     model_config: dict[str, Any]
 
     @property
-    def blocks(self) -> nn.ModuleList:
-        """The transformer blocks, first to last."""
+    def blocks(self) -> nn.ModuleList | nn.Sequential:
+        """The transformer blocks, first to last (timm keeps them in an ``nn.Sequential``)."""
 
     @property
     def norm(self) -> nn.Module:

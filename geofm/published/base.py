@@ -57,7 +57,7 @@ class PublishedEncoder(nn.Module, abc.ABC):
     bands: tuple[str, ...] = ()
     patch_size: int
     embed_dim: int
-    blocks: nn.ModuleList
+    blocks: nn.ModuleList | nn.Sequential
     norm: nn.Module
     model_name: str
     model_config: dict[str, Any]

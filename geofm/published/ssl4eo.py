@@ -18,8 +18,9 @@ size interpolates the learned position table; at 224 px nothing is interpolated.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from geofm.models.registry import register_model
@@ -44,12 +45,14 @@ class SSL4EOViT(PublishedEncoder):
         from torchgeo.models import vit_small_patch16_224
 
         self.bands = tuple(bands)
-        self.vit = vit_small_patch16_224(None, in_chans=len(self.bands), img_size=img_size,
-                                         num_classes=0, dynamic_img_size=True)
+        # torchgeo builds it with timm and types it as nn.Module.
+        self.vit = cast(VisionTransformer, vit_small_patch16_224(
+            None, in_chans=len(self.bands), img_size=img_size, num_classes=0,
+            dynamic_img_size=True))
         self.model_config: dict[str, Any] = {"bands": list(self.bands), "img_size": img_size}
 
     @property
-    def blocks(self) -> nn.Module:  # type: ignore[override]
+    def blocks(self) -> nn.Sequential:  # type: ignore[override]
         """The 12 transformer blocks."""
         return self.vit.blocks
 
