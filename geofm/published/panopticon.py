@@ -24,10 +24,9 @@ construction: build it with ``img_size`` equal to the tiles' side.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from geofm.bands import get_band
@@ -47,6 +46,9 @@ SAR_IDS = {"S1.VV": -1.0, "S1.VH": -2.0}
 
 RELEASE_IMG_SIZE = 518
 """The tile side the release's position table is laid out for (37 × 37 patches)."""
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 
 def channel_ids(bands: Sequence[str]) -> list[float]:
@@ -92,7 +94,7 @@ class PanopticonEncoder(PublishedEncoder):
     @property
     def _vit(self) -> VisionTransformer:
         """The timm DINOv2 ViT inside (torchgeo types it as ``nn.Module``)."""
-        return cast(VisionTransformer, self.panopticon.model)
+        return cast("VisionTransformer", self.panopticon.model)
 
     @property
     def blocks(self) -> nn.Sequential:  # type: ignore[override]
