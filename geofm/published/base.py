@@ -51,6 +51,8 @@ class PublishedEncoder(nn.Module, abc.ABC):
             :func:`~geofm.models.registry.create_model`.
         model_config: The factory's resolved keyword arguments (set by the constructor), so
             ``create_model(model_name, **model_config)`` rebuilds the module.
+        published_name: The release's geofm name (``"dofa_base"``), set by
+            :func:`~geofm.published.load.load_release`.
     """
 
     band_tokens: bool = False
@@ -61,6 +63,7 @@ class PublishedEncoder(nn.Module, abc.ABC):
     norm: nn.Module
     model_name: str
     model_config: dict[str, Any]
+    published_name: str
 
     def grid_size(self, images: Tensor) -> tuple[int, int]:
         """Patch grid ``(rows, cols)`` of ``images [B, C, H, W]``.
