@@ -23,6 +23,7 @@ from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, open_store
 from geofm.loading import load_finetuned
 from geofm.metrics import PRIMARY, batch_targets, per_class_table, task_metrics
+from geofm.models.encoder import FeatureEncoder
 
 
 @torch.no_grad()
@@ -161,7 +162,7 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
                        temperature, task, batch_size)
 
 
-def knn_metrics(encoder: torch.nn.Module, contract: BandContract, store: ChipStore,
+def knn_metrics(encoder: FeatureEncoder, contract: BandContract, store: ChipStore,
                 split: str = "test", train_split: str = "train", k: int = 20,
                 temperature: float = 0.07, task: str = "multilabel",
                 batch_size: int = 16, max_chips: int | None = None) -> dict[str, Any]:
