@@ -251,7 +251,9 @@ def load_open_clip(path: str | Path, arch: str | None = None,
     mean = tuple(pre.get("mean") or (0.48145466, 0.4578275, 0.40821073))
     std = tuple(pre.get("std") or (0.26862954, 0.26130258, 0.27577711))
     visual = clip.visual
-    scale = float(clip.logit_scale.detach().reshape(-1)[0])
+    logit_scale = clip.logit_scale
+    assert isinstance(logit_scale, Tensor)  # open_clip's learned nn.Parameter
+    scale = float(logit_scale.detach().reshape(-1)[0])
     encoder = OpenCLIPImageEncoder(visual, bands, mean, std)
     source = {"name": str(p), "kind": "open_clip", **({"arch": arch} if arch else {})}
     text = TextTower(OpenCLIPTextEncoder(clip, tokenizer), source, locked=True)

@@ -52,7 +52,8 @@ class Predictor:
         self.std = np.asarray(card.contract.std, dtype=np.float32)
         self.flexible = card.flexible
         encoder = self.encoder
-        self.patch_size = int(card.patch_size or getattr(encoder, "patch_size", 1))
+        encoder_patch: int = getattr(encoder, "patch_size", 1)
+        self.patch_size = int(card.patch_size or encoder_patch)
         self.embed_dim = int(getattr(encoder, "embed_dim", 0))
         self.gsd_m: float | None = card.gsd_m
         size = card.tile_size or (16 * self.patch_size, 16 * self.patch_size)
@@ -68,6 +69,7 @@ class Predictor:
         from geofm.loading import load_model
 
         module, card = load_model(path)
+        assert isinstance(module, nn.Module)  # every model geofm loads is a module
         return cls(module, card, Path(path).name)
 
     @property
@@ -184,7 +186,7 @@ class Predictor:
             feats = self.encoder.forward_patch_features(images, list(bands))  # [B, N, D]
             gh, gw = images.shape[2] // self.patch_size, images.shape[3] // self.patch_size
             return feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], gh, gw)
-        logits = self.module(images, list(bands))  # [B, K] or [B, K, H, W]
+        logits: Tensor = self.module(images, list(bands))  # [B, K] or [B, K, H, W]
         if self.task == "multilabel":
             scores = logits.sigmoid()
         elif self.task in ("classification", "segmentation"):

@@ -229,7 +229,7 @@ class DataArraySource:
         return np.asarray(sub.values, dtype=np.float32)
 
     def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
-        bad = np.isnan(data).any(axis=0)
+        bad: np.ndarray = np.isnan(data).any(axis=0)  # [H, W]
         if self.nodata is not None:
             bad |= (data == np.float32(self.nodata)).any(axis=0)
         return bad
