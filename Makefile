@@ -1,5 +1,5 @@
-# Two targets matter: `make demo` and `make test`. Both install into .venv first.
-# `make test-fast` skips the tests marked slow, for quick checks while editing.
+# Three targets matter: `make demo`, `make test` and `make lint` (ruff and mypy, as CI runs them).
+# All install into .venv first. `make test-fast` skips the tests marked slow, for quick checks while editing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GEOFM := $(VENV)/bin/geofm
@@ -37,6 +37,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check geofm tests scripts
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf outputs .pytest_cache

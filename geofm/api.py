@@ -455,4 +455,5 @@ class Model:
         da = da.rio.write_transform(transform)
         if crs is not None:
             da = da.rio.write_crs(crs)
-        return da.rio.write_nodata(nodata if as_classes else np.nan, encoded=False)
+        out: xr.DataArray = da.rio.write_nodata(nodata if as_classes else np.nan, encoded=False)
+        return out

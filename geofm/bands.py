@@ -170,9 +170,9 @@ _MODIS_ROWS = sorted(
     [(n, lo / 1000, hi / 1000, cn, "optical") for n, lo, hi, cn in tables.MODIS_REFLECTIVE_NM]
     + [(n, lo, hi, cn, "thermal") for n, lo, hi, cn in tables.MODIS_EMISSIVE_UM]
 )
-for _n, _lo, _hi, _cn, _kind in _MODIS_ROWS:
+for _n, _lo, _hi, _mcn, _kind in _MODIS_ROWS:
     _unit = "reflectance" if _kind == "optical" else "K"
-    _add("MODIS", f"B{_n:02d}", (_lo + _hi) / 2, _hi - _lo, _modis_gsd(_n), _cn, kind=_kind,
+    _add("MODIS", f"B{_n:02d}", (_lo + _hi) / 2, _hi - _lo, _modis_gsd(_n), _mcn, kind=_kind,
          unit=_unit, scale=1.0, offset=0.0)
     for _gain in tables.MODIS_GAIN_PAIRS.get(_n, ()):
         _add("MODIS", f"B{_gain}", (_lo + _hi) / 2, _hi - _lo, _modis_gsd(_n), None, kind=_kind,

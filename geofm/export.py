@@ -117,6 +117,9 @@ class ExportModule(nn.Module):
             ``i``); the other input channels are ignored.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, model: nn.Module, bands: Sequence[str], mean: Sequence[float],
                  std: Sequence[float], task: str, tile: tuple[int, int],
                  select: Sequence[int] | None = None) -> None:
@@ -283,6 +286,9 @@ def _trace(module: ExportModule, example: Tensor) -> Any:
             module, (example,), dynamo=True, opset_version=EXPORT_OPSET, optimize=True,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
             dynamic_shapes={"image": {0: batch}})
+    if program is None:
+        raise GeofmError("the ONNX exporter returned no program",
+                         hint="check the torch and onnxscript versions")
     return program.model_proto
 
 

@@ -8,6 +8,7 @@ error everywhere.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,11 +18,14 @@ from geofm.checkpoint import is_geofm_checkpoint, load_checkpoint, read_card
 from geofm.errors import GeofmError
 from geofm.models import create_model
 from geofm.models.align import AlignModel
+from geofm.models.encoder import Encoder
 from geofm.models.openclip import load_open_clip
 from geofm.models.text import TextTower
 
+if TYPE_CHECKING:
+    from geofm.models.finetuner import Finetuner
 
-def build_encoder(architecture: Architecture) -> nn.Module:
+def build_encoder(architecture: Architecture) -> Encoder:
     """An untrained encoder of ``architecture`` (the card's registered name and config); a
     published family's architecture is registered by importing the catalogue."""
     from geofm.models.registry import list_models
@@ -39,7 +43,7 @@ def encoder_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_encoder(path: str | Path, weights_file: str | Path | None = None
-                 ) -> tuple[nn.Module, ModelCard]:
+                 ) -> tuple[Encoder, ModelCard]:
     """The pretrained (or finetuned, or aligned) encoder of a geofm checkpoint, in eval mode;
     or a published encoder: ``path`` names the release (``"dofa_base"``,
     ``"torchgeo:DOFABase16_Weights.DOFA_MAE"``) and ``weights_file`` is its published file
@@ -75,7 +79,7 @@ def store_bands_for(card: ModelCard, store: str | Path) -> list[str]:
     return card.contract.match(open_store(store).bands, store)
 
 
-def load_finetuned(path: str | Path) -> tuple[nn.Module, ModelCard]:
+def load_finetuned(path: str | Path) -> tuple[Finetuner, ModelCard]:
     """A finetuned model (encoder + head) of a geofm checkpoint, in eval mode.
 
     Raises:
@@ -134,7 +138,7 @@ def load_aligned(path: str | Path) -> tuple[AlignModel, ModelCard]:
 
 
 def load_model(path: str | Path, weights: str | Path | None = None
-               ) -> tuple[nn.Module, ModelCard]:
+               ) -> tuple[nn.Module | Encoder, ModelCard]:
     """Any model geofm reads, by its card's kind: a finetuned model (encoder + head), an
     image–text model (geofm align checkpoints and published open_clip / RemoteCLIP weights), an
     encoder (pretrained checkpoints), or a published encoder (``path`` a release name or

@@ -71,9 +71,9 @@ def preview_panels(images: np.ndarray, visible: np.ndarray, pred: np.ndarray,
             "encoder input": np.where(vis.transpose(1, 2, 0), shown, GREY),
             "target": np.where(tgt.transpose(1, 2, 0), shown, GREY),
             "reconstruction": np.where(tgt.transpose(1, 2, 0), recon, GREY),
-            "reconstructed": tgt.any(0),
-            "seen": vis.any(0),
-            "neither": ~(tgt.any(0) | vis.any(0)),
+            "reconstructed": np.asarray(tgt.any(0)),
+            "seen": np.asarray(vis.any(0)),
+            "neither": np.asarray(~(tgt.any(0) | vis.any(0))),
         })
     return rows
 

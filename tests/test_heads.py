@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
@@ -21,6 +21,8 @@ from geofm.models.heads import (
     create_head,
 )
 from geofm.models.knn import extract_features, knn_predict
+from geofm.objectives import create_objective
+from geofm.published import PublishedEncoder
 
 S1S2 = list(BAND_SETS["s1s2"])
 ENCODERS = ("vit_test", "channelvit_test")
@@ -181,6 +183,46 @@ def test_finetuner_rejects_heads_and_modes_that_do_not_fit() -> None:
         Finetuner(enc, "multilabel", 3, freeze="partial", unfreeze_last=3)
     with pytest.raises(GeofmError, match="only applies to freeze='partial'"):
         Finetuner(enc, "multilabel", 3, freeze="full", unfreeze_last=1)
+
+
+# --- encoders geofm did not build --------------------------------------------------------------
+
+
+class _PatchMeanEncoder(PublishedEncoder):
+    """A fixed-band encoder that is not a geofm token encoder, as a published one is not."""
+
+    bands = ("S2.B04", "S2.B03", "S2.B02")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_size, self.embed_dim = 8, 16
+        self.embed = nn.Conv2d(3, 16, 8, stride=8)
+        self.blocks = nn.ModuleList([nn.Linear(16, 16), nn.Linear(16, 16)])
+        self.norm = nn.LayerNorm(16)
+        self.model_name, self.model_config = "patch_mean", {}
+
+    def forward_patch_features(self, images: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+        x = self.embed(self.ordered(images, bands)).flatten(2).transpose(1, 2)  # [B, N, D]
+        for block in self.blocks:
+            x = x + block(x)
+        return self.norm(x)
+
+    def forward_features(self, images: torch.Tensor, bands: Sequence[str]) -> torch.Tensor:
+        return self.forward_patch_features(images, bands).mean(dim=1)  # [B, D]
+
+
+def test_an_encoder_geofm_did_not_build_finetunes_but_is_not_pretrained() -> None:
+    bands = ["S2.B02", "S2.B03", "S2.B04"]  # reordered to the encoder's order inside
+    scene = Finetuner(_PatchMeanEncoder(), "multilabel", 5, freeze="partial", unfreeze_last=1)
+    assert scene(images(c=3, h=16, w=24), bands).shape == (2, 5)
+    assert not any(p.requires_grad for p in scene.encoder.blocks[0].parameters())
+    assert all(p.requires_grad for p in scene.encoder.blocks[1].parameters())
+    pixels = Finetuner(_PatchMeanEncoder(), "segmentation", 4)
+    assert pixels(images(c=3, h=16, w=24), bands).shape == (2, 4, 16, 24)
+    attentive = Finetuner(_PatchMeanEncoder(), "multilabel", 5, head="attentive")  # token grid
+    assert attentive(images(c=3, h=16, w=24), bands).shape == (2, 5)
+    with pytest.raises(GeofmError, match="'mae' pretrains a geofm ViT or ChannelViT"):
+        create_objective("mae", _PatchMeanEncoder())
 
 
 # --- freezing --------------------------------------------------------------------------------

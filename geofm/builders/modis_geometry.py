@@ -135,7 +135,7 @@ def footprint_polygon(lon: np.ndarray, lat: np.ndarray) -> BaseGeometry:
         poly = poly.convex_hull
     if unwrapped.min() >= -180.0 and unwrapped.max() <= 180.0:
         return poly
-    parts = []
+    parts: list[Any] = []  # shapely polygons
     for turn in (-1, 0, 1):
         piece = poly.intersection(box(turn * 360 - 180, -90, turn * 360 + 180, 90))
         if not piece.is_empty and piece.area > 0:

@@ -82,7 +82,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
@@ -351,7 +351,7 @@ def _footprint(t: Affine, chip: int, to_wgs84: Transformer) -> tuple[Polygon, fl
     side = np.linspace(0, chip, 9)
     xs = np.concatenate([side, np.full(9, chip), side[::-1], np.zeros(9)])
     ys = np.concatenate([np.zeros(9), side, np.full(9, chip), side[::-1]])
-    ex, ey = t @ (xs, ys)
+    ex, ey = cast(Any, t) @ (xs, ys)  # affine maps arrays; its annotations say floats
     lon, lat = to_wgs84.transform(ex, ey)
     cx, cy = t @ (chip / 2, chip / 2)
     clon, clat = to_wgs84.transform(cx, cy)
@@ -373,9 +373,10 @@ def _chip_rows(ds: Any, group: pd.DataFrame, source: Source, params: Params) -> 
     rows = []
     for r in group.itertuples():
         t = ds.transform @ Affine.scale(sx, sy) @ Affine.translation(r.x, r.y)
-        row = {"chip_id": f"{source.name}/{r.relpath}/{r.y}/{r.x}", "geometry": None,
-               "centroid_lon": np.nan, "centroid_lat": np.nan, "crs": None, "transform": None,
-               "native_x": np.nan, "native_y": np.nan}
+        row: dict[str, Any] = {
+            "chip_id": f"{source.name}/{r.relpath}/{r.y}/{r.x}", "geometry": None,
+            "centroid_lon": np.nan, "centroid_lat": np.nan, "crs": None, "transform": None,
+            "native_x": np.nan, "native_y": np.nan}
         gsd = source.gsd_m / scale if source.gsd_m else np.nan
         if geo is not None:
             poly, clon, clat, cx, cy = _footprint(t, params.chip, geo[1])
@@ -410,8 +411,8 @@ def _chip_pixels(ds: Any, group: pd.DataFrame, source: Source, params: Params) -
         sel = np.flatnonzero(ys == y)
         x0, x1 = int(xs[sel].min()), int(xs[sel].max()) + c
         u8, _ = _read_u8(ds, layout, stretch, Window(x0, int(y), x1 - x0, c))
-        for k in sel:
-            out[k] = u8[:, xs[k] - x0:xs[k] - x0 + c].transpose(2, 0, 1)
+        for j in sel:
+            out[j] = u8[:, xs[j] - x0:xs[j] - x0 + c].transpose(2, 0, 1)
     return out
 
 

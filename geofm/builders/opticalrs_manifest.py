@@ -203,7 +203,7 @@ def load_manifest(manifest: str | Path) -> list[tuple[Source, Any]]:
 
 
 def _walk_images(folder: Path) -> list[Path]:
-    found = []
+    found: list[Path] = []
     for parent, dirs, files in os.walk(folder):
         dirs.sort()
         found.extend(Path(parent) / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES)

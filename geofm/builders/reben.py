@@ -22,6 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
@@ -122,7 +123,7 @@ def _footprint(read: BandRead, to_wgs84: Transformer) -> tuple[Polygon, float, f
     h, w = read.data.shape
     xs = np.concatenate([np.linspace(0, w, 9), np.full(9, w), np.linspace(w, 0, 9), np.zeros(9)])
     ys = np.concatenate([np.zeros(9), np.linspace(0, h, 9), np.full(9, h), np.linspace(h, 0, 9)])
-    ex, ey = t @ (xs, ys)
+    ex, ey = cast(Any, t) @ (xs, ys)  # affine maps arrays; its annotations say floats
     lon, lat = to_wgs84.transform(ex, ey)
     cx, cy = t @ (w / 2, h / 2)
     clon, clat = to_wgs84.transform(cx, cy)
@@ -140,6 +141,9 @@ def read_patch(
     """Read one patch pair: ``[14, 120, 120]`` float32 image, mask and chip-table row."""
     s2 = [read_band(f, out_shape=(CHIP, CHIP), resampling=Resampling.bilinear) for f in p.s2]
     ref10 = s2[S2_BANDS.index("B02")]
+    if ref10.crs is None:
+        raise BuildError(f"Sentinel-2 patch {p.patch_id} has no CRS", p.s2[0],
+                         "use the georeferenced BigEarthNet v2 (reBEN) GeoTIFFs")
     s1 = [read_band(f) for f in p.s1]
     for f, r in zip(p.s1, s1):
         if r.data.shape != (CHIP, CHIP):
@@ -222,7 +226,7 @@ class _RegionTask:
             self.out, region, np.stack(images),
             gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326"),
             label=np.stack(labels),
-            mask=np.stack(masks) if self.has_mask else None,
+            mask=np.stack(cast(list[np.ndarray], masks)) if self.has_mask else None,
         )
 
 

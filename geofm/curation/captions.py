@@ -470,7 +470,8 @@ def caption_store(
             mask = batch["mask"][j] if real else None
             if has_label:
                 ids = [int(k) for k in np.flatnonzero(batch["label"][j])]
-            else:
+            else:  # no labels: every map is real (checked above)
+                assert mask is not None
                 ids = [int(k) for k in np.flatnonzero(class_areas(mask, len(classes), ignore))]
             if not ids:
                 out.append([])
@@ -479,13 +480,14 @@ def caption_store(
             rng = _chip_rng(seed, int(i))
             areas = boxes = None
             if real:
+                assert mask is not None
                 areas = class_areas(mask, len(classes), ignore)[ids].tolist()
                 boxes = boxes_from_mask(mask, ignore=ignore, min_pixels=min_pixels)
                 boxes = [b for b in boxes if b[0] < len(classes)]
             caps: list[str] = []
             for _ in range(per_chip):
                 for _attempt in range(8):
-                    if boxes and rng.random() < 0.5:
+                    if boxes and mask is not None and rng.random() < 0.5:
                         cap = caption_from_boxes(boxes, classes, mask.shape, rng, tset["boxes"])
                     elif areas is not None:
                         cap = caption_from_labels(names, areas, rng, area_pool)

@@ -369,6 +369,7 @@ def _buffer_conflicts(
             dist = gx
         else:  # the nearest point of a diagonal block is the shared corner
             dist = np.hypot(gx, gy)
+        assert dist is not None  # _NEIGHBOURS holds no (0, 0)
         index = np.flatnonzero((dist < buffer_m) & ~conflict)
         if index.size:
             other = neighbour_split(k, index)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -20,7 +21,8 @@ class Normalize:
         std: Per-band standard deviation.
     """
 
-    def __init__(self, bands: Sequence[str], mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, bands: Sequence[str], mean: Sequence[float] | np.ndarray,
+                 std: Sequence[float] | np.ndarray):
         self.index = {b: i for i, b in enumerate(bands)}
         self.mean = torch.as_tensor(list(mean), dtype=torch.float32)
         self.std = torch.as_tensor(list(std), dtype=torch.float32).clamp_min(1e-6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat, cast
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, open_store
 from geofm.loading import load_finetuned
 from geofm.metrics import PRIMARY, batch_targets, per_class_table, task_metrics
+from geofm.models.encoder import FeatureEncoder
 
 
 @torch.no_grad()
@@ -108,7 +109,7 @@ def evaluate(model_path: str | Path, store_path: str | Path, split: str = "test"
             for _ in range(1 if k == len(bands) else draws):
                 keep = sorted(rng.choice(len(bands), size=k, replace=False).tolist())
                 o, t = _predict(model, ds, task, batch_size, keep)
-                vals.append(float(task_metrics(task, o, t)[primary]))
+                vals.append(float(cast(SupportsFloat, task_metrics(task, o, t)[primary])))
             rows.append({"bands": k, primary: float(np.nanmean(vals)), "draws": len(vals)})
         report["band_robustness"] = rows
     out = Path(output) if output else Path(model_path).parent / f"eval_{split}"
@@ -171,7 +172,7 @@ def knn_evaluate(model_path: str | Path, store_path: str | Path, split: str = "t
                        temperature, task, batch_size)
 
 
-def knn_metrics(encoder: torch.nn.Module, contract: BandContract, store: ChipStore,
+def knn_metrics(encoder: FeatureEncoder, contract: BandContract, store: ChipStore,
                 split: str = "test", train_split: str = "train", k: int = 20,
                 temperature: float = 0.07, task: str = "multilabel",
                 batch_size: int = 16, max_chips: int | None = None) -> dict[str, Any]:

@@ -318,9 +318,9 @@ def write_ramp_qml(path: Path, minimum: float, maximum: float) -> Path:
                         ("rampType", "gradient"), ("stops", stops)):
         ET.SubElement(options, "Option", type="QString", name=name, value=value)
     for k, color in enumerate(RAMP):
-        value = minimum + (maximum - minimum) * k / (len(RAMP) - 1)
-        ET.SubElement(shader, "item", alpha="255", value=repr(value), color=color,
-                      label=f"{value:.3f}")
+        level = minimum + (maximum - minimum) * k / (len(RAMP) - 1)
+        ET.SubElement(shader, "item", alpha="255", value=repr(level), color=color,
+                      label=f"{level:.3f}")
     return _write_qml(path, qgis, pipe)
 
 

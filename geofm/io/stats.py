@@ -71,14 +71,16 @@ class BandStats:
     def mean(self) -> np.ndarray:
         """Per-band mean (NaN for a band without valid pixels)."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            return self.total / self.count
+            mean: np.ndarray = self.total / self.count
+        return mean
 
     @property
     def std(self) -> np.ndarray:
         """Per-band population standard deviation."""
         with np.errstate(invalid="ignore", divide="ignore"):
             var = self.total_sq / self.count - self.mean**2
-        return np.sqrt(np.maximum(var, 0.0))
+        std: np.ndarray = np.sqrt(np.maximum(var, 0.0))
+        return std
 
     def to_json(self) -> dict[str, list[float] | list[int]]:
         """JSON-serialisable form (sums kept so stores can be merged later)."""

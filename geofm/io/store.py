@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
@@ -165,14 +165,14 @@ class ChipStore:
 
     @cached_property
     def _labels(self) -> np.ndarray:
-        return zarr.open_array(str(self.path / "label"), mode="r")[:]
+        return np.asarray(zarr.open_array(str(self.path / "label"), mode="r")[:])
 
     def to_xarray(self) -> xr.Dataset:
         """Lazy ``xarray.Dataset`` view (dask-backed) with band and chip-id coordinates."""
         with warnings.catch_warnings():
             # chips.parquet sits beside the arrays; zarr notes it is not part of the hierarchy.
             warnings.simplefilter("ignore")
-            ds = xr.open_zarr(self.path, consolidated=False, zarr_format=3)
+            ds: xr.Dataset = xr.open_zarr(self.path, consolidated=False, zarr_format=3)
         ds = ds.assign_coords(band=("band", self.bands),
                               chip=("chip", self.chips["chip_id"].to_numpy()))
         if "label" in ds and self.classes:
@@ -226,7 +226,7 @@ def _read_attrs(path: Path) -> dict[str, Any]:
                          "build one with 'geofm build'")
     try:
         root = zarr.open_group(str(path), mode="r")
-        attrs = dict(root.attrs.get(ATTRS_KEY, {}))
+        attrs = dict(cast(Mapping[str, Any], root.attrs.get(ATTRS_KEY, {})))
     except Exception as e:  # zarr raises many types for damaged metadata
         raise StoreError(f"cannot read the store's metadata ({e})", path) from None
     if not attrs:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import geopandas as gpd
 import numpy as np
@@ -90,12 +90,12 @@ class StoreSpec:
         n += len(self.classes) if self.has_label else 0
         n += h * w if self.has_mask else 0
         n += c * h * w if self.has_valid else 0
-        return n + len(self.target_names) * h * w * 4
+        return int(n + len(self.target_names) * h * w * 4)
 
     def region_bytes(self, regions: Iterable[int]) -> int:
         """Uncompressed bytes of the chips of ``regions``."""
         chips = sum(self.region_slice(r).stop - self.region_slice(r).start for r in regions)
-        return chips * self.chip_bytes()
+        return int(chips * self.chip_bytes())
 
     def region_slice(self, region: int) -> slice:
         """Chip index range of ``region``."""
@@ -264,10 +264,10 @@ def write_region(
 def _write_region(path: Path, spec: StoreSpec, region: int, sl: slice, image: np.ndarray,
                   rows: pd.DataFrame, extra: dict[str, np.ndarray | None]) -> None:
     root = zarr.open_group(str(path), mode="r+")
-    root["image"][sl] = image
+    cast(zarr.Array, root["image"])[sl] = image
     for name, arr in extra.items():
         if arr is not None:
-            root[name][sl] = arr
+            cast(zarr.Array, root[name])[sl] = arr
     stats = BandStats.of(image, extra["valid"])
     d = _build_dir(path)
     rows_path = d / f"rows-{region:06d}.parquet"

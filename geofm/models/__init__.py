@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from geofm.models.band_embedding import BandEmbedding, band_features
 from geofm.models.channelvit import ChannelViT
+from geofm.models.encoder import Encoder, FeatureEncoder
 from geofm.models.hcs import hierarchical_channel_sampling, sample_band_subset
 from geofm.models.registry import create_model, list_models, register_model
 from geofm.models.vit import TokenEncoder, ViT, sincos_pos_embed
@@ -16,6 +17,8 @@ from geofm.models.vit import TokenEncoder, ViT, sincos_pos_embed
 __all__ = [
     "BandEmbedding",
     "ChannelViT",
+    "Encoder",
+    "FeatureEncoder",
     "TokenEncoder",
     "ViT",
     "band_features",

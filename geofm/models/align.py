@@ -24,15 +24,16 @@ from torch import Tensor, nn
 
 from geofm.card import Architecture, BandContract, ModelCard, TextSpec
 from geofm.checkpoint import save_checkpoint
+from geofm.models.encoder import FeatureEncoder
 from geofm.models.text import TextTower
-from geofm.models.vit import TokenEncoder
 
 
 class AlignModel(nn.Module):
     """A band-aware image tower and a text tower projected into one space.
 
     Args:
-        encoder: A geofm token encoder (``vit_*`` or ``channelvit_*``), usually pretrained.
+        encoder: An image encoder (``vit_*``, ``channelvit_*``, a published one), usually
+            pretrained.
         text: The text tower (locked or not).
         embed_dim: Width ``E`` of the shared embedding space.
         init_temperature: Initial softmax temperature ``T``; ``logit_scale`` starts at
@@ -40,16 +41,16 @@ class AlignModel(nn.Module):
         max_logit_scale: Cap on ``exp(logit_scale)`` (CLIP's 100), for stability.
     """
 
-    def __init__(self, encoder: TokenEncoder, text: TextTower, embed_dim: int = 256,
+    def __init__(self, encoder: FeatureEncoder, text: TextTower, embed_dim: int = 256,
                  init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder: FeatureEncoder = encoder
         self.text = text
         self.embed_dim = int(embed_dim)
         self.init_temperature = float(init_temperature)
         self.max_logit_scale = float(max_logit_scale)
-        self.image_proj = nn.Linear(encoder.embed_dim, embed_dim)
-        self.text_proj = nn.Linear(text.dim, embed_dim)
+        self.image_proj: nn.Module = nn.Linear(encoder.embed_dim, embed_dim)
+        self.text_proj: nn.Module = nn.Linear(text.dim, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
     def scale(self) -> Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -89,5 +90,6 @@ class BandEmbedding(nn.Module):
         """Embeddings ``[C, D]`` for ``bands`` (canonical names or aliases)."""
         feats, index = self._lookup(bands)
         device = self.offsets.weight.device
-        feats = feats.to(device=device, dtype=self.mlp[0].weight.dtype)  # [C, F]
+        dtype = cast(nn.Linear, self.mlp[0]).weight.dtype
+        feats = feats.to(device=device, dtype=dtype)  # [C, F]
         return self.mlp(feats) + self.offsets(index.to(device))  # [C, D]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geofm.errors import GeofmError
+from geofm.models.encoder import Encoder
 from geofm.models.hcs import hierarchical_channel_sampling
 from geofm.models.heads import Head, InputKind, LayerNorm2d, create_head, head_input_kind
 from geofm.models.vit import TokenEncoder
@@ -59,7 +60,7 @@ class Finetuner(nn.Module):
     * ``"full"``: everything trains.
 
     Args:
-        encoder: A :class:`~geofm.models.vit.TokenEncoder` (ViT or ChannelViT) or a
+        encoder: An :class:`~geofm.models.encoder.Encoder`: a ViT, a ChannelViT or a
             :class:`~geofm.published.PublishedEncoder` (its token grid feeds the attentive and
             segmentation heads; its ``blocks`` get the layer-wise decay and partial freezing).
         task: One of :data:`TASKS`.
@@ -79,13 +80,16 @@ class Finetuner(nn.Module):
         config: JSON-serialisable arguments (all but the encoder) that rebuild this model.
 
     Raises:
-        GeofmError: Unknown task, head or freeze mode, a head that does not fit the task, or
-            ``unfreeze_last`` outside ``1 .. depth`` for partial finetuning.
+        GeofmError: Unknown task, head or freeze mode, a head that does not fit the task or
+            the encoder, or ``unfreeze_last`` outside ``1 .. depth`` for partial finetuning.
     """
+
+    target_mean: Tensor  # regression only: the training targets' mean and std per target
+    target_std: Tensor
 
     def __init__(
         self,
-        encoder: TokenEncoder,
+        encoder: Encoder,
         task: str,
         num_outputs: int,
         *,
@@ -165,7 +169,7 @@ class Finetuner(nn.Module):
 
     # --- freezing ----------------------------------------------------------------------------
 
-    def _trainable_encoder_modules(self) -> list[nn.Module]:
+    def _trainable_encoder_modules(self) -> list[nn.Module | Encoder]:
         if self.freeze == "full":
             return [self.encoder]
         if self.freeze == "partial":
@@ -204,7 +208,7 @@ class Finetuner(nn.Module):
         with torch.no_grad() if self.freeze == "frozen" else nullcontext():
             if kind == "pooled":
                 return enc.forward_features(images, bands)  # [B, D]
-            if kind == "tokens" and hasattr(enc, "forward_tokens"):
+            if kind == "tokens" and isinstance(enc, TokenEncoder):
                 return enc.forward_tokens(enc.tokenize(images, bands))  # [B, T, D]
             # a published encoder runs its own tokenizer: the attentive probe reads its
             # token grid, as the segmentation head does

@@ -19,15 +19,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from geofm.errors import GeofmError
+from geofm.models.encoder import FeatureEncoder
 
 KNN_TASKS = ("multilabel", "classification")
 
 
 def extract_features(
-    encoder: nn.Module,
+    encoder: FeatureEncoder,
     batches: Iterable[Mapping[str, Any]],
     *,
     target_key: str | None = "label",

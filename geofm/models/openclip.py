@@ -88,15 +88,17 @@ class OpenCLIPImageEncoder(nn.Module):
     """
 
     band_tokens = False
+    low: Tensor
+    high: Tensor
 
-    def __init__(self, visual: nn.Module, bands: Sequence[str] = RGB_BANDS,
+    def __init__(self, visual: Any, bands: Sequence[str] = RGB_BANDS,
                  mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073),
                  std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711)) -> None:
         super().__init__()
         if len(bands) != 3:
             raise BandError(f"an open_clip image tower takes 3 bands (red, green, blue), got "
                             f"{list(bands)}")
-        self.visual = visual
+        self.visual: Any = visual  # open_clip ships no types
         self.bands = canonical_bands(bands)
         self.is_vit = hasattr(visual, "class_embedding")
         self.image_size = _pair(visual.image_size)
@@ -183,7 +185,7 @@ class OpenCLIPImageEncoder(nn.Module):
         return v.attnpool.c_proj(v.attnpool.v_proj(tokens))  # [B, N, E]
 
 
-def _self_attention_block(block: nn.Module, x: Tensor) -> Tensor:
+def _self_attention_block(block: Any, x: Tensor) -> Tensor:
     """An open_clip residual block in which every token attends only to itself."""
     attn: nn.MultiheadAttention = block.attn
     d = x.shape[-1]
@@ -249,7 +251,9 @@ def load_open_clip(path: str | Path, arch: str | None = None,
     mean = tuple(pre.get("mean") or (0.48145466, 0.4578275, 0.40821073))
     std = tuple(pre.get("std") or (0.26862954, 0.26130258, 0.27577711))
     visual = clip.visual
-    scale = float(clip.logit_scale.detach().reshape(-1)[0])
+    logit_scale = clip.logit_scale
+    assert isinstance(logit_scale, Tensor)  # open_clip's learned nn.Parameter
+    scale = float(logit_scale.detach().reshape(-1)[0])
     encoder = OpenCLIPImageEncoder(visual, bands, mean, std)
     source = {"name": str(p), "kind": "open_clip", **({"arch": arch} if arch else {})}
     text = TextTower(OpenCLIPTextEncoder(clip, tokenizer), source, locked=True)

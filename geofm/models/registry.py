@@ -10,20 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from torch import nn
-
 from geofm.errors import GeofmError
+from geofm.models.encoder import Encoder
 
-ModelFactory = TypeVar("ModelFactory", bound=Callable[..., nn.Module])
+ModelFactory = TypeVar("ModelFactory", bound=Callable[..., Encoder])
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS: dict[str, Callable[..., Encoder]] = {}
 
 
 def register_model(factory: ModelFactory) -> ModelFactory:
     """Register ``factory`` under its function name.
 
     Args:
-        factory: A function ``(**overrides) -> nn.Module``.
+        factory: A function ``(**overrides) -> Encoder`` (an ``nn.Module`` with the
+            :class:`~geofm.models.encoder.Encoder` calls).
 
     Returns:
         The factory, unchanged, so this works as a decorator.
@@ -43,7 +43,7 @@ def list_models(pattern: str = "") -> list[str]:
     return sorted(n for n in _MODELS if pattern in n)
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str, **overrides: Any) -> Encoder:
     """Build a registered model.
 
     Args:
@@ -52,7 +52,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
             (``bands=[...]``, ``patch_size=16``, ``depth=6``, ...).
 
     Returns:
-        The model, with ``model_name`` set and ``model_config`` holding the resolved
+        The encoder, with ``model_name`` set and ``model_config`` holding the resolved
         constructor arguments (JSON-serialisable), so ``create_model(model.model_name,
         **model.model_config)`` rebuilds it.
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ def default_text_folder() -> Path:
 
 
 @contextmanager
-def _quiet_transformers():
+def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and load reports for one load."""
     hf_logging = require("transformers.utils.logging", "text")
 
@@ -156,7 +156,7 @@ class HFTextEncoder(nn.Module):
         self.pooling = pooling
         self.max_length = max_length
         self.normalize = normalize
-        self.dim = int(model.config.hidden_size)
+        self.dim = int(cast(Any, model).config.hidden_size)  # a transformers model
 
     @classmethod
     def from_folder(cls, folder: Path) -> HFTextEncoder:
@@ -201,10 +201,10 @@ class OpenCLIPTextEncoder(nn.Module):
         tokenizer: The open_clip tokenizer (``texts -> [T, context_length]`` token ids).
     """
 
-    def __init__(self, clip: nn.Module, tokenizer: Callable[[list[str]], Tensor]) -> None:
+    def __init__(self, clip: Any, tokenizer: Callable[[list[str]], Tensor]) -> None:
         super().__init__()
         clip.visual = nn.Identity()
-        self.clip = clip
+        self.clip: Any = clip  # open_clip ships no types
         self.tokenizer = tokenizer
         proj = getattr(clip, "text_projection", None)
         if isinstance(proj, nn.Parameter):
@@ -239,7 +239,7 @@ class TextTower(nn.Module):
     def __init__(self, backend: nn.Module, source: dict[str, Any], locked: bool = True) -> None:
         super().__init__()
         self.backend = backend
-        self.dim = int(backend.dim)
+        self.dim = int(cast(Any, backend).dim)
         self.source = {**source, "dim": self.dim}
         self.locked = True
         self.set_locked(locked)

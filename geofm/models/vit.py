@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -92,9 +92,15 @@ class TokenEncoder(nn.Module, abc.ABC):
     Attributes:
         band_tokens: ``True`` when each token is one (band, patch) pair (ChannelViT), ``False``
             when a token covers all bands of a patch (ViT).
+        bands: Registry names of the bands the model was built for (set by each subclass).
+        model_name: Registered name, set by :func:`~geofm.models.registry.create_model`.
+        model_config: The resolved constructor arguments (set by each subclass).
     """
 
     band_tokens: bool = False
+    bands: tuple[str, ...]
+    model_name: str
+    model_config: dict[str, Any]
 
     def __init__(
         self,
@@ -139,13 +145,14 @@ class TokenEncoder(nn.Module, abc.ABC):
                 mlp_ratio,
                 qkv_bias=True,
                 drop_path=drop_path_rate * i / max(depth - 1, 1),
-                norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                # timm annotates a class; a partial is what timm's own models pass.
+                norm_layer=cast(type[nn.Module], partial(nn.LayerNorm, eps=1e-6)),
             )
             for i in range(depth)
         )
         for block in self.blocks:
             # Route attention through F.scaled_dot_product_attention (flash kernels on GPU).
-            block.attn.fused_attn = True
+            cast(Any, block).attn.fused_attn = True
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self._pos_cache: dict[tuple[Any, ...], Tensor] = {}
 
@@ -313,7 +320,7 @@ class ViT(TokenEncoder):
         super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
                          class_token, pos_embed, img_size)
         self.bands = canonical_bands(bands)
-        self.model_config: dict[str, Any] = {
+        self.model_config = {
             "bands": list(self.bands),
             "patch_size": patch_size,
             "embed_dim": embed_dim,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from geofm.errors import GeofmError
+from geofm.models.encoder import Encoder
 from geofm.models.vit import TokenEncoder
 from geofm.objectives.common import MaskedImageObjective, ObjectiveOutput
 from geofm.objectives.mae import MAE
@@ -29,7 +30,7 @@ def list_objectives() -> list[str]:
     return sorted(_OBJECTIVES)
 
 
-def create_objective(name: str, encoder: TokenEncoder, **cfg: Any) -> MaskedImageObjective:
+def create_objective(name: str, encoder: Encoder, **cfg: Any) -> MaskedImageObjective:
     """Build an objective around ``encoder``.
 
     Args:
@@ -38,13 +39,19 @@ def create_objective(name: str, encoder: TokenEncoder, **cfg: Any) -> MaskedImag
         **cfg: The objective's keyword arguments (``mask_ratio``, ``decoder_dim``, ``hcs``, ...).
 
     Raises:
-        GeofmError: ``name`` is unknown, or ``cfg`` has an argument the objective lacks or a
-            value it cannot use (a ratio outside ``(0, 1)``, heads that do not divide a width).
+        GeofmError: ``name`` is unknown, ``encoder`` is not a geofm ViT or ChannelViT (the
+            objectives patchify and tokenize through it), or ``cfg`` has an argument the
+            objective lacks or a value it cannot use (a ratio outside ``(0, 1)``, heads that do
+            not divide a width).
     """
     if name not in _OBJECTIVES:
         raise GeofmError(
             f"unknown objective {name!r}; known objectives: {', '.join(list_objectives())}"
         )
+    if not isinstance(encoder, TokenEncoder):
+        raise GeofmError(f"objective {name!r} pretrains a geofm ViT or ChannelViT, not "
+                         f"{type(encoder).__name__}",
+                         hint="pick a vit_* or channelvit_* model")
     try:
         return _OBJECTIVES[name](encoder, **cfg)
     except (TypeError, ValueError, AssertionError) as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Any, cast
 
 import torch
 from timm.models.vision_transformer import Block
@@ -58,11 +59,12 @@ class MAE(MaskedImageObjective):
         self.decoder_pos = DecoderEmbedding(decoder_dim, encoder)
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True,
-                  norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                  # timm annotates a class; a partial is what timm's own models pass.
+                  norm_layer=cast(type[nn.Module], partial(nn.LayerNorm, eps=1e-6)))
             for _ in range(decoder_depth)
         )
         for block in self.decoder_blocks:
-            block.attn.fused_attn = True
+            cast(Any, block).attn.fused_attn = True
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, self.pixels_per_token)
         for module in (self.decoder_embed, self.decoder_pos, self.decoder_blocks,

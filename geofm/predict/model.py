@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -12,6 +13,10 @@ from torch import Tensor, nn
 
 from geofm.card import ModelCard
 from geofm.errors import GeofmError
+from geofm.models.encoder import FeatureEncoder
+
+if TYPE_CHECKING:
+    from geofm.models.align import AlignModel
 
 
 class Predictor:
@@ -47,7 +52,8 @@ class Predictor:
         self.std = np.asarray(card.contract.std, dtype=np.float32)
         self.flexible = card.flexible
         encoder = self.encoder
-        self.patch_size = int(card.patch_size or getattr(encoder, "patch_size", 1))
+        encoder_patch: int = getattr(encoder, "patch_size", 1)
+        self.patch_size = int(card.patch_size or encoder_patch)
         self.embed_dim = int(getattr(encoder, "embed_dim", 0))
         self.gsd_m: float | None = card.gsd_m
         size = card.tile_size or (16 * self.patch_size, 16 * self.patch_size)
@@ -83,12 +89,13 @@ class Predictor:
         from geofm.loading import load_model
 
         module, card = load_model(path, weights)
+        assert isinstance(module, nn.Module)  # every model geofm loads is a module
         return cls(module, card, Path(path).name)
 
     @property
-    def encoder(self) -> nn.Module:
+    def encoder(self) -> FeatureEncoder:
         """The token encoder (the finetuned model's, or the module itself)."""
-        return getattr(self.module, "encoder", self.module)
+        return cast(FeatureEncoder, getattr(self.module, "encoder", self.module))
 
     @property
     def model_name(self) -> str:
@@ -150,7 +157,7 @@ class Predictor:
             GeofmError: No text tower, or an empty or blank text.
         """
         self.require_text()
-        return self.module.encode_text(list(texts)).float()
+        return cast("AlignModel", self.module).encode_text(list(texts)).float()
 
     @torch.inference_mode()
     def encode_image(self, images: Tensor, bands: Sequence[str]) -> Tensor:
@@ -160,7 +167,8 @@ class Predictor:
             GeofmError: No text tower (not an aligned image–text model).
         """
         self.require_text()
-        return self.module.encode_image(images.to(self.device), list(bands)).float()
+        aligned = cast("AlignModel", self.module)
+        return aligned.encode_image(images.to(self.device), list(bands)).float()
 
     def with_texts(self, texts: Sequence[str]) -> Predictor:
         """A predictor for ``mode="query"``: this model (shared, not copied) with ``texts``
@@ -191,14 +199,15 @@ class Predictor:
         if mode == "query":
             if self.text_embedding is None:
                 raise GeofmError("no query text given", hint="use Predictor.with_texts")
-            patches = self.module.encode_patches(images, list(bands))  # [B, E, H/p, W/p]
+            aligned = cast("AlignModel", self.module)  # has_text: checked by with_texts
+            patches = aligned.encode_patches(images, list(bands))  # [B, E, H/p, W/p]
             sim = torch.einsum("behw,te->bthw", patches.float(), self.text_embedding)
             return sim.clamp(-1.0, 1.0)  # [B, T, H/p, W/p], rounding kept inside [-1, 1]
         if mode == "embed":
             feats = self.encoder.forward_patch_features(images, list(bands))  # [B, N, D]
             gh, gw = images.shape[2] // self.patch_size, images.shape[3] // self.patch_size
             return feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], gh, gw)
-        logits = self.module(images, list(bands))  # [B, K] or [B, K, H, W]
+        logits: Tensor = self.module(images, list(bands))  # [B, K] or [B, K, H, W]
         if self.task == "multilabel":
             scores = logits.sigmoid()
         elif self.task in ("classification", "segmentation"):

@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import rasterio
@@ -141,7 +141,7 @@ def _load_tile(source: Source, plan: BandPlan, grid: TileGrid,
     ok = np.zeros((th, tw), bool)
     ok[:h, :w] = ~bad
     (oh, ow), (fy, fx) = grid.out_tile, grid.factor
-    return tile, ok.reshape(oh, fy, ow, fx).any(axis=(1, 3))
+    return tile, cast(np.ndarray, ok.reshape(oh, fy, ow, fx).any(axis=(1, 3)))
 
 
 def _ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:

@@ -160,14 +160,15 @@ class RasterSource:
 
     def read(self, indexes: Sequence[int], window: Window) -> np.ndarray:
         try:
-            return self._dataset().read([i + 1 for i in indexes], window=window,
-                                        out_dtype="float32")
+            data: np.ndarray = self._dataset().read([i + 1 for i in indexes], window=window,
+                                                    out_dtype="float32")
+            return data
         except RasterioError as e:
             raise GeofmError(f"cannot read the raster ({first_line(e)})", self.name,
                              "the file is corrupt or truncated") from None
 
     def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
-        bad = np.isnan(data).any(axis=0)
+        bad: np.ndarray = np.isnan(data).any(axis=0)
         for k, i in enumerate(indexes):
             nd = self.nodata[i]
             if nd is not None and not math.isnan(nd):
@@ -228,7 +229,7 @@ class DataArraySource:
         return np.asarray(sub.values, dtype=np.float32)
 
     def invalid(self, data: np.ndarray, indexes: Sequence[int], window: Window) -> np.ndarray:
-        bad = np.isnan(data).any(axis=0)
+        bad: np.ndarray = np.isnan(data).any(axis=0)  # [H, W]
         if self.nodata is not None:
             bad |= (data == np.float32(self.nodata)).any(axis=0)
         return bad

@@ -193,9 +193,9 @@ class Blender:
         self.device = torch.device(device)
         self.weight = torch.as_tensor(weight, dtype=torch.float32, device=self.device)
         height, width = grid.out_tile[0], panel.span[1] - panel.span[0]
-        zeros = {"dtype": torch.float32, "device": self.device}
-        self.acc = torch.zeros((channels, height, width), **zeros)  # [K, A, span]
-        self.wsum = torch.zeros((height, width), **zeros)  # [A, span]
+        f32, dev = torch.float32, self.device
+        self.acc = torch.zeros((channels, height, width), dtype=f32, device=dev)  # [K, A, span]
+        self.wsum = torch.zeros((height, width), dtype=f32, device=dev)  # [A, span]
         self.valid = torch.zeros((height, width), dtype=torch.bool, device=self.device)
         self.top = 0
         self.current = 0

@@ -47,14 +47,23 @@ class PublishedEncoder(nn.Module, abc.ABC):
         embed_dim: Feature width ``D``.
         blocks: The transformer blocks, first to last.
         norm: The final normalisation applied to the tokens.
+        model_name: Registered architecture name, set by
+            :func:`~geofm.models.registry.create_model`.
+        model_config: The factory's resolved keyword arguments (set by the constructor), so
+            ``create_model(model_name, **model_config)`` rebuilds the module.
+        published_name: The release's geofm name (``"dofa_base"``), set by
+            :func:`~geofm.published.load.load_release`.
     """
 
     band_tokens: bool = False
     bands: tuple[str, ...] = ()
     patch_size: int
     embed_dim: int
-    blocks: nn.ModuleList
+    blocks: nn.ModuleList | nn.Sequential
     norm: nn.Module
+    model_name: str
+    model_config: dict[str, Any]
+    published_name: str
 
     def grid_size(self, images: Tensor) -> tuple[int, int]:
         """Patch grid ``(rows, cols)`` of ``images [B, C, H, W]``.

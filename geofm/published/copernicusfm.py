@@ -65,7 +65,7 @@ class CopernicusFMEncoder(PublishedEncoder):
         self.model_config: dict[str, Any] = {"img_size": img_size, "bands": list(self.bands)}
 
     @property
-    def blocks(self) -> nn.Module:  # type: ignore[override]
+    def blocks(self) -> nn.ModuleList:  # type: ignore[override]
         """The 12 transformer blocks."""
         return self.fm.blocks
 
@@ -83,7 +83,7 @@ class CopernicusFMEncoder(PublishedEncoder):
         fm = self.fm
         waves = torch.tensor([w * 1000 for w in wavelengths_um(bands)], device=images.device)
         widths = torch.tensor([w * 1000 for w in bandwidths_um(bands)], device=images.device)
-        x = fm.patch_embed_spectral(images, wavelengths=waves.float(),
+        x: Tensor = fm.patch_embed_spectral(images, wavelengths=waves.float(),
                                     bandwidths=widths.float(), kernel_size=self.patch_size)
         side = round(fm.num_patches ** 0.5)
         pos = resize_abs_pos_embed(fm.pos_embed, grid, (side, side), num_prefix_tokens=1)
@@ -99,11 +99,13 @@ class CopernicusFMEncoder(PublishedEncoder):
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Patch tokens through ``fc_norm`` ``[B, N, D]``."""
-        return self.fm.fc_norm(self._tokens(images, bands)[:, 1:])
+        patches: Tensor = self.fm.fc_norm(self._tokens(images, bands)[:, 1:])  # [B, N, D]
+        return patches
 
     def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Mean of the patch tokens through ``fc_norm`` ``[B, D]``, as Copernicus-FM pools."""
-        return self.fm.fc_norm(self._tokens(images, bands)[:, 1:].mean(dim=1))
+        pooled: Tensor = self.fm.fc_norm(self._tokens(images, bands)[:, 1:].mean(dim=1))
+        return pooled  # [B, D]
 
 
 @register_model

@@ -23,7 +23,7 @@ ALiBi biases are a function of the patch grid, not weights; other square tiles g
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
 
@@ -31,6 +31,9 @@ from geofm.errors import GeofmError
 from geofm.models.registry import register_model
 from geofm.published.base import PublishedEncoder, PublishedSpec, consume, register_published
 from geofm.published.common import S2_NO_B10, SSL4EO_S2_MEAN, SSL4EO_S2_STD, heads
+
+if TYPE_CHECKING:
+    from torchgeo.models.croma import ViT
 
 
 class CROMAOptical(PublishedEncoder):
@@ -52,7 +55,7 @@ class CROMAOptical(PublishedEncoder):
         self.bands = tuple(bands)
         self.croma = croma_base(None, modalities=["optical"], image_size=image_size)
         # The ALiBi table is derived from the grid, never saved with the weights.
-        bias = self.croma.attn_bias
+        bias = self._attn_bias
         del self.croma._buffers["attn_bias"]
         self.croma.register_buffer("attn_bias", bias, persistent=False)
         self._bias_cache: dict[tuple[int, str], Tensor] = {}
@@ -60,22 +63,32 @@ class CROMAOptical(PublishedEncoder):
                                              "image_size": image_size}
 
     @property
-    def blocks(self) -> nn.Module:  # type: ignore[override]
+    def _attn_bias(self) -> Tensor:
+        """The ALiBi table buffer of the release's grid."""
+        return cast(Tensor, self.croma.attn_bias)
+
+    @property
+    def _encoder(self) -> ViT:
+        """The optical encoder (torchgeo types it as ``nn.Module``)."""
+        return cast("ViT", self.croma.s2_encoder)
+
+    @property
+    def blocks(self) -> nn.ModuleList:  # type: ignore[override]
         """The 12 (attention, feed-forward) layers."""
-        return self.croma.s2_encoder.transformer.layers
+        return self._encoder.transformer.layers
 
     @property
     def norm(self) -> nn.Module:  # type: ignore[override]
         """The encoder's final LayerNorm."""
-        return self.croma.s2_encoder.transformer.norm_out
+        return self._encoder.transformer.norm_out
 
     def _bias(self, images: Tensor) -> Tensor:
         rows, cols = self.grid_size(images)
         if rows != cols:
             raise GeofmError(f"CROMA takes square tiles, not {images.shape[-2]}×"
                              f"{images.shape[-1]}", hint="crop the tiles to a square")
-        if rows * cols == self.croma.attn_bias.shape[-1]:
-            return self.croma.attn_bias
+        if rows * cols == self._attn_bias.shape[-1]:
+            return self._attn_bias
         key = (rows, str(images.device))
         if key not in self._bias_cache:
             from torchgeo.models.croma import get_2dalibi
@@ -86,12 +99,15 @@ class CROMAOptical(PublishedEncoder):
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """The optical encoder's output tokens (after its final LayerNorm) ``[B, N, D]``."""
-        return self.croma.s2_encoder(imgs=self.ordered(images, bands),
-                                     attn_bias=self._bias(images))
+        tokens: Tensor = self._encoder(imgs=self.ordered(images, bands),
+                                       attn_bias=self._bias(images))  # [B, N, D]
+        return tokens
 
     def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Mean of the tokens through the GAP-FFN head ``[B, D]``, as CROMA pools."""
-        return self.croma.s2_GAP_FFN(self.forward_patch_features(images, bands).mean(dim=1))
+        pooled: Tensor = self.croma.s2_GAP_FFN(
+            self.forward_patch_features(images, bands).mean(dim=1))  # [B, D]
+        return pooled
 
 
 @register_model

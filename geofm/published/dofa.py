@@ -72,13 +72,15 @@ class DOFAEncoder(PublishedEncoder):
 
         self.bands = tuple(bands)
         self.embed_dim = SIZES[size]["embed_dim"]
+        dims = SIZES[size]
         self.dofa = DOFA(img_size=img_size, patch_size=16, num_classes=0, global_pool=True,
-                         **SIZES[size])
+                         embed_dim=dims["embed_dim"], depth=dims["depth"],
+                         num_heads=dims["num_heads"])
         self.model_config: dict[str, Any] = {"size": size, "img_size": img_size,
                                              "bands": list(self.bands)}
 
     @property
-    def blocks(self) -> nn.Module:  # type: ignore[override]
+    def blocks(self) -> nn.ModuleList:  # type: ignore[override]
         """The transformer blocks."""
         return self.dofa.blocks
 
@@ -94,14 +96,16 @@ class DOFAEncoder(PublishedEncoder):
         side = round((table.shape[1] - 1) ** 0.5)
         if grid == (side, side):
             return table
-        return resample_abs_pos_embed(table, new_size=list(grid), old_size=[side, side],
-                                      num_prefix_tokens=1)  # [1, 1 + N, D]
+        resampled: Tensor = resample_abs_pos_embed(
+            table, new_size=list(grid), old_size=[side, side], num_prefix_tokens=1)
+        return resampled  # [1, 1 + N, D]
 
     def _tokens(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Tokens after the last block ``[B, 1 + N, D]`` (DOFA's ``forward_features`` up to
         its pooling, with the position table fitted to the grid)."""
         grid = self.grid_size(images)
         waves = torch.tensor(wavelengths_um(bands), device=images.device).float()  # [C]
+        x: Tensor
         x, _ = self.dofa.patch_embed(images, waves)  # [B, N, D]
         pos = self._pos_embed(grid)
         x = x + pos[:, 1:, :]
@@ -113,11 +117,13 @@ class DOFAEncoder(PublishedEncoder):
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Patch tokens through ``fc_norm`` ``[B, N, D]``."""
-        return self.dofa.fc_norm(self._tokens(images, bands)[:, 1:])
+        patches: Tensor = self.dofa.fc_norm(self._tokens(images, bands)[:, 1:])  # [B, N, D]
+        return patches
 
     def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Mean of the patch tokens through ``fc_norm`` ``[B, D]``, as DOFA pools."""
-        return self.dofa.fc_norm(self._tokens(images, bands)[:, 1:].mean(dim=1))
+        pooled: Tensor = self.dofa.fc_norm(self._tokens(images, bands)[:, 1:].mean(dim=1))
+        return pooled  # [B, D]
 
 
 @register_model

@@ -85,6 +85,7 @@ def load_release(spec: PublishedSpec, path: str | Path) -> PublishedEncoder:
                          hint=f"download {spec.weights_url} and save it as {p}")
     converted = spec.convert(read_weights(p))
     model = create_model(spec.architecture, **dict(spec.config))
+    assert isinstance(model, PublishedEncoder)  # every release's architecture is one
     try:
         model.load_state_dict(converted, strict=True)
     except RuntimeError as e:

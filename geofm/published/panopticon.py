@@ -23,8 +23,8 @@ construction: build it with ``img_size`` equal to the tiles' side.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,9 @@ SAR_IDS = {"S1.VV": -1.0, "S1.VH": -2.0}
 
 RELEASE_IMG_SIZE = 518
 """The tile side the release's position table is laid out for (37 × 37 patches)."""
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 
 def channel_ids(bands: Sequence[str]) -> list[float]:
@@ -89,14 +92,19 @@ class PanopticonEncoder(PublishedEncoder):
         self.model_config: dict[str, Any] = {"img_size": img_size, "bands": list(self.bands)}
 
     @property
-    def blocks(self) -> nn.Module:  # type: ignore[override]
+    def _vit(self) -> VisionTransformer:
+        """The timm DINOv2 ViT inside (torchgeo types it as ``nn.Module``)."""
+        return cast("VisionTransformer", self.panopticon.model)
+
+    @property
+    def blocks(self) -> nn.Sequential:  # type: ignore[override]
         """The 12 transformer blocks."""
-        return self.panopticon.model.blocks
+        return self._vit.blocks
 
     @property
     def norm(self) -> nn.Module:  # type: ignore[override]
         """The final LayerNorm."""
-        return self.panopticon.model.norm
+        return self._vit.norm
 
     def _tokens(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         grid = self.grid_size(images)
@@ -108,16 +116,17 @@ class PanopticonEncoder(PublishedEncoder):
                                   "with img_size set to the tiles' side")
         ids = torch.tensor(channel_ids(bands), device=images.device)
         ids = ids.unsqueeze(0).repeat(images.shape[0], 1)  # [B, C]; Panopticon edits it in place
-        return self.panopticon.model.forward_features({"imgs": images, "chn_ids": ids})
+        # Panopticon's patch embedding takes the images and channel ids as one dict.
+        forward = cast(Callable[[dict[str, Tensor]], Tensor], self._vit.forward_features)
+        return forward({"imgs": images, "chn_ids": ids})  # [B, 1 + N, D]
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Patch tokens after the final LayerNorm ``[B, N, D]``."""
-        return self._tokens(images, bands)[:, self.panopticon.model.num_prefix_tokens:]
+        return self._tokens(images, bands)[:, self._vit.num_prefix_tokens:]
 
     def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """The class token after the final LayerNorm ``[B, D]``."""
-        return self.panopticon.model.forward_head(self._tokens(images, bands),
-                                                  pre_logits=True)
+        return self._vit.forward_head(self._tokens(images, bands), pre_logits=True)
 
 
 @register_model

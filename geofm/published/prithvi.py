@@ -85,7 +85,8 @@ class _PatchEmbed3D(nn.Module):
                               stride=(1, patch_size, patch_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        tokens: Tensor = self.proj(x).flatten(2).transpose(1, 2)  # [B, N, D]
+        return tokens
 
 
 class PrithviEO2(PublishedEncoder):
@@ -153,7 +154,8 @@ class PrithviEO2(PublishedEncoder):
         x = torch.cat((cls, x), dim=1)  # [B, 1 + N, D]
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)  # [B, 1 + N, D]
+        tokens: Tensor = self.norm(x)  # [B, 1 + N, D]
+        return tokens
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Normalised patch tokens ``[B, N, D]`` (class token removed), row-major."""

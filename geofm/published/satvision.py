@@ -57,7 +57,8 @@ _SIMMIM_ONLY = ("encoder.mask_token", "decoder.0.weight", "decoder.0.bias")
 def _apply_norm3(block: nn.Module, args: Any, output: Tensor) -> Tensor:
     """Forward hook: the release's extra post-block LayerNorm (``norm3``)."""
     norm3: nn.Module = getattr(block, "norm3")  # noqa: B009 - set after timm builds the block
-    return norm3(output)  # [B, H, W, C]
+    normed: Tensor = norm3(output)  # [B, H, W, C]
+    return normed
 
 
 class SatVisionTOA(PublishedEncoder):

@@ -57,7 +57,7 @@ class ScaleMAEEncoder(PublishedEncoder):
         self.model_config: dict[str, Any] = {"bands": list(self.bands), "res": self.res}
 
     @property
-    def blocks(self) -> nn.Module:  # type: ignore[override]
+    def blocks(self) -> nn.Sequential:  # type: ignore[override]
         """The 24 transformer blocks."""
         return self.model.blocks
 
@@ -80,9 +80,11 @@ class ScaleMAEEncoder(PublishedEncoder):
         res = torch.full((x.shape[0],), self.res, dtype=x.dtype, device=x.device)
         pos = get_2d_sincos_pos_embed_with_resolution(self.embed_dim, rows, res,
                                                       cls_token=True).to(x.dtype)
+        assert m.cls_token is not None  # ScaleMAE is built with a class token
         x = torch.cat((m.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + pos
         x = m.norm_pre(m.patch_drop(m.pos_drop(x)))
-        return m.norm(m.blocks(x))
+        tokens: Tensor = m.norm(m.blocks(x))  # [B, 1 + N, D]
+        return tokens
 
     def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
         """Patch tokens after the final LayerNorm ``[B, N, D]``."""

@@ -18,13 +18,16 @@ size interpolates the learned position table; at 224 px nothing is interpolated.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import Tensor, nn
 
 from geofm.models.registry import register_model
 from geofm.published.base import PublishedEncoder, PublishedSpec, consume, register_published
 from geofm.published.common import S2_L1C, heads, with_unit_norm
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 
 class SSL4EOViT(PublishedEncoder):
@@ -44,12 +47,14 @@ class SSL4EOViT(PublishedEncoder):
         from torchgeo.models import vit_small_patch16_224
 
         self.bands = tuple(bands)
-        self.vit = vit_small_patch16_224(None, in_chans=len(self.bands), img_size=img_size,
-                                         num_classes=0, dynamic_img_size=True)
+        # torchgeo builds it with timm and types it as nn.Module.
+        self.vit = cast("VisionTransformer", vit_small_patch16_224(
+            None, in_chans=len(self.bands), img_size=img_size, num_classes=0,
+            dynamic_img_size=True))
         self.model_config: dict[str, Any] = {"bands": list(self.bands), "img_size": img_size}
 
     @property
-    def blocks(self) -> nn.Module:  # type: ignore[override]
+    def blocks(self) -> nn.Sequential:  # type: ignore[override]
         """The 12 transformer blocks."""
         return self.vit.blocks
 

@@ -25,13 +25,15 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.parsing import AttributeDict
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -145,6 +147,10 @@ class AlignTask(L.LightningModule):
         seed: Base seed of the per-step randomness.
     """
 
+    if TYPE_CHECKING:  # Lightning annotates hparams as AttributeDict | MutableMapping
+        @property
+        def hparams(self) -> AttributeDict: ...
+
     def __init__(self, model: AlignModel, captions: dict[int, list[str]], lr: float = 1e-3,
                  encoder_lr: float = 1e-4, text_lr: float = 1e-5, freeze_encoder: bool = False,
                  weight_decay: float = 0.05, warmup_steps: int = 10, max_steps: int = 100,
@@ -198,7 +204,8 @@ class AlignTask(L.LightningModule):
                              hint="lower the learning rate (--set optim.lr=...)")
         b = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        rates = {g["name"]: g["lr"] for g in self.optimizers().param_groups}
+        opt = cast(LightningOptimizer, self.optimizers())  # one optimizer
+        rates = {g["name"]: g["lr"] for g in opt.param_groups}
         for name, lr in rates.items():  # projection, encoder, text (those that train)
             self.log(f"train/lr_{name}", lr, batch_size=b)
         self.log("train/scale", float(scale.detach()), batch_size=b)  # exp(logit_scale)
@@ -247,7 +254,8 @@ class _DataRecord(Callback):
     def __init__(self, out_dir: Path, split: str | None):
         self.out_dir, self.split = out_dir, split
 
-    def on_train_end(self, trainer: L.Trainer, task: AlignTask) -> None:
+    def on_train_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        assert isinstance(task, AlignTask)  # attached to alignment runs only
         seen = sorted(task.seen)
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
                   "split": self.split, "num_chips_seen": len(seen),

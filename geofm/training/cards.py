@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from torch import nn
-
 from geofm.card import BandContract
 from geofm.data.transforms import Normalize
 from geofm.io.store import ChipStore, band_info
+from geofm.models.encoder import FeatureEncoder
 
 
-def trained_contract(encoder: nn.Module, bands: Sequence[str], normalize: Normalize,
+def trained_contract(encoder: FeatureEncoder, bands: Sequence[str], normalize: Normalize,
                      stores: Sequence[ChipStore], levels: Mapping[str, str]) -> BandContract:
     """The contract of an encoder trained on ``stores``: their bands as served, the run's
     normalisation, the stores' physical band descriptions and processing levels, and whether

@@ -9,13 +9,14 @@ shards (no rank loads the dataset), and a resumed run picks up mid-epoch in plac
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from geofm.bands import BAND_SETS
 from geofm.data.dataset import ChipDataset, collate_samples
@@ -25,6 +26,9 @@ from geofm.data.transforms import Normalize
 from geofm.errors import BandError, GeofmError, StoreError
 from geofm.io.stats import pooled_stats
 from geofm.io.store import ChipStore, open_valid_store
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loops.progress import _ProcessedTracker
 
 BandSpec = Sequence[str] | str | int | None
 """Bands to serve from a store: names, a named set (``s2``), a count, or None for all."""
@@ -61,7 +65,7 @@ def band_specs(bands: BandSpec | Sequence[BandSpec], num_stores: int) -> list[Ba
             raise GeofmError(f"{len(bands)} band selections for {num_stores} store(s)",
                              hint="give one --bands for every store, or one per --data")
         return list(bands)
-    return [bands] * num_stores
+    return [cast(BandSpec, bands)] * num_stores
 
 
 def restored_position(trainer: L.Trainer | None, batches_per_epoch: int) -> tuple[int, int]:
@@ -77,7 +81,8 @@ def restored_position(trainer: L.Trainer | None, batches_per_epoch: int) -> tupl
     if trainer is None:
         return 0, 0
     epoch = trainer.current_epoch
-    progress = trainer.fit_loop.epoch_progress.current
+    # An epoch tracker counts processed batches too; Lightning annotates the base tracker.
+    progress = cast("_ProcessedTracker", trainer.fit_loop.epoch_progress.current)
     if progress.processed >= progress.started:  # no epoch in progress (e.g. saved at train end)
         return epoch, 0
     done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
@@ -90,7 +95,7 @@ class EpochSeededSampler(RandomSampler):
     """A random order that depends only on ``(seed, epoch)``. Lightning calls
     :meth:`set_epoch`; under DDP it swaps in a seeded ``DistributedSampler`` instead."""
 
-    def __init__(self, data: Dataset, seed: int = 0):
+    def __init__(self, data: Sized, seed: int = 0):
         super().__init__(data, generator=torch.Generator())
         self.seed = seed
         self.epoch = 0

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.parsing import AttributeDict
 from torch import Tensor
 
 from geofm.card import Architecture, Provenance, TaskSpec
@@ -63,6 +65,10 @@ class FinetuneTask(L.LightningModule):
         hcs: Hierarchical Channel Sampling on every training batch.
     """
 
+    if TYPE_CHECKING:  # Lightning annotates hparams as AttributeDict | MutableMapping
+        @property
+        def hparams(self) -> AttributeDict: ...
+
     def __init__(self, encoder_name: str, encoder_config: dict[str, Any], bands: list[str],
                  task: str, head: str, num_outputs: int, freeze: str = "frozen",
                  unfreeze_last: int = 0, lr: float = 1e-3, weight_decay: float = 0.05,
@@ -88,7 +94,8 @@ class FinetuneTask(L.LightningModule):
                              hint="lower the learning rate")
         b = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
+        opt = cast(LightningOptimizer, self.optimizers())  # one optimizer
+        self.log("train/lr", opt.param_groups[0]["lr"], batch_size=b)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

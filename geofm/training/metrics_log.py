@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
@@ -34,7 +34,8 @@ class _KeepingWriter(ExperimentWriter):
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             fields = list(reader.fieldnames or [])
-            rows = [r for r in reader if _step(r) is not None and _step(r) < self.keep_before]
+            keep = self.keep_before
+            rows = [r for r in reader if (s := _step(r)) is not None and s < keep]
         if "step" not in fields:  # not a metrics log of a run: start afresh
             super()._check_log_dir_exists()
             return
@@ -69,4 +70,4 @@ class ResumingCSVLogger(CSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingWriter(self.log_dir, self._keep_before)
-        return self._experiment
+        return cast(ExperimentWriter, self._experiment)

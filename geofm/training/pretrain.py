@@ -22,13 +22,15 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.parsing import AttributeDict
 
 from geofm.card import Architecture, ModelCard, Provenance
 from geofm.checkpoint import save_checkpoint
@@ -80,6 +82,10 @@ class PretrainTask(L.LightningModule):
         batch_size: Images per step on one rank (for ``lr_scaling``).
     """
 
+    if TYPE_CHECKING:  # Lightning annotates hparams as AttributeDict | MutableMapping
+        @property
+        def hparams(self) -> AttributeDict: ...
+
     def __init__(
         self,
         model: str,
@@ -126,7 +132,8 @@ class PretrainTask(L.LightningModule):
         b = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=b, sync_dist=False)
         self._log_store_loss(batch, out.loss.detach(), b)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
+        opt = cast(LightningOptimizer, self.optimizers())  # one optimizer
+        self.log("train/lr", opt.param_groups[0]["lr"], batch_size=b)
         self.log("train/visible_tokens", float(out.num_visible), batch_size=b)
         now = time.perf_counter()
         if self._t0 is not None:
@@ -145,7 +152,7 @@ class PretrainTask(L.LightningModule):
     def _log_store_loss(self, batch: dict[str, Any], loss: torch.Tensor, b: int) -> None:
         """With several stores, each store's mean loss over every rank's batches since the
         last logged step, in a column of its own (NaN for a store without batches there)."""
-        stores = len(getattr(self.trainer.datamodule, "stores", ()))
+        stores = len(getattr(getattr(self.trainer, "datamodule", None), "stores", ()))
         store = batch.get("meta", {}).get("store")
         if stores < 2 or store is None:
             return
@@ -154,7 +161,7 @@ class PretrainTask(L.LightningModule):
         self._store_sums[store] += torch.stack([loss.float(), torch.ones_like(loss.float())])
         # Lightning writes a row when its batch counter + 1 is a multiple of the interval; a
         # key logged only then never repeats a stale value. Every rank reaches this together.
-        every = self.trainer.log_every_n_steps
+        every: int = getattr(self.trainer, "log_every_n_steps", 0)  # set by Lightning at fit
         if not every or (self.global_step + 1) % every:  # 0: Lightning never logs
             return
         sums = self.trainer.strategy.reduce(self._store_sums.clone(), reduce_op="sum")
@@ -175,7 +182,8 @@ class PretrainTask(L.LightningModule):
                          getattr(self.objective, "visible_ratio", None))
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
@@ -195,7 +203,8 @@ class _Previews(Callback):
     def __init__(self, out_dir: Path, count: int):
         self.out_dir, self.count = out_dir, count
 
-    def on_train_end(self, trainer: L.Trainer, task: PretrainTask) -> None:
+    def on_train_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        assert isinstance(task, PretrainTask)  # attached to pretraining runs only
         out = task.last_output
         if out is None or self.count <= 0 or not trainer.is_global_zero:
             return
@@ -217,7 +226,8 @@ class _DataRecord(Callback):
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
 
-    def on_train_end(self, trainer: L.Trainer, task: PretrainTask) -> None:
+    def on_train_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        assert isinstance(task, PretrainTask)  # attached to pretraining runs only
         seen = sorted(task.seen)
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
                   "num_chips_seen": len(seen), "chip_indices": seen[:100_000]}

@@ -16,7 +16,7 @@ import csv
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from geofm.card import BandContract
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore, open_valid_store
+from geofm.models.encoder import FeatureEncoder
 
 
 def open_probe_store(cfg: dict[str, Any]) -> ChipStore:
@@ -87,7 +88,9 @@ class KnnProbe(Callback):
         with trainer.precision_plugin.forward_context(), warnings.catch_warnings():
             # A class absent from the scored chips has no AP; the metrics leave it out.
             warnings.filterwarnings("ignore", message="No positive samples")
-            r = knn_metrics(task.encoder, self.contract, self.store, split=self.cfg["split"],
+            # Every pretraining task holds its encoder as ``encoder``.
+            encoder = cast(FeatureEncoder, task.encoder)
+            r = knn_metrics(encoder, self.contract, self.store, split=self.cfg["split"],
                             train_split=self.cfg["train_split"], k=self.cfg["k"],
                             task=self.cfg["task"], max_chips=self.cfg["max_chips"])
         row = {"step": step, **{k: float(v) for k, v in r["metrics"].items()

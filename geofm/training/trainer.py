@@ -10,7 +10,7 @@ and default to bf16-mixed precision on a GPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -73,7 +73,8 @@ def fit_steps(task: L.LightningModule, datamodule: L.LightningDataModule,
     try:
         trainer = L.Trainer(
             max_steps=tr["max_steps"], accelerator=tr["accelerator"], devices=tr["devices"],
-            num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=resolve_precision(tr),
+            num_nodes=tr["num_nodes"], strategy=tr["strategy"],
+            precision=cast(Any, resolve_precision(tr)),  # a precision name Lightning checks
             gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
             logger=loggers, callbacks=[ckpt, *callbacks, *extra], plugins=[AtomicCheckpointIO()],
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

@@ -15,6 +15,7 @@ from geofm.data.dataset import ChipDataset, collate_samples
 from geofm.data.transforms import Normalize
 from geofm.errors import GeofmError
 from geofm.io.store import ChipStore
+from geofm.models.align import AlignModel
 
 ZEROSHOT_TEMPLATES: tuple[str, ...] = (
     "a satellite image of {}",
@@ -115,7 +116,7 @@ def captions_for(store: ChipStore, seed: int = 0, per_chip: int = 1
 
 
 @torch.no_grad()
-def image_embeddings(model: torch.nn.Module, ds: ChipDataset, batch_size: int = 32) -> Tensor:
+def image_embeddings(model: AlignModel, ds: ChipDataset, batch_size: int = 32) -> Tensor:
     """L2-normalised image embeddings ``[N, E]`` of a dataset, in its order."""
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate_samples)
     device = next(model.parameters()).device
@@ -124,7 +125,7 @@ def image_embeddings(model: torch.nn.Module, ds: ChipDataset, batch_size: int = 
 
 
 @torch.no_grad()
-def text_embeddings(model: torch.nn.Module, texts: Sequence[str], batch_size: int = 256
+def text_embeddings(model: AlignModel, texts: Sequence[str], batch_size: int = 256
                     ) -> Tensor:
     """L2-normalised text embeddings ``[T, E]``."""
     out = [model.encode_text(list(texts[i:i + batch_size])).float().cpu()
@@ -133,7 +134,7 @@ def text_embeddings(model: torch.nn.Module, texts: Sequence[str], batch_size: in
 
 
 @torch.no_grad()
-def class_embeddings(model: torch.nn.Module, classes: Sequence[str],
+def class_embeddings(model: AlignModel, classes: Sequence[str],
                      templates: Sequence[str]) -> Tensor:
     """One normalised embedding per class ``[K, E]``: the mean of its prompts' embeddings."""
     names = [caption_name(c) for c in classes]

@@ -26,9 +26,10 @@ from geofm.evaluation.aligned.inputs import (
 from geofm.evaluation.aligned.leakage import DUPLICATE_RADIUS, duplicate_check
 from geofm.evaluation.aligned.metrics import RECALL_KS, retrieval_metrics, zeroshot_metrics
 from geofm.io.store import ChipStore, open_store
+from geofm.models.align import AlignModel
 
 
-def _load(model_path: str | Path) -> tuple[torch.nn.Module, ModelCard]:
+def _load(model_path: str | Path) -> tuple[AlignModel, ModelCard]:
     from geofm.loading import load_aligned
 
     model, card = load_aligned(model_path)
