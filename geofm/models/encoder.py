@@ -57,6 +57,13 @@ class FeatureEncoder(Protocol):
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
         """The module's parameters."""
 
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Parameter]]:
+        """The module's parameters with their dotted names."""
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The module's tensors by name (``nn.Module.state_dict``)."""
+
     def eval(self) -> Self:
         """Evaluation mode; returns the module."""
 
