@@ -399,14 +399,21 @@ class ModelCard:
         }
 
     @classmethod
-    def from_header(cls, header: Mapping[str, Any], path: str | Path | None = None
-                    ) -> ModelCard:
+    def from_header(cls, header: Any, path: str | Path | None = None,
+                    stored: bool = False) -> ModelCard:
         """Read a checkpoint header of any version this geofm knows.
+
+        Args:
+            header: The JSON header (a dict).
+            path: The checkpoint, for messages.
+            stored: The header comes from a file, so it must name geofm's format (a dict built
+                in Python may leave ``format`` out).
 
         Raises:
             GeofmError: Not a geofm header, a newer version, or a malformed one.
         """
-        if header.get("format") not in (None, FORMAT):
+        if not isinstance(header, Mapping) or header.get("format") not in (
+                (FORMAT,) if stored else (None, FORMAT)):
             raise GeofmError("is not a geofm checkpoint", path)
         version = int(header.get("format_version", 1) or 1)
         if version > CARD_VERSION:

@@ -97,9 +97,7 @@ def read_card(path: str | Path) -> ModelCard:
     except json.JSONDecodeError:
         raise GeofmError("the checkpoint's header is not valid JSON", p,
                          "the file is damaged; copy it again") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise GeofmError("is not a geofm checkpoint", p)
-    return ModelCard.from_header(header, p)
+    return ModelCard.from_header(header, p, stored=True)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCard]:
