@@ -294,12 +294,13 @@ def run_align(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         raise GeofmError(f"data.batch_size is {data['batch_size']}: a contrastive batch needs "
                          "at least 2 image-text pairs", hint="use --batch-size 2 or more")
     out = Path(cfg["output"])
-    encoder, init_card = load_encoder(cfg["init"], cfg.get("weights"))
-    released = has_release_contract(init_card)
     given = cfg.get("templates")
     templates = (load_templates(given) if isinstance(given, (str, Path))
                  else check_templates(given or ZEROSHOT_TEMPLATES))
+    # Seeded first: building the encoder draws from the generator the projections draw from.
     L.seed_everything(tr["seed"], workers=True, verbose=False)
+    encoder, init_card = load_encoder(cfg["init"], cfg.get("weights"))
+    released = has_release_contract(init_card)
     bands = data["bands"]  # a count of 0 is refused, not read as "unset"
     if bands is None:
         bands = store_bands_for(init_card, data["store"])
