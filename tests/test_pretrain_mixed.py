@@ -221,12 +221,13 @@ def test_mixed_bad_input(reben_store: Path, modis_store: Path, tmp_path: Path,
 
 
 def test_default_bands_of_a_store_for_a_checkpoint(modis_store: Path) -> None:
+    from geofm.card import ModelCard
     from geofm.errors import BandError
 
     bands = [*BAND_SETS["s1s2"], *BAND_SETS["modis14"]]
-    flexible = {"model": {"name": "channelvit_tiny"}, "bands": bands}
+    flexible = ModelCard.from_header({"model": {"name": "channelvit_tiny"}, "bands": bands})
     assert store_bands_for(flexible, modis_store) == list(BAND_SETS["modis14"])
-    fixed = {"model": {"name": "vit_tiny"}, "bands": bands}
+    fixed = ModelCard.from_header({"model": {"name": "vit_tiny"}, "bands": bands})
     with pytest.raises(BandError, match=r"needs bands S2\.B01"):
         store_bands_for(fixed, modis_store)
 
