@@ -215,3 +215,23 @@ def consume(state: Mapping[str, Tensor], mapping: Mapping[str, str],
                          f"({', '.join(left[:3])})",
                          hint="check that the file is the release the model card names")
     return out
+
+
+class ClassTokenViTEncoder(PublishedEncoder):
+    """A published ViT that pools as MAE's finetuning does (DOFA, Copernicus-FM): the mean of
+    the patch tokens after the last block, then the final norm; patch features go through the
+    same norm."""
+
+    @abc.abstractmethod
+    def _tokens(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Class and patch tokens after the last block ``[B, 1 + N, D]``."""
+
+    def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Patch tokens through the final norm ``[B, N, D]``."""
+        patches: Tensor = self.norm(self._tokens(images, bands)[:, 1:])  # [B, N, D]
+        return patches
+
+    def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
+        """Mean of the patch tokens through the final norm ``[B, D]``."""
+        pooled: Tensor = self.norm(self._tokens(images, bands)[:, 1:].mean(dim=1))
+        return pooled  # [B, D]

@@ -31,7 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from geofm.models.registry import register_model
-from geofm.published.base import PublishedEncoder, PublishedSpec, consume, register_published
+from geofm.published.base import (
+    ClassTokenViTEncoder,
+    PublishedSpec,
+    consume,
+    register_published,
+)
 from geofm.published.common import (
     S2_L1C,
     SSL4EO_S2_MEAN,
@@ -43,7 +48,7 @@ from geofm.published.common import (
 )
 
 
-class CopernicusFMEncoder(PublishedEncoder):
+class CopernicusFMEncoder(ClassTokenViTEncoder):
     """Copernicus-FM ViT-B/16 on whichever optical bands arrive.
 
     Args:
@@ -97,15 +102,6 @@ class CopernicusFMEncoder(PublishedEncoder):
             x = block(x)
         return x
 
-    def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
-        """Patch tokens through ``fc_norm`` ``[B, N, D]``."""
-        patches: Tensor = self.fm.fc_norm(self._tokens(images, bands)[:, 1:])  # [B, N, D]
-        return patches
-
-    def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
-        """Mean of the patch tokens through ``fc_norm`` ``[B, D]``, as Copernicus-FM pools."""
-        pooled: Tensor = self.fm.fc_norm(self._tokens(images, bands)[:, 1:].mean(dim=1))
-        return pooled  # [B, D]
 
 
 @register_model

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from geofm.models.registry import register_model
 from geofm.published.base import (
-    PublishedEncoder,
+    ClassTokenViTEncoder,
     PublishedSpec,
     StateConverter,
     consume,
@@ -51,7 +51,7 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
-class DOFAEncoder(PublishedEncoder):
+class DOFAEncoder(ClassTokenViTEncoder):
     """DOFA on whichever optical bands arrive.
 
     Args:
@@ -115,15 +115,6 @@ class DOFAEncoder(PublishedEncoder):
             x = block(x)
         return x
 
-    def forward_patch_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
-        """Patch tokens through ``fc_norm`` ``[B, N, D]``."""
-        patches: Tensor = self.dofa.fc_norm(self._tokens(images, bands)[:, 1:])  # [B, N, D]
-        return patches
-
-    def forward_features(self, images: Tensor, bands: Sequence[str]) -> Tensor:
-        """Mean of the patch tokens through ``fc_norm`` ``[B, D]``, as DOFA pools."""
-        pooled: Tensor = self.dofa.fc_norm(self._tokens(images, bands)[:, 1:].mean(dim=1))
-        return pooled  # [B, D]
 
 
 @register_model
