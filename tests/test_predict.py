@@ -20,7 +20,7 @@ import rasterio
 from affine import Affine
 
 from geofm.errors import BandError, GeofmError
-from geofm.io.cog import overview_count
+from geofm.io.cog import BLOCK_BYTES, BLOCK_SIZE, TempRaster, overview_count
 from geofm.predict import predict_raster
 from geofm.predict.pipeline import read_threads
 from geofm.predict.tiling import hann_window, tile_offsets
@@ -418,6 +418,23 @@ def test_input_without_crs_is_predicted_with_a_warning(tmp_path: Path) -> None:
 
 def test_overview_levels() -> None:
     assert [overview_count(s, s) for s in (3, 127, 128, 256, 2048, 8192)] == [0, 0, 1, 2, 5, 7]
+
+
+def test_a_temporary_block_of_every_band_fits_the_block_cache(tmp_path: Path) -> None:
+    """A 768-band embedding grid gets blocks small enough to stay in GDAL's cache (with 256²
+    blocks, each window written into a part-filled block recompressed 201 MB); a one-band
+    class raster keeps full-size blocks."""
+    wide = TempRaster(tmp_path / "embed.tif", height=200, width=200, count=768,
+                      dtype="float32", crs=None, transform=Affine.identity())
+    narrow = TempRaster(tmp_path / "classes.tif", height=2000, width=2000, count=1,
+                        dtype="uint8", crs=None, transform=Affine.identity())
+    wide.close()
+    narrow.close()
+    with rasterio.open(tmp_path / "embed.tif") as ds:
+        by, bx = ds.block_shapes[0]
+        assert by * bx * ds.count * 4 <= BLOCK_BYTES and by >= 16
+    with rasterio.open(tmp_path / "classes.tif") as ds:
+        assert ds.block_shapes[0] == (BLOCK_SIZE, BLOCK_SIZE)
 
 
 # --- bad input and atomicity ----------------------------------------------------------------

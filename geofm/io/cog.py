@@ -48,6 +48,10 @@ from geofm.io.space import is_disk_full
 
 BLOCK_SIZE = 256
 """Tile size of the COG, in pixels."""
+BLOCK_BYTES = 16 * 2**20
+"""Largest uncompressed block of the temporary raster: a block of every band must fit GDAL's
+block cache, or each window written into a partly filled block decompresses and recompresses
+all of it (256² px × 768 float32 embedding bands would be 201 MB)."""
 MIN_OVERVIEW_SIZE = 64
 """Overviews halve the raster until its longer side would drop below this many pixels."""
 CLASS_NODATA = {"uint8": 255, "uint16": 65535}
@@ -93,6 +97,22 @@ def overview_count(height: int, width: int, min_size: int = MIN_OVERVIEW_SIZE) -
     return math.floor(math.log2(side / min_size)) if side >= 2 * min_size else 0
 
 
+def temp_block_size(height: int, width: int, count: int, itemsize: int) -> int:
+    """Block side of a temporary raster: :data:`BLOCK_SIZE`, halved while a pixel-interleaved
+    block of ``count`` bands exceeds :data:`BLOCK_BYTES`, and no larger than the raster
+    (rounded up to GDAL's multiple of 16).
+
+    >>> temp_block_size(8000, 8000, 1, 1), temp_block_size(64, 64, 768, 4)
+    (256, 64)
+    >>> temp_block_size(4000, 4000, 768, 4)
+    64
+    """
+    side = BLOCK_SIZE
+    while side > 16 and side * side * count * itemsize > BLOCK_BYTES:
+        side //= 2
+    return min(side, max(16, -(-max(height, width) // 16) * 16))
+
+
 class TempRaster:
     """A temporary tiled GeoTIFF written window by window.
 
@@ -122,10 +142,11 @@ class TempRaster:
                  label: Path | None = None) -> None:
         self.path = path
         self.mask = mask
+        block = temp_block_size(height, width, count, np.dtype(dtype).itemsize)
         profile: dict[str, Any] = {
             "driver": "GTiff", "height": height, "width": width, "count": count,
             "dtype": dtype, "crs": crs, "transform": transform, "nodata": nodata,
-            "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE,
+            "tiled": True, "blockxsize": block, "blockysize": block,
             "compress": "zstd", "zstd_level": 1, "num_threads": "all_cpus",
             "interleave": "pixel" if count > 1 else "band", "photometric": "minisblack",
             "bigtiff": "if_safer",
