@@ -170,9 +170,11 @@ def add_pretrain(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
                    help="labelled store whose chips score the features with a kNN vote while "
                    "training (probe.csv; see --set probe.every_n_steps=, probe.split=; "
                    "default: no probe)")
-    t.add_argument("--init", help="an encoder to continue pretraining (published encoders run "
-                   "their own tokenizer, which geofm's objectives cannot mask, and are"
-                   " refused; default: none)")
+    t.add_argument("--init", help="an encoder to continue pretraining: a geofm checkpoint "
+                   "(pretrain.safetensors), or a published ViT by name (ssl4eo_vits16_*, "
+                   "selectivemae_vitb, channelvit_so2sat_*) with --weights; its architecture "
+                   "replaces --model. Other published families run their own tokenizer, which "
+                   "geofm's objectives cannot mask (finetune those). Default: none")
     t.add_argument("--weights", help="a published model's weights file, as released "
                    "(with --init NAME; 'geofm models' lists the names and where"
                    " to get each; default: none)")

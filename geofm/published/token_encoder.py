@@ -31,7 +31,7 @@ windows, RemoteCLIP's CLIP tower), with no geofm token stream to mask: they are 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ from geofm.models.registry import create_model
 from geofm.models.vit import SIZES, TokenEncoder, ViT
 
 if TYPE_CHECKING:
-    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer import Block, VisionTransformer
 
 CONTINUABLE_ARCHITECTURES = ("ssl4eo_vit_small_patch16", "selectivemae_vit_base",
                              "channelvit_release_small")
@@ -146,17 +146,19 @@ def convert_timm_vit(vit: VisionTransformer, bands: tuple[str, ...], ref: str = 
     dim, _, p, _ = proj.weight.shape  # [D, C, p, p]
     img = vit.patch_embed.img_size
     assert img is not None  # a learned table is laid out for a size
-    first = vit.blocks[0]
-    depth, heads = len(vit.blocks), int(first.attn.num_heads)
+    first = cast("Block", vit.blocks[0])  # checked above
+    fc1 = cast(nn.Linear, first.mlp.fc1)
+    depth, heads = len(vit.blocks), int(cast(Any, first.attn).num_heads)
     config = {"bands": list(bands), "patch_size": int(p), "embed_dim": int(dim),
               "depth": depth, "num_heads": heads,
-              "mlp_ratio": first.mlp.fc1.out_features / dim, "class_token": True,
+              "mlp_ratio": fc1.out_features / dim, "class_token": True,
               "pos_embed": "learned", "img_size": [int(img[0]), int(img[1])],
               "pos_antialias": True}
     model = create_model(_size_name(int(dim), depth, heads), **config)
     assert isinstance(model, ViT)
     state = {k: v for k, v in vit.state_dict().items()
              if not k.startswith(("patch_embed.", "pos_embed", "cls_token", "head"))}
+    assert vit.pos_embed is not None and vit.cls_token is not None  # checked above
     pos = vit.pos_embed.detach()  # [1, 1 + N, D]
     state |= {"patch_embed.weight": proj.weight.detach().reshape(dim, -1),  # [D, C·p·p]
               "patch_embed.bias": proj.bias.detach() if proj.bias is not None
