@@ -6,17 +6,20 @@ release's file format; nothing is downloaded (GEOFM_OFFLINE)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from geofm.card import Architecture
 from geofm.checkpoint import load_checkpoint, read_card
 from geofm.cli import main
 from geofm.loading import encoder_state, load_encoder
 from geofm.models.registry import create_model
 from geofm.models.vit import ViT
+from geofm.objectives import create_objective
 from geofm.published import PUBLISHED
 from geofm.published.resolve import card_for
 from geofm.published.selectivemae import convert_mae
@@ -49,6 +52,15 @@ def ssl4eo_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def converted(ssl4eo_file: Path) -> tuple[torch.nn.Module, ViT]:
+    """The release (eval mode) and its conversion; copy before training either."""
+    release, card = load_encoder(SSL4EO, ssl4eo_file)
+    vit, _ = as_token_encoder(release, card, SSL4EO)
+    assert isinstance(vit, ViT)
+    return release, vit
+
+
+@pytest.fixture(scope="module")
 def l1c_128(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real L1C scene as four labelled 128 px chips (multiples of the 16 px patch)."""
     return l1c_store(tmp_path_factory.mktemp("stores") / "l1c128.zarr", size=128)
@@ -62,10 +74,12 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- the conversion ---------------------------------------------------------------------------
 
 
-def test_ssl4eo_vit_converts_to_a_geofm_vit_with_the_same_features(ssl4eo_file: Path) -> None:
-    release, card = load_encoder(SSL4EO, ssl4eo_file)
-    vit, arch = as_token_encoder(release, card, SSL4EO)
-    assert isinstance(vit, ViT) and arch.name == "vit_small" and not vit.training
+@pytest.mark.slow
+def test_ssl4eo_vit_converts_to_a_geofm_vit_with_the_same_features(
+        converted: tuple[torch.nn.Module, ViT]) -> None:
+    release, vit = copy.deepcopy(converted)
+    arch = Architecture(vit.model_name, vit.model_config)
+    assert arch.name == "vit_small" and not vit.training
     assert arch.config["bands"] == list(S2_L1C) and arch.config["patch_size"] == 16
     assert arch.config["class_token"] and arch.config["pos_embed"] == "learned"
     assert arch.config["img_size"] == [224, 224] and arch.config["pos_antialias"]
@@ -104,6 +118,29 @@ def test_selectivemae_vit_converts_to_a_geofm_vit_base(tmp_path: Path) -> None:
                              release.forward_features(x, spec.bands)) <= 1e-5
             assert _max_diff(vit.forward_patch_features(x, spec.bands),
                              release.forward_patch_features(x, spec.bands)) <= 1e-5
+
+
+@pytest.mark.parametrize("objective", [
+    ("mae", {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}),
+    ("simmim", {}),
+    ("selective_mae", {"hcs": True, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}),
+    ("selective_mae", {"decoder_memory": "raw", "decoder_dim": 384, "decoder_depth": 1,
+                       "decoder_heads": 2}),
+], ids=["mae", "simmim", "selective_mae_hcs", "selective_mae_raw"])
+def test_every_objective_trains_the_converted_class_token_vit(
+        converted: tuple[torch.nn.Module, ViT], objective: tuple[str, dict]) -> None:
+    vit = copy.deepcopy(converted[1])
+    name, kwargs = objective
+    task = create_objective(name, vit.train(), **kwargs).train()
+    x = s2_chip(S2_L1C, 64) / 10000.0  # [2, 13, 64, 64]: the table resampled to 4 × 4
+    out = task(x, S2_L1C)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    # the class token and its position row are trained (they reach the blocks)
+    assert vit.cls_token is not None and vit.cls_token.grad is not None
+    assert vit.cls_pos_embed is not None and vit.cls_pos_embed.grad is not None
+    assert vit.pos_embed_table is not None and vit.pos_embed_table.grad is not None
+    assert float(vit.cls_token.grad.abs().sum()) > 0
 
 
 # --- continuing a release -----------------------------------------------------------------
