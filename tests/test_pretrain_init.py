@@ -29,6 +29,7 @@ from geofm.training.pretrain import run_pretrain
 from tests.conftest import one_line_error
 from tests.published_files import l1c_store, write_release
 from tests.published_seeds_refs import (
+    channelvit_release,
     s2_chip,
     selectivemae_release,
     standardise,
@@ -192,6 +193,31 @@ def test_pretrain_continues_ssl4eo_then_finetunes_and_embeds(
     assert main(["predict", str(ckpt), str(S2_SCENE), "-o", str(emb), "--embed",
                  "--tile", "128", "--quiet"]) == 0
     assert emb.is_file()
+
+
+@pytest.mark.slow
+def test_pretrain_continues_a_channelvit_release_from_its_weights(
+        reben_store: Path, tmp_path: Path) -> None:
+    name = "channelvit_so2sat_random"
+    weights = tmp_path / PUBLISHED[name].weights_file
+    torch.save(channelvit_release(), weights)  # the official layout, a bare state dict
+    cfg = apply_overrides(merge(PRETRAIN_DEFAULTS, {}), [
+        f"init={name}", f"weights={weights}", f"data.store={reben_store}",
+        f"output={tmp_path / 'o'}", "data.split=null", "data.batch_size=1",
+        "objective.kwargs={hcs: true, decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}",
+        "trainer.max_steps=1", "optim.warmup_steps=1000000000", "trainer.accelerator=cpu",
+        "previews=0"])
+    ckpt = Path(run_pretrain(cfg, progress=False)["checkpoint"])
+    card = read_card(ckpt)
+    assert card.architecture.name == "channelvit_release_small"
+    # reBEN's ten S2 bands of the release's, fed in reflectance with So2Sat's statistics
+    assert card.contract.input_units == "reflectance" and card.contract.flexible
+    assert card.contract.mean[0] == PUBLISHED[name].mean[0]
+    assert card.provenance.release["name"] == name
+    release, _ = load_encoder(name, weights)
+    after, _ = load_encoder(ckpt)
+    state = after.state_dict()
+    assert max(_max_diff(state[k], v) for k, v in release.state_dict().items()) <= 1e-6
 
 
 # --- continuing a geofm checkpoint ------------------------------------------------------------

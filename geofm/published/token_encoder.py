@@ -182,8 +182,8 @@ def as_token_encoder(encoder: Encoder, card: ModelCard, ref: str | Path = "the e
     Raises:
         GeofmError: Any other published family (:func:`refuse_pretraining`).
     """
-    if isinstance(encoder, TokenEncoder):
-        return encoder, card.architecture
+    if isinstance(encoder, TokenEncoder):  # its resolved config (a release's card has none)
+        return encoder, Architecture(encoder.model_name, dict(encoder.model_config))
     found = _timm_vit(encoder)
     if found is None:
         refuse_pretraining(ref, card.architecture.name)
