@@ -263,3 +263,19 @@ def test_other_families_and_missing_files_are_refused_in_one_line(
     one_line_error(["pretrain", "--init", SSL4EO, "--output", out], capsys,
                    PUBLISHED[SSL4EO].weights_file, "--weights")
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_store_mismatches_are_refused_before_training(
+        ssl4eo_file: Path, reben_store: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    init = ["pretrain", "--init", SSL4EO, "--weights", str(ssl4eo_file), "--output",
+            str(tmp_path / "o")]
+    # reBEN is L2A without B10; 120 px L1C chips do not split into 16 px patches
+    one_line_error([*init, "--data", str(reben_store)], capsys, "S2.B10", "data lacks")
+    l1c_120 = l1c_store(tmp_path / "l1c120.zarr", size=120)
+    one_line_error([*init, "--data", str(l1c_120)], capsys, "120×120", "multiple of 16")
+    assert "model.kwargs" not in capsys.readouterr().err  # the patch is the release's
+    one_line_error([*init, "--data", str(l1c_120), "--set", "data.normalization=satvision"],
+                   capsys, "release's units and statistics")
+    assert not (tmp_path / "o" / "checkpoints").exists()

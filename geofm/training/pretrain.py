@@ -294,10 +294,12 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
     common = {"batch_size": data["batch_size"], "num_workers": data["num_workers"],
               "seed": tr["seed"], "arrays": ["image", "valid"]}
     normalization = data.get("normalization") or "stats"
+    if init is not None:
+        init.check_normalization(normalization)
     dm = MixedChipDataModule(stores, specs, split=data["split"], weights=data["weights"],
                              normalization=normalization, **common)
     if init is not None:
-        init.normalize(dm, data["split"], normalization)
+        init.normalize(dm, data["split"])
     lr_scaling = opt.get("lr_scaling") or "none"
     if lr_scaling not in LR_SCALINGS:
         raise GeofmError(f"unknown optim.lr_scaling {lr_scaling!r}",

@@ -63,21 +63,28 @@ class PretrainInit:
         """
         return [store_bands_for(self.card, s) for s in stores]
 
-    def normalize(self, dm: MixedChipDataModule, split: str | None, setting: str) -> None:
+    def check_normalization(self, setting: str) -> None:
+        """A released encoder is fed its release's units and statistics, so
+        ``data.normalization`` must be left at ``stats`` (checked before the stores are read).
+
+        Raises:
+            GeofmError: Another normalisation is asked for a released encoder.
+        """
+        if self.released and setting != "stats":
+            raise GeofmError(f"data.normalization {setting} does not apply to {self.ref}: it "
+                             "is fed its release's units and statistics",
+                             hint="leave data.normalization at stats")
+
+    def normalize(self, dm: MixedChipDataModule, split: str | None) -> None:
         """Feed a released encoder the release's units and statistics instead of the stores'
         (each store's values checked to be in its bands' units first); a geofm encoder keeps
         the stores' statistics.
 
         Raises:
-            GeofmError: ``data.normalization`` is not ``stats`` for a released encoder, or a
-                store's values are not in the units its bands declare.
+            GeofmError: A store's values are not in the units its bands declare.
         """
         if not self.released:
             return
-        if setting != "stats":
-            raise GeofmError(f"data.normalization {setting} does not apply to {self.ref}: it "
-                             "is fed its release's units and statistics",
-                             hint="leave data.normalization at stats")
         for store, names in zip(dm.stores, dm.store_bands, strict=True):
             check_store_scale(store, names, split)
         dm.normalize = release_normalize(self.card.contract, dm.band_names)
