@@ -69,11 +69,14 @@ def refuse_pretraining(init: str | Path, family: str) -> NoReturn:
         GeofmError: Always: one line naming the releases that can be continued and suggesting
             to finetune this one.
     """
+    from geofm.published.resolve import is_published_ref
+
+    weights = " --weights FILE" if is_published_ref(init) else ""
     raise GeofmError(
         f"pretrain cannot continue {init} ({family}): it runs its release's own tokenizer, "
         "which geofm's objectives cannot mask; pretraining continues "
         f"{', '.join(continuable_releases())} or a geofm checkpoint",
-        hint=f"finetune it instead (geofm finetune --init {init} --weights FILE)")
+        hint=f"finetune it instead (geofm finetune --init {init}{weights})")
 
 
 def check_continuable(ref: str) -> None:
