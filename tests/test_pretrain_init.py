@@ -223,7 +223,6 @@ def test_pretrain_continues_a_channelvit_release_from_its_weights(
 # --- continuing a geofm checkpoint ------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_pretrain_continues_a_geofm_checkpoint_from_its_weights(
         tiny_pretrained: Callable[..., Path], reben_store: Path, tmp_path: Path) -> None:
     init = tiny_pretrained("vit_test", 1)
