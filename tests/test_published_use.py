@@ -120,8 +120,8 @@ def test_wrong_references_are_one_line(releases: dict[str, Path], tmp_path: Path
                     str(tmp_path / "none.pth")], capsys, "not found", "hf.co/torchgeo/dofa")
     one_line_error(["predict", "torchgeo:Nope.X", scene, "-o", out, "--embed"], capsys,
                    "not among geofm's published encoders")
-    one_line_error(["pretrain", "--init", SSL4EO, "--weights", str(releases[SSL4EO])], capsys,
-                   "geofm's objectives mask tokens", "geofm finetune --init")
+    one_line_error(["pretrain", "--init", "dofa_base", "--weights", str(releases[SSL4EO])],
+                   capsys, "own tokenizer", "geofm finetune --init dofa_base")
     one_line_error(["export", SSL4EO, "--weights", str(releases[SSL4EO]), "--onnx",
                     str(tmp_path / "m.onnx")], capsys, "task head", "finetune it first")
     one_line_error(["eval", SSL4EO, "--data", "x.zarr", "--weights", str(releases[SSL4EO])],

@@ -144,6 +144,9 @@ def add_pretrain(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
             "geofm pretrain --data outputs/reben_mini.zarr --max-steps 500 --logger tensorboard",
             "geofm pretrain --data reben.zarr --data modis.zarr   # one ChannelViT, two sensors",
             "geofm pretrain --config configs/pretrain/reben_s1s2.yaml --set optim.lr=3e-4",
+            "geofm pretrain --init ssl4eo_vits16_mae --weights B13_vits16_mae_ep99_enc.pth "
+            "--data l1c.zarr --objective mae",
+            "geofm pretrain --init runs/pretrain/pretrain.safetensors --data more.zarr",
             "geofm plot runs/pretrain                       # loss and lr curves to a PNG"),
         formatter_class=fmt)
     t.add_argument("--data", action="append",
@@ -170,9 +173,11 @@ def add_pretrain(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
                    help="labelled store whose chips score the features with a kNN vote while "
                    "training (probe.csv; see --set probe.every_n_steps=, probe.split=; "
                    "default: no probe)")
-    t.add_argument("--init", help="an encoder to continue pretraining (published encoders run "
-                   "their own tokenizer, which geofm's objectives cannot mask, and are"
-                   " refused; default: none)")
+    t.add_argument("--init", help="an encoder to continue pretraining: a geofm checkpoint "
+                   "(pretrain.safetensors), or a published ViT by name (ssl4eo_vits16_*, "
+                   "selectivemae_vitb, channelvit_so2sat_*) with --weights; its architecture "
+                   "replaces --model. Other published families run their own tokenizer, which "
+                   "geofm's objectives cannot mask (finetune those); default: none")
     t.add_argument("--weights", help="a published model's weights file, as released "
                    "(with --init NAME; 'geofm models' lists the names and where"
                    " to get each; default: none)")

@@ -14,7 +14,11 @@ one model serves 120 × 120 reBEN chips (patch 8: 15 × 15 patches) and 128 × 1
 Two options restore the original ViT / ChannelViT layout: ``pos_embed="learned"`` (a learned
 table for the grid of ``img_size``, bicubically interpolated for other grids, as DINO and
 ChannelViT do) and ``class_token=True`` (a learned token prepended before the blocks; pooled
-features are then its output instead of the mean of the patch tokens).
+features are then its output instead of the mean of the patch tokens). ``pos_antialias=True``
+resamples the learned table as timm's ``resample_abs_pos_embed`` does (bicubic with
+antialiasing, which PyTorch computes with the Keys kernel ``a = -0.5`` instead of ``-0.75``), so
+a timm ViT converted to this class (:mod:`geofm.published.token_encoder`) gives the same tokens
+at every tile size, not only at its own.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class TokenEncoder(nn.Module, abc.ABC):
     """
 
     band_tokens: bool = False
+    pos_antialias: bool = False
     bands: tuple[str, ...]
     model_name: str
     model_config: dict[str, Any]
@@ -176,7 +181,8 @@ class TokenEncoder(nn.Module, abc.ABC):
             if tuple(grid) == self.pos_grid:
                 return table
             g = table.reshape(1, *self.pos_grid, -1).permute(0, 3, 1, 2)  # [1, D, h0, w0]
-            g = F.interpolate(g.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+            g = F.interpolate(g.float(), size=tuple(grid), mode="bicubic", align_corners=False,
+                              antialias=self.pos_antialias)
             return g.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(like.dtype)
         key = (grid, like.device, like.dtype)
         if key not in self._pos_cache:
@@ -302,6 +308,8 @@ class ViT(TokenEncoder):
         class_token: Prepend a learned class token (MAE's ViT); pooled features are its output.
         pos_embed: ``"sincos"`` (fixed, any grid) or ``"learned"`` (needs ``img_size``).
         img_size: Chip side (or ``(H, W)``) the learned position table is made for.
+        pos_antialias: Resample the learned table for other grids with antialiasing, as timm's
+            ViT does (a converted timm ViT sets it; geofm's own ViTs keep plain bicubic).
     """
 
     def __init__(
@@ -316,9 +324,11 @@ class ViT(TokenEncoder):
         class_token: bool = False,
         pos_embed: str = "sincos",
         img_size: int | Sequence[int] | None = None,
+        pos_antialias: bool = False,
     ) -> None:
         super().__init__(patch_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
                          class_token, pos_embed, img_size)
+        self.pos_antialias = pos_antialias
         self.bands = canonical_bands(bands)
         self.model_config = {
             "bands": list(self.bands),
@@ -329,6 +339,7 @@ class ViT(TokenEncoder):
             "mlp_ratio": mlp_ratio,
             "drop_path_rate": drop_path_rate,
             **self.layout_config(),
+            **({"pos_antialias": True} if pos_antialias else {}),
         }
         self.patch_embed = nn.Linear(len(self.bands) * patch_size**2, embed_dim)
         self.apply(init_weights)

@@ -206,29 +206,6 @@ def models_table(specs: Sequence[PublishedSpec] | None = None) -> list[dict[str,
     return rows
 
 
-def refuse_pretraining(init: str | Path | None) -> None:
-    """Continued pretraining takes geofm encoders only.
-
-    geofm's objectives (MAE, SimMIM, SelectiveMAE) mask tokens inside geofm's own tokenizer
-    (``tokenize`` / ``forward_tokens``); a published encoder runs its release's tokenizer
-    (DOFA's wavelength hypernetwork, a timm patch embedding) behind ``forward_features``, so
-    there is no token stream to mask.
-
-    Raises:
-        GeofmError: ``init`` is given (one line saying why and what to do instead).
-    """
-    if init is None:
-        return
-    if is_published_ref(init):
-        raise GeofmError(f"pretrain cannot continue {init}: geofm's objectives mask tokens "
-                         "inside geofm's own tokenizer, and a published encoder runs its "
-                         "release's tokenizer", hint=f"finetune it instead (geofm finetune "
-                         f"--init {init} --weights FILE), or pretrain a geofm encoder")
-    raise GeofmError(f"pretrain does not start from a checkpoint ({init})",
-                     hint="continue an interrupted run with --resume "
-                          "<output>/checkpoints/last.ckpt")
-
-
 def refuse_headless(ref: str | Path, command: str) -> None:
     """Commands that need a task head (``eval`` without ``--knn``, ``export``) refuse a
     published encoder in one line.

@@ -35,7 +35,11 @@ def step_trainer(max_steps: int, checkpoint_every_n_steps: int) -> dict[str, Any
 
 
 PRETRAIN_DEFAULTS: dict[str, Any] = {
-    "init": None,  # an encoder to continue (published encoders are refused: see run_pretrain)
+    # An encoder to continue: a geofm checkpoint (pretrain.safetensors), or a published ViT's
+    # name (ssl4eo_vits16_*, selectivemae_vitb, channelvit_so2sat_*) with weights: FILE. Its
+    # architecture and weights come from it (model.name and model.kwargs are then ignored); a
+    # published one is fed the store in its release's units and statistics.
+    "init": None,
     "weights": None,  # its weights file (with init: NAME)
     "data": {
         # A path, or a list of paths to pretrain a band-token model across sensors (None: the

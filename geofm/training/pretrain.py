@@ -45,6 +45,7 @@ from geofm.packaged import sample_store
 from geofm.training.cards import trained_contract
 from geofm.training.config import PRETRAIN_DEFAULTS, check_config
 from geofm.training.datamodule import MixedChipDataModule, band_specs
+from geofm.training.pretrain_init import check_encoder_bands, load_pretrain_init
 from geofm.training.probe import KnnProbe, open_probe_store
 from geofm.training.quiet import quiet_lightning
 from geofm.training.schedule import LR_SCALINGS, adamw, scaled_lr, warmup_cosine
@@ -242,9 +243,11 @@ def store_paths(store: str | Path | list[str | Path] | None) -> list[str | Path]
     return list(store) if isinstance(store, (list, tuple)) else [store]
 
 
-def check_chip_sizes(paths: list[str | Path], stores: list[ChipStore], patch_size: int) -> None:
+def check_chip_sizes(paths: list[str | Path], stores: list[ChipStore], patch_size: int,
+                     fixed: bool = False) -> None:
     """Every store's chips must split into whole patches, checked before anything trains (a
-    second store's batch may otherwise fail hours into a run).
+    second store's batch may otherwise fail hours into a run). ``fixed``: the patch size is the
+    continued encoder's, which the hint does not offer to change.
 
     Raises:
         GeofmError: Naming the store and its chip size.
@@ -252,9 +255,10 @@ def check_chip_sizes(paths: list[str | Path], stores: list[ChipStore], patch_siz
     for path, store in zip(paths, stores, strict=True):
         h, w = store.chip_size
         if h % patch_size or w % patch_size:
+            change = "" if fixed else "set model.kwargs.patch_size to a divisor of both, or "
             raise GeofmError(f"chips of {h}×{w} px do not split into {patch_size}-px patches",
-                             path, hint="set model.kwargs.patch_size to a divisor of both, or "
-                             "rebuild the store with another chip size")
+                             path, hint=f"{change}rebuild the store with a chip size that is a "
+                             f"multiple of {patch_size}")
 
 
 def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
@@ -268,23 +272,34 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         ``{"output": dir, "checkpoint": path, "final_loss": float, "steps": int}``.
     """
     check_config(PRETRAIN_DEFAULTS, cfg)
-    from geofm.published.resolve import refuse_pretraining
-
-    refuse_pretraining(cfg.get("init"))
     data, tr, opt = cfg["data"], cfg["trainer"], cfg["optim"]
     quiet_lightning()
     out = Path(cfg["output"])
     check_writable(out)
+    init = None
+    if cfg.get("init"):
+        init = load_pretrain_init(cfg["init"], cfg.get("weights"))
+    elif cfg.get("weights"):
+        raise GeofmError("--weights goes with --init NAME (a published model's name)",
+                         hint="pass --init NAME --weights FILE ('geofm models' lists them)")
     stores = store_paths(data["store"]) or [sample_store(quiet=not progress)]
-    specs = band_specs(data["bands"], len(stores))
+    bands = data["bands"]
+    if init is not None and bands is None:
+        bands = init.store_bands(stores)
+    specs = band_specs(bands, len(stores))
     if data["weights"] is not None and len(stores) == 1:
         raise GeofmError("data.weights shares batches between several stores, but one is given",
                          hint="list the stores in data.store (or repeat --data)")
     L.seed_everything(tr["seed"], workers=True, verbose=False)
     common = {"batch_size": data["batch_size"], "num_workers": data["num_workers"],
               "seed": tr["seed"], "arrays": ["image", "valid"]}
+    normalization = data.get("normalization") or "stats"
+    if init is not None:
+        init.check_normalization(normalization)
     dm = MixedChipDataModule(stores, specs, split=data["split"], weights=data["weights"],
-                             normalization=data.get("normalization") or "stats", **common)
+                             normalization=normalization, **common)
+    if init is not None:
+        init.normalize(dm, data["split"])
     lr_scaling = opt.get("lr_scaling") or "none"
     if lr_scaling not in LR_SCALINGS:
         raise GeofmError(f"unknown optim.lr_scaling {lr_scaling!r}",
@@ -293,20 +308,29 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
         raise GeofmError("optim.lr_scaling: selective_mae scales by the selective_mae "
                          f"objective's ratios, but the objective is {cfg['objective']['name']}",
                          hint="use lr_scaling: batch or none")
+    model_name, model_kwargs = cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {})
+    model_bands = dm.band_names
+    if init is not None:  # the init's architecture and its own bands, not model.*
+        model_name, model_kwargs = init.architecture.name, dict(init.architecture.config)
+        model_bands = list(model_kwargs["bands"])
     task = PretrainTask(
-        cfg["model"]["name"], dict(cfg["model"].get("kwargs") or {}),
+        model_name, model_kwargs,
         cfg["objective"]["name"], dict(cfg["objective"].get("kwargs") or {}),
-        dm.band_names, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
+        model_bands, lr=float(opt["lr"]), weight_decay=float(opt["weight_decay"]),
         betas=tuple(opt["betas"]), warmup_steps=opt["warmup_steps"],
         max_steps=tr["max_steps"], seed=tr["seed"], compile=bool(tr.get("compile", False)),
         lr_scaling=lr_scaling, batch_size=data["batch_size"])
+    if init is not None:
+        task.encoder.load_state_dict(init.state, strict=True)
+        for names in dm.store_bands:
+            check_encoder_bands(task.objective.encoder, names)
     served, opened = dm.store_bands, dm.stores
-    check_chip_sizes(stores, opened, task.encoder.patch_size)
+    check_chip_sizes(stores, opened, task.encoder.patch_size, fixed=init is not None)
     if not task.encoder.band_tokens and len({frozenset(b) for b in served}) > 1:
         raise GeofmError(
             "the stores serve different bands (" + "; ".join(
                 f"{p}: {', '.join(b)}" for p, b in zip(stores, served, strict=True))
-            + f") and {cfg['model']['name']} takes one fixed band list",
+            + f") and {model_name} takes one fixed band list",
             hint="pretrain a band-token model (channelvit_*) or give every store the same "
             "--bands")
     precision = resolve_precision(tr)
@@ -343,11 +367,13 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
              "fingerprint": store.attrs["provenance"].get("fingerprint")}
             | ({} if share is None else {"weight": float(share)})
             for path, store, names, share in zip(stores, opened, served, shares, strict=True)]
+        levels = merged_levels(store_levels(s.attrs) for s in opened)
         card = ModelCard(
             kind="pretrain",
             architecture=Architecture(task.encoder.model_name, task.encoder.model_config),
-            contract=trained_contract(task.encoder, dm.band_names, dm.normalize, opened,
-                                      merged_levels(store_levels(s.attrs) for s in opened)),
+            contract=(init.contract(dm.band_names, levels) if init is not None and init.released
+                      else trained_contract(task.encoder, dm.band_names, dm.normalize, opened,
+                                            levels)),
             provenance=Provenance(
                 data=records[0] if len(records) == 1 else {"stores": records},
                 objective={"name": cfg["objective"]["name"],
@@ -355,7 +381,9 @@ def run_pretrain(cfg: dict[str, Any], progress: bool = True) -> dict[str, Any]:
                 training={"steps": trainer.global_step, "final_loss": result["final_loss"],
                           "lr": task.effective_lr(), "lr_scaling": lr_scaling,
                           "precision": precision, "world_size": trainer.world_size,
-                          "probe": None if probe is None else probe.record}),
+                          "probe": None if probe is None else probe.record},
+                encoder_source={} if init is None else init.provenance(),
+                release={} if init is None else init.card.provenance.release),
         )
         result["checkpoint"] = str(save_checkpoint(out / "pretrain.safetensors",
                                                    weights, card))
