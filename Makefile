@@ -1,5 +1,6 @@
 # Three targets matter: `make demo`, `make test` and `make lint` (ruff and mypy, as CI runs them).
-# All install into .venv first. `make test-fast` skips the tests marked slow, for quick checks while editing.
+# All install into .venv first. `make test-fast` skips the tests marked slow and spreads the
+# rest over every core (pytest-xdist), for quick checks while editing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 GEOFM := $(VENV)/bin/geofm
@@ -33,7 +34,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n auto -m "not slow" tests
 
 lint: install
 	$(VENV)/bin/ruff check geofm tests scripts

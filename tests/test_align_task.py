@@ -106,6 +106,7 @@ def test_caption_choice_and_crops_are_seeded() -> None:
     assert random_crop(images, None, torch.Generator()) is images
 
 
+@pytest.mark.slow
 def test_tiny_config_twin_runs(pretrained: Path, reben_store: Path, tmp_path: Path) -> None:
     cfg = REPO / "configs" / "align" / "reben_align.tiny.yaml"
     full = yaml.safe_load((REPO / "configs" / "align" / "reben_align.yaml").read_text())
@@ -121,6 +122,7 @@ def test_tiny_config_twin_runs(pretrained: Path, reben_store: Path, tmp_path: Pa
     assert model.embed_dim == 32
 
 
+@pytest.mark.slow
 def test_resume_with_a_locked_text_tower(pretrained: Path, reben_store: Path,
                                          tmp_path: Path) -> None:
     # The locked tower is left out of Lightning's checkpoints; resuming must still be accepted.

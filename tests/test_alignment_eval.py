@@ -151,6 +151,7 @@ def test_duplicate_check_finds_leaked_test_chip(reben_store: Path, tmp_path: Pat
     assert d3["near_duplicate_pairs"] == 0 and d3["shared_chips"] == 0
 
 
+@pytest.mark.slow
 def test_zeroshot_and_retrieval_reports(align_ckpt: Path, reben_store: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "zs.json"

@@ -149,6 +149,7 @@ def test_docstring_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.attempted >= 6 and result.failed == 0
 
 
+@pytest.mark.slow
 def test_walkthrough_runs(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/analyst_walkthrough.md, every Python cell in order (on a crop of the scene)."""
     ckpt = make_checkpoint(tmp_path / "finetune.safetensors", bands=RGBN, classes=3)

@@ -113,6 +113,7 @@ def test_build_split_info_end_to_end(tmp_path: Path, capsys) -> None:
     assert main(["validate", str(out), "--deep"]) == 0
 
 
+@pytest.mark.slow
 def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "geofm"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "geofm.cli"]

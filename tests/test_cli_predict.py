@@ -12,6 +12,7 @@ from geofm.cli import main
 from .conftest import S2_SCENE
 
 
+@pytest.mark.slow
 def test_predict_real_scene(finetuned: dict[str, Path], tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "map.tif"

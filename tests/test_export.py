@@ -63,6 +63,7 @@ def _metadata(path: Path) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vit_seg", "cvit_seg", "cvit_ml"])
 def test_onnxruntime_matches_torch(name: str, exported: dict[str, Path],
                                    finetuned: dict[str, Path], reben_store: Path) -> None:
@@ -101,6 +102,7 @@ def test_onnxruntime_matches_torch(name: str, exported: dict[str, Path],
         assert np.ptp(got, axis=(2, 3)).max() == 0.0
 
 
+@pytest.mark.slow
 def test_deepness_preprocessing_feeds_raw_values(exported: dict[str, Path],
                                                  finetuned: dict[str, Path],
                                                  reben_store: Path) -> None:
@@ -120,6 +122,7 @@ def test_deepness_preprocessing_feeds_raw_values(exported: dict[str, Path],
     np.testing.assert_allclose(got, _torch_scores(finetuned["vit_seg"], raw), atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_metadata_keys_and_values(exported: dict[str, Path],
                                   finetuned: dict[str, Path]) -> None:
     card = read_card(finetuned["cvit_seg"])
@@ -266,6 +269,7 @@ def _raise(error: Exception) -> None:
     raise error
 
 
+@pytest.mark.slow
 def test_cli_export(finetuned: dict[str, Path], tmp_path: Path,
                     capsys: pytest.CaptureFixture[str]) -> None:
     from geofm.cli import main

@@ -162,6 +162,7 @@ def test_bad_input(pretrained: dict[str, Path], reben_store: Path, tmp_path: Pat
                    "not a finetuned model")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["reben_multilabel", "reben_segmentation"])
 def test_finetune_config_twins_run(name: str, pretrained: dict[str, Path], reben_store: Path,
                                    tmp_path: Path) -> None:

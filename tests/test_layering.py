@@ -130,6 +130,7 @@ def test_only_training_imports_lightning() -> None:
     assert not outside, outside
 
 
+@pytest.mark.slow
 def test_evaluation_prediction_and_the_api_do_not_load_lightning() -> None:
     # A fresh interpreter: this test process may have loaded Lightning already.
     code = (

@@ -181,6 +181,7 @@ def test_config_twins_run(name: str, bands: str | None, reben_store: Path, tmp_p
     assert read_card(result["checkpoint"]).architecture.name == tiny["model"]["name"]
 
 
+@pytest.mark.slow
 def test_bad_input(reben_store: Path, store_copy: Path, tmp_path: Path, capsys) -> None:
     base = ["pretrain", "--data", str(reben_store), "--quiet", "--max-steps", "1",
             "--output", str(tmp_path / "o")]

@@ -186,6 +186,7 @@ def test_ddp_ranks_split_the_mixed_batches(reben_store: Path, modis_store: Path,
     assert seen[0] | seen[1] == set(range(10))
 
 
+@pytest.mark.slow
 def test_mixed_bad_input(reben_store: Path, modis_store: Path, tmp_path: Path,
                          capsys: pytest.CaptureFixture[str]) -> None:
     base = ["pretrain", "--data", str(reben_store), "--data", str(modis_store), "--quiet",
@@ -335,6 +336,7 @@ def test_ddp_resume_with_a_worker_takes_the_same_steps(reben_store: Path,
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+@pytest.mark.slow
 def test_store_loss_columns_average_the_steps_between_rows(reben_store: Path,
                                                            modis_store: Path,
                                                            tmp_path: Path) -> None:

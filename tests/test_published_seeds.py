@@ -86,6 +86,7 @@ def mae_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return path, release
 
 
+@pytest.mark.slow
 def test_selectivemae_matches_timm_on_a_sentinel2_chip(mae_file) -> None:
     path, release = mae_file
     spec = PUBLISHED["selectivemae_vitb"]
@@ -312,6 +313,7 @@ def test_selectivemae_factory_rebuilds_from_model_config() -> None:
     assert list(converted) == ["vit.cls_token"]
 
 
+@pytest.mark.slow
 def test_channelvit_release_layout_exports_to_onnx() -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -143,6 +143,7 @@ def test_satvision_file_with_pickled_object_is_refused_in_one_line(tmp_path: Pat
     assert "weights_only=False" not in text and "weights_only = False" not in text
 
 
+@pytest.mark.slow
 def test_satvision_safetensors_export_loads(tmp_path: Path) -> None:
     """The export the refusal recommends (the ``module`` dict as safetensors) loads the same."""
     path = tmp_path / "mp_rank_00_model_states.pt"
@@ -244,6 +245,7 @@ def test_prithvi_tl_release_is_refused() -> None:
 # ------------------------------------------------------------------------------ model cards
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["satvision_toa_giant", "prithvi_eo2_300m", "prithvi_eo2_600m"])
 def test_cards_rebuild_their_models(name: str) -> None:
     spec = PUBLISHED[name]

@@ -32,6 +32,7 @@ def _ref(family: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ssl4eo_vits16_mae", "ssl4eo_vits16_dino",
                                   "ssl4eo_vits16_moco"])
 def test_ssl4eo_matches_torchgeo(name: str) -> None:
@@ -39,11 +40,13 @@ def test_ssl4eo_matches_torchgeo(name: str) -> None:
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_dofa_base_matches_torchgeo() -> None:
     diff, _, _ = _ref("dofa").check("dofa_base", 2, repeats=0)
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_dofa_base_on_a_band_subset_matches_torchgeo() -> None:
     # Channel-flexible: four bands in another order get their own wavelengths.
     diff, _, _ = _ref("dofa").check("dofa_base", 1, ("S2.B08", "S2.B04", "S2.B03", "S2.B02"),
@@ -57,11 +60,13 @@ def test_dofa_large_matches_torchgeo() -> None:
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_panopticon_matches_torchgeo() -> None:
     diff, _, _ = _ref("panopticon").check(batch=1, repeats=0)
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_panopticon_ids_and_a_band_subset_match_torchgeo() -> None:
     # Optical bands travel as their wavelength in nm, S1 VV/VH as Panopticon's SAR ids.
     ref = _ref("panopticon")
@@ -72,11 +77,13 @@ def test_panopticon_ids_and_a_band_subset_match_torchgeo() -> None:
     assert diff <= TOL and spec.flexible
 
 
+@pytest.mark.slow
 def test_copernicusfm_matches_torchgeo() -> None:
     diff, _, _ = _ref("copernicusfm").check(batch=2, size=64, repeats=0)
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_croma_optical_matches_torchgeo() -> None:
     diff, _, _ = _ref("croma").check(batch=2, repeats=0)
     assert diff <= TOL
@@ -88,6 +95,7 @@ def test_scalemae_matches_torchgeo_at_a_reduced_tile() -> None:
     assert diff <= TOL
 
 
+@pytest.mark.slow
 def test_croma_release_drops_only_the_sar_and_joint_encoders(tmp_path: Path) -> None:
     state = _ref("croma").release_state()
     state["s2_decoder"] = {"weight": torch.zeros(2)}
@@ -103,6 +111,7 @@ def _save(state: dict[str, torch.Tensor], tmp_path: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_features_change_with_the_weights(tmp_path: Path) -> None:
     # A guard on the comparison itself: other weights give other features.
     ssl4eo = _ref("ssl4eo")
@@ -118,6 +127,7 @@ def test_the_features_change_with_the_weights(tmp_path: Path) -> None:
         assert (a(x, bands) - b(x, bands)).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_an_unknown_key_is_refused_in_one_line(tmp_path: Path) -> None:
     state = _ref("ssl4eo").release_state()
     state["decoder_embed.weight"] = torch.zeros(2, 2)
@@ -127,6 +137,7 @@ def test_an_unknown_key_is_refused_in_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_missing_key_is_refused_in_one_line(tmp_path: Path) -> None:
     state = _ref("dofa").release_state("dofa_base")
     del state["blocks.3.attn.qkv.weight"]
@@ -156,6 +167,7 @@ def test_a_missing_file_names_it_its_url_and_where_to_put_it(tmp_path: Path) -> 
     assert "\n" not in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ssl4eo_vits16_mae", "dofa_base", "panopticon_base",
                                   "copernicusfm_base", "croma_base"])
 def test_create_model_rebuilds_from_the_json_config(name: str) -> None:
@@ -203,6 +215,7 @@ def test_dofa_refuses_a_band_without_a_wavelength() -> None:
         model(torch.zeros(1, 2, 32, 32), ["S2.B04", "S1.VV"])
 
 
+@pytest.mark.slow
 def test_importing_geofm_and_the_catalogue_does_not_import_torchgeo() -> None:
     code = ("import sys, geofm, geofm.published as p; assert p.PUBLISHED; "
             "print('torchgeo' in sys.modules)")

@@ -80,6 +80,7 @@ def test_models_lists_name_bands_licence_and_source(capsys: pytest.CaptureFixtur
         assert needle in out
 
 
+@pytest.mark.slow
 def test_load_by_name_and_weights_returns_the_analyst_model(releases: dict[str, Path],
                                                             tmp_path: Path) -> None:
     model = geofm.load(SSL4EO, weights=releases[SSL4EO])
@@ -131,6 +132,7 @@ def test_wrong_references_are_one_line(releases: dict[str, Path], tmp_path: Path
 # --- band contract and scale guard -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_missing_bands_are_named_and_flexible_models_use_what_is_there(
         releases: dict[str, Path], dofa_file: Path, tmp_path: Path) -> None:
     data, _ = _scene_window(64)
@@ -160,6 +162,7 @@ def _write_like_scene(path: Path, data: np.ndarray, dtype: str = "float32") -> P
     return path
 
 
+@pytest.mark.slow
 def test_reflectance_fed_to_a_dn_model_is_refused_or_converted(
         releases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, _ = _scene_window(64)
@@ -210,6 +213,7 @@ def test_scale_guard_for_each_unit_kind(bands, good, bad, units, needle) -> None
 # --- finetuning heads on a published encoder ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_finetuner_heads_layer_decay_and_partial_freeze(releases: dict[str, Path]) -> None:
     enc, _ = load_encoder(SSL4EO, releases[SSL4EO])
     data, names = _scene_window(48)
@@ -293,6 +297,7 @@ def test_dofa_finetune_predict_export_on_reben_and_the_scene(
     assert card.contract.mean[0] == pytest.approx(PUBLISHED["dofa_base"].mean[0])
 
 
+@pytest.mark.slow
 def test_ssl4eo_on_reben_names_the_band_it_lacks(
         releases: dict[str, Path], reben_store: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -186,6 +186,7 @@ def test_block_split_is_deterministic_and_order_free() -> None:
     assert np.array_equal(a[perm], block_split(lon[perm], lat[perm], 50, 2, seed=3))
 
 
+@pytest.mark.slow
 def test_block_buffer_is_exact_on_a_dense_grid() -> None:
     # Chips every ~200 m over about 25 km x 28 km near 50° N; 5 km blocks, 0.8 km buffer.
     lon, lat = np.meshgrid(np.arange(8.0, 8.35, 0.0028), np.arange(49.8, 50.05, 0.0018))
