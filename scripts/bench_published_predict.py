@@ -89,14 +89,9 @@ def make_raster(path: Path, size: int) -> Path:
 def efficiency(name: str, weights: Path, raster: Path, workdir: Path, rounds: int,
                batch_size: int) -> dict[str, float]:
     """Paired end-to-end and model-only rounds; the median ratio and the best times."""
-    from geofm.predict import (
-        Predictor,
-        build_grid,
-        open_source,
-        plan_bands,
-        predict_raster,
-        read_batches,
-    )
+    from geofm.predict import Predictor, build_grid, plan_bands, predict_raster
+    from geofm.predict.pipeline import read_batches
+    from geofm.predict.sources import open_source
 
     predictor = Predictor.from_checkpoint(name, weights)
     with open_source([raster]) as source:
