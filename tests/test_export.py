@@ -212,7 +212,7 @@ def test_bad_checkpoints_and_arguments(finetuned: dict[str, Path], tmp_path: Pat
 @pytest.fixture
 def quick_trace(exported: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Reuse the exported ViT graph instead of tracing again (the 64 px ViT export)."""
-    monkeypatch.setattr(export, "_trace", lambda module, example: onnx.load(exported["vit_seg"]))
+    monkeypatch.setattr(export, "_trace", lambda *args: onnx.load(exported["vit_seg"]))
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -241,7 +241,7 @@ def test_failed_export_leaves_nothing_behind(finetuned: dict[str, Path], tmp_pat
     assert not out.exists() and _leftovers(tmp_path) == []
     monkeypatch.undo()
     monkeypatch.setattr(export, "_trace",
-                        lambda module, example: _raise(RuntimeError("trace failed\nmore")))
+                        lambda *args: _raise(RuntimeError("trace failed\nmore")))
     with pytest.raises(GeofmError, match=r"cannot export the model to ONNX \(trace failed\)$"):
         export_onnx(finetuned["vit_seg"], out, tile_size=64)
     assert not out.exists() and _leftovers(tmp_path) == []

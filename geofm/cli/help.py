@@ -55,3 +55,54 @@ def default_of(defaults: dict, dotted: str) -> str:
     for key in dotted.split("."):
         node = node[key]  # type: ignore[index]
     return f"default: {'from the config' if node is None else node}"
+
+
+WEIGHTS_HELP = ("a published model's weights file, as released (with --init NAME; 'geofm "
+                "models' lists the names and where to get each; default: none)")
+
+
+def add_model_argument(parser: argparse.ArgumentParser, help: str, init_help: str) -> None:
+    """The model a command runs, named one of two ways: the positional ``MODEL`` (a geofm
+    checkpoint, as before) or ``--init REF`` (an encoder: a geofm checkpoint, a published
+    model's name or ``torchgeo:Enum.MEMBER``, as ``finetune`` and ``align`` take it), with
+    ``--weights FILE`` for a published name. :func:`model_ref` reads the choice back."""
+    parser.add_argument("model", nargs="?", help=f"{help} (or --init REF)")
+    parser.add_argument("--init", metavar="REF", help=init_help)
+    parser.add_argument("--weights", help=WEIGHTS_HELP)
+
+
+def model_ref(a: argparse.Namespace, command: str, encoder_use: str = "") -> str:
+    """The model named by :func:`add_model_argument`'s arguments.
+
+    Args:
+        a: The parsed arguments.
+        command: The command, for the error lines (``"eval"``).
+        encoder_use: The option under which the command runs on an encoder alone (``"--knn"``,
+            ``"--embed"``), when ``--init`` needs it; ``""`` when ``--init`` always fits.
+
+    Raises:
+        GeofmError: Neither or both of ``MODEL`` and ``--init``; ``--init`` without
+            ``encoder_use`` (the command needs a task head, which an encoder lacks).
+
+    A command with input files after ``MODEL`` (``predict MODEL INPUT...``) takes every
+    positional as an input when ``--init`` names the model: argparse fills the optional
+    ``MODEL`` first, so it is moved back to the front of ``a.inputs``.
+    """
+    from geofm.errors import GeofmError
+    from geofm.published.resolve import refuse_headless
+
+    inputs = getattr(a, "inputs", None)
+    if a.init is not None and a.model is not None and inputs is not None:
+        a.inputs, a.model = [a.model, *inputs], None
+
+    if (a.model is None) == (a.init is None):
+        given = (f"both MODEL ({a.model}) and --init ({a.init})" if a.init is not None
+                 else "neither MODEL nor --init")
+        raise GeofmError(f"{command} takes one model, got {given}",
+                         hint="name a geofm checkpoint as MODEL, or an encoder as --init REF "
+                              "(--weights FILE for a published name)")
+    if a.init is None:
+        return str(a.model)
+    if encoder_use and not getattr(a, encoder_use.lstrip("-")):
+        refuse_headless(a.init, f"{command} (without {encoder_use})", encoder_use=encoder_use)
+    return str(a.init)
