@@ -134,3 +134,22 @@ def test_the_model_is_named_once_as_model_or_init(capsys: pytest.CaptureFixture[
                    "eval (without --knn) needs a model with a task head", "--init names an "
                    "encoder (pretrain.safetensors)", "give a finetuned checkpoint as MODEL",
                    "add --knn")
+
+
+def test_predict_options_may_come_between_model_and_inputs(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from geofm.cli.help import model_ref
+
+    parser = build_parser()
+    a = parser.parse_args(["predict", "m.safetensors", "--weights", "w.pth", "a.tif", "-o",
+                           "x.tif", "b.tif"])
+    assert (model_ref(a, "predict"), a.inputs) == ("m.safetensors", ["a.tif", "b.tif"])
+    a = parser.parse_args(["predict", "a.tif", "--init", "dofa_base", "b.tif", "-o", "x.tif",
+                           "--embed"])
+    assert (model_ref(a, "predict", "--embed"), a.inputs) == ("dofa_base", ["a.tif", "b.tif"])
+    a = parser.parse_args(["predict", "--init", "dofa_base", "a.tif", "-o", "x.tif", "--embed"])
+    assert (model_ref(a, "predict", "--embed"), a.inputs) == ("dofa_base", ["a.tif"])
+    from tests.conftest import one_line_error
+
+    one_line_error(["predict", "m.safetensors", "-o", "x.tif"], capsys,
+                   "predict takes a model and at least one input, got only m.safetensors")

@@ -301,6 +301,8 @@ def test_ssl4eo_on_reben_names_the_band_it_lacks(
                    "needs bands S2.B10")
     one_line_error(["eval", SSL4EO, "--knn", "--weights", str(releases[SSL4EO]), "--data",
                     str(reben_store)], capsys, "needs bands S2.B10")
+    one_line_error(["eval", "--knn", "--init", SSL4EO, "--weights", str(releases[SSL4EO]),
+                    "--data", str(reben_store)], capsys, "needs bands S2.B10")
 
 
 @pytest.mark.slow

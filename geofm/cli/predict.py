@@ -67,9 +67,9 @@ def add_predict(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
         formatter_class=fmt)
     add_model_argument(pr, "finetuned (or, with --embed, any geofm) checkpoint",
                        "with --embed: the encoder to run, a geofm checkpoint, a published "
-                       "model's name (dofa_base) or torchgeo:Enum.MEMBER (default: MODEL)")
-    pr.add_argument("inputs", nargs="+", help="GeoTIFF(s) or a VRT; several files are stacked "
-                    "band after band (with --init every positional is an input)")
+                       "model's name (dofa_base) or torchgeo:Enum.MEMBER (default: MODEL)",
+                       inputs="GeoTIFF(s) or a VRT; several files are stacked band after "
+                       "band")
     pr.add_argument("-o", "--output", required=True, help="output .tif")
     pr.add_argument("--bands", help="the input's bands in order: names (B02,B03,...) or a set "
                     "(s2, s2l2a, l8, ...) (default: the band descriptions / file names)")
