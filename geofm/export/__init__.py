@@ -92,7 +92,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -207,14 +207,28 @@ def _embed_graph(model_path: str | Path, weights: str | Path | None,
                  tile_size: int | None, bands: str | Sequence[str] | None) -> _Graph:
     """An encoder's graph: raw pixels → ``embeddings`` (the patch-feature grid)."""
     from geofm.loading import load_encoder
-    from geofm.predict.model import Predictor
 
     encoder, card = load_encoder(model_path, weights)
     assert isinstance(encoder, torch.nn.Module)  # every encoder geofm loads is a module
+    release = card.provenance.release
+    source = (Path(weights).name if weights is not None
+              else str(release.get("weights_file", "")) if card.kind == "published"
+              else Path(model_path).name)
+    return _encoder_graph(encoder, card, tile_size, bands, source)
+
+
+def _encoder_graph(encoder: torch.nn.Module, card: ModelCard, tile_size: int | None,
+                   bands: str | Sequence[str] | None, source: str) -> _Graph:
+    """The graph of a loaded encoder and its card (``source``: the file it came from)."""
+    from geofm.models.encoder import FeatureEncoder
+
     tile = export_tile_size(card, tile_size)
-    predictor = Predictor(encoder, card)  # the patch and width predict --embed uses
-    patch, dim = predictor.patch_size, predictor.embed_dim
+    features = cast(FeatureEncoder, encoder)
     model_bands = list(card.bands)
+    # the grid of the encoder's own patch features (SatVision's SwinV2 gives a stride-32 grid
+    # from its patch-4 embedding): one embedding cell covers tile / rows pixels
+    rows, _ = features.grid_size(torch.zeros(1, len(model_bands), tile, tile))
+    patch, dim = tile // rows, int(features.embed_dim)
     mean, std = card.contract.normalization(model_bands)
     plan = None
     if bands is not None:
@@ -224,10 +238,6 @@ def _embed_graph(model_path: str | Path, weights: str | Path | None,
     else:
         module = EmbedModule(encoder, model_bands, mean.tolist(), std.tolist(), patch).eval()
     mean, std = _raw_statistics(plan, mean, std)
-    release = card.provenance.release
-    source = (Path(weights).name if weights is not None
-              else str(release.get("weights_file", "")) if card.kind == "published"
-              else Path(model_path).name)
     side = tile // patch
     return _Graph(module, mean, std, tile, EMBED_OUTPUT_NAME,
                   embedding_metadata(card, tile, patch, dim, source, plan),
@@ -390,7 +400,7 @@ def _serialise(graph: _Graph, model_path: str | Path, opset: int, verify: bool) 
     try:
         onnx.checker.check_model(proto, full_check=True)
         data: bytes = proto.SerializeToString()
-    except (onnx.checker.ValidationError, ValueError) as e:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as e:
         raise GeofmError(f"the exported graph is invalid ({first_line(e)})",
                          model_path) from None
     if verify:

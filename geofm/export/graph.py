@@ -50,8 +50,8 @@ class RawPixels(nn.Module):
             ``i``); the other input channels are ignored.
     """
 
-    mean: Tensor
-    std: Tensor
+    pixel_mean: Tensor
+    pixel_std: Tensor
 
     def __init__(self, bands: Sequence[str], mean: Sequence[float], std: Sequence[float],
                  select: Sequence[int] | None = None) -> None:
@@ -59,14 +59,18 @@ class RawPixels(nn.Module):
         self.bands = list(bands)
         self.select = None if select is None else [int(i) for i in select]
         c = len(self.bands)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+        # named apart from the model's own values: the exporter names initializers after
+        # buffers and folded results alike ("mean" clashes with a folded torch.mean)
+        self.register_buffer("pixel_mean",
+                             torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("pixel_std",
+                             torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
 
     def normalized(self, image: Tensor) -> Tensor:
         """``[N, C, H, W]`` raw values → ``[N, C_model, H, W]`` the model's normalised input."""
         if self.select is not None and self.select != list(range(image.shape[1])):
             image = image[:, self.select]  # [N, C_model, H, W]
-        return (image - self.mean) / self.std
+        return (image - self.pixel_mean) / self.pixel_std
 
 
 class ExportModule(RawPixels):
