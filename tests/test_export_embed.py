@@ -196,8 +196,9 @@ def test_dofa_embeddings_on_four_bands_match_torch(releases: dict[str, Path], tm
     weights = releases["dofa_base"]
     assert main(["export", "--init", "dofa_base", "--weights", str(weights), "--onnx", str(out),
                  "--bands", "B04,B03,B02,B08"]) == 0
-    assert "raster bands, in this order: 1 S2.B04, 2 S2.B03, 3 S2.B02, 4 S2.B08" in \
-        capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "raster bands, in this order: 1 S2.B04, 2 S2.B03, 3 S2.B02, 4 S2.B08" in printed.out
+    assert printed.err == ""  # the exporter's own logging stays out of the way
     meta = read_metadata(out)
     assert meta["geofm_release"]["name"] == "dofa_base" and meta["geofm_kind"] == "published"
     assert onnx.load(out).opset_import[0].version == 17
@@ -238,6 +239,18 @@ def test_a_model_the_exporter_cannot_trace_is_one_line_with_its_reason(
     assert err == ("geofm: error: ssl4eo_vits16_mae: cannot export the model to ONNX (Could "
                    "not guard on data-dependent expression u0 > 1)")
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
+def test_copernicusfm_cannot_be_traced_and_says_why_in_one_line(
+        releases: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # its dynamic patch embedding has a data-dependent shape torch.export cannot trace
+    out = tmp_path / "cfm.onnx"
+    err = one_line_error(["export", "--init", "copernicusfm_base", "--weights",
+                          str(releases["copernicusfm_base"]), "--onnx", str(out)], capsys,
+                         "copernicusfm_base: cannot export the model to ONNX (")
+    assert "data-dependent" in err and "Next steps" not in err and "\x1b" not in err
+    assert not out.exists()
 
 
 # --- --init on eval --knn ---------------------------------------------------------------------

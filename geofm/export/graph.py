@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import Any, cast
@@ -141,12 +142,21 @@ def _trace(module: RawPixels, example: Tensor, output: str = OUTPUT_NAME) -> Any
     input named :data:`INPUT_NAME` and its output ``output``."""
     batch = torch.export.Dim("batch", min=1)
     sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, (example,), dynamo=True, opset_version=EXPORT_OPSET, optimize=True,
-            input_names=[INPUT_NAME], output_names=[output], verbose=False,
-            dynamic_shapes={"image": {0: batch}})
+    # torch.export and the ONNX optimiser log guards, fallbacks and skipped folds (and, on a
+    # failure, the whole traced graph) and print to stdout and stderr; the failure reaches
+    # the caller as one error
+    muted = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, opset_version=EXPORT_OPSET, optimize=True,
+                input_names=[INPUT_NAME], output_names=[output], verbose=False,
+                dynamic_shapes={"image": {0: batch}})
+    finally:
+        logging.disable(muted)
     if program is None:
         raise GeofmError("the ONNX exporter returned no program",
                          hint="check the torch and onnxscript versions")
