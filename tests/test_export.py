@@ -137,7 +137,8 @@ def test_metadata_keys_and_values(exported: dict[str, Path],
     assert values["seg_thresh"] == 0.0 and values["seg_small_segment"] == 0
     assert values["geofm_bands"] == list(card.bands)
     assert values["geofm_version"] == geofm.__version__
-    assert values["geofm_task"] == "segmentation"
+    assert values["geofm_task"] == "segmentation" and values["geofm_output"] == "scores"
+    assert "geofm_release" not in values  # a geofm encoder, not a published release
     assert values["geofm_model"] == "channelvit_test"
     assert values["geofm_normalization"]["mean"] == pytest.approx(card.contract.mean)
     assert values["geofm_normalization"]["std"] == pytest.approx(card.contract.std)

@@ -17,6 +17,7 @@ import geofm
 from geofm.checkpoint import read_card
 from geofm.cli import main
 from geofm.errors import BandError, GeofmError
+from geofm.export import read_metadata
 from geofm.loading import load_encoder, load_finetuned
 from geofm.models.finetuner import Finetuner
 from geofm.published import PUBLISHED
@@ -277,6 +278,9 @@ def _end_to_end(name: str, weights: Path, store: Path, tmp_path: Path,
     all_bands = [f"S2.{d}" for d in rasterio.open(S2_SCENE).descriptions]
     raw = np.ascontiguousarray(chip[[all_bands.index(b) for b in bands]][None])
     assert _onnx_matches_torch(onnx_path, ckpt, raw) <= 1e-4
+    # the release (and its licence) travels into the exported file too
+    release = read_metadata(onnx_path)["geofm_release"]
+    assert release["name"] == name and release["licence"] == PUBLISHED[name].licence
 
 
 @pytest.mark.slow
