@@ -39,6 +39,8 @@ def write_release(name: str, folder: Path) -> Path:
         state = ref_module("dofa").release_state(name)
     elif name.startswith("ssl4eo"):
         state = ref_module("ssl4eo").release_state()
+    elif name == "copernicusfm_base":
+        state = ref_module("copernicusfm").release_state()
     else:
         raise ValueError(name)
     torch.save(state, path)

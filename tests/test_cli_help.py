@@ -116,3 +116,40 @@ def test_finetune_summary_never_prints_an_empty_selection() -> None:
     line = _finetune_summary({"steps": 5, "val_metrics": {"miou": 0.25, "per_class": [1]},
                               "selected_on": "validation:miou"})
     assert line == "finetuned 5 steps; selected on validation:miou; validation: miou 0.2500"
+
+
+def test_the_model_is_named_once_as_model_or_init(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import one_line_error
+
+    one_line_error(["eval", "--knn", "--data", "x.zarr"], capsys,
+                   "eval takes one model, got neither MODEL nor --init")
+    one_line_error(["export", "a.safetensors", "--init", "b.safetensors", "--onnx", "x.onnx"],
+                   capsys, "export takes one model, got both MODEL (a.safetensors) and --init "
+                   "(b.safetensors)")
+    # --init names an encoder: the commands that need a task head say so, and what to add
+    one_line_error(["predict", "--init", "dofa_base", "scene.tif", "-o", "x.tif"], capsys,
+                   "predict (without --embed) needs a model with a task head",
+                   "dofa_base is a published encoder", "add --embed")
+    one_line_error(["eval", "--init", "pretrain.safetensors", "--data", "x.zarr"], capsys,
+                   "eval (without --knn) needs a model with a task head", "--init names an "
+                   "encoder (pretrain.safetensors)", "give a finetuned checkpoint as MODEL",
+                   "add --knn")
+
+
+def test_predict_options_may_come_between_model_and_inputs(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from geofm.cli.help import model_ref
+
+    parser = build_parser()
+    a = parser.parse_args(["predict", "m.safetensors", "--weights", "w.pth", "a.tif", "-o",
+                           "x.tif", "b.tif"])
+    assert (model_ref(a, "predict"), a.inputs) == ("m.safetensors", ["a.tif", "b.tif"])
+    a = parser.parse_args(["predict", "a.tif", "--init", "dofa_base", "b.tif", "-o", "x.tif",
+                           "--embed"])
+    assert (model_ref(a, "predict", "--embed"), a.inputs) == ("dofa_base", ["a.tif", "b.tif"])
+    a = parser.parse_args(["predict", "--init", "dofa_base", "a.tif", "-o", "x.tif", "--embed"])
+    assert (model_ref(a, "predict", "--embed"), a.inputs) == ("dofa_base", ["a.tif"])
+    from tests.conftest import one_line_error
+
+    one_line_error(["predict", "m.safetensors", "-o", "x.tif"], capsys,
+                   "predict takes a model and at least one input, got only m.safetensors")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
 
 from geofm.cli import main
 
-from .conftest import S2_SCENE
+from .conftest import S2_SCENE, crop, one_line_error
 
 
 @pytest.mark.slow
@@ -72,3 +74,25 @@ def test_more_gpus_than_available_is_one_line(finetuned: dict[str, Path], tmp_pa
     assert main(["predict", str(finetuned["cvit_seg"]), str(S2_SCENE), "-o",
                  str(tmp_path / "x.tif"), "--devices", str(n), "--quiet"]) == 2
     assert f"{n} GPUs requested" in capsys.readouterr().err
+
+
+def test_embed_with_init_equals_the_positional_model(
+        tiny_pretrained: Callable[..., Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    encoder = str(tiny_pretrained("channelvit_test", 1))
+    scene = crop(tmp_path / "scene.tif", 64)
+    first = crop(tmp_path / "first.tif", 64, list(range(1, 7)))
+    rest = crop(tmp_path / "rest.tif", 64, list(range(7, 14)))
+    options = ["--embed", "--tile", "64", "--overlap", "0", "--quiet"]
+    assert main(["predict", encoder, str(scene), "-o", str(tmp_path / "model.tif"),
+                 *options]) == 0
+    # with --init every positional is an input: the two files stack into the scene's bands
+    assert main(["predict", "--init", encoder, str(first), str(rest), "-o",
+                 str(tmp_path / "init.tif"), *options]) == 0
+    with rasterio.open(tmp_path / "model.tif") as a, rasterio.open(tmp_path / "init.tif") as b:
+        assert a.count == 32 and (a.transform, a.crs) == (b.transform, b.crs)
+        assert np.array_equal(a.read(), b.read())
+    one_line_error(["predict", "--init", encoder, str(scene), "-o", str(tmp_path / "x.tif")],
+                   capsys, "predict (without --embed) needs a model with a task head",
+                   "add --embed")
+    assert not (tmp_path / "x.tif").exists()

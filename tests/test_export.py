@@ -140,7 +140,8 @@ def test_metadata_keys_and_values(exported: dict[str, Path],
     assert values["seg_thresh"] == 0.0 and values["seg_small_segment"] == 0
     assert values["geofm_bands"] == list(card.bands)
     assert values["geofm_version"] == geofm.__version__
-    assert values["geofm_task"] == "segmentation"
+    assert values["geofm_task"] == "segmentation" and values["geofm_output"] == "scores"
+    assert "geofm_release" not in values  # a geofm encoder, not a published release
     assert values["geofm_model"] == "channelvit_test"
     assert values["geofm_normalization"]["mean"] == pytest.approx(card.contract.mean)
     assert values["geofm_normalization"]["std"] == pytest.approx(card.contract.std)
@@ -215,7 +216,7 @@ def test_bad_checkpoints_and_arguments(finetuned: dict[str, Path], tmp_path: Pat
 @pytest.fixture
 def quick_trace(exported: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Reuse the exported ViT graph instead of tracing again (the 64 px ViT export)."""
-    monkeypatch.setattr(export, "_trace", lambda module, example: onnx.load(exported["vit_seg"]))
+    monkeypatch.setattr(export, "_trace", lambda *args: onnx.load(exported["vit_seg"]))
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -244,7 +245,7 @@ def test_failed_export_leaves_nothing_behind(finetuned: dict[str, Path], tmp_pat
     assert not out.exists() and _leftovers(tmp_path) == []
     monkeypatch.undo()
     monkeypatch.setattr(export, "_trace",
-                        lambda module, example: _raise(RuntimeError("trace failed\nmore")))
+                        lambda *args: _raise(RuntimeError("trace failed\nmore")))
     with pytest.raises(GeofmError, match=r"cannot export the model to ONNX \(trace failed\)$"):
         export_onnx(finetuned["vit_seg"], out, tile_size=64)
     assert not out.exists() and _leftovers(tmp_path) == []

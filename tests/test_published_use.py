@@ -17,6 +17,7 @@ import geofm
 from geofm.checkpoint import read_card
 from geofm.cli import main
 from geofm.errors import BandError, GeofmError
+from geofm.export import read_metadata
 from geofm.loading import load_encoder, load_finetuned
 from geofm.models.finetuner import Finetuner
 from geofm.published import PUBLISHED
@@ -281,6 +282,9 @@ def _end_to_end(name: str, weights: Path, store: Path, tmp_path: Path,
     all_bands = [f"S2.{d}" for d in rasterio.open(S2_SCENE).descriptions]
     raw = np.ascontiguousarray(chip[[all_bands.index(b) for b in bands]][None])
     assert _onnx_matches_torch(onnx_path, ckpt, raw) <= 1e-4
+    # the release (and its licence) travels into the exported file too
+    release = read_metadata(onnx_path)["geofm_release"]
+    assert release["name"] == name and release["licence"] == PUBLISHED[name].licence
 
 
 @pytest.mark.slow
@@ -306,6 +310,8 @@ def test_ssl4eo_on_reben_names_the_band_it_lacks(
                    "needs bands S2.B10")
     one_line_error(["eval", SSL4EO, "--knn", "--weights", str(releases[SSL4EO]), "--data",
                     str(reben_store)], capsys, "needs bands S2.B10")
+    one_line_error(["eval", "--knn", "--init", SSL4EO, "--weights", str(releases[SSL4EO]),
+                    "--data", str(reben_store)], capsys, "needs bands S2.B10")
 
 
 @pytest.mark.slow

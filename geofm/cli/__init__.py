@@ -4,7 +4,7 @@ Each command parses its arguments, calls one function of the API and prints what
 the commands live in one module per group: :mod:`~geofm.cli.data` (build, split, info,
 validate, caption), :mod:`~geofm.cli.train` (pretrain, finetune, align, plot, configs),
 :mod:`~geofm.cli.evaluate` (eval, zeroshot, retrieval), :mod:`~geofm.cli.predict` (predict,
-query) and :mod:`~geofm.cli.models` (export).
+query) and :mod:`~geofm.cli.models` (export, models).
 
 Every user error is a :class:`~geofm.errors.GeofmError`, printed as one line on stderr with a
 non-zero exit and no traceback; warnings are one ``geofm: warning: ...`` line each.

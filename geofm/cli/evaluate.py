@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from geofm.cli.help import Commands, examples
+from geofm.cli.help import Commands, add_model_argument, examples, model_ref
 
 __all__ = ["add_eval", "add_retrieval", "add_zeroshot"]
 
@@ -55,14 +55,15 @@ def _duplicate_summary(r: dict) -> str:
 def _eval(a: argparse.Namespace) -> int:
     from geofm.evaluation.finetuned import evaluate, knn_evaluate
 
+    model = model_ref(a, "eval", "--knn")
     if a.knn:
-        r = knn_evaluate(a.model, a.data, split=a.split, train_split=a.train_split, k=a.k,
+        r = knn_evaluate(model, a.data, split=a.split, train_split=a.train_split, k=a.k,
                          task=a.knn_task, weights=a.weights)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items() if isinstance(v, float))
         print(f"kNN (k={r['k']}, {r['num_train']} {r['train_split']} chips vote for "
               f"{r['num_query']} {r['split']} chips): {shown}")
         return 0
-    r = evaluate(a.model, a.data, split=a.split, output=a.output)
+    r = evaluate(model, a.data, split=a.split, output=a.output)
     p = r["primary_metric"]
     print(f"{r['task']} on {r['split']} ({r['num_chips']} chips): {p} {r['metrics'][p]:.4f}")
     print(f"reports: {r['output']}/report.json, report.md")
@@ -120,8 +121,13 @@ def add_eval(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
                            "geofm eval runs/finetune/finetune.safetensors --data "
                            "outputs/reben_mini.zarr",
                            "geofm eval runs/pretrain/pretrain.safetensors --data "
-                           "outputs/reben_mini.zarr --knn -k 10"), formatter_class=fmt)
-    e.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
+                           "outputs/reben_mini.zarr --knn -k 10",
+                           "geofm eval --knn --init ssl4eo_vits16_mae --weights "
+                           "B13_vits16_mae_ep99_enc.pth --data l1c.zarr"), formatter_class=fmt)
+    add_model_argument(e, "finetuned checkpoint (finetune.safetensors); with --knn any geofm "
+                       "checkpoint", "with --knn: the encoder to score, a geofm checkpoint, a "
+                       "published model's name (ssl4eo_vits16_mae) or torchgeo:Enum.MEMBER "
+                       "(default: MODEL)")
     e.add_argument("--data", required=True, help="chip store")
     e.add_argument("--split", default="test", help="split to evaluate")
     e.add_argument("--output", help="report directory (default: beside the model)")
@@ -131,6 +137,4 @@ def add_eval(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
     e.add_argument("-k", type=int, default=20, help="kNN neighbours")
     e.add_argument("--knn-task", default="multilabel", choices=("multilabel", "classification"),
                    help="kNN vote: several labels per chip, or one")
-    e.add_argument("--weights", help="with --knn and a published model's name as MODEL: its "
-                   "weights file, as released; default: none")
     e.set_defaults(func=_eval)

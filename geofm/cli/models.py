@@ -1,10 +1,11 @@
-"""``geofm export``: models for other tools."""
+"""``geofm export`` and ``models``: models for other tools, and the published ones geofm
+loads."""
 
 from __future__ import annotations
 
 import argparse
 
-from geofm.cli.help import Commands, examples
+from geofm.cli.help import Commands, add_model_argument, examples, model_ref
 
 __all__ = ["add_export"]
 
@@ -12,14 +13,18 @@ __all__ = ["add_export"]
 def _export(a: argparse.Namespace) -> int:
     from geofm.export import export_onnx, raster_band_order, read_metadata
 
-    if a.weights is not None:
-        from geofm.published.resolve import refuse_headless
-
-        refuse_headless(a.model, "export")
-    out = export_onnx(a.model, a.onnx, tile_size=a.tile_size, opset=a.opset,
-                      overwrite=a.overwrite, bands=a.bands)
+    model = model_ref(a, "export")
+    out = export_onnx(model, a.onnx, tile_size=a.tile_size, opset=a.opset,
+                      overwrite=a.overwrite, bands=a.bands, embed=a.embed or a.init is not None,
+                      weights=a.weights)
     meta = read_metadata(out)
-    print(f"wrote {out} (QGIS Deepness plugin metadata included)")
+    if meta.get("geofm_output") == "embeddings":
+        side = meta["tile_size"] // meta["geofm_patch_size"]
+        print(f"wrote {out}: embeddings [N, {meta['geofm_embed_dim']}, {side}, {side}] of "
+              f"{meta['tile_size']} px tiles (for onnxruntime; Deepness has no model type for "
+              "embeddings)")
+    else:
+        print(f"wrote {out} (QGIS Deepness plugin metadata included)")
     print(f"raster bands, in this order: {raster_band_order(meta)}")
     if meta.get("geofm_bands_missing"):
         print(f"model bands the rasters lack: {', '.join(meta['geofm_bands_missing'])}")
@@ -28,24 +33,35 @@ def _export(a: argparse.Namespace) -> int:
 
 def add_export(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
     """``geofm export``."""
-    x = sub.add_parser("export", help="export a finetuned model to ONNX for QGIS (Deepness)",
-                       description="ONNX model taking raw pixels (normalisation inside), with "
-                       "the metadata the Deepness QGIS plugin reads.",
+    x = sub.add_parser("export", help="export a finetuned model to ONNX for QGIS (Deepness), "
+                       "or an encoder's embeddings",
+                       description="ONNX model taking raw pixels (normalisation inside). A "
+                       "finetuned model gives class scores, with the metadata the Deepness "
+                       "QGIS plugin reads; an encoder (--init REF, or MODEL --embed) gives its "
+                       "patch embeddings [N, D, T/p, T/p] as 'geofm predict --embed' writes "
+                       "them, for onnxruntime (Deepness has no model type for embeddings).",
                        epilog=examples(
                            "geofm export runs/finetune/finetune.safetensors --onnx "
                            "landcover.onnx",
-                           "geofm export finetune.safetensors --onnx model.onnx --tile-size 256"),
+                           "geofm export finetune.safetensors --onnx model.onnx --tile-size 256",
+                           "geofm export --init dofa_base --weights "
+                           "dofa_base_patch16_224-a0275954.pth --onnx dofa.onnx",
+                           "geofm export runs/pretrain/pretrain.safetensors --embed --onnx "
+                           "encoder.onnx --bands s2"),
                        formatter_class=fmt)
-    x.add_argument("model", help="finetuned checkpoint (finetune.safetensors)")
+    add_model_argument(x, "finetuned checkpoint (finetune.safetensors); with --embed any geofm "
+                       "checkpoint", "an encoder whose embeddings to export: a geofm "
+                       "checkpoint, a published model's name (dofa_base) or "
+                       "torchgeo:Enum.MEMBER (implies --embed; default: MODEL)")
     x.add_argument("--onnx", required=True, help="output .onnx path")
+    x.add_argument("--embed", action="store_true", help="export MODEL's encoder: patch "
+                   "embeddings instead of class scores")
     x.add_argument("--tile-size", type=int, help="tile side in px (default: the model's)")
     x.add_argument("--bands", help="the bands of the rasters it will run on, in their order "
                    "(B01,B02,... or a set: s2, s2l2a, ...); Deepness feeds bands by position "
                    "(default: the checkpoint's bands)")
     x.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     x.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    x.add_argument("--weights", help="a published model's weights file (refused: export needs "
-                   "a task head; finetune it first; default: none)")
     x.set_defaults(func=_export)
 
 

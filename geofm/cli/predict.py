@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from geofm.cli.help import Commands, examples
+from geofm.cli.help import Commands, add_model_argument, examples, model_ref
 
 __all__ = ["add_predict", "add_query"]
 
@@ -12,7 +12,8 @@ __all__ = ["add_predict", "add_query"]
 def _predict(a: argparse.Namespace) -> int:
     from geofm.predict import predict_raster
 
-    r = predict_raster(a.model, a.inputs, a.output, bands=a.bands, probabilities=a.probabilities,
+    model = model_ref(a, "predict", "--embed")
+    r = predict_raster(model, a.inputs, a.output, bands=a.bands, probabilities=a.probabilities,
                        embed=a.embed, vector=a.vector, min_area=a.min_area, tile=a.tile,
                        overlap=a.overlap, batch_size=a.batch_size,
                        resample_to_model_gsd=a.resample_to_model_gsd, overwrite=a.overwrite,
@@ -60,11 +61,15 @@ def add_predict(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
             "geofm predict finetune.safetensors B02.tif B03.tif B04.tif B08.tif -o map.tif",
             "geofm predict finetune.safetensors scene.tif --bands B02,B03,B04,B08 -o map.tif "
             "--vector map.gpkg --min-area 500",
-            "geofm predict pretrain.safetensors scene.tif --embed -o embeddings.tif"),
+            "geofm predict pretrain.safetensors scene.tif --embed -o embeddings.tif",
+            "geofm predict --embed --init dofa_base --weights dofa_base_patch16_224-a0275954.pth "
+            "scene.tif -o embeddings.tif"),
         formatter_class=fmt)
-    pr.add_argument("model", help="finetuned (or, with --embed, pretrained) checkpoint")
-    pr.add_argument("inputs", nargs="+", help="GeoTIFF(s) or a VRT; several files are stacked "
-                    "band after band")
+    add_model_argument(pr, "finetuned (or, with --embed, any geofm) checkpoint",
+                       "with --embed: the encoder to run, a geofm checkpoint, a published "
+                       "model's name (dofa_base) or torchgeo:Enum.MEMBER (default: MODEL)",
+                       inputs="GeoTIFF(s) or a VRT; several files are stacked band after "
+                       "band")
     pr.add_argument("-o", "--output", required=True, help="output .tif")
     pr.add_argument("--bands", help="the input's bands in order: names (B02,B03,...) or a set "
                     "(s2, s2l2a, l8, ...) (default: the band descriptions / file names)")
@@ -89,8 +94,6 @@ def add_predict(sub: Commands, fmt: type[argparse.HelpFormatter]) -> None:
                     "warning")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
-    pr.add_argument("--weights", help="with --embed and a published model's name as MODEL "
-                    "(dofa_base): its weights file, as released; default: none)")
     pr.add_argument("--data-units", choices=("native", "physical"), default="native",
                     help="what the input holds: the products' stored numbers (native: S2 "
                     "reflectance × 10,000, Landsat DN) or physical values (reflectance 0–1, dB, "

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from geofm.models.align import AlignModel
 
 
+def patch_grid(feats: Tensor, height: int, width: int, patch: int) -> Tensor:
+    """Patch features ``[B, N, D]`` (``N`` patches in row-major order) of ``height × width``
+    images as an embedding grid ``[B, D, height / patch, width / patch]``: what
+    ``predict --embed`` writes and the embedding ONNX export returns."""
+    rows, cols = height // patch, width // patch
+    return feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], rows, cols)
+
+
 class Predictor:
     """A geofm model ready for tiled inference, with what its model card says.
 
@@ -205,8 +213,7 @@ class Predictor:
             return sim.clamp(-1.0, 1.0)  # [B, T, H/p, W/p], rounding kept inside [-1, 1]
         if mode == "embed":
             feats = self.encoder.forward_patch_features(images, list(bands))  # [B, N, D]
-            gh, gw = images.shape[2] // self.patch_size, images.shape[3] // self.patch_size
-            return feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], gh, gw)
+            return patch_grid(feats, images.shape[2], images.shape[3], self.patch_size)
         logits: Tensor = self.module(images, list(bands))  # [B, K] or [B, K, H, W]
         if self.task == "multilabel":
             scores = logits.sigmoid()

@@ -206,17 +206,27 @@ def models_table(specs: Sequence[PublishedSpec] | None = None) -> list[dict[str,
     return rows
 
 
-def refuse_headless(ref: str | Path, command: str) -> None:
-    """Commands that need a task head (``eval`` without ``--knn``, ``export``) refuse a
-    published encoder in one line.
+def refuse_headless(ref: str | Path, command: str, *, encoder_use: str = "") -> None:
+    """Commands that need a task head (``eval`` without ``--knn``, ``export`` without
+    ``--embed``) refuse a published encoder in one line; with ``encoder_use`` (the option that
+    runs the command on an encoder alone: ``"--knn"``, ``"--embed"``), ``ref`` was named as an
+    encoder (``--init``) and is refused whatever it is.
 
     Raises:
-        GeofmError: ``ref`` names a published encoder.
+        GeofmError: ``ref`` names a published encoder, or ``encoder_use`` is given.
     """
-    if is_published_ref(ref):
+    published = is_published_ref(ref)
+    if not (published or encoder_use):
+        return
+    verb = command.split()[0]
+    alone = f", or add {encoder_use} to use the encoder alone" if encoder_use else ""
+    if published:
         raise GeofmError(f"{command} needs a model with a task head, and {ref} is a published "
                          "encoder without one", hint=f"finetune it first (geofm finetune "
-                         f"--init {ref} --weights FILE) and {command} that checkpoint")
+                         f"--init {ref} --weights FILE) and {verb} that checkpoint{alone}")
+    raise GeofmError(f"{command} needs a model with a task head, and --init names an encoder "
+                     f"({ref})", hint=f"give a finetuned checkpoint as MODEL, or finetune it "
+                     f"first (geofm finetune --init {ref}) and {verb} that checkpoint{alone}")
 
 
 README_BEGIN = "<!-- published-models: begin (geofm.published.resolve.markdown_table) -->"
