@@ -114,6 +114,27 @@ def test_satvision_extra_norms_are_the_releases() -> None:
     assert float(tokens.std(dim=(1, 2)).max()) < 1e-5
 
 
+def test_satvision_embeddings_are_laid_out_on_its_32_px_feature_grid() -> None:
+    """The card's patch is the Swin patch (4 px); ``predict --embed`` lays the features out on
+    the encoder's grid, one cell per 32 px, as the tokens leave the last stage."""
+    from dataclasses import replace
+
+    from geofm.predict import Predictor
+    from geofm.published.resolve import card_for
+
+    model = create_model("satvision_toa_test").eval()
+    card = replace(card_for(SATVISION_TOA_GIANT), architecture=replace(
+        card_for(SATVISION_TOA_GIANT).architecture, name="satvision_toa_test", config={}))
+    assert card.patch_size == 4 and model.patch_size == 32
+    predictor = Predictor(model, card)
+    x = _geofm_modis_input(modis_toa_chip(seed=2))  # [1, 14, 128, 128]
+    with torch.no_grad():
+        grid = predictor.outputs(x, list(card.bands), "embed")
+        tokens = model.forward_patch_features(x, list(card.bands))  # [1, 16, D]
+    assert grid.shape == (1, tokens.shape[2], 4, 4)
+    assert torch.equal(grid[0, :, 1, 2], tokens[0, 1 * 4 + 2])
+
+
 def test_satvision_giant_key_layout_matches_release(tmp_path: Path) -> None:
     """The full-size release's keys and shapes (built on the meta device) map onto the giant."""
     with torch.device("meta"):

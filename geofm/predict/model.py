@@ -60,8 +60,10 @@ class Predictor:
         self.std = np.asarray(card.contract.std, dtype=np.float32)
         self.flexible = card.flexible
         encoder = self.encoder
-        encoder_patch: int = getattr(encoder, "patch_size", 1)
-        self.patch_size = int(card.patch_size or encoder_patch)
+        # The encoder's own patch side is the stride of its feature grid (SatVision's SwinV2:
+        # patch 4 on its card, features every 32 px); the card's serves modules without one.
+        encoder_patch: int | None = getattr(encoder, "patch_size", None)
+        self.patch_size = int(encoder_patch or card.patch_size or 1)
         self.embed_dim = int(getattr(encoder, "embed_dim", 0))
         self.gsd_m: float | None = card.gsd_m
         size = card.tile_size or (16 * self.patch_size, 16 * self.patch_size)
